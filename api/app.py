@@ -1,0 +1,52 @@
+"""The Flask app factory: one blueprint per API family, configuration passed in.
+
+Served by gunicorn (``gunicorn 'api.app:create_app()'``); each gunicorn worker
+builds its own broker connection and MongoDB client after the fork.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from api import powerauth
+from api.errors import ApiError
+from api.services import Services
+from shared.broker import make_broker
+from shared.db import connect
+from shared.settings import Settings, load
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API. ``settings`` default to the environment's."""
+    settings = settings or load()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
+    app.register_blueprint(powerauth.blueprint)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return render(ApiError(error.code or 500, error.description or error.name, code=f"ERROR_HTTP_{error.code}"))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return render(ApiError(500, "internal error", code="ERROR_INTERNAL"))
+
+    return app
+
+
+#: Error renderer of each API family by path prefix; the first match wins, PowerAuth's is the fallback.
+RENDERERS: list[tuple[str, object]] = []
+
+
+def render(error: ApiError) -> Response:
+    """Render an error in the format of the API family the request's path belongs to."""
+    for prefix, renderer in RENDERERS:
+        if request.path.startswith(prefix):
+            return renderer(error)
+    return powerauth.render_error(error)

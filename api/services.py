@@ -1,0 +1,151 @@
+"""What the API does with a validated request: publish commands, wait, read.
+
+Knows nothing of Flask: the blueprints turn HTTP into calls here and the
+results into HTTP.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import dramatiq
+import pika.exceptions
+import pymongo.errors
+from pymongo.database import Database
+
+from api.errors import unavailable
+from shared import commands
+from shared import db as collections
+from shared.commands import Publisher, queue_name
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: First and longest pause between two looks at MongoDB while waiting (seconds).
+POLL_FIRST_SECONDS = 0.002
+POLL_LONGEST_SECONDS = 0.05
+#: Delivery states whose outcome is final.
+FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
+#: Final states counted as failed in PowerAuth's result.
+FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
+
+#: Exceptions that mean the broker could not confirm a message.
+BROKER_ERRORS = (dramatiq.errors.ConnectionError, pika.exceptions.AMQPError, OSError)
+
+
+def poll(check, *, timeout: float):
+    """Call ``check`` until it answers something truthy or ``timeout`` passes; answer its last value."""
+    deadline = time.monotonic() + timeout
+    pause = POLL_FIRST_SECONDS
+    while True:
+        value = check()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(pause)
+        pause = min(pause * 2, POLL_LONGEST_SECONDS)
+
+
+@dataclass
+class Services:
+    """The API's adapters: broker publisher, MongoDB, settings."""
+
+    settings: Settings
+    broker: dramatiq.Broker
+    db: Database
+
+    @property
+    def publisher(self) -> Publisher:
+        return Publisher(self.broker, self.settings)
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def publish(self, actor_name: str, payload: dict) -> None:
+        """Publish and return once RabbitMQ confirmed; broker trouble becomes a 503."""
+        try:
+            self.publisher.publish(actor_name, payload)
+        except BROKER_ERRORS as error:
+            log.warning("enqueue failed: %s", error)
+            raise unavailable("the message broker") from None
+
+    def write(self, command: dict) -> dict | None:
+        """Publish a write and wait (bounded) until a worker applied it: read-your-writes.
+
+        Answers the applied record (``{"_id", "at", "result"?}``), or None if it was
+        not applied in time; either way the write is durable.
+        """
+        self.publish(commands.APPLY_WRITE, command)
+        applied = self.guarded_read(
+            lambda: poll(
+                lambda: self.db[collections.COMMANDS].find_one({"_id": command["id"]}),
+                timeout=self.settings.api_apply_wait_seconds,
+            )
+        )
+        if not applied:
+            log.warning("write %s not applied within %.1fs", command["id"], self.settings.api_apply_wait_seconds)
+        return applied
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def guarded_read(self, read):
+        """Run a MongoDB read; an unreachable database becomes a 503."""
+        try:
+            return read()
+        except pymongo.errors.ConnectionFailure:
+            raise unavailable("the database") from None
+
+    def find_one(self, collection: str, query: dict, projection: dict | None = None):
+        return self.guarded_read(lambda: self.db[collection].find_one(query, projection))
+
+    def message_counts(self, message_id: str) -> dict | None:
+        """Per platform ``{sent, pending, failed, total}`` of a message, or None before it is expanded."""
+        message = self.db[collections.MESSAGES].find_one({"_id": message_id}, {"expanded": 1, "totals": 1})
+        if not message or not message.get("expanded"):
+            return None
+        counts = {platform: {"sent": 0, "pending": 0, "failed": 0, "total": total} for platform, total in message["totals"].items()}
+        by_state = self.db[collections.DELIVERIES].aggregate(
+            [{"$match": {"message_id": message_id}}, {"$group": {"_id": "$ps", "n": {"$sum": 1}}}]
+        )
+        for row in by_state:
+            platform, state = row["_id"].split(":", 1)
+            if state == "sent":
+                counts[platform]["sent"] += row["n"]
+            elif state in FAILED_STATES:
+                counts[platform]["failed"] += row["n"]
+        for platform_counts in counts.values():
+            platform_counts["pending"] = platform_counts["total"] - platform_counts["sent"] - platform_counts["failed"]
+        return counts
+
+    def wait_for_outcome(self, message_id: str) -> dict | None:
+        """Wait (bounded) until every delivery of the message has an outcome; answer the counts."""
+        last: dict = {}
+
+        def done():
+            counts = self.message_counts(message_id)
+            last["counts"] = counts
+            return counts is not None and all(c["pending"] == 0 for c in counts.values())
+
+        self.guarded_read(lambda: poll(done, timeout=self.settings.api_sync_wait_seconds))
+        return last.get("counts")
+
+    # --- health -------------------------------------------------------------------------------
+
+    def check_broker(self) -> bool:
+        try:
+            self.broker.channel.queue_declare(queue_name(self.settings, commands.PERSIST), passive=True, durable=True)
+            return True
+        except BROKER_ERRORS:
+            try:
+                del self.broker.connection
+            except Exception:  # noqa: BLE001 - the connection is already gone; nothing to clean up
+                pass
+            return False
+        except Exception:  # noqa: BLE001 - a passive declare of a missing queue closes the channel: broker is up
+            return True
+
+    def check_database(self) -> bool:
+        try:
+            self.db.command("ping")
+            return True
+        except pymongo.errors.PyMongoError:
+            return False

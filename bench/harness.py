@@ -1,0 +1,119 @@
+"""What every benchmark shares: a stack of its own, seeded data, CPU and memory readings."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import pymongo
+
+from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.stack import ROOT, Ports, Stack
+from workers.writes import device_id
+
+#: Clock ticks per second, for /proc CPU times.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Documents per insert_many when seeding.
+SEED_BATCH = 5000
+
+
+def bench_stack(**options) -> Stack:
+    """A stack on free ports with its own queues and database file under var/bench."""
+    run_id = uuid.uuid4().hex[:8]
+    return Stack(var_dir=Path(ROOT / "var" / "bench" / run_id), ports=Ports.free(), queue_prefix=f"bench-{run_id}.", **options)
+
+
+def create_app(stack: Stack, app_id: str) -> str:
+    credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id="BENCHKEY01")
+    register_with_simulators(
+        credentials,
+        apns_control=f"http://127.0.0.1:{stack.ports.apns_control}",
+        fcm_control=f"http://127.0.0.1:{stack.ports.fcm_control}",
+    )
+    configure_app(stack.api_url, app_id, credentials)
+    return app_id
+
+
+def database(stack: Stack):
+    return pymongo.MongoClient(stack.mongo_uri)["push"]
+
+
+def seed_devices(stack: Stack, app_id: str, users: list[str], tokens: list[str], platforms: list[str]) -> None:
+    """Write registrations straight into MongoDB (registering through the API is not what is measured)."""
+    now_ns = time.time_ns()
+    devices = database(stack)["devices"]
+    docs = []
+    for user, token, platform in zip(users, tokens, platforms, strict=True):
+        docs.append(
+            {
+                "_id": device_id(app_id, token),
+                "app_id": app_id,
+                "token": token,
+                "platform": platform,
+                "environment": None,
+                "activations": {},
+                "activation_ids": [],
+                "user_ids": [user],
+                "deleted": False,
+                "active": True,
+                "ts": now_ns,
+            }
+        )
+        if len(docs) == SEED_BATCH:
+            devices.insert_many(docs, ordered=False)
+            docs = []
+    if docs:
+        devices.insert_many(docs, ordered=False)
+
+
+def group_pids(leader_pid: int) -> list[int]:
+    """Every live process in the process group led by ``leader_pid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == leader_pid:
+            pids.append(int(entry))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def project_pids(stack: Stack) -> list[int]:
+    """The API's and the workers' processes (not nx-27017, not the simulators)."""
+    pids = []
+    for name, process in stack.processes.items():
+        if name == "api" or name.startswith("workers-"):
+            pids += group_pids(process.pid)
+    return pids
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]

@@ -1,0 +1,117 @@
+"""Provider credentials for apps that deliver to the simulators, and their registration.
+
+The APNs simulator verifies ES256 JWTs against the public keys it was told
+about; the FCM simulator issues OAuth tokens to the service accounts it knows.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+#: Seconds for a control-endpoint or API call made while setting up.
+SETUP_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class AppCredentials:
+    """An APNs token key and an FCM service account for one app."""
+
+    bundle: str
+    key_id: str
+    team_id: str
+    apns_key_pem: str
+    project_id: str
+    service_account: dict
+
+    @property
+    def apns_public_pem(self) -> str:
+        key = serialization.load_pem_private_key(self.apns_key_pem.encode(), password=None)
+        return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    @property
+    def fcm_public_pem(self) -> str:
+        key = serialization.load_pem_private_key(self.service_account["private_key"].encode(), password=None)
+        return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_json(cls, data: dict) -> AppCredentials:
+        return cls(**data)
+
+
+def make_credentials(app_id: str, *, fcm_origin: str, key_id: str = "DEMOKEY001", team_id: str = "DEMOTEAM01") -> AppCredentials:
+    apns_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    project_id = f"{app_id}-project"
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    return AppCredentials(
+        bundle=f"com.example.{app_id}",
+        key_id=key_id,
+        team_id=team_id,
+        apns_key_pem=apns_key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()).decode(),
+        project_id=project_id,
+        service_account={
+            "type": "service_account",
+            "project_id": project_id,
+            "private_key_id": "simulated",
+            "private_key": rsa_key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()).decode(),
+            "client_email": f"push@{project_id}.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": f"{fcm_origin}/token",
+        },
+    )
+
+
+def register_with_simulators(credentials: AppCredentials, *, apns_control: str, fcm_control: str) -> None:
+    """Tell the simulators these credentials are genuine."""
+    requests.post(
+        f"{apns_control}/keys",
+        json={"key_id": credentials.key_id, "team_id": credentials.team_id, "public_key_pem": credentials.apns_public_pem},
+        timeout=SETUP_TIMEOUT_SECONDS,
+    ).raise_for_status()
+    requests.post(
+        f"{fcm_control}/service-accounts",
+        json={
+            "client_email": credentials.service_account["client_email"],
+            "project_id": credentials.project_id,
+            "public_key_pem": credentials.fcm_public_pem,
+        },
+        timeout=SETUP_TIMEOUT_SECONDS,
+    ).raise_for_status()
+
+
+def configure_app(api_url: str, app_id: str, credentials: AppCredentials, *, environment: str = "production") -> None:
+    """Create the app through the PowerAuth admin API and upload both providers' credentials."""
+
+    def post(path: str, request_object: dict) -> None:
+        answer = requests.post(f"{api_url}{path}", json={"requestObject": request_object}, timeout=SETUP_TIMEOUT_SECONDS)
+        if answer.status_code != 200:
+            raise RuntimeError(f"{path} answered {answer.status_code}: {answer.text}")
+
+    post("/admin/app/create", {"appId": app_id})
+    post(
+        "/admin/app/apns",
+        {
+            "appId": app_id,
+            "bundle": credentials.bundle,
+            "keyId": credentials.key_id,
+            "teamId": credentials.team_id,
+            "environment": environment,
+            "privateKeyBase64": base64.b64encode(credentials.apns_key_pem.encode()).decode(),
+        },
+    )
+    post(
+        "/admin/app/fcm",
+        {
+            "appId": app_id,
+            "projectId": credentials.project_id,
+            "privateKeyBase64": base64.b64encode(json.dumps(credentials.service_account).encode()).decode(),
+        },
+    )

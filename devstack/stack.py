@@ -1,0 +1,262 @@
+"""The whole server on one machine: nx-27017, the simulators, the workers and the API.
+
+``make run``, the integration tests and the benchmarks all start the same
+processes through :class:`Stack`, so what the tests exercise is what runs.
+RabbitMQ is not started here: it is a system service (see ``scripts/ensure-rabbitmq.sh``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import commands
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+#: Seconds any one process may take to become ready.
+READY_TIMEOUT_SECONDS = 30
+#: Seconds a process gets to stop after SIGTERM before SIGKILL.
+STOP_TIMEOUT_SECONDS = 10
+
+#: Worker groups: each is one Dramatiq process group consuming these queues (scaled on its own).
+WORKER_GROUPS = {
+    "core": (commands.PERSIST, commands.EXPAND),
+    "deliver": (commands.DELIVER_APNS, commands.DELIVER_FCM, commands.DELIVER_WEBHOOK),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check, *, timeout: float = READY_TIMEOUT_SECONDS, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def api_answers(url: str) -> bool:
+    """Whether an API answers its status endpoint at all (up or reporting a dependency down)."""
+    try:
+        with urllib.request.urlopen(url + "/push/service/status", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Ports:
+    """Every port the stack listens on (all on 127.0.0.1)."""
+
+    api: int = 8080
+    mongo: int = 27017
+    apns: int = 8443
+    apns_control: int = 8445
+    fcm: int = 8444
+    fcm_control: int = 8446
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+
+@dataclass
+class Stack:
+    """Starts and stops the project's processes.
+
+    Parameters:
+      var_dir: where the database file, certificates, keys and logs go.
+      ports: where each process listens.
+      queue_prefix: prefix of every queue (tests use a unique one on the shared broker).
+      env: extra ``PUSH_*`` settings for the API and workers.
+      worker_processes / worker_threads: Dramatiq's ``--processes`` / ``--threads`` per group.
+      api_workers / api_threads: gunicorn's workers and threads.
+      log_to_files: send each process's output to ``var_dir/logs`` (else inherit the terminal).
+    """
+
+    var_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    queue_prefix: str = ""
+    env: dict = field(default_factory=dict)
+    worker_processes: int = 1
+    worker_threads: int = 8
+    api_workers: int = 2
+    api_threads: int = 8
+    log_to_files: bool = True
+    processes: dict = field(default_factory=dict)
+
+    # --- settings ------------------------------------------------------------------------------
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.var_dir / "simulators"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.cert_dir / "ca.pem"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.ports.mongo}"
+
+    def settings_env(self) -> dict:
+        """The ``PUSH_*`` variables every project process of this stack gets."""
+        return {
+            "PUSH_MONGO_URI": self.mongo_uri,
+            "PUSH_QUEUE_PREFIX": self.queue_prefix,
+            "PUSH_APNS_PRODUCTION_URL": f"https://127.0.0.1:{self.ports.apns}",
+            "PUSH_APNS_DEVELOPMENT_URL": f"https://127.0.0.1:{self.ports.apns}",
+            "PUSH_FCM_URL": f"https://127.0.0.1:{self.ports.fcm}",
+            "PUSH_PROVIDER_CA_FILE": str(self.ca_file),
+            **self.env,
+        }
+
+    def process_env(self) -> dict:
+        env = dict(os.environ)
+        env.update(self.settings_env())
+        env["PYTHONPATH"] = str(ROOT)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], *, ready_line: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_to_files:
+            (self.var_dir / "logs").mkdir(exist_ok=True)
+            output = open(self.var_dir / "logs" / f"{name}.log", "ab")
+        else:
+            output = None
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**self.process_env(), **(env or {})},
+            stdout=subprocess.PIPE if ready_line else output,
+            stderr=output,
+            start_new_session=True,
+        )
+        if ready_line:
+            deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+            for line in process.stdout:
+                if ready_line.encode() in line:
+                    break
+                if time.monotonic() > deadline:
+                    break
+            else:
+                raise RuntimeError(f"{name} exited before it was ready (see {self.var_dir}/logs/{name}.log)")
+        self.processes[name] = process
+        return process
+
+    def start_mongo(self) -> None:
+        if port_open(self.ports.mongo):
+            return  # a MongoDB (or nx-27017) already answers there: use it
+        db_file = self.var_dir / "mongo.db"
+        self._spawn(
+            "mongo",
+            [
+                str(VENV_BIN / "nx-27017"),
+                "--db", str(db_file),
+                "--port", str(self.ports.mongo),
+                "--log-file", str(self.var_dir / "logs" / "nx-27017.log"),
+                "--pid-file", str(self.var_dir / "nx-27017.pid"),
+            ],
+        )
+        wait_until(lambda: port_open(self.ports.mongo), what="nx-27017")
+
+    def start_simulators(self) -> None:
+        python = sys.executable
+        self._spawn(
+            "apns-simulator",
+            [python, "-m", "simulators.apns", "--port", str(self.ports.apns), "--control-port", str(self.ports.apns_control), "--cert-dir", str(self.cert_dir)],
+            ready_line="ready",
+        )
+        self._spawn(
+            "fcm-simulator",
+            [python, "-m", "simulators.fcm", "--port", str(self.ports.fcm), "--control-port", str(self.ports.fcm_control), "--cert-dir", str(self.cert_dir)],
+            ready_line="ready",
+        )
+
+    def worker_argv(self, group: str) -> list[str]:
+        queues = [commands.queue_name_for_prefix(self.queue_prefix, q) for q in WORKER_GROUPS[group]]
+        return [
+            str(VENV_BIN / "dramatiq"),
+            "workers.main",
+            "--processes", str(self.worker_processes),
+            "--threads", str(self.worker_threads),
+            "--queues", *queues,
+        ]
+
+    def start_workers(self, groups=tuple(WORKER_GROUPS)) -> None:
+        for group in groups:
+            self._spawn(f"workers-{group}", self.worker_argv(group))
+
+    def stop_workers(self, groups=tuple(WORKER_GROUPS), *, kill: bool = False) -> None:
+        for group in groups:
+            self.stop(f"workers-{group}", kill=kill)
+
+    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
+        """Start an API (gunicorn); answers its URL. Tests start a second one with other settings."""
+        port = port or self.ports.api
+        self._spawn(
+            name,
+            [
+                str(VENV_BIN / "gunicorn"),
+                "--bind", f"127.0.0.1:{port}",
+                "--workers", str(self.api_workers),
+                "--worker-class", "gthread",
+                "--threads", str(self.api_threads),
+                "--access-logfile", "-" if not self.log_to_files else str(self.var_dir / "logs" / f"{name}-access.log"),
+                "api.app:create_app()",
+            ],
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: api_answers(url), what=name)
+        return url
+
+    def start(self) -> None:
+        self.start_mongo()
+        self.start_simulators()
+        self.start_workers()
+        self.start_api()
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop(name)

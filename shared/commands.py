@@ -1,0 +1,86 @@
+"""What crosses the queue: queue names, actor names and the command envelope.
+
+The API builds commands and publishes them as Dramatiq messages without
+importing the workers; the workers register actors under the same names.
+Every command carries an ``id`` made by the API and ``received_at``, the API's
+receive time in nanoseconds, which orders writes to one entity (last writer wins).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import dramatiq
+
+from shared.settings import Settings
+
+# Queues, one per kind of work, so ops scale each on its own.
+PERSIST = "persist"
+EXPAND = "expand"
+DELIVER_APNS = "deliver.apns"
+DELIVER_FCM = "deliver.fcm"
+DELIVER_WEBHOOK = "deliver.webhook"
+QUEUES = (PERSIST, EXPAND, DELIVER_APNS, DELIVER_FCM, DELIVER_WEBHOOK)
+
+# Actors and the queue each one consumes.
+APPLY_WRITE = "apply_write"
+EXPAND_SEND = "expand_send"
+DELIVER_CHUNK_APNS = "deliver_apns"
+DELIVER_CHUNK_FCM = "deliver_fcm"
+DELIVER_CHUNK_WEBHOOK = "deliver_webhook"
+ACTOR_QUEUES = {
+    APPLY_WRITE: PERSIST,
+    EXPAND_SEND: EXPAND,
+    DELIVER_CHUNK_APNS: DELIVER_APNS,
+    DELIVER_CHUNK_FCM: DELIVER_FCM,
+    DELIVER_CHUNK_WEBHOOK: DELIVER_WEBHOOK,
+}
+#: The delivery actor of each provider.
+DELIVER_ACTOR_BY_PROVIDER = {"apns": DELIVER_CHUNK_APNS, "fcm": DELIVER_CHUNK_FCM, "webhook": DELIVER_CHUNK_WEBHOOK}
+
+#: Activation states PowerAuth knows; only ACTIVE receives personal messages.
+ACTIVE = "ACTIVE"
+REMOVED = "REMOVED"
+ACTIVATION_STATES = ("CREATED", "PENDING_COMMIT", "ACTIVE", "BLOCKED", "REMOVED")
+
+
+def queue_name(settings: Settings, queue: str) -> str:
+    """The queue's name on the broker, with the deployment's prefix."""
+    return queue_name_for_prefix(settings.queue_prefix, queue)
+
+
+def queue_name_for_prefix(prefix: str, queue: str) -> str:
+    return prefix + queue
+
+
+def new_id() -> str:
+    """A command, message or campaign id: random, URL-safe, 32 hex characters."""
+    return uuid.uuid4().hex
+
+
+def command(kind: str, **fields) -> dict:
+    """A write or send command stamped with its id and the API's receive time."""
+    return {"id": new_id(), "kind": kind, "received_at": time.time_ns(), **fields}
+
+
+class Publisher:
+    """Publishes commands to the broker; returns only once RabbitMQ confirmed them.
+
+    Parameters:
+      broker: the Dramatiq broker (publisher confirms on).
+      settings: for the queue prefix.
+    """
+
+    def __init__(self, broker: dramatiq.Broker, settings: Settings):
+        self.broker = broker
+        self.settings = settings
+
+    def publish(self, actor_name: str, payload: dict, *, delay_ms: int | None = None) -> dramatiq.Message:
+        message = dramatiq.Message(
+            queue_name=queue_name(self.settings, ACTOR_QUEUES[actor_name]),
+            actor_name=actor_name,
+            args=(payload,),
+            kwargs={},
+            options={},
+        )
+        return self.broker.enqueue(message, delay=delay_ms)

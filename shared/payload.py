@@ -1,0 +1,204 @@
+"""A push message body, as the PowerAuth API describes it, mapped to APNs and FCM payloads.
+
+Mapping (PowerAuth's "Push Message Payload Mapping"):
+
+| body field | APNs | FCM HTTP v1 (android) |
+| --- | --- | --- |
+| title, body | aps.alert.title, aps.alert.body | android.notification.title, .body |
+| titleLocKey, titleLocArgs | aps.alert.title-loc-key, title-loc-args | android.notification.title_loc_key, title_loc_args |
+| bodyLocKey, bodyLocArgs | aps.alert.loc-key, loc-args | android.notification.body_loc_key, body_loc_args |
+| badge | aps.badge | android.notification.notification_count |
+| sound | aps.sound | android.notification.sound |
+| icon | (none on iOS) | android.notification.icon |
+| category | aps.category | android.notification.click_action |
+| collapseKey | apns-collapse-id header | android.collapse_key (and notification.tag) |
+| validUntil | apns-expiration header (epoch seconds) | android.ttl (seconds left, at send time) |
+| extras | keys at the payload's root | data (values as strings: FCM data is a string map) |
+| silent | aps.content-available=1, no alert; push type background, priority 5 | data-only message |
+| priority HIGH / NORMAL | apns-priority 10 / 5 | android.priority HIGH / NORMAL |
+
+Everything here is pure: no I/O, so it is unit-tested directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+#: APNs priority for an immediate alert, and for one the device may delay (and every silent push).
+APNS_PRIORITY_IMMEDIATE = 10
+APNS_PRIORITY_CONSERVE_POWER = 5
+#: FCM's TTL when the message has no validUntil (FCM's own default is 4 weeks).
+FCM_DEFAULT_TTL_SECONDS = 2419200
+
+
+@dataclass(frozen=True)
+class Body:
+    """A message body in PowerAuth terms; every field optional."""
+
+    title: str | None = None
+    body: str | None = None
+    badge: int | None = None
+    sound: str | None = None
+    icon: str | None = None
+    category: str | None = None
+    collapse_key: str | None = None
+    valid_until: datetime | None = None
+    extras: dict | None = None
+    title_loc_key: str | None = None
+    title_loc_args: tuple[str, ...] | None = None
+    body_loc_key: str | None = None
+    body_loc_args: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict:
+        """The body as it crosses the queue (camelCase, as the API received it)."""
+        out = {}
+        for attribute, key in _JSON_KEYS.items():
+            value = getattr(self, attribute)
+            if value is None:
+                continue
+            if attribute == "valid_until":
+                value = value.astimezone(UTC).isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> Body:
+        values = {}
+        for attribute, key in _JSON_KEYS.items():
+            value = data.get(key)
+            if value is None:
+                continue
+            if attribute == "valid_until":
+                value = parse_timestamp(value)
+            elif attribute in ("title_loc_args", "body_loc_args"):
+                value = tuple(value)
+            values[attribute] = value
+        return cls(**values)
+
+
+_JSON_KEYS = {
+    "title": "title",
+    "body": "body",
+    "badge": "badge",
+    "sound": "sound",
+    "icon": "icon",
+    "category": "category",
+    "collapse_key": "collapseKey",
+    "valid_until": "validUntil",
+    "extras": "extras",
+    "title_loc_key": "titleLocKey",
+    "title_loc_args": "titleLocArgs",
+    "body_loc_key": "bodyLocKey",
+    "body_loc_args": "bodyLocArgs",
+}
+
+
+def parse_timestamp(value: str) -> datetime:
+    """ISO-8601 (``Z`` or an offset) to an aware UTC datetime; naive means UTC."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ApnsPush:
+    """What an APNs request carries besides the device token."""
+
+    payload: bytes
+    push_type: str
+    priority: int
+    expiration: int | None
+    collapse_id: str | None
+
+
+def apns_push(body: Body, *, silent: bool, high_priority: bool) -> ApnsPush:
+    """Map a body to an APNs payload and headers (serialised once, reused for every device)."""
+    aps: dict = {}
+    if silent:
+        aps["content-available"] = 1
+    else:
+        alert = {}
+        _put(alert, "title", body.title)
+        _put(alert, "body", body.body)
+        _put(alert, "title-loc-key", body.title_loc_key)
+        _put(alert, "title-loc-args", list(body.title_loc_args) if body.title_loc_args else None)
+        _put(alert, "loc-key", body.body_loc_key)
+        _put(alert, "loc-args", list(body.body_loc_args) if body.body_loc_args else None)
+        if alert:
+            aps["alert"] = alert
+        _put(aps, "badge", body.badge)
+        _put(aps, "sound", body.sound)
+    _put(aps, "category", body.category)
+    root = dict(body.extras or {})
+    root["aps"] = aps
+    expiration = int(body.valid_until.timestamp()) if body.valid_until else None
+    return ApnsPush(
+        payload=orjson.dumps(root),
+        push_type="background" if silent else "alert",
+        priority=APNS_PRIORITY_IMMEDIATE if high_priority and not silent else APNS_PRIORITY_CONSERVE_POWER,
+        expiration=expiration,
+        collapse_id=body.collapse_key,
+    )
+
+
+def fcm_message(body: Body, *, silent: bool, high_priority: bool) -> dict:
+    """Map a body to an FCM v1 ``message`` without token and TTL (both are set per send)."""
+    android: dict = {"priority": "HIGH" if high_priority else "NORMAL"}
+    _put(android, "collapse_key", body.collapse_key)
+    message: dict = {"android": android}
+    data = {key: value if isinstance(value, str) else orjson.dumps(value).decode() for key, value in (body.extras or {}).items()}
+    if data:
+        message["data"] = data
+    if not silent:
+        notification: dict = {}
+        _put(notification, "title", body.title)
+        _put(notification, "body", body.body)
+        _put(notification, "icon", body.icon)
+        _put(notification, "sound", body.sound)
+        _put(notification, "tag", body.collapse_key)
+        _put(notification, "click_action", body.category)
+        _put(notification, "notification_count", body.badge)
+        _put(notification, "title_loc_key", body.title_loc_key)
+        _put(notification, "title_loc_args", list(body.title_loc_args) if body.title_loc_args else None)
+        _put(notification, "body_loc_key", body.body_loc_key)
+        _put(notification, "body_loc_args", list(body.body_loc_args) if body.body_loc_args else None)
+        if notification:
+            android["notification"] = notification
+    return message
+
+
+def fcm_ttl_seconds(valid_until: datetime | None, now: datetime) -> int:
+    """Seconds the message may wait in FCM: what is left of validUntil, never negative."""
+    if valid_until is None:
+        return FCM_DEFAULT_TTL_SECONDS
+    return max(0, int((valid_until - now).total_seconds()))
+
+
+class FcmTemplate:
+    """An FCM request body serialised once; each device's token is spliced in.
+
+    Serialising the whole message per device is the largest CPU cost of a batch
+    send; the token is the only part that differs.
+    """
+
+    def __init__(self, message: dict, *, ttl_seconds: int):
+        message = dict(message)
+        android = dict(message.get("android", {}))
+        android["ttl"] = f"{ttl_seconds}s"
+        message["android"] = android
+        rest = orjson.dumps(message)
+        # rest is b'{...}' and never empty (android is always there).
+        self._tail = b"," + rest[1:] + b"}"
+
+    def request_body(self, token: str) -> bytes:
+        return b'{"message":{"token":' + orjson.dumps(token) + self._tail
+
+
+def _put(target: dict, key: str, value) -> None:
+    if value is not None:
+        target[key] = value

@@ -1,0 +1,85 @@
+"""Settings of the push server, read from environment variables with one prefix.
+
+Every process (API, workers, simulators' clients, tests, benchmarks) builds one
+:class:`Settings` with :func:`load` and passes it down; nothing reads the
+environment at import time.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+#: Every environment variable of the project starts with this.
+ENV_PREFIX = "PUSH_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What can be configured, with the defaults a local run uses.
+
+    Each field is read from ``PUSH_<FIELD NAME IN UPPER CASE>``.
+    """
+
+    #: MongoDB connection string; the database name is ``mongo_db``.
+    mongo_uri: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "push"
+    #: RabbitMQ connection URL (AMQP 0-9-1).
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: RabbitMQ management API, for queue depth.
+    rabbitmq_management_url: str = "http://guest:guest@127.0.0.1:15672"
+    #: Prefix of every queue name, so several deployments (or test runs) share one broker.
+    queue_prefix: str = ""
+
+    #: Provider endpoints. The APNs ones are chosen per app and device by environment.
+    apns_production_url: str = "https://api.push.apple.com"
+    apns_development_url: str = "https://api.sandbox.push.apple.com"
+    fcm_url: str = "https://fcm.googleapis.com"
+    #: Extra CA bundle trusted for provider and token endpoints (the simulators' CA).
+    provider_ca_file: str = ""
+    #: HTTP/2 connections per provider pool.
+    provider_connections: int = 2
+    #: Seconds one provider request may take before it counts as transient failure.
+    provider_request_timeout: float = 10.0
+
+    #: Deliveries per chunk message on a deliver queue.
+    delivery_chunk_size: int = 500
+    #: Seconds a worker owns the deliveries it claimed; after a crash they are retried once this passes.
+    delivery_lease_seconds: float = 60.0
+    #: Delivery gives up (dead-letter) after this many seconds when no validUntil is given.
+    delivery_max_age_seconds: float = 86400.0
+    #: Short in-process retries before a delivery goes back to the queue with a delay.
+    delivery_in_process_tries: int = 3
+    #: Longest backoff served in-process; longer ones are re-enqueued with a delay.
+    delivery_max_in_process_wait: float = 2.0
+    #: Longest backoff of a re-enqueued delivery (well under RabbitMQ's consumer_timeout).
+    delivery_max_backoff: float = 300.0
+
+    #: Seconds the API waits for a write to be applied before answering (read-your-writes).
+    api_apply_wait_seconds: float = 10.0
+    #: Seconds a SYNCHRONOUS send waits for every delivery's outcome.
+    api_sync_wait_seconds: float = 30.0
+    #: Largest accepted request body, bytes.
+    api_max_body_bytes: int = 16 * 1024 * 1024
+
+    extra: dict = field(default_factory=dict)
+
+
+def _convert(raw: str, kind: type):
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return kind(raw)
+
+
+def load(environ: dict | None = None, **overrides) -> Settings:
+    """Build settings from ``environ`` (default ``os.environ``), then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Settings):
+        if f.name == "extra":
+            continue
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            kind = type(f.default)
+            values[f.name] = _convert(raw, kind)
+    values.update(overrides)
+    return Settings(**values)

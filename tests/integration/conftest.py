@@ -1,0 +1,136 @@
+"""The real stack for integration tests: RabbitMQ (the machine's), nx-27017, simulators, workers, API.
+
+One stack per test session, on free ports, with a unique queue prefix so
+parallel runs on one broker never share a queue; its queues are deleted at
+the end.
+"""
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pika
+import pytest
+import requests
+
+from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.stack import WORKER_GROUPS, Ports, Stack
+from shared.commands import queue_name_for_prefix
+from shared.settings import load
+
+#: Settings that make crash recovery quick enough for a test.
+TEST_SETTINGS = {
+    "PUSH_DELIVERY_LEASE_SECONDS": "4",
+    "PUSH_API_SYNC_WAIT_SECONDS": "60",
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    prefix = f"test-{uuid.uuid4().hex[:8]}."
+    stack = Stack(var_dir=tmp_path_factory.mktemp("var"), ports=Ports.free(), queue_prefix=prefix, env=dict(TEST_SETTINGS))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop_all()
+        delete_queues(prefix)
+
+
+def delete_queues(prefix: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(load().amqp_url))
+    try:
+        channel = connection.channel()
+        for queues in WORKER_GROUPS.values():
+            for queue in queues:
+                name = queue_name_for_prefix(prefix, queue)
+                for suffix in ("", ".DQ", ".XQ"):
+                    channel.queue_delete(name + suffix)
+    finally:
+        connection.close()
+
+
+class Api:
+    """A small client of the stack's API."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.session = requests.Session()
+
+    def post(self, path: str, request_object=None, *, raw=None, method: str = "POST", timeout: float = 120):
+        body = raw if raw is not None else ({"requestObject": request_object} if request_object is not None else None)
+        return self.session.request(method, self.base_url + path, json=body, timeout=timeout)
+
+    def get(self, path: str, **params):
+        return self.session.get(self.base_url + path, params=params, timeout=60)
+
+    def ok(self, path: str, request_object=None, **kwargs) -> dict:
+        answer = self.post(path, request_object, **kwargs)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["status"] == "OK", body
+        return body
+
+
+class Simulator:
+    """The control endpoint of one simulator."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+
+    def counts(self, token: str) -> dict:
+        return requests.get(f"{self.base_url}/counts/{token}", timeout=10).json()
+
+    def delivered(self, token: str) -> int:
+        return self.counts(token)["delivered"]
+
+    def all_counts(self) -> dict:
+        return requests.get(f"{self.base_url}/counts", timeout=30).json()
+
+    def received(self, token: str) -> list:
+        return requests.get(f"{self.base_url}/received/{token}", timeout=10).json()
+
+
+@pytest.fixture(scope="session")
+def api(stack) -> Api:
+    return Api(stack.api_url)
+
+
+@pytest.fixture(scope="session")
+def apns_sim(stack) -> Simulator:
+    return Simulator(f"http://127.0.0.1:{stack.ports.apns_control}")
+
+
+@pytest.fixture(scope="session")
+def fcm_sim(stack) -> Simulator:
+    return Simulator(f"http://127.0.0.1:{stack.ports.fcm_control}")
+
+
+@pytest.fixture
+def new_app(stack, apns_sim, fcm_sim):
+    """Create an app with working credentials for both simulators; answers its id."""
+
+    def make(app_id: str | None = None, **options) -> str:
+        app_id = app_id or f"app-{uuid.uuid4().hex[:8]}"
+        credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper())
+        register_with_simulators(credentials, apns_control=apns_sim.base_url, fcm_control=fcm_sim.base_url)
+        configure_app(stack.api_url, app_id, credentials, **options)
+        return app_id
+
+    return make
+
+
+def apns_token(prefix: str = "") -> str:
+    """A 64-hex APNs token; the simulator's behaviour is chosen by ``prefix``."""
+    return (prefix + secrets.token_hex(32))[:64]
+
+
+def fcm_token(prefix: str = "") -> str:
+    return prefix + secrets.token_urlsafe(40)
+
+
+def register(api: Api, app_id: str, token: str, platform: str, user_id: str, activation_id: str | None = None) -> None:
+    request_object = {"appId": app_id, "token": token, "platform": platform, "userId": user_id}
+    if activation_id:
+        request_object["activationId"] = activation_id
+    api.ok("/push/device/create", request_object)

@@ -1,0 +1,143 @@
+"""DESIGN.md section 2, each guarantee against the real broker, database and simulators."""
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pymongo
+import requests
+
+from devstack.stack import free_port
+from shared.broker import make_broker
+from shared.commands import APPLY_WRITE, Publisher, command
+from shared.settings import load
+from tests.integration.conftest import apns_token, fcm_token, register
+from tests.integration.tcp_proxy import TcpProxy
+
+
+def devices(stack):
+    return pymongo.MongoClient(stack.mongo_uri)["push"]["devices"]
+
+
+def wait_for(check, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout}s")
+
+
+def test_create_then_delete_ends_deleted_through_the_api(api, new_app, stack):
+    app_id = new_app()
+    token = apns_token()
+    register(api, app_id, token, "apns", "u-del")
+    api.ok("/push/device/delete", {"appId": app_id, "token": token})
+
+    assert devices(stack).find_one({"_id": f"{app_id}:{token}"})["deleted"] is True
+
+
+def test_create_then_delete_ends_deleted_whatever_order_the_actors_run_in(api, new_app, stack):
+    """The delete is acknowledged after the create, but its command reaches the workers first."""
+    app_id = new_app()
+    token = apns_token()
+    create = command("device.register", app_id=app_id, token=token, platform="apns", environment=None, user_id="u", activation_ids=[])
+    delete = command("device.delete", app_id=app_id, token=token)
+    assert create["received_at"] < delete["received_at"]
+    publisher = Publisher(make_broker(load(queue_prefix=stack.queue_prefix), set_global=False), load(queue_prefix=stack.queue_prefix))
+    publisher.publish(APPLY_WRITE, delete)
+    applied = pymongo.MongoClient(stack.mongo_uri)["push"]["commands"]
+    wait_for(lambda: applied.find_one({"_id": delete["id"]}), what="delete applied")
+    publisher.publish(APPLY_WRITE, create)
+    wait_for(lambda: applied.find_one({"_id": create["id"]}), what="create applied")
+    # Replaying both (a redelivery) changes nothing either.
+    publisher.publish(APPLY_WRITE, create)
+    publisher.publish(APPLY_WRITE, delete)
+    time.sleep(1)
+
+    assert devices(stack).find_one({"_id": f"{app_id}:{token}"})["deleted"] is True
+    answer = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": "u", "body": {"title": "x"}}})
+    assert answer["responseObject"]["result"]["apns"]["total"] == 0
+
+
+def test_acknowledged_batch_survives_a_worker_killed_mid_batch_and_is_delivered_exactly_once(api, new_app, stack, apns_sim, fcm_sim):
+    app_id = new_app()
+    fast = [apns_token() if i % 2 else fcm_token() for i in range(300)]
+    # Slow tokens (500 ms at the provider) keep requests in flight when the kill lands.
+    slow = [apns_token("de1a5") if i % 2 else fcm_token("delay5-") for i in range(300)]
+    tokens = fast + slow
+    users = [f"k-{uuid.uuid4().hex[:8]}" for _ in tokens]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: register(api, app_id, tokens[i], "apns" if i % 2 else "fcm", users[i]), range(len(tokens))))
+
+    answer = api.ok(
+        "/push/message/batch/send",
+        {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [{"userId": u, "body": {"title": "survive"}} for u in users]},
+    )
+    message_id = answer["responseObject"]["messageId"]
+    deliveries = pymongo.MongoClient(stack.mongo_uri)["push"]["deliveries"]
+    wait_for(lambda: deliveries.find_one({"message_id": message_id, "state": "sent"}), what="first deliveries sent")
+    stack.stop_workers(["deliver"], kill=True)
+    sent_before_kill = len(list(deliveries.find({"message_id": message_id, "state": "sent"}, {"_id": 1})))
+    assert sent_before_kill < len(tokens), "the kill landed after the whole batch; nothing was tested"
+    stack.start_workers(["deliver"])
+
+    def all_sent():
+        detail = api.get(f"/push/message/{message_id}/detail").json()["responseObject"]["result"]
+        return detail["apns"]["sent"] + detail["fcm"]["sent"] == len(tokens)
+
+    wait_for(all_sent, timeout=120, what="every delivery sent after restart")
+    apns_counts, fcm_counts = apns_sim.all_counts()["delivered"], fcm_sim.all_counts()["delivered"]
+    for i, token in enumerate(tokens):
+        assert (apns_counts if i % 2 else fcm_counts).get(token) == 1, token
+
+
+def test_broker_down_answers_503_and_loses_nothing_acknowledged(new_app, stack):
+    app_id = new_app()
+    settings = load()
+    amqp_port = int(settings.amqp_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy(("127.0.0.1", amqp_port))
+    proxy_port = proxy.start()
+    url = stack.start_api(
+        name="api-behind-proxy",
+        port=free_port(),
+        env={"PUSH_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{proxy_port}/%2F"},
+    )
+    try:
+        acknowledged, refused = [], []
+
+        def create(token: str) -> None:
+            answer = requests.post(
+                url + "/push/device/create",
+                json={"requestObject": {"appId": app_id, "token": token, "platform": "apns", "userId": "u-broker"}},
+                timeout=60,
+            )
+            if answer.status_code == 200:
+                acknowledged.append(token)
+            else:
+                assert answer.status_code == 503, answer.text
+                body = answer.json()
+                assert body["status"] == "ERROR" and body["responseObject"]["code"] == "ERROR_SERVICE_UNAVAILABLE"
+                assert answer.headers["Retry-After"]
+                refused.append(token)
+
+        for _ in range(5):
+            create(apns_token())
+        proxy.cut()
+        for _ in range(5):
+            create(apns_token())
+        status = requests.get(url + "/push/service/status", timeout=30)
+        assert status.status_code == 503 and status.json()["responseObject"]["rabbitmq"] == "DOWN"
+        proxy.restore()
+        for _ in range(5):
+            create(apns_token())
+
+        assert len(refused) >= 5 and len(acknowledged) >= 5
+        stored = devices(stack)
+        for token in acknowledged:
+            assert stored.find_one({"_id": f"{app_id}:{token}", "deleted": False}), token
+    finally:
+        proxy.cut()
+        stack.stop("api-behind-proxy")

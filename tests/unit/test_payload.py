@@ -1,0 +1,107 @@
+"""Payload mapping: PowerAuth body → APNs and FCM."""
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from shared.payload import Body, FcmTemplate, apns_push, fcm_message, fcm_ttl_seconds, parse_timestamp
+
+FULL = Body(
+    title="Balance update",
+    body="Your balance is now $745.00",
+    badge=3,
+    sound="default",
+    icon="custom-icon",
+    category="balance-update",
+    collapse_key="balance-update",
+    valid_until=parse_timestamp("2030-12-11T21:22:29Z"),
+    extras={"_comment": "Any custom data.", "n": 5},
+    title_loc_key="T",
+    title_loc_args=("a",),
+    body_loc_key="B",
+    body_loc_args=("b", "c"),
+)
+
+
+def test_apns_alert_maps_every_field():
+    push = apns_push(FULL, silent=False, high_priority=True)
+    payload = orjson.loads(push.payload)
+    assert payload["aps"] == {
+        "alert": {
+            "title": "Balance update",
+            "body": "Your balance is now $745.00",
+            "title-loc-key": "T",
+            "title-loc-args": ["a"],
+            "loc-key": "B",
+            "loc-args": ["b", "c"],
+        },
+        "badge": 3,
+        "sound": "default",
+        "category": "balance-update",
+    }
+    assert payload["_comment"] == "Any custom data." and payload["n"] == 5
+    assert push.push_type == "alert" and push.priority == 10
+    assert push.collapse_id == "balance-update"
+    assert push.expiration == int(datetime(2030, 12, 11, 21, 22, 29, tzinfo=UTC).timestamp())
+
+
+def test_apns_silent_is_background_with_content_available_and_no_alert():
+    push = apns_push(FULL, silent=True, high_priority=True)
+    payload = orjson.loads(push.payload)
+    assert payload["aps"] == {"content-available": 1, "category": "balance-update"}
+    assert push.push_type == "background" and push.priority == 5
+
+
+def test_apns_normal_priority_is_5():
+    assert apns_push(Body(title="x"), silent=False, high_priority=False).priority == 5
+
+
+def test_fcm_notification_maps_every_field_and_stringifies_data():
+    message = fcm_message(FULL, silent=False, high_priority=False)
+    assert message["android"]["priority"] == "NORMAL"
+    assert message["android"]["collapse_key"] == "balance-update"
+    assert message["android"]["notification"] == {
+        "title": "Balance update",
+        "body": "Your balance is now $745.00",
+        "icon": "custom-icon",
+        "sound": "default",
+        "tag": "balance-update",
+        "click_action": "balance-update",
+        "notification_count": 3,
+        "title_loc_key": "T",
+        "title_loc_args": ["a"],
+        "body_loc_key": "B",
+        "body_loc_args": ["b", "c"],
+    }
+    assert message["data"] == {"_comment": "Any custom data.", "n": "5"}
+
+
+def test_fcm_silent_is_data_only():
+    message = fcm_message(FULL, silent=True, high_priority=True)
+    assert "notification" not in message["android"]
+    assert "notification" not in message
+    assert message["data"]["_comment"] == "Any custom data."
+
+
+def test_fcm_template_splices_token_and_ttl():
+    template = FcmTemplate(fcm_message(Body(title="t"), silent=False, high_priority=True), ttl_seconds=60)
+    body = orjson.loads(template.request_body('tok"en'))
+    assert body["message"]["token"] == 'tok"en'
+    assert body["message"]["android"]["ttl"] == "60s"
+    assert body["message"]["android"]["notification"]["title"] == "t"
+
+
+def test_fcm_ttl_is_what_is_left_of_valid_until_and_never_negative():
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert fcm_ttl_seconds(now + timedelta(seconds=90), now) == 90
+    assert fcm_ttl_seconds(now - timedelta(seconds=5), now) == 0
+    assert fcm_ttl_seconds(None, now) == 2419200
+
+
+def test_body_round_trips_through_json():
+    assert Body.from_json(FULL.to_json()) == FULL
+
+
+def test_timestamps_accept_z_offsets_and_naive_as_utc():
+    assert parse_timestamp("2030-01-01T00:00:00Z") == datetime(2030, 1, 1, tzinfo=UTC)
+    assert parse_timestamp("2030-01-01T02:00:00+02:00") == datetime(2030, 1, 1, tzinfo=UTC)
+    assert parse_timestamp("2030-01-01T00:00:00") == datetime(2030, 1, 1, tzinfo=UTC)

@@ -1,0 +1,61 @@
+"""The Dramatiq actors: thin wrappers that decode a command, call the logic, and record.
+
+Actors are registered on a broker by :func:`register` rather than at import
+time, so the queue names can carry the deployment's prefix from the settings.
+"""
+from __future__ import annotations
+
+import dramatiq
+
+from shared import commands
+from shared.commands import Publisher, queue_name
+from shared.db import connect, ensure_indexes
+from shared.settings import Settings
+from workers import expand, writes
+from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
+from workers.delivery.retry import RetryPolicy
+
+#: Write handlers of every API family, by command kind (each family's module lists its own).
+WRITE_HANDLERS = {**writes.HANDLERS}
+
+#: The delivery actors own their retries (backoff, re-enqueue, dead letter);
+#: Dramatiq's retries are for failures of our own infrastructure only.
+DELIVERY_MAX_RETRIES = 5
+
+
+def register(broker: dramatiq.Broker, settings: Settings) -> None:
+    """Declare every actor on ``broker`` with the settings' queue names."""
+    db = connect(settings)
+    ensure_indexes(db)
+    publisher = Publisher(broker, settings)
+    delivery = DeliveryContext(
+        db=db,
+        publisher=publisher,
+        settings=settings,
+        clients=ProviderClients(settings),
+        policy=RetryPolicy(
+            in_process_tries=settings.delivery_in_process_tries,
+            max_in_process_wait=settings.delivery_max_in_process_wait,
+            max_backoff=settings.delivery_max_backoff,
+        ),
+    )
+
+    def declare(fn, name: str, **options):
+        dramatiq.actor(fn, broker=broker, actor_name=name, queue_name=queue_name(settings, commands.ACTOR_QUEUES[name]), **options)
+
+    def apply_write(command: dict) -> None:
+        writes.apply(db, command, WRITE_HANDLERS)
+
+    def expand_send(command: dict) -> None:
+        expand.expand_send(db, publisher, command, chunk_size=settings.delivery_chunk_size)
+
+    async def deliver_apns(chunk: dict) -> None:
+        await deliver_chunk(delivery, "apns", chunk)
+
+    async def deliver_fcm(chunk: dict) -> None:
+        await deliver_chunk(delivery, "fcm", chunk)
+
+    declare(apply_write, commands.APPLY_WRITE)
+    declare(expand_send, commands.EXPAND_SEND)
+    declare(deliver_apns, commands.DELIVER_CHUNK_APNS, max_retries=DELIVERY_MAX_RETRIES)
+    declare(deliver_fcm, commands.DELIVER_CHUNK_FCM, max_retries=DELIVERY_MAX_RETRIES)

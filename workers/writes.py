@@ -1,0 +1,198 @@
+"""Apply write commands (apps, devices, activations) to MongoDB, idempotently.
+
+Each handler can run twice, or after a later command for the same entity, and
+still leave what the API acknowledged last: documents carry the API's receive
+time ``ts`` and a write only lands on a document whose ``ts`` is older (last
+writer wins). Deletes leave a tombstone (``deleted: True`` with its ``ts``) so a
+create that arrives late cannot bring a deleted device back; tombstones are
+purged by :func:`purge_tombstones` once no queued command can be older.
+"""
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from shared import db as collections
+from shared.commands import REMOVED
+
+#: How many times a read-modify-write of a device retries after losing a race.
+MAX_OPTIMISTIC_TRIES = 10
+
+
+def device_id(app_id: str, token: str) -> str:
+    """A device's natural ``_id``: one registration per token within an app."""
+    return f"{app_id}:{token}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def upsert_if_newer(collection, _id: str, ts: int, fields: dict, *, on_insert: dict | None = None) -> bool:
+    """Set ``fields`` on document ``_id`` unless it already holds a write newer than ``ts``.
+
+    An upsert whose filter misses because the stored ``ts`` is newer tries to
+    insert a second document with the same ``_id``, which the unique ``_id``
+    index refuses: that refusal is how a stale write is recognised.
+    """
+    update = {"$set": {**fields, "ts": ts}}
+    if on_insert:
+        update["$setOnInsert"] = on_insert
+    try:
+        collection.update_one({"_id": _id, "ts": {"$lt": ts}}, update, upsert=True)
+        return True
+    except DuplicateKeyError:
+        return False
+
+
+# --- apps ---------------------------------------------------------------------------------------
+
+def create_app(db: Database, cmd: dict) -> None:
+    try:
+        db[collections.APPS].insert_one(
+            {"_id": cmd["app_id"], "created_at": _now(), "apns_ts": 0, "fcm_ts": 0, "suspended": {}}
+        )
+    except DuplicateKeyError:
+        pass
+
+
+def set_app_provider(db: Database, cmd: dict) -> None:
+    """Set or remove (``credentials`` None) one provider's credentials; lifts its suspension."""
+    provider = cmd["provider"]
+    ts_field = f"{provider}_ts"
+    db[collections.APPS].update_one(
+        {"_id": cmd["app_id"], ts_field: {"$lt": cmd["received_at"]}},
+        {
+            "$set": {provider: cmd["credentials"], ts_field: cmd["received_at"]},
+            "$unset": {f"suspended.{provider}": ""},
+        },
+    )
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+def register_device(db: Database, cmd: dict) -> None:
+    """Create or update a registration; its activations leave any other token of the app."""
+    ts = cmd["received_at"]
+    activations = {activation: cmd.get("user_id") for activation in cmd["activation_ids"]}
+    fields = {
+        "app_id": cmd["app_id"],
+        "token": cmd["token"],
+        "platform": cmd["platform"],
+        "environment": cmd.get("environment"),
+        "activations": activations,
+        "activation_ids": list(activations),
+        "user_ids": [cmd["user_id"]] if cmd.get("user_id") else [],
+        "deleted": False,
+        "active": True,
+        "updated_at": _now(),
+    }
+    _id = device_id(cmd["app_id"], cmd["token"])
+    if not upsert_if_newer(db[collections.DEVICES], _id, ts, fields):
+        return
+    for activation in cmd["activation_ids"]:
+        detach_activation(db, cmd["app_id"], activation, ts, keep=_id)
+
+
+def delete_device(db: Database, cmd: dict) -> None:
+    """Tombstone the registration, even one not yet created (a create may still be queued)."""
+    _id = device_id(cmd["app_id"], cmd["token"])
+    upsert_if_newer(
+        db[collections.DEVICES],
+        _id,
+        cmd["received_at"],
+        {"deleted": True, "app_id": cmd["app_id"], "token": cmd["token"], "updated_at": _now()},
+        on_insert={"activations": {}, "activation_ids": [], "user_ids": []},
+    )
+
+
+def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: int, *, keep: str | None = None) -> None:
+    """Take an activation off every registration older than ``ts`` (but ``keep``).
+
+    A registration left without activations is tombstoned: nothing can reach it.
+    The read-modify-write is guarded by the document's ``ts`` so a concurrent
+    write to the same registration is never overwritten.
+    """
+    devices = db[collections.DEVICES]
+    query = {"activation_ids": {"$in": [activation_id]}, "deleted": False}
+    if app_id is not None:
+        query["app_id"] = app_id
+    for doc in devices.find(query):
+        if doc["_id"] == keep:
+            continue
+        for _ in range(MAX_OPTIMISTIC_TRIES):
+            if doc is None or doc["ts"] >= ts or activation_id not in doc.get("activations", {}):
+                break
+            activations = {a: u for a, u in doc["activations"].items() if a != activation_id}
+            update = {
+                "activations": activations,
+                "activation_ids": list(activations),
+                "user_ids": sorted({user for user in activations.values() if user}),
+                "ts": ts,
+                "updated_at": _now(),
+            }
+            if not activations:
+                update["deleted"] = True
+            result = devices.update_one({"_id": doc["_id"], "ts": doc["ts"]}, {"$set": update})
+            if result.modified_count:
+                break
+            doc = devices.find_one({"_id": doc["_id"]})
+
+
+def update_activation_status(db: Database, cmd: dict) -> None:
+    """Record an activation's status; REMOVED also takes it off its registrations."""
+    stored = upsert_if_newer(
+        db[collections.ACTIVATIONS], cmd["activation_id"], cmd["received_at"], {"status": cmd["status"]}
+    )
+    if stored and cmd["status"] == REMOVED:
+        detach_activation(db, None, cmd["activation_id"], cmd["received_at"])
+
+
+def mark_dead_tokens(db: Database, device_ids: list[str], reason: str) -> None:
+    """Deactivate registrations whose token the provider declared dead (a new create revives them)."""
+    if device_ids:
+        db[collections.DEVICES].update_many(
+            {"_id": {"$in": device_ids}},
+            {"$set": {"active": False, "dead_reason": reason, "updated_at": _now()}},
+        )
+
+
+def purge_tombstones(db: Database, *, older_than_seconds: float) -> int:
+    """Delete tombstones older than any command still queued can be (the queue's age limit)."""
+    limit = time.time_ns() - int(older_than_seconds * 1e9)
+    ids = [d["_id"] for d in db[collections.DEVICES].find({"deleted": True}, {"_id": 1, "ts": 1}) if d["ts"] < limit]
+    if not ids:
+        return 0
+    return db[collections.DEVICES].delete_many({"_id": {"$in": ids}, "deleted": True, "ts": {"$lt": limit}}).deleted_count
+
+
+HANDLERS = {
+    "app.create": create_app,
+    "app.provider": set_app_provider,
+    "device.register": register_device,
+    "device.delete": delete_device,
+    "activation.status": update_activation_status,
+}
+
+
+def apply(db: Database, cmd: dict, handlers: dict) -> None:
+    """Apply one write command with its handler, then record that it was applied (the API waits for that).
+
+    A handler may answer a result (a dict) that the API reads back with the
+    applied record, e.g. whether a notification id was new or a repeat.
+    """
+    result = handlers[cmd["kind"]](db, cmd)
+    mark_applied(db, cmd["id"], result)
+
+
+def mark_applied(db: Database, command_id: str, result: dict | None = None) -> None:
+    record = {"_id": command_id, "at": _now()}
+    if result is not None:
+        record["result"] = result
+    try:
+        db[collections.COMMANDS].insert_one(record)
+    except DuplicateKeyError:
+        pass
