@@ -63,6 +63,7 @@ class Result:
     state: str
     reason: str | None = None
     retry_after: float | None = None
+    outcome: Outcome | None = None
 
 
 @dataclass
@@ -215,7 +216,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
             )
             reason = getattr(answer, "reason", None) if answer is not None else "transport error"
             if outcome in STATE_BY_OUTCOME:
-                result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None)
+                result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome)
             else:
                 result = Result(delivery, "retry", reason, retry_after=requeue_after)
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
@@ -228,20 +229,11 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         done, pending = await asyncio.wait(pending, timeout=RECORD_INTERVAL_SECONDS)
         await recorder.flush()
     results = [t.result() for t in tasks]
-    if any(r.state == "failed" and r.reason in CREDENTIAL_REASONS.get(platform, ()) for r in results):
-        await asyncio.to_thread(_suspend, ctx.db, chunk["app_id"], platform, _first_reason(results))
+    refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
+    if refused:
+        await asyncio.to_thread(_suspend, ctx.db, chunk["app_id"], platform, refused[0].reason or "credentials refused")
     await _schedule_retries(ctx, platform, chunk, [r for r in results if r.state == "retry"], attempts, claim)
 
-
-#: Answers that mean the app's credentials are refused (the client already refreshed once).
-CREDENTIAL_REASONS = {
-    "apns": ("ExpiredProviderToken", "InvalidProviderToken", "MissingProviderToken", "Forbidden"),
-    "fcm": ("UNAUTHENTICATED", "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"),
-}
-
-
-def _first_reason(results: list[Result]) -> str:
-    return next((r.reason for r in results if r.state == "failed" and r.reason), "credentials refused")
 
 
 def _suspend(db: Database, app_id: str, platform: str, reason: str) -> None:

@@ -1,0 +1,157 @@
+"""APNs simulator: ``POST /3/device/<token>`` over HTTP/2 with token (ES256 JWT) auth.
+
+Answers as Apple documents (status, ``{"reason": …}``, ``apns-id``), and by the
+device token's prefix, so a test says what it expects by the tokens it uses:
+
+  dead…   410 Unregistered (with timestamp)      bad0…  400 BadDeviceToken
+  70c0…   400 DeviceTokenNotForTopic             f503N… 503 for the first N attempts, then 200
+  f500N…  500 for the first N attempts           f429N… 429 TooManyRequests for the first N attempts
+  de1aN…  answer 200 after N seconds             anything else (64 hex): 200
+
+Control port: see simulators/common.py, plus ``POST /keys`` {key_id, team_id, public_key_pem}.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from simulators.common import Recorder, control_handler, number_after, parse_args, run
+from simulators.server import Connections, Request, Response
+
+MAX_CONCURRENT_STREAMS = 1000
+MAX_PAYLOAD_BYTES = 4096
+#: A provider token is refused as expired once older than this (Apple: one hour).
+TOKEN_MAX_AGE_SECONDS = 3600
+PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "fileprovider", "mdm", "liveactivity", "pushtotalk", "widgets"}
+TOKEN_FORMAT = re.compile(r"^[0-9a-fA-F]{64}$")
+UUID_FORMAT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+FAILURE_PREFIXES = (("f503", 503, "ServiceUnavailable"), ("f500", 500, "InternalServerError"), ("f429", 429, "TooManyRequests"))
+
+
+class ApnsSimulator:
+    def __init__(self):
+        self.recorder = Recorder()
+        self.connections = Connections()
+        self.keys: dict[str, tuple[str, object]] = {}  # key id -> (team id, public key)
+        self.verified: dict[str, tuple[str, float] | str] = {}  # jwt -> (key id, iat) or refusal reason
+
+    # --- control -------------------------------------------------------------------------------
+
+    def add_key(self, request: Request) -> Response:
+        data = request.json() or {}
+        try:
+            self.keys[data["key_id"]] = (data["team_id"], load_pem_public_key(data["public_key_pem"].encode()))
+        except (KeyError, ValueError, TypeError) as error:
+            return Response.json(400, {"error": f"bad key: {error}"})
+        self.verified.clear()
+        return Response.json(200, {"ok": True})
+
+    # --- provider ------------------------------------------------------------------------------
+
+    def _auth_refusal(self, authorization: str | None) -> str | None:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return "MissingProviderToken"
+        token = authorization[7:].strip()
+        known = self.verified.get(token)
+        if known is None:
+            known = self._verify(token)
+            if len(self.verified) > 10_000:
+                self.verified.clear()
+            self.verified[token] = known
+        if isinstance(known, str):
+            return known
+        _key_id, issued_at = known
+        if time.time() - issued_at > TOKEN_MAX_AGE_SECONDS:
+            return "ExpiredProviderToken"
+        return None
+
+    def _verify(self, token: str) -> tuple[str, float] | str:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return "InvalidProviderToken"
+        entry = self.keys.get(header.get("kid", ""))
+        if entry is None or header.get("alg") != "ES256":
+            return "InvalidProviderToken"
+        team_id, public_key = entry
+        try:
+            claims = jwt.decode(token, public_key, algorithms=["ES256"], options={"verify_aud": False, "verify_iat": False})
+        except jwt.PyJWTError:
+            return "InvalidProviderToken"
+        if claims.get("iss") != team_id or not isinstance(claims.get("iat"), int | float):
+            return "InvalidProviderToken"
+        return header["kid"], float(claims["iat"])
+
+    async def handle(self, request: Request) -> Response:
+        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
+        if not request.path.startswith("/3/device/"):
+            return self._refuse(404, "BadPath", apns_id)
+        if request.method != "POST":
+            return self._refuse(405, "MethodNotAllowed", apns_id)
+        token = request.path[len("/3/device/"):]
+        attempt = self.recorder.attempt(token)
+        status, reason, delay = self._answer(request, token, attempt, apns_id)
+        if delay:
+            await asyncio.sleep(delay)
+        self.recorder.keep(token, request, status)
+        if status == 200:
+            return Response(200, b"", [("apns-id", apns_id)], on_written=self.recorder.deliverer(token))
+        body = {"reason": reason}
+        if status == 410:
+            body["timestamp"] = int(time.time() * 1000)
+        return Response.json(status, body, [("apns-id", apns_id)])
+
+    def _refuse(self, status: int, reason: str, apns_id: str) -> Response:
+        return Response.json(status, {"reason": reason}, [("apns-id", apns_id)])
+
+    def _answer(self, request: Request, token: str, attempt: int, apns_id: str) -> tuple[int, str | None, float]:
+        headers = request.headers
+        if self.recorder.unavailable():
+            return 503, "ServiceUnavailable", 0
+        refusal = self._auth_refusal(headers.get("authorization"))
+        if refusal:
+            return 403, refusal, 0
+        if not headers.get("apns-topic"):
+            return 400, "MissingTopic", 0
+        if not UUID_FORMAT.match(apns_id):
+            return 400, "BadMessageId", 0
+        if headers.get("apns-push-type") and headers["apns-push-type"] not in PUSH_TYPES:
+            return 400, "InvalidPushType", 0
+        if headers.get("apns-priority") not in (None, "1", "5", "10"):
+            return 400, "BadPriority", 0
+        if headers.get("apns-expiration") and not headers["apns-expiration"].isdigit():
+            return 400, "BadExpirationDate", 0
+        if not TOKEN_FORMAT.match(token):
+            return 400, "BadDeviceToken", 0
+        if len(request.body) > MAX_PAYLOAD_BYTES:
+            return 413, "PayloadTooLarge", 0
+        if not request.body:
+            return 400, "PayloadEmpty", 0
+        if token.startswith("dead"):
+            return 410, "Unregistered", 0
+        if token.startswith("bad0"):
+            return 400, "BadDeviceToken", 0
+        if token.startswith("70c0"):
+            return 400, "DeviceTokenNotForTopic", 0
+        for prefix, status, reason in FAILURE_PREFIXES:
+            failures = number_after(token, prefix)
+            if failures is not None and attempt <= failures:
+                return status, reason, 0
+        delay = number_after(token, "de1a")
+        return 200, None, float(delay or 0)
+
+
+def main() -> None:
+    args = parse_args("apns", 8443, 8445)
+    simulator = ApnsSimulator()
+    control = control_handler(simulator.recorder, simulator.connections, {("POST", "/keys"): simulator.add_key})
+    run("apns", args, simulator.handle, control, connections=simulator.connections, max_concurrent_streams=MAX_CONCURRENT_STREAMS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""FCM HTTP v1 simulator: ``POST /v1/projects/<project>/messages:send`` and the OAuth token endpoint.
+
+``POST /token`` (HTTP/1.1 or HTTP/2) takes a service account's signed JWT
+assertion (RFC 7523, as google-auth sends it) and issues an access token for
+that account's project. Sends need ``Authorization: Bearer <access token>``.
+Errors are FCM v1's: ``{"error": {code, message, status, details: [{"@type": …FcmError, errorCode}]}}``.
+Behaviour by registration token prefix:
+
+  dead…          404 NOT_FOUND / UNREGISTERED
+  invalid…       400 INVALID_ARGUMENT on message.token
+  unavailableN-  503 UNAVAILABLE for the first N attempts, then 200
+  internalN-     500 INTERNAL for the first N attempts
+  quotaN-        429 RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with Retry-After: 1, first N attempts
+  delayN-        200 after N seconds
+
+Control port: see simulators/common.py, plus ``POST /service-accounts`` {client_email, project_id, public_key_pem}.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import urllib.parse
+
+import jwt
+import orjson
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from simulators.common import Recorder, control_handler, number_after, parse_args, run
+from simulators.server import Connections, Request, Response
+
+MAX_CONCURRENT_STREAMS = 100
+MAX_MESSAGE_BYTES = 4096
+ACCESS_TOKEN_SECONDS = 3600
+FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+FAILURE_PREFIXES = (
+    ("unavailable", 503, "UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable."),
+    ("internal", 500, "INTERNAL", "INTERNAL", "Internal error encountered."),
+    ("quota", 429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded for quota metric 'Send requests'."),
+)
+
+
+def fcm_error(status: int, grpc_status: str, message: str, error_code: str | None = None, extra_details=(), headers=None) -> Response:
+    details = [{"@type": FCM_ERROR, "errorCode": error_code}] if error_code else []
+    details += list(extra_details)
+    return Response.json(status, {"error": {"code": status, "message": message, "status": grpc_status, "details": details}}, headers)
+
+
+class FcmSimulator:
+    def __init__(self):
+        self.recorder = Recorder()
+        self.connections = Connections()
+        self.accounts: dict[str, tuple[str, object]] = {}  # client email -> (project id, public key)
+        self.access_tokens: dict[str, tuple[str, float]] = {}  # token -> (project id, expiry)
+        self.tokens_issued = 0
+
+    def add_account(self, request: Request) -> Response:
+        data = request.json() or {}
+        try:
+            self.accounts[data["client_email"]] = (data["project_id"], load_pem_public_key(data["public_key_pem"].encode()))
+        except (KeyError, ValueError, TypeError) as error:
+            return Response.json(400, {"error": f"bad service account: {error}"})
+        return Response.json(200, {"ok": True})
+
+    def stats(self, request: Request) -> Response:
+        return Response.json(200, {**self.recorder.stats(), "access_tokens_issued": self.tokens_issued})
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        if path == "/token" and request.method == "POST":
+            return self._token(request)
+        if path.startswith("/v1/projects/") and path.endswith("/messages:send") and request.method == "POST":
+            return await self._send(request, path[len("/v1/projects/"):-len("/messages:send")])
+        return fcm_error(404, "NOT_FOUND", f"Not found: {request.method} {path}")
+
+    def _token(self, request: Request) -> Response:
+        form = urllib.parse.parse_qs(request.body.decode("utf-8", "replace"))
+        assertion = (form.get("assertion") or [""])[0]
+        if (form.get("grant_type") or [""])[0] != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not assertion:
+            return Response.json(400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type or no assertion."})
+        try:
+            issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss", "")
+            project_id, public_key = self.accounts[issuer]
+            jwt.decode(assertion, public_key, algorithms=["RS256"], options={"verify_aud": False})
+        except (KeyError, jwt.PyJWTError):
+            return Response.json(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+        token = "ya29.sim-" + secrets.token_urlsafe(32)
+        self.access_tokens[token] = (project_id, time.time() + ACCESS_TOKEN_SECONDS)
+        self.tokens_issued += 1
+        return Response.json(200, {"access_token": token, "expires_in": ACCESS_TOKEN_SECONDS, "token_type": "Bearer"})
+
+    async def _send(self, request: Request, project_id: str) -> Response:
+        try:
+            message = orjson.loads(request.body)["message"]
+            token = message["token"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return fcm_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.", "INVALID_ARGUMENT")
+        attempt = self.recorder.attempt(token)
+        response = self._refusal(request, project_id, message, token, attempt)
+        if response is None:
+            delay = number_after(token, "delay")
+            if delay:
+                await asyncio.sleep(delay)
+            response = Response.json(
+                200, {"name": f"projects/{project_id}/messages/{secrets.token_hex(8)}"}, on_written=self.recorder.deliverer(token)
+            )
+        self.recorder.keep(token, request, response.status)
+        return response
+
+    def _refusal(self, request: Request, project_id: str, message: dict, token: str, attempt: int) -> Response | None:
+        if self.recorder.unavailable():
+            return fcm_error(503, "UNAVAILABLE", "The service is currently unavailable.", "UNAVAILABLE")
+        authorization = request.headers.get("authorization", "")
+        granted = self.access_tokens.get(authorization[7:]) if authorization.lower().startswith("bearer ") else None
+        if granted is None or granted[1] < time.time():
+            return fcm_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", "THIRD_PARTY_AUTH_ERROR")
+        if granted[0] != project_id:
+            return fcm_error(403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH")
+        if len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+            return fcm_error(400, "INVALID_ARGUMENT", "Message is too big", "INVALID_ARGUMENT")
+        android = message.get("android") or {}
+        if android.get("priority") not in (None, "high", "normal", "HIGH", "NORMAL"):
+            return fcm_error(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.priority'", "INVALID_ARGUMENT",
+                             [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.android.priority"}]}])
+        ttl = android.get("ttl")
+        if ttl is not None and not (isinstance(ttl, str) and ttl.endswith("s")):
+            return fcm_error(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'", "INVALID_ARGUMENT",
+                             [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.android.ttl"}]}])
+        if token.startswith("dead"):
+            return fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")
+        if token.startswith("invalid"):
+            return fcm_error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT",
+                             [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.token",
+                                                                          "description": "The registration token is not a valid FCM registration token"}]}])
+        for prefix, status, grpc_status, code, text in FAILURE_PREFIXES:
+            failures = number_after(token, prefix)
+            if failures is not None and attempt <= failures:
+                return fcm_error(status, grpc_status, text, code, headers=[("retry-after", "1")] if status == 429 else None)
+        return None
+
+
+def main() -> None:
+    args = parse_args("fcm", 8444, 8446)
+    simulator = FcmSimulator()
+    control = control_handler(
+        simulator.recorder, simulator.connections,
+        {("POST", "/service-accounts"): simulator.add_account, ("GET", "/stats"): simulator.stats},
+    )
+    run("fcm", args, simulator.handle, control, connections=simulator.connections, max_concurrent_streams=MAX_CONCURRENT_STREAMS)
+
+
+if __name__ == "__main__":
+    main()

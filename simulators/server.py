@@ -1,0 +1,281 @@
+"""A small asyncio server for the simulators: HTTP/2 (h2) over TLS, HTTP/1.1 beside it.
+
+One protocol class serves both: after the TLS handshake it looks at ALPN and
+speaks HTTP/2 when the client chose ``h2``, HTTP/1.1 otherwise (the OAuth token
+endpoint is called by google-auth over HTTP/1.1; the control port is plain
+HTTP/1.1 without TLS). Handlers are coroutines ``handle(request) -> Response``.
+A response's ``on_written`` runs only when the response went out on a live
+connection, so a simulator counts a notification as delivered only if the
+client could have seen the answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import orjson
+
+log = logging.getLogger(__name__)
+
+#: Receive window granted to clients, per stream and for the connection.
+RECEIVE_WINDOW = 1 << 24
+#: Largest HTTP/1.1 request head or body accepted.
+MAX_HTTP1_REQUEST = 1 << 24
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    http2: bool = True
+
+    def json(self):
+        return orjson.loads(self.body) if self.body else None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    on_written: Callable[[], None] | None = None
+
+    @classmethod
+    def json(cls, status: int, data, headers: list[tuple[str, str]] | None = None, on_written=None) -> Response:
+        return cls(status, orjson.dumps(data), [("content-type", "application/json"), *(headers or [])], on_written)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Connections:
+    """The live HTTP/2 connections of a server, so a fault can GOAWAY them all."""
+
+    def __init__(self):
+        self.live: set[ServerProtocol] = set()
+
+    def goaway_all(self) -> int:
+        for protocol in list(self.live):
+            protocol.goaway()
+        return len(self.live)
+
+
+class ServerProtocol(asyncio.Protocol):
+    """Serves one client connection with ``handler``."""
+
+    def __init__(self, handler: Handler, *, max_concurrent_streams: int = 1000, connections: Connections | None = None):
+        self.handler = handler
+        self.max_concurrent_streams = max_concurrent_streams
+        self.connections = connections
+        self.transport: asyncio.Transport | None = None
+        self.h2: h2.connection.H2Connection | None = None
+        self.streams: dict[int, tuple[dict, bytearray]] = {}
+        self.waiting_window: dict[int, tuple[bytes, Callable | None]] = {}
+        self.buffer = bytearray()
+        self.http1_busy = False
+        self.flush_scheduled = False
+
+    # --- connection --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False)
+            self.h2 = h2.connection.H2Connection(config=config)
+            self.h2.local_settings = h2.settings.Settings(
+                client=False,
+                initial_values={
+                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW,
+                },
+            )
+            self.h2.initiate_connection()
+            self.h2.increment_flow_control_window(RECEIVE_WINDOW)
+            self._flush()
+            if self.connections is not None:
+                self.connections.live.add(self)
+
+    def connection_lost(self, exc) -> None:
+        if self.connections is not None:
+            self.connections.live.discard(self)
+
+    def alive(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def goaway(self) -> None:
+        """Send GOAWAY: streams already received are answered, new ones are refused, then close."""
+        if self.h2 is None or not self.alive():
+            return
+        self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
+        self._flush()
+        asyncio.get_running_loop().call_later(0.5, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self._h2_received(data)
+        else:
+            self.buffer.extend(data)
+            self._http1_next()
+
+    # --- HTTP/2 -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.alive():
+            data = self.h2.data_to_send()
+            if data:
+                self.transport.write(data)
+
+    def _schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _h2_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush()
+            self.transport.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self.streams[event.stream_id] = (dict(event.headers), bytearray())
+                if event.stream_ended:
+                    self._dispatch(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream[1].extend(event.data)
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._dispatch(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                self.streams.pop(event.stream_id, None)
+                self.waiting_window.pop(event.stream_id, None)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._send_waiting()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.transport.close()
+        self._flush()
+
+    def _dispatch(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        headers, body = stream
+        request = Request(headers.get(":method", ""), headers.get(":path", ""), headers, bytes(body))
+        asyncio.ensure_future(self._answer_h2(stream_id, request))
+
+    async def _answer_h2(self, stream_id: int, request: Request) -> None:
+        response = await self._handle(request)
+        if stream_id not in self.streams or not self.alive():
+            return  # reset by the client, or the connection went away meanwhile
+        del self.streams[stream_id]
+        headers = [(":status", str(response.status)), ("content-length", str(len(response.body))), *response.headers]
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=not response.body)
+            if response.body:
+                self._send_body(stream_id, response.body, response.on_written)
+            else:
+                self._written(response.on_written)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        self._schedule_flush()
+
+    def _send_body(self, stream_id: int, body: bytes, on_written) -> None:
+        if self.h2.local_flow_control_window(stream_id) < len(body):
+            self.waiting_window[stream_id] = (body, on_written)
+            return
+        self.h2.send_data(stream_id, body, end_stream=True)
+        self._written(on_written)
+
+    def _send_waiting(self) -> None:
+        for stream_id, (body, on_written) in list(self.waiting_window.items()):
+            try:
+                if self.h2.local_flow_control_window(stream_id) >= len(body):
+                    del self.waiting_window[stream_id]
+                    self.h2.send_data(stream_id, body, end_stream=True)
+                    self._written(on_written)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.waiting_window.pop(stream_id, None)
+
+    def _written(self, on_written) -> None:
+        if on_written is not None and self.alive():
+            on_written()
+
+    async def _handle(self, request: Request) -> Response:
+        try:
+            return await self.handler(request)
+        except Exception:  # noqa: BLE001 - a simulator bug must answer 500, not hang the stream
+            log.exception("handler failed for %s %s", request.method, request.path)
+            return Response.json(500, {"reason": "InternalServerError"})
+
+    # --- HTTP/1.1 -----------------------------------------------------------------------------
+
+    def _http1_next(self) -> None:
+        if self.http1_busy:
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HTTP1_REQUEST:
+                self.transport.close()
+            return
+        head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        try:
+            method, target, _version = head[0].split(" ", 2)
+        except ValueError:
+            self.transport.close()
+            return
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length") or 0)
+        if length > MAX_HTTP1_REQUEST:
+            self.transport.close()
+            return
+        if len(self.buffer) < end + 4 + length:
+            return
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        self.http1_busy = True
+        asyncio.ensure_future(self._answer_http1(Request(method, target, headers, body, http2=False), headers))
+
+    async def _answer_http1(self, request: Request, headers: dict) -> None:
+        response = await self._handle(request)
+        self.http1_busy = False
+        if not self.alive():
+            return
+        lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}", f"content-length: {len(response.body)}"]
+        lines += [f"{name}: {value}" for name, value in response.headers]
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body)
+        self._written(response.on_written)
+        if headers.get("connection", "").lower() == "close":
+            self.transport.close()
+            return
+        self._http1_next()
+
+
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 410: "Gone", 413: "Payload Too Large", 429: "Too Many Requests",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+async def serve(handler: Handler, host: str, port: int, *, ssl_context=None, max_concurrent_streams: int = 1000,
+                connections: Connections | None = None) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: ServerProtocol(handler, max_concurrent_streams=max_concurrent_streams, connections=connections),
+        host, port, ssl=ssl_context, backlog=1024,
+    )
