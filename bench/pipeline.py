@@ -30,7 +30,7 @@ SYNC_REQUESTS = 200
 
 def tokens_for(count: int) -> tuple[list[str], list[str], list[str]]:
     users = [f"bu-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
-    tokens = [secrets.token_hex(32) if i % 2 == 0 else f"fcm-{secrets.token_urlsafe(30)}" for i in range(count)]
+    tokens = ["0" + secrets.token_hex(32)[1:] if i % 2 == 0 else f"fcm-{secrets.token_urlsafe(30)}" for i in range(count)]
     platforms = ["apns" if i % 2 == 0 else "fcm" for i in range(count)]
     return users, tokens, platforms
 

@@ -5,7 +5,7 @@ device token's prefix, so a test says what it expects by the tokens it uses:
 
   dead…   410 Unregistered (with timestamp)      bad0…  400 BadDeviceToken
   70c0…   400 DeviceTokenNotForTopic             f503N… 503 for the first N attempts, then 200
-  f500N…  500 for the first N attempts           f429N… 429 TooManyRequests for the first N attempts
+  f500N…  500 for the first N attempts (N: one digit)           f429N… 429 TooManyRequests for the first N attempts
   de1aN…  answer 200 after N seconds             anything else (64 hex): 200
 
 Control port: see simulators/common.py, plus ``POST /keys`` {key_id, team_id, public_key_pem}.
@@ -139,10 +139,10 @@ class ApnsSimulator:
         if token.startswith("70c0"):
             return 400, "DeviceTokenNotForTopic", 0
         for prefix, status, reason in FAILURE_PREFIXES:
-            failures = number_after(token, prefix)
+            failures = number_after(token, prefix, digits=1)
             if failures is not None and attempt <= failures:
                 return status, reason, 0
-        delay = number_after(token, "de1a")
+        delay = number_after(token, "de1a", digits=1)
         return 200, None, float(delay or 0)
 
 

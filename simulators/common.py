@@ -31,11 +31,16 @@ RECEIVED_TOKENS = 20_000
 RECEIVED_PER_TOKEN = 5
 
 
-def number_after(token: str, prefix: str) -> int | None:
-    """The number right after ``prefix`` at the start of ``token`` ("f5032…" with "f503" → 2), or None."""
+def number_after(token: str, prefix: str, *, digits: int | None = None) -> int | None:
+    """The number right after ``prefix`` at the start of ``token``, or None.
+
+    ``digits`` fixes how many digits it has (APNs tokens are hex, so "f5032" + "58…"
+    must read 2, not 258); without it the number ends at the first non-digit ("delay5-" → 5).
+    """
     if not token.startswith(prefix):
         return None
-    match = re.match(r"\d+", token[len(prefix):])
+    pattern = rf"\d{{{digits}}}" if digits else r"\d+"
+    match = re.match(pattern, token[len(prefix):])
     return int(match.group()) if match else None
 
 

@@ -180,6 +180,7 @@ class ServerProtocol(asyncio.Protocol):
     async def _answer_h2(self, stream_id: int, request: Request) -> None:
         response = await self._handle(request)
         if stream_id not in self.streams or not self.alive():
+            log.warning("stream %s gone before its answer (alive %s)", stream_id, self.alive())
             return  # reset by the client, or the connection went away meanwhile
         del self.streams[stream_id]
         headers = [(":status", str(response.status)), ("content-length", str(len(response.body))), *response.headers]
@@ -189,7 +190,8 @@ class ServerProtocol(asyncio.Protocol):
                 self._send_body(stream_id, response.body, response.on_written)
             else:
                 self._written(response.on_written)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as error:
+            log.warning("answer on stream %s failed: %r", stream_id, error)
             return
         self._schedule_flush()
 

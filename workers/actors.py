@@ -6,17 +6,18 @@ time, so the queue names can carry the deployment's prefix from the settings.
 from __future__ import annotations
 
 import dramatiq
+import requests
 
 from shared import commands
 from shared.commands import Publisher, queue_name
-from shared.db import connect, ensure_indexes
+from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.settings import Settings
-from workers import expand, writes
+from workers import expand, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
 from workers.delivery.retry import RetryPolicy
 
 #: Write handlers of every API family, by command kind (each family's module lists its own).
-WRITE_HANDLERS = {**writes.HANDLERS}
+WRITE_HANDLERS = {**writes.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS}
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
 #: Dramatiq's retries are for failures of our own infrastructure only.
@@ -27,7 +28,10 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     """Declare every actor on ``broker`` with the settings' queue names."""
     db = connect(settings)
     ensure_indexes(db)
+    if settings.wc_bridge_ttl_indexes:
+        ensure_ttl_indexes(db)
     publisher = Publisher(broker, settings)
+    wc_push.bind(publisher, chunk_size=settings.delivery_chunk_size)
     delivery = DeliveryContext(
         db=db,
         publisher=publisher,
@@ -59,3 +63,10 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     declare(expand_send, commands.EXPAND_SEND)
     declare(deliver_apns, commands.DELIVER_CHUNK_APNS, max_retries=DELIVERY_MAX_RETRIES)
     declare(deliver_fcm, commands.DELIVER_CHUNK_FCM, max_retries=DELIVERY_MAX_RETRIES)
+
+    webhooks = wc_bridge.WebhookContext(db=db, publisher=publisher, settings=settings, session=requests.Session())
+
+    def deliver_webhook(job: dict) -> None:
+        wc_bridge.deliver_webhook(webhooks, job)
+
+    declare(deliver_webhook, commands.DELIVER_CHUNK_WEBHOOK, max_retries=DELIVERY_MAX_RETRIES)

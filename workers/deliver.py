@@ -25,6 +25,7 @@ from shared import db as collections
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.payload import Body, FcmTemplate, apns_push, fcm_message, fcm_ttl_seconds
 from shared.settings import Settings
+from workers import wc_push
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner
 from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.outcomes import Outcome, classify_apns, classify_fcm
@@ -39,6 +40,8 @@ RECORD_INTERVAL_SECONDS = 0.02
 #: Extra seconds past a foreign lease before a held delivery is looked at again.
 LEASE_GRACE_SECONDS = 1.0
 CLAIMABLE = ("pending", "retry")
+#: How many times per lease period a run renews the lease of what it is still sending.
+LEASE_RENEWALS = 3
 
 #: Outcome → delivery state recorded.
 STATE_BY_OUTCOME = {
@@ -52,6 +55,7 @@ STATE_BY_OUTCOME = {
 DEACTIVATE_DEVICE = "device"
 DEAD_TOKEN_ACTIONS = {
     DEACTIVATE_DEVICE: mark_dead_tokens,
+    wc_push.DEAD_TOKEN_ACTION: wc_push.delete_dead_clients,
 }
 
 
@@ -223,11 +227,17 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         recorder.add(result)
         return result
 
-    tasks = [asyncio.ensure_future(run(d)) for d in work]
+    tasks = {asyncio.ensure_future(run(d)): d.id for d in work}
     pending = set(tasks)
+    lease = ctx.settings.delivery_lease_seconds
+    renew_at = time.monotonic() + lease / LEASE_RENEWALS
     while pending:
         done, pending = await asyncio.wait(pending, timeout=RECORD_INTERVAL_SECONDS)
         await recorder.flush()
+        if pending and time.monotonic() >= renew_at:
+            # Still sending: keep the claim, so no other run takes over a live delivery.
+            await asyncio.to_thread(_renew_lease, ctx.db, [tasks[t] for t in pending], claim, lease)
+            renew_at = time.monotonic() + lease / LEASE_RENEWALS
     results = [t.result() for t in tasks]
     refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
     if refused:
@@ -274,6 +284,12 @@ def _claim(db: Database, platform: str, ids: list[str], claim: str, lease_second
         else:
             held[doc["_id"]] = doc["lease_until"]
     return mine, held
+
+
+def _renew_lease(db: Database, ids: list[str], claim: str, lease_seconds: float) -> None:
+    db[collections.DELIVERIES].update_many(
+        {"_id": {"$in": ids}, "claim": claim, "state": "sending"}, {"$set": {"lease_until": time.time() + lease_seconds}}
+    )
 
 
 def _dead_letter(db: Database, platform: str, chunk: dict, results: list[Result], claim: str) -> None:

@@ -122,7 +122,8 @@ def new_app(stack, apns_sim, fcm_sim):
 
 def apns_token(prefix: str = "") -> str:
     """A 64-hex APNs token; the simulator's behaviour is chosen by ``prefix``."""
-    return (prefix + secrets.token_hex(32))[:64]
+    # Without a prefix, start with "0": no behaviour prefix of the simulator starts so.
+    return ((prefix or "0") + secrets.token_hex(32))[:64]
 
 
 def fcm_token(prefix: str = "") -> str:

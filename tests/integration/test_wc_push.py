@@ -1,0 +1,530 @@
+"""WalletConnect push server API end to end: API → RabbitMQ → workers → MongoDB → simulators.
+
+Tenant management and the authentication switches are settings of the API
+process; the session's gunicorn API runs with them off, so those tests drive
+an in-process API (same RabbitMQ, same database, same workers) built with
+them on.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pymongo
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from api.app import create_app
+from api.wc_push_auth import did_key_for, signed_message
+from devstack.credentials import make_credentials, register_with_simulators
+from shared import db as collections
+from shared.settings import load
+from shared.wc_push import client_key, tenant_app_id
+from tests.integration.conftest import apns_token, fcm_token
+from tests.unit.test_wc_push import client_jwt
+from workers import wc_push as handlers
+
+ADMIN_TOKEN = "wc-push-admin-" + secrets.token_hex(8)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: Seconds a delivery may take to reach a simulator.
+DELIVERY_TIMEOUT = 30
+
+
+def eventually(check, *, timeout: float = DELIVERY_TIMEOUT, pause: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(pause)
+
+
+def encrypted(topic: str = "topic-1", blob: str = "ZW5jcnlwdGVk") -> dict:
+    return {"topic": topic, "flags": 1 | 16, "blob": blob}
+
+
+def cleartext(title: str, body: str) -> dict:
+    blob = base64.b64encode(json.dumps({"title": title, "body": body}).encode()).decode()
+    return {"topic": "topic-clear", "flags": 16, "blob": blob}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def admin(stack):
+    """An in-process API on the session's stack, with tenant management on."""
+    app = create_app(load(stack.settings_env(), wc_push_admin_token=ADMIN_TOKEN))
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def database(stack):
+    return pymongo.MongoClient(stack.mongo_uri, tz_aware=True)["push"]
+
+
+def upload_credentials(admin, tenant_id: str, credentials, *, apns: bool = True, fcm: bool = True) -> None:
+    if apns:
+        answer = admin.post(
+            f"/tenants/{tenant_id}/apns",
+            headers=ADMIN,
+            content_type="multipart/form-data",
+            data={
+                "apns_topic": credentials.bundle,
+                "apns_key_id": credentials.key_id,
+                "apns_team_id": credentials.team_id,
+                "apns_pkcs8_pem": (io.BytesIO(credentials.apns_key_pem.encode()), "AuthKey.p8"),
+            },
+        )
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+    if fcm:
+        answer = admin.post(
+            f"/tenants/{tenant_id}/fcm_v1",
+            headers=ADMIN,
+            content_type="multipart/form-data",
+            data={"credentials": (io.BytesIO(json.dumps(credentials.service_account).encode()), "service-account.json")},
+        )
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+
+
+def simulator_credentials(stack, apns_sim, fcm_sim, name: str, *, register: bool = True):
+    credentials = make_credentials(
+        name, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper()
+    )
+    if register:
+        register_with_simulators(credentials, apns_control=apns_sim.base_url, fcm_control=fcm_sim.base_url)
+    return credentials
+
+
+@pytest.fixture(scope="module")
+def new_tenant(stack, admin, apns_sim, fcm_sim):
+    """Create a tenant whose credentials the simulators accept; answers its id."""
+
+    def make() -> str:
+        tenant_id = f"t-{uuid.uuid4().hex[:10]}"
+        answer = admin.post("/tenants", json={"id": tenant_id}, headers=ADMIN)
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        upload_credentials(admin, tenant_id, simulator_credentials(stack, apns_sim, fcm_sim, tenant_id))
+        return tenant_id
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def default_tenant(stack, admin, apns_sim, fcm_sim):
+    """The tenant of the routes without a tenant id, with working credentials."""
+    assert admin.post("/tenants", json={"id": "default"}, headers=ADMIN).status_code == 200
+    upload_credentials(admin, "default", simulator_credentials(stack, apns_sim, fcm_sim, "wcp-default"))
+    return "default"
+
+
+class WcClient:
+    """Calls of the WalletConnect push API on the session's gunicorn API, for one tenant (None: default)."""
+
+    def __init__(self, api, tenant: str | None = None):
+        self.api = api
+        self.prefix = f"/{tenant}" if tenant else ""
+
+    def register(self, client_id: str, kind: str, token: str, **extra):
+        return self.api.session.post(
+            f"{self.api.base_url}{self.prefix}/clients", json={"client_id": client_id, "type": kind, "token": token, **extra}, timeout=60
+        )
+
+    def unregister(self, client_id: str):
+        return self.api.session.delete(f"{self.api.base_url}{self.prefix}/clients/{client_id}", timeout=60)
+
+    def send(self, client_id: str, notification_id: str | None, payload: dict | None = None, *, raw: dict | None = None, session=None):
+        body = {"raw": raw} if raw is not None else {"payload": payload}
+        if notification_id is not None:
+            body["id"] = notification_id
+        return (session or self.api.session).post(f"{self.api.base_url}{self.prefix}/clients/{client_id}", json=body, timeout=60)
+
+
+def registered(wc: WcClient, kind: str, token: str, client_id: str | None = None, **extra) -> str:
+    client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+    answer = wc.register(client_id, kind, token, **extra)
+    assert answer.status_code == 200 and answer.json() == {"status": "OK"}, answer.text
+    return client_id
+
+
+def delivered(simulator, token: str, count: int = 1) -> int:
+    """Wait until ``token`` got ``count`` pushes, then a little longer to catch extras; answer the count."""
+    eventually(lambda: simulator.delivered(token) >= count)
+    time.sleep(0.5)
+    return simulator.delivered(token)
+
+
+# --- 1. health ----------------------------------------------------------------------------------
+
+def test_health_answers_version_line_and_live_checks(api):
+    answer = api.get("/health")
+    assert answer.status_code == 200 and answer.text.startswith("OK, push-server v")
+    body = api.get("/health", format="json").json()
+    assert body["status"] == "OK" and body["rabbitmq"] == "UP" and body["mongodb"] == "UP"
+
+
+# --- 2. registration ----------------------------------------------------------------------------
+
+def test_unknown_type_is_a_400_naming_the_type_field(api, default_tenant):
+    answer = WcClient(api).register("c-1", "pager", "tok")
+    assert answer.status_code == 400
+    body = answer.json()
+    assert body["status"] == "FAILED" and body["errors"][0]["name"] == "ProviderNotFound"
+    assert [(f["field"], f["location"]) for f in body["fields"]] == [("type", "body")]
+
+
+def test_every_type_registers(api, default_tenant):
+    wc = WcClient(api)
+    for kind, token in (("apns", apns_token()), ("apns-sandbox", apns_token()), ("fcm", fcm_token()), ("fcm_v1", fcm_token()), ("noop", "x")):
+        registered(wc, kind, token)
+
+
+# --- 3. sends, dedupe, payload mapping ----------------------------------------------------------
+
+def test_first_send_202_repeat_200_and_delivered_once(api, default_tenant, apns_sim, fcm_sim):
+    wc = WcClient(api)
+    ios, android = apns_token(), fcm_token()
+    ios_client, android_client = registered(wc, "apns", ios), registered(wc, "fcm", android)
+    notification_id = new_id()
+
+    for client in (ios_client, android_client):
+        first = wc.send(client, notification_id, encrypted())
+        assert first.status_code == 202 and first.json() == {"status": "OK"}, first.text
+        repeat = wc.send(client, notification_id, encrypted())
+        assert repeat.status_code == 200 and repeat.json() == {"status": "OK"}, repeat.text
+
+    assert delivered(apns_sim, ios) == 1
+    assert delivered(fcm_sim, android) == 1
+    apns_body = apns_sim.received(ios)[-1]["body"]
+    assert apns_body["aps"]["mutable-content"] == 1
+    assert (apns_body["topic"], apns_body["blob"], apns_body["flags"]) == ("topic-1", "ZW5jcnlwdGVk", 17)
+    message = fcm_sim.received(android)[-1]["body"]["message"]
+    assert message["data"] == {"topic": "topic-1", "blob": "ZW5jcnlwdGVk", "flags": "17"}
+    assert "notification" not in message.get("android", {}) and "notification" not in message
+
+
+def test_cleartext_blob_becomes_a_visible_notification(api, default_tenant, apns_sim, fcm_sim):
+    wc = WcClient(api)
+    ios, android = apns_token(), fcm_token()
+    for kind, token in (("apns", ios), ("fcm_v1", android)):
+        assert wc.send(registered(wc, kind, token), new_id(), cleartext("Sign request", "Approve 1 ETH?")).status_code == 202
+    assert delivered(apns_sim, ios) == 1 and delivered(fcm_sim, android) == 1
+    assert apns_sim.received(ios)[-1]["body"]["aps"]["alert"] == {"title": "Sign request", "body": "Approve 1 ETH?"}
+    android_message = fcm_sim.received(android)[-1]["body"]["message"]["android"]
+    assert android_message["notification"] == {"title": "Sign request", "body": "Approve 1 ETH?"}
+
+
+def test_same_id_to_two_clients_reaches_both(api, default_tenant, apns_sim):
+    wc = WcClient(api)
+    first, second = apns_token(), apns_token()
+    notification_id = new_id()
+    for token in (first, second):
+        assert wc.send(registered(wc, "apns", token), notification_id, encrypted()).status_code == 202
+    assert delivered(apns_sim, first) == 1 and delivered(apns_sim, second) == 1
+
+
+def test_always_raw_client_takes_only_the_raw_form(api, default_tenant, fcm_sim):
+    wc = WcClient(api)
+    token = fcm_token()
+    client = registered(wc, "fcm", token, always_raw=True)
+    refused = wc.send(client, new_id(), encrypted())
+    assert refused.status_code == 400 and refused.json()["errors"][0]["name"] == "RawOnlyClient"
+    raw = {"topic": "topic-raw", "tag": 4002, "message": "Y2lwaGVydGV4dA"}
+    assert wc.send(client, None, raw=raw).status_code == 202
+    assert wc.send(client, None, raw=raw).status_code == 200  # same message: same derived id
+    assert delivered(fcm_sim, token) == 1
+    assert fcm_sim.received(token)[-1]["body"]["message"]["data"] == {"topic": "topic-raw", "tag": "4002", "message": "Y2lwaGVydGV4dA"}
+
+
+def test_noop_client_accepts_and_dedupes_without_delivering(api, default_tenant):
+    wc = WcClient(api)
+    client = registered(wc, "noop", "noop-token")
+    notification_id = new_id()
+    assert wc.send(client, notification_id, encrypted()).status_code == 202
+    assert wc.send(client, notification_id, encrypted()).status_code == 200
+
+
+def test_send_to_unknown_or_unregistered_client_is_a_404(api, default_tenant):
+    wc = WcClient(api)
+    missing = wc.send("nobody-" + new_id(), new_id(), encrypted())
+    assert missing.status_code == 404 and missing.json()["errors"][0]["name"] == "ClientNotFound"
+    client = registered(wc, "fcm", fcm_token())
+    assert wc.unregister(client).json() == {"status": "OK"}
+    assert wc.send(client, new_id(), encrypted()).status_code == 404
+    registered(wc, "fcm", fcm_token(), client_id=client)
+    assert wc.send(client, new_id(), encrypted()).status_code == 202
+
+
+def test_token_moves_to_the_new_client(api, default_tenant, apns_sim):
+    wc = WcClient(api)
+    token = apns_token()
+    old = registered(wc, "apns", token)
+    new = registered(wc, "apns", token)
+    assert wc.send(old, new_id(), encrypted()).status_code == 404
+    assert wc.send(new, new_id(), encrypted()).status_code == 202
+    assert delivered(apns_sim, token) == 1
+
+
+def test_exactly_once_under_20_concurrent_senders_repeating_the_same_ids(api, default_tenant, apns_sim, fcm_sim):
+    wc = WcClient(api)
+    targets = []
+    for i in range(6):
+        token = apns_token() if i % 2 == 0 else fcm_token()
+        targets.append((registered(wc, "apns" if i % 2 == 0 else "fcm", token), token, apns_sim if i % 2 == 0 else fcm_sim))
+    ids = [new_id() for _ in range(8)]
+    work = [(client, notification_id) for client, _, _ in targets for notification_id in ids]
+    answers: Counter = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(20)
+
+    def sender(seed: int) -> None:
+        mine = list(work)
+        random.Random(seed).shuffle(mine)
+        session = __import__("requests").Session()
+        start.wait()
+        for client, notification_id in mine:
+            status = wc.send(client, notification_id, encrypted(), session=session).status_code
+            with lock:
+                answers[(client, notification_id, status)] += 1
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(sender, range(20)))
+
+    for client, notification_id in work:
+        assert answers[(client, notification_id, 202)] == 1, (client, notification_id)
+        assert answers[(client, notification_id, 200)] == 19, (client, notification_id)
+    assert sum(answers.values()) == 20 * len(work)
+    for _, token, simulator in targets:
+        assert delivered(simulator, token, len(ids)) == len(ids), token
+
+
+def test_dead_token_deletes_the_client(api, default_tenant, database):
+    wc = WcClient(api)
+    for kind, token in (("apns", apns_token("dead")), ("fcm", fcm_token("dead"))):
+        client = registered(wc, kind, token)
+        assert wc.send(client, new_id(), encrypted()).status_code == 202
+        key = client_key("default", client)
+        assert eventually(lambda key=key: database[collections.WCP_CLIENTS].find_one({"_id": key})["deleted"]), kind
+        assert wc.send(client, new_id(), encrypted()).status_code == 404
+
+
+def test_bad_requests_answer_the_envelope_never_a_500(api, default_tenant):
+    session, base = api.session, api.base_url
+    client = registered(WcClient(api), "fcm", fcm_token())
+    for method, path, kwargs in (
+        ("POST", "/clients", {"data": "not json", "headers": {"Content-Type": "application/json"}}),
+        ("POST", "/clients", {"json": ["a list"]}),
+        ("POST", "/clients", {"json": {"client_id": 5, "type": "fcm", "token": "t"}}),
+        ("POST", f"/clients/{client}", {"json": {"id": "x" * 1000, "payload": encrypted()}}),
+        ("POST", f"/clients/{client}", {"json": {"id": "1", "payload": {"topic": "t", "flags": "1", "blob": "b"}}}),
+        ("POST", f"/clients/{client}", {"json": {"id": "1", "payload": {"topic": "t", "flags": 0, "blob": "%%%"}}}),
+        ("GET", f"/clients/{client}", {}),
+        ("POST", "/no-such-tenant/clients", {"json": {"client_id": "c", "type": "fcm", "token": "t"}}),
+        ("GET", "/tenants/x", {}),
+    ):
+        answer = session.request(method, base + path, timeout=30, **kwargs)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text)
+        body = answer.json()
+        assert body["status"] == "FAILED" and body["errors"][0]["name"], body
+        for field in body.get("fields", []):
+            assert field["location"] in ("body", "query", "header", "path")
+
+
+# --- 5. tenants ---------------------------------------------------------------------------------
+
+def test_tenant_lifecycle(api, admin, new_tenant, apns_sim, fcm_sim):
+    tenant = new_tenant()
+    body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
+    assert body["status"] == "OK" and body["enabled_providers"] == ["apns", "apns-sandbox", "fcm", "fcm_v1", "noop"]
+    assert body["suspended"] is False and body["apns_topic"] == f"com.example.{tenant}"
+
+    wc = WcClient(api, tenant)
+    ios, sandbox, android = apns_token(), apns_token(), fcm_token()
+    notification_id = new_id()
+    for kind, token in (("apns", ios), ("apns-sandbox", sandbox), ("fcm_v1", android)):
+        assert wc.send(registered(wc, kind, token), notification_id, encrypted()).status_code == 202
+    assert delivered(apns_sim, ios) == 1 and delivered(apns_sim, sandbox) == 1 and delivered(fcm_sim, android) == 1
+
+    assert admin.delete(f"/tenants/{tenant}/fcm_v1", headers=ADMIN).status_code == 200
+    body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
+    assert body["enabled_providers"] == ["apns", "apns-sandbox", "noop"]
+    refused = wc.register("c-fcm", "fcm", fcm_token())
+    assert refused.status_code == 400 and refused.json()["errors"][0]["name"] == "ProviderNotAvailable"
+
+    assert admin.delete(f"/tenants/{tenant}", headers=ADMIN).get_json() == {"status": "OK"}
+    assert admin.get(f"/tenants/{tenant}", headers=ADMIN).status_code == 404
+    gone = wc.register("c-1", "apns", apns_token())
+    assert gone.status_code == 404 and gone.json()["errors"][0]["name"] == "TenantNotFound"
+
+
+def test_tenant_management_needs_the_admin_token(admin, api):
+    assert admin.post("/tenants", json={"id": "nope"}).status_code == 401
+    assert admin.post("/tenants", json={"id": "nope"}, headers={"Authorization": "Bearer guess"}).status_code == 401
+    disabled = api.session.post(f"{api.base_url}/tenants", json={"id": "nope"}, timeout=30)
+    assert disabled.status_code == 403 and disabled.json()["errors"][0]["name"] == "TenantManagementDisabled"
+
+
+def test_bad_credentials_suspend_the_provider_until_new_ones_arrive(stack, api, admin, apns_sim, fcm_sim):
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    assert admin.post("/tenants", json={"id": tenant}, headers=ADMIN).status_code == 200
+    unknown_key = simulator_credentials(stack, apns_sim, fcm_sim, tenant, register=False)
+    upload_credentials(admin, tenant, unknown_key, fcm=False)
+    wc = WcClient(api, tenant)
+    token = apns_token()
+    client = registered(wc, "apns", token)
+    assert wc.send(client, new_id(), encrypted()).status_code == 202
+
+    def suspended():
+        body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
+        return body if body["suspended"] else None
+
+    body = eventually(suspended)
+    assert body and "apns" in body["suspended_providers"] and body["suspended_reason"]
+    assert apns_sim.delivered(token) == 0
+
+    upload_credentials(admin, tenant, simulator_credentials(stack, apns_sim, fcm_sim, tenant), fcm=False)
+    assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["suspended"] is False
+    assert wc.send(client, new_id(), encrypted()).status_code == 202
+    assert delivered(apns_sim, token) == 1
+
+
+def test_certificate_upload_is_refused_clearly(admin, new_tenant):
+    tenant = new_tenant()
+    answer = admin.post(
+        f"/tenants/{tenant}/apns",
+        headers=ADMIN,
+        content_type="multipart/form-data",
+        data={"apns_topic": "com.x", "apns_certificate": (io.BytesIO(b"p12"), "cert.p12"), "apns_certificate_password": "pw"},
+    )
+    assert answer.status_code == 400 and answer.get_json()["fields"][0]["field"] == "apns_certificate"
+
+
+# --- 6. authentication --------------------------------------------------------------------------
+
+def test_client_jwt_and_relay_signature_when_switched_on(stack, default_tenant, apns_sim):
+    relay = Ed25519PrivateKey.generate()
+    settings = load(
+        stack.settings_env(),
+        wc_push_validate_client_jwt=True,
+        wc_push_validate_signatures=True,
+        wc_push_relay_public_key=relay.public_key().public_bytes_raw().hex(),
+    )
+    client = create_app(settings).test_client()
+    key = Ed25519PrivateKey.generate()
+    client_id = did_key_for(key.public_key())
+    token = apns_token()
+    registration = {"client_id": client_id, "type": "apns", "token": token}
+
+    assert client.post("/clients", json=registration).status_code == 401
+    stranger = did_key_for(Ed25519PrivateKey.generate().public_key())
+    mismatch = client.post("/clients", json={**registration, "client_id": stranger}, headers={"Authorization": f"Bearer {client_jwt(key)}"})
+    assert mismatch.status_code == 401 and mismatch.get_json()["errors"][0]["name"] == "JwtIssuerMismatch"
+    assert client.post("/clients", json=registration, headers={"Authorization": f"Bearer {client_jwt(key)}"}).status_code == 200
+
+    body = json.dumps({"id": new_id(), "payload": encrypted()}).encode()
+    timestamp = str(int(time.time()))
+    good = {"X-Ed25519-Timestamp": timestamp, "X-Ed25519-Signature": relay.sign(signed_message(timestamp, body)).hex()}
+    forged = {**good, "X-Ed25519-Signature": Ed25519PrivateKey.generate().sign(signed_message(timestamp, body)).hex()}
+    assert client.post(f"/clients/{client_id}", data=body, content_type="application/json").status_code == 401
+    assert client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=forged).status_code == 401
+    assert client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=good).status_code == 202
+    assert delivered(apns_sim, token) == 1
+
+
+# --- worker handlers on the stack's database: orderings the HTTP tests cannot force -------------
+
+def register_cmd(tenant: str, client: str, token: str, ts: int, kind: str = "noop") -> dict:
+    return {"id": new_id(), "kind": "wcp.client.register", "received_at": ts, "tenant_id": tenant, "client_id": client, "type": kind, "token": token}
+
+
+def test_token_owner_is_the_newest_registration_whatever_the_apply_order(database):
+    tenant = f"h-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns()
+    # newer first, then the older one arrives late: the older must lose the token
+    handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 2))
+    handlers.register_client(database, register_cmd(tenant, "a", "tok", now + 1))
+    clients = database[collections.WCP_CLIENTS]
+    assert not clients.find_one({"_id": client_key(tenant, "b")})["deleted"]
+    assert clients.find_one({"_id": client_key(tenant, "a")})["deleted"]
+    # in order: the previous owner is evicted
+    handlers.register_client(database, register_cmd(tenant, "c", "tok", now + 3))
+    assert clients.find_one({"_id": client_key(tenant, "b")})["deleted"]
+    assert not clients.find_one({"_id": client_key(tenant, "c")})["deleted"]
+    # a client that moved to another token keeps it when its old token is taken
+    handlers.register_client(database, register_cmd(tenant, "c", "tok2", now + 4))
+    handlers.register_client(database, register_cmd(tenant, "d", "tok", now + 5))
+    assert not clients.find_one({"_id": client_key(tenant, "c")})["deleted"]
+
+
+def test_eviction_and_unregister_cancel_pending_deliveries(database):
+    tenant = f"h-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns()
+    handlers.register_client(database, register_cmd(tenant, "a", "tok", now, kind="fcm"))
+    message_id = new_id()
+    database[collections.WCP_NOTIFICATIONS].insert_one(
+        {"_id": f"{tenant}\ta\tn1", "tenant_id": tenant, "client_key": client_key(tenant, "a"), "message_id": message_id, "token": "tok", "platform": "fcm"}
+    )
+    database[collections.DELIVERIES].insert_one({"_id": f"{message_id}:0:tok", "message_id": message_id, "state": "retry", "ps": "fcm:retry"})
+    handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 1, kind="fcm"))
+    delivery = database[collections.DELIVERIES].find_one({"_id": f"{message_id}:0:tok"})
+    assert (delivery["state"], delivery["ps"]) == ("failed", "fcm:failed")
+    assert database[collections.WCP_NOTIFICATIONS].find_one({"_id": f"{tenant}\ta\tn1"}) is None
+
+    handlers.delete_client(database, {"id": new_id(), "received_at": now + 2, "tenant_id": tenant, "client_id": "b"})
+    assert database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    # a registration acknowledged before the unregister but applied after it stays deleted
+    handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 1, kind="fcm"))
+    assert database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    # registered again, then its token taken: evicted again
+    handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 3, kind="fcm"))
+    assert not database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    handlers.register_client(database, register_cmd(tenant, "e", "tok", now + 4, kind="fcm"))
+    assert database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+
+
+def test_a_redelivered_accepting_command_is_still_new_and_another_is_a_repeat(database):
+    tenant = f"h-{uuid.uuid4().hex[:8]}"
+    handlers.register_client(database, register_cmd(tenant, "a", "tok", time.time_ns()))
+    notify = {
+        "id": new_id(),
+        "kind": "wcp.notify",
+        "received_at": time.time_ns(),
+        "tenant_id": tenant,
+        "client_id": "a",
+        "app_id": tenant_app_id(tenant),
+        "notification_id": "n1",
+        "notification": {"form": "legacy", "topic": "t", "flags": 1, "blob": "b"},
+    }
+    assert handlers.accept_notification(database, notify) == {"outcome": "new"}
+    assert handlers.accept_notification(database, notify) == {"outcome": "new"}
+    assert handlers.accept_notification(database, {**notify, "id": new_id()}) == {"outcome": "repeat"}
+    assert handlers.accept_notification(database, {**notify, "client_id": "zz"}) == {"outcome": "client_not_found"}
+
+
+def test_purge_forgets_old_notifications_and_tombstones_only(database):
+    tenant = f"h-{uuid.uuid4().hex[:8]}"
+    old_ns = time.time_ns() - 3600 * 10**9
+    handlers.register_client(database, register_cmd(tenant, "gone", "t1", old_ns))
+    handlers.delete_client(database, {"id": new_id(), "received_at": old_ns + 1, "tenant_id": tenant, "client_id": "gone"})
+    handlers.register_client(database, register_cmd(tenant, "live", "t2", old_ns))
+    notify = {
+        "id": new_id(), "kind": "wcp.notify", "received_at": time.time_ns(), "tenant_id": tenant, "client_id": "live",
+        "app_id": tenant_app_id(tenant), "notification_id": "fresh", "notification": {"form": "legacy", "topic": "t", "flags": 1, "blob": "b"},
+    }
+    assert handlers.accept_notification(database, notify) == {"outcome": "new"}
+    handlers.purge(database, older_than_seconds=60)
+    clients = database[collections.WCP_CLIENTS]
+    assert clients.find_one({"_id": client_key(tenant, "gone")}) is None
+    assert clients.find_one({"_id": client_key(tenant, "live")}) is not None
+    assert handlers.accept_notification(database, {**notify, "id": new_id()}) == {"outcome": "repeat"}
