@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import dramatiq
+import pika
 import pika.exceptions
 import pymongo.errors
 from pymongo.database import Database
@@ -17,7 +18,8 @@ from pymongo.database import Database
 from api.errors import unavailable
 from shared import commands
 from shared import db as collections
-from shared.commands import Publisher, queue_name
+from shared.broker import amqp_url_with_timeouts
+from shared.commands import Publisher
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,17 +133,16 @@ class Services:
     # --- health -------------------------------------------------------------------------------
 
     def check_broker(self) -> bool:
+        """A live check: a fresh AMQP connection (fail-fast parameters) opened and closed."""
         try:
-            self.broker.channel.queue_declare(queue_name(self.settings, commands.PERSIST), passive=True, durable=True)
-            return True
+            connection = pika.BlockingConnection(pika.URLParameters(amqp_url_with_timeouts(self.settings.amqp_url)))
         except BROKER_ERRORS:
-            try:
-                del self.broker.connection
-            except Exception:  # noqa: BLE001 - the connection is already gone; nothing to clean up
-                pass
             return False
-        except Exception:  # noqa: BLE001 - a passive declare of a missing queue closes the channel: broker is up
-            return True
+        try:
+            connection.close()
+        except BROKER_ERRORS:
+            pass
+        return True
 
     def check_database(self) -> bool:
         try:

@@ -36,6 +36,11 @@ class TcpProxy:
     def cut(self) -> None:
         listener, self.listener = self.listener, None
         if listener:
+            # close() alone does not wake a thread blocked in accept(): it would go on accepting.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         with self.lock:
             for connection in self.connections:
