@@ -44,7 +44,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after the ``attempt``-th failed attempt (1 for the first), with jitter."""
-        strategy = wait_exponential_jitter(initial=self.initial_backoff, max=self.max_backoff, jitter=self.initial_backoff)
+        strategy = wait_exponential_jitter(multiplier=self.initial_backoff, max=self.max_backoff, jitter=self.initial_backoff)
         state = RetryCallState(None, None, (), {})
         state.attempt_number = max(1, attempt)
         return min(self.max_backoff, strategy(state))
