@@ -10,7 +10,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import powerauth
+from api import powerauth, wc_bridge, wc_push
 from api.errors import ApiError
 from api.services import Services
 from shared.broker import make_broker
@@ -27,6 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
     app.register_blueprint(powerauth.blueprint)
+    app.register_blueprint(wc_bridge.blueprint)
+    app.register_blueprint(wc_push.blueprint)
+    wc_bridge.install(app, app.extensions["push"])
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -41,7 +44,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 #: Error renderer of each API family by path prefix; the first match wins, PowerAuth's is the fallback.
-RENDERERS: list[tuple[str, object]] = []
+RENDERERS: list[tuple[str, object]] = [
+    *((prefix, wc_bridge.render_error) for prefix in wc_bridge.PATH_PREFIXES),
+    *((prefix, wc_push.render_error) for prefix in wc_push.PATH_PREFIXES),
+]
 
 
 def render(error: ApiError) -> Response:

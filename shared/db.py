@@ -27,13 +27,30 @@ COMMANDS = "commands"
 MESSAGES = "messages"
 DELIVERIES = "deliveries"
 DEAD_LETTERS = "dead_letters"
+#: WalletConnect v1 bridge: sessions, call requests, call statuses, webhook pushes (by natural ``_id``).
+WC_SESSIONS = "wc_sessions"
+WC_CALLS = "wc_calls"
+WC_CALL_STATUS = "wc_call_status"
+WC_PUSHES = "wc_pushes"
+
+#: WalletConnect push server API: clients, token owners, accepted notifications (dedupe by ``_id``).
+WCP_CLIENTS = "wcp_clients"
+WCP_TOKENS = "wcp_tokens"
+WCP_NOTIFICATIONS = "wcp_notifications"
 
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
     DEVICES: [([("app_id", 1), ("user_ids", 1)], {}), ([("activation_ids", 1)], {})],
     DELIVERIES: [([("message_id", 1)], {})],
     MESSAGES: [([("app_id", 1), ("created_at", 1)], {})],
+    WCP_CLIENTS: [([("tenant_id", 1)], {})],
+    WCP_NOTIFICATIONS: [([("client_key", 1)], {}), ([("tenant_id", 1)], {})],
+    WC_CALLS: [([("session_id", 1)], {})],
 }
+
+#: Date field of each collection whose documents MongoDB removes once it has passed (TTL index).
+EXPIRES_AT = "expires_at"
+TTL_COLLECTIONS = (WC_SESSIONS, WC_CALLS, WC_CALL_STATUS, WC_PUSHES)
 
 
 def connect(settings: Settings) -> Database:
@@ -51,3 +68,13 @@ def ensure_indexes(db: Database) -> None:
     for collection, indexes in INDEXES.items():
         for keys, options in indexes:
             db[collection].create_index(keys, **options)
+
+
+def ensure_ttl_indexes(db: Database) -> None:
+    """TTL indexes: MongoDB deletes a document once its ``expires_at`` has passed (within a minute).
+
+    Readers still check ``expires_at`` themselves: expiry is not instant on
+    MongoDB, and nx-27017 only purges when the collection is read.
+    """
+    for collection in TTL_COLLECTIONS:
+        db[collection].create_index([(EXPIRES_AT, 1)], expireAfterSeconds=0)

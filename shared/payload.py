@@ -16,6 +16,7 @@ Mapping (PowerAuth's "Push Message Payload Mapping"):
 | extras | keys at the payload's root | data (values as strings: FCM data is a string map) |
 | silent | aps.content-available=1, no alert; push type background, priority 5 | data-only message |
 | priority HIGH / NORMAL | apns-priority 10 / 5 | android.priority HIGH / NORMAL |
+| mutableContent | aps.mutable-content=1 | (none: FCM data messages reach the app) |
 
 Everything here is pure: no I/O, so it is unit-tested directly.
 """
@@ -50,6 +51,8 @@ class Body:
     title_loc_args: tuple[str, ...] | None = None
     body_loc_key: str | None = None
     body_loc_args: tuple[str, ...] | None = None
+    #: APNs ``mutable-content``: the app's notification service extension may rewrite (decrypt) it.
+    mutable_content: bool | None = None
 
     def to_json(self) -> dict:
         """The body as it crosses the queue (camelCase, as the API received it)."""
@@ -94,6 +97,7 @@ _JSON_KEYS = {
     "title_loc_args": "titleLocArgs",
     "body_loc_key": "bodyLocKey",
     "body_loc_args": "bodyLocArgs",
+    "mutable_content": "mutableContent",
 }
 
 
@@ -134,6 +138,8 @@ def apns_push(body: Body, *, silent: bool, high_priority: bool) -> ApnsPush:
         _put(aps, "badge", body.badge)
         _put(aps, "sound", body.sound)
     _put(aps, "category", body.category)
+    if body.mutable_content:
+        aps["mutable-content"] = 1
     root = dict(body.extras or {})
     root["aps"] = aps
     expiration = int(body.valid_until.timestamp()) if body.valid_until else None

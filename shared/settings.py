@@ -61,6 +61,34 @@ class Settings:
     #: Largest accepted request body, bytes.
     api_max_body_bytes: int = 16 * 1024 * 1024
 
+    #: WalletConnect v1 bridge: a session lives this long after its last write, call data after its write.
+    wc_bridge_session_ttl_seconds: float = 86400.0
+    wc_bridge_call_ttl_seconds: float = 3600.0
+    #: WalletConnect v1 bridge: largest request body, bytes (larger answers 413).
+    wc_bridge_max_payload_bytes: int = 64 * 1024
+    #: WalletConnect v1 bridge: the app whose APNs/FCM credentials push to wallets (push.type apns/fcm); empty: none.
+    wc_bridge_push_app_id: str = ""
+    #: WalletConnect v1 bridge: declare TTL indexes (MongoDB removes expired data). nx-27017 purges TTL
+    #: collections by a full scan on every read, so stacks on nx-27017 turn this off (the purge job and
+    #: the read-side expiry check still apply).
+    wc_bridge_ttl_indexes: bool = True
+    #: Seconds one webhook POST may take.
+    wc_bridge_webhook_timeout_seconds: float = 10.0
+    #: Seconds a polled session or call status read by one API process answers its pollers again
+    #: (reads are batched per process; a write through that process is visible to it at once).
+    wc_bridge_poll_fresh_seconds: float = 0.05
+
+    #: WalletConnect push server API: bearer token of tenant management (empty: tenant management is refused).
+    wc_push_admin_token: str = ""
+    #: Require a relay client JWT (``Authorization: Bearer``) on registration whose issuer is the ``client_id``.
+    wc_push_validate_client_jwt: bool = False
+    #: Require the relay's Ed25519 signature (``X-Ed25519-Signature``/``-Timestamp``) on sends.
+    wc_push_validate_signatures: bool = False
+    #: The relay's Ed25519 public key, hex (32 bytes), checked when signatures are required.
+    wc_push_relay_public_key: str = ""
+    #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
+    wc_push_default_app: str = ""
+
     extra: dict = field(default_factory=dict)
 
 
