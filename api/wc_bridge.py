@@ -1,0 +1,537 @@
+"""The WalletConnect v1 push/bridge API (seed 000): sessions, call requests, call statuses.
+
+The reference is WalletConnect/py-walletconnect-bridge. Every write is a
+command through RabbitMQ (``wc.*`` kinds, applied by :mod:`workers.wc_bridge`)
+that the API waits for; reads come straight from MongoDB. Data expires as in
+the reference: a session 24 hours after its last write, call data one hour
+after it was written (both settings); expired data answers as absent even
+before MongoDB's TTL index has removed it.
+
+A call request notifies the wallet once it is stored: through its session's
+``push.webhook`` (a POST on the ``deliver.webhook`` queue), or, for push type
+``apns``/``fcm`` without a webhook, as a push through the normal send pipeline
+with the credentials of the app ``wc_bridge_push_app_id``.
+
+Errors are JSON ``{"message", "field"?}``: 400 names the field, 404 an
+unknown or expired session or call, 413 a body over
+``wc_bridge_max_payload_bytes``.
+
+The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
+answered by :class:`PollFastPath` in front of Flask, through a per-process
+:class:`PollReader` that reads many pollers' ids in one query by ``_id`` with
+a projection and answers a read again for ``wc_bridge_poll_fresh_seconds``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+
+from api.errors import ApiError, bad_request, not_found
+from api.services import Services
+from shared import commands
+from shared import db as collections
+from shared.commands import command
+from shared.payload import Body
+
+#: Path prefixes of this API family (its error format applies under them).
+PATH_PREFIXES = ("/session", "/call-status")
+#: Push types delivered through the send pipeline, and the provider each maps to.
+PROVIDER_BY_PUSH_TYPE = {"apns": "apns", "apn": "apns", "ios": "apns", "fcm": "fcm", "android": "fcm"}
+#: Longest session, call id, push type or dapp name accepted.
+MAX_ID_LENGTH = 256
+#: Longest push token and webhook URL accepted.
+MAX_TOKEN_LENGTH = 4096
+#: What the wallet's push says.
+PUSH_TITLE = "WalletConnect"
+PUSH_BODY = "New call request"
+
+blueprint = Blueprint("wc_bridge", __name__)
+
+
+def services() -> Services:
+    return current_app.extensions["push"]
+
+
+def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+@blueprint.errorhandler(ApiError)
+def render_error(error: ApiError) -> Response:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    body = {"message": error.message}
+    if error.field:
+        body["field"] = error.field
+    return json_response(body, error.status, headers)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def stored_date(value) -> datetime:
+    """A date as MongoDB answers it; nx-27017 answers a date written by ``$set`` on an existing
+    document as a naive UTC string (``2030-01-01 12:00:00.123000``)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def live(doc: dict | None, at: datetime | None = None) -> dict | None:
+    """The document unless it is absent, deleted or past its ``expires_at``."""
+    if doc is None or doc.get("deleted"):
+        return None
+    expires = doc.get(collections.EXPIRES_AT)
+    if expires is not None and stored_date(expires) <= (at or now()):
+        return None
+    return doc
+
+
+def live_session(session_id: str, projection: dict | None = None) -> dict | None:
+    if len(session_id) > MAX_ID_LENGTH:
+        return None
+    fields = {"deleted": 1, "expires_at": 1, **(projection or {})}
+    return live(services().find_one(collections.WC_SESSIONS, {"_id": session_id}, fields))
+
+
+def existing_session(session_id: str, projection: dict | None = None) -> dict:
+    session = live_session(session_id, projection)
+    if session is None:
+        raise not_found(f"Session not found or expired: {session_id}", field="sessionId", location="path")
+    return session
+
+
+def existing_call(call_id: str, projection: dict | None = None) -> dict:
+    call = None
+    if len(call_id) <= MAX_ID_LENGTH:
+        fields = {"session_id": 1, "expires_at": 1, **(projection or {})}
+        call = live(services().find_one(collections.WC_CALLS, {"_id": call_id}, fields))
+    if call is None:
+        raise not_found(f"Call request not found or expired: {call_id}", field="callId", location="path")
+    return call
+
+
+# --- request bodies -------------------------------------------------------------------------------
+
+def request_json() -> dict:
+    """The JSON object body: 413 over the size limit, 400 when it is not a JSON object."""
+    limit = services().settings.wc_bridge_max_payload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(limit)
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise payload_too_large(limit)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("body", "must be a JSON object (Content-Type: application/json)") from None
+    if not isinstance(data, dict):
+        raise bad_request("body", "must be a JSON object")
+    return data
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return ApiError(413, f"body: must be at most {limit} bytes", field="body", code="ERROR_PAYLOAD_TOO_LARGE")
+
+
+def encryption_payload(data: dict):
+    """``encryptionPayload``: required; WalletConnect sends ``{data, hmac, iv}``, a string is taken too."""
+    value = data.get("encryptionPayload")
+    if value is None:
+        raise bad_request("encryptionPayload", "is required")
+    if not isinstance(value, dict | str) or not value:
+        raise bad_request("encryptionPayload", "must be a non-empty JSON object (data, hmac, iv) or string")
+    return value
+
+
+def text(data: dict, key: str, prefix: str = "", *, required: bool = False, max_length: int = MAX_ID_LENGTH) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise bad_request(prefix + key, "is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(prefix + key, "must be a non-empty string")
+    if len(value) > max_length:
+        raise bad_request(prefix + key, f"must be at most {max_length} characters")
+    return value
+
+
+def push_target(data: dict) -> dict | None:
+    """``push: {type, token, webhook}``, optional; the webhook must be an http(s) URL."""
+    push = data.get("push")
+    if push is None:
+        return None
+    if not isinstance(push, dict):
+        raise bad_request("push", "must be a JSON object {type, token, webhook}")
+    target = {
+        "type": text(push, "type", "push.", required=True),
+        "token": text(push, "token", "push.", required=True, max_length=MAX_TOKEN_LENGTH),
+        "webhook": text(push, "webhook", "push.", max_length=MAX_TOKEN_LENGTH),
+    }
+    if target["webhook"] is not None:
+        url = urlsplit(target["webhook"])
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise bad_request("push.webhook", "must be an http or https URL")
+    return target
+
+
+# --- sessions -------------------------------------------------------------------------------------
+
+def session_ttl() -> float:
+    return services().settings.wc_bridge_session_ttl_seconds
+
+
+def call_ttl() -> float:
+    return services().settings.wc_bridge_call_ttl_seconds
+
+
+@blueprint.post("/session/new")
+def new_session():
+    session_id = str(uuid.uuid4())
+    services().write(command("wc.session.new", session_id=session_id, ttl_seconds=session_ttl()))
+    forget_polled(SESSION, session_id)
+    return json_response({"sessionId": session_id})
+
+
+@blueprint.get("/session/<session_id>")
+def get_session(session_id: str):
+    """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
+    session = live_session(session_id, {"payload": 1})
+    if session is None or session.get("payload") is None:
+        return Response(status=204)
+    return json_response({"encryptionPayload": session["payload"]})
+
+
+@blueprint.put("/session/<session_id>")
+def update_session(session_id: str):
+    data = request_json()
+    payload = encryption_payload(data)
+    push = push_target(data)
+    existing_session(session_id)
+    services().write(
+        command("wc.session.update", session_id=session_id, payload=payload, push=push, ttl_seconds=session_ttl())
+    )
+    forget_polled(SESSION, session_id)
+    return Response(status=200)
+
+
+@blueprint.delete("/session/<session_id>")
+def delete_session(session_id: str):
+    """Idempotent, as the reference: an unknown session is already gone."""
+    if live_session(session_id) is not None:
+        services().write(command("wc.session.delete", session_id=session_id, ttl_seconds=session_ttl()))
+        forget_polled(SESSION, session_id)
+    return Response(status=200)
+
+
+# --- call requests --------------------------------------------------------------------------------
+
+@blueprint.post("/session/<session_id>/call/new")
+def new_call(session_id: str):
+    data = request_json()
+    payload = encryption_payload(data)
+    dapp_name = text(data, "dappName")
+    session = existing_session(session_id, {"push": 1})
+    call_id = str(uuid.uuid4())
+    push = session.get("push")
+    services().write(
+        command(
+            "wc.call.new",
+            call_id=call_id,
+            session_id=session_id,
+            payload=payload,
+            dapp_name=dapp_name,
+            push=push,
+            ttl_seconds=call_ttl(),
+        )
+    )
+    if push:
+        notify_wallet(session_id, call_id, push, dapp_name)
+    return json_response({"callId": call_id})
+
+
+def notify_wallet(session_id: str, call_id: str, push: dict, dapp_name: str | None) -> None:
+    """Publish the wallet's push: to its webhook, else through the send pipeline for apns/fcm."""
+    svc = services()
+    if push.get("webhook"):
+        body = {"sessionId": session_id, "callId": call_id, "pushType": push["type"], "pushToken": push["token"], "dappName": dapp_name}
+        job = {
+            "id": call_id,
+            "url": push["webhook"],
+            "body": body,
+            "call_id": call_id,
+            "session_id": session_id,
+            "first_attempt_at": time.time(),
+            "attempts": 0,
+        }
+        svc.publish(commands.DELIVER_CHUNK_WEBHOOK, job)
+        return
+    provider = PROVIDER_BY_PUSH_TYPE.get(push["type"].lower())
+    app_id = svc.settings.wc_bridge_push_app_id
+    if provider is None or not app_id:
+        return
+    app = svc.find_one(collections.APPS, {"_id": app_id}, {provider: 1})
+    if not app or not app.get(provider):
+        return
+    extras = {"sessionId": session_id, "callId": call_id}
+    if dapp_name:
+        extras["dappName"] = dapp_name
+    body = Body(title=PUSH_TITLE, body=f"{PUSH_BODY} from {dapp_name}" if dapp_name else PUSH_BODY, extras=extras)
+    entry = {
+        "device": {"_id": f"wc-session:{session_id}", "token": push["token"], "platform": provider, "environment": None},
+        "body": body.to_json(),
+        "silent": False,
+        "high_priority": True,
+    }
+    svc.publish(commands.EXPAND_SEND, command("send", app_id=app_id, mode="ASYNCHRONOUS", entries=[entry], call_id=call_id))
+
+
+@blueprint.get("/session/<session_id>/call/<call_id>")
+def get_call(session_id: str, call_id: str):
+    call = existing_call(call_id, {"payload": 1})
+    if call["session_id"] != session_id:
+        raise not_found(f"Call request not found or expired: {call_id}", field="callId", location="path")
+    return json_response({"encryptionPayload": call["payload"]})
+
+
+@blueprint.get("/session/<session_id>/calls")
+def get_calls(session_id: str):
+    existing_session(session_id)
+    svc = services()
+    at = now()
+    calls = svc.guarded_read(
+        lambda: list(svc.db[collections.WC_CALLS].find({"session_id": session_id}, {"payload": 1, "expires_at": 1}))
+    )
+    return json_response({call["_id"]: {"encryptionPayload": call["payload"]} for call in calls if live(call, at)})
+
+
+# --- call statuses --------------------------------------------------------------------------------
+
+@blueprint.post("/call-status/<call_id>/new")
+def new_call_status(call_id: str):
+    data = request_json()
+    payload = encryption_payload(data)
+    existing_call(call_id)
+    services().write(command("wc.call.status", call_id=call_id, payload=payload, ttl_seconds=call_ttl()))
+    forget_polled(CALL_STATUS, call_id)
+    return Response(status=200)
+
+
+@blueprint.get("/call-status/<call_id>")
+def get_call_status(call_id: str):
+    """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
+    status = None
+    if len(call_id) <= MAX_ID_LENGTH:
+        status = live(services().find_one(collections.WC_CALL_STATUS, {"_id": call_id}, {"payload": 1, "expires_at": 1}))
+    if status is None:
+        return Response(status=204)
+    return json_response({"encryptionPayload": status["payload"]})
+
+
+# --- the polling fast path ------------------------------------------------------------------------
+
+#: Projection of a polled document: what the answer and the expiry check need.
+POLL_PROJECTION = {"payload": 1, "expires_at": 1, "deleted": 1}
+NO_CONTENT = ("204 No Content", [("Content-Length", "0")])
+JSON_HEADERS = [("Content-Type", "application/json")]
+#: Polled kinds: the path prefix and the collection each reads.
+SESSION, CALL_STATUS = "session", "call-status"
+POLLED = {SESSION: collections.WC_SESSIONS, CALL_STATUS: collections.WC_CALL_STATUS}
+#: Seconds a poller waits for its batch before the request falls through to Flask's direct read.
+POLL_WAIT_SECONDS = 5.0
+#: Cached reads kept before the oldest are dropped, and the age (seconds) past which they go.
+POLL_CACHE_SIZE = 50_000
+POLL_CACHE_KEEP_SECONDS = 10.0
+#: Fraction of ``fresh_seconds`` after which a steadily polled id is re-read in the background.
+REFRESH_AT = 0.75
+#: Marks a cache entry that a write in this process made stale.
+STALE = object()
+
+
+class _Slot:
+    """A poller's place in the next batch."""
+
+    __slots__ = ("done", "doc", "error")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.doc = None
+        self.error = None
+
+
+class PollReader:
+    """Reads polled documents by ``_id``, many pollers' reads in one query, and keeps hot ones fresh.
+
+    A poll answers from this process's last read of the id if that read
+    started less than ``fresh_seconds`` ago. Otherwise it waits for the next
+    batch: a background thread reads every id wanted since its last query
+    with one ``find({"_id": {"$in": ids}})`` per collection, so a poller
+    never gets a read that started before it asked, unless it is that fresh.
+    While an id keeps being polled, the thread re-reads it in the batch
+    shortly before its read goes stale (``REFRESH_AT``), if it was polled
+    since, so steady pollers are answered without waiting; an id polled less
+    often costs one read per poll. An id never costs more reads than polls,
+    nor more than one read per ``REFRESH_AT * fresh_seconds``, per process.
+
+    A write through this process marks its id stale (:meth:`forget`): this
+    process sees its own writes at once, another within ``fresh_seconds``.
+
+    Parameters:
+      db: the MongoDB database.
+      fresh_seconds: how long a read answers again (0: every poll waits for a new read).
+    """
+
+    def __init__(self, db, *, fresh_seconds: float):
+        self.collections = {kind: db[name] for kind, name in POLLED.items()}
+        self.fresh = fresh_seconds
+        self.tick = fresh_seconds / 4 if fresh_seconds > 0 else None
+        self.cache: dict[tuple[str, str], tuple[float, object]] = {}
+        self.hot: dict[tuple[str, str], float] = {}
+        self.pending: dict[tuple[str, str], _Slot] = {}
+        self.lock = threading.Lock()
+        self.wanted = threading.Condition(self.lock)
+        self.thread: threading.Thread | None = None
+
+    def get(self, kind: str, key: str) -> dict | None:
+        """The document (None when absent); raises the read's error, or TimeoutError."""
+        name = (kind, key)
+        now = time.monotonic()
+        entry = self.cache.get(name)
+        if self.tick is not None:
+            self.hot[name] = now
+        if entry is not None and entry[1] is not STALE and now - entry[0] < self.fresh:
+            return entry[1]
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="wc-poll-reader", daemon=True)
+                self.thread.start()
+            slot = self.pending.get(name)
+            if slot is None:
+                slot = self.pending[name] = _Slot()
+                self.wanted.notify()
+        if not slot.done.wait(POLL_WAIT_SECONDS):
+            raise TimeoutError("poll read")
+        if slot.error is not None:
+            raise slot.error
+        return slot.doc
+
+    def forget(self, kind: str, key: str) -> None:
+        """A write through this process changed the document: the next poll reads it anew."""
+        with self.lock:
+            self.cache[(kind, key)] = (time.monotonic(), STALE)
+
+    def _due(self, now: float, batch: dict) -> list[tuple[str, str]]:
+        """Hot ids polled since their last read, which is about to go stale; ids no longer polled stop being hot."""
+        due = []
+        for name, polled_at in list(self.hot.items()):
+            if now - polled_at > self.fresh:
+                self.hot.pop(name, None)
+                continue
+            entry = self.cache.get(name)
+            if name in batch or entry is None:
+                continue
+            # Re-read only what was polled since its last read, shortly before that read goes stale.
+            if polled_at >= entry[0] and now - entry[0] >= self.fresh * REFRESH_AT:
+                due.append(name)
+        return due
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.pending:
+                    self.wanted.wait(self.tick)
+                batch, self.pending = self.pending, {}
+            started = time.monotonic()
+            due = self._due(started, batch) if self.tick is not None else []
+            if not batch and not due:
+                continue
+            docs, error = {}, None
+            try:
+                for kind, collection in self.collections.items():
+                    ids = [key for k, key in (*batch, *due) if k == kind]
+                    if ids:
+                        for doc in collection.find({"_id": {"$in": ids}}, POLL_PROJECTION):
+                            docs[(kind, doc["_id"])] = doc
+            except Exception as failure:  # noqa: BLE001 - handed to every waiting poller, which falls back
+                error = failure
+            with self.lock:
+                if error is None:
+                    for name in (*batch, *due):
+                        entry = self.cache.get(name)
+                        if entry is None or entry[0] <= started:
+                            self.cache[name] = (started, docs.get(name))
+                    if len(self.cache) > POLL_CACHE_SIZE:
+                        self._prune(started)
+            for name, slot in batch.items():
+                slot.doc, slot.error = docs.get(name), error
+                slot.done.set()
+
+    def _prune(self, now: float) -> None:
+        old = [name for name, (at, _) in self.cache.items() if now - at > POLL_CACHE_KEEP_SECONDS]
+        for name in old:
+            del self.cache[name]
+        if len(self.cache) > POLL_CACHE_SIZE:
+            self.cache.clear()
+
+
+class PollFastPath:
+    """WSGI middleware that answers the two short-polled GETs without Flask.
+
+    ``GET /session/<id>`` and ``GET /call-status/<id>`` are what every dapp
+    polls. Routing, the request object and the response object cost more than
+    the read, so these two are matched on the raw path here and read through
+    the process's :class:`PollReader`; anything else, and any trouble (the
+    database unreachable), falls through to the Flask app, which answers it
+    in the family's format.
+
+    Parameters:
+      app: the Flask app's WSGI callable, for everything else.
+      reader: the process's poll reader.
+    """
+
+    def __init__(self, app, reader: PollReader):
+        self.app = app
+        self.reader = reader
+
+    def __call__(self, environ, start_response):
+        if environ["REQUEST_METHOD"] == "GET":
+            path = environ["PATH_INFO"]
+            kind = key = None
+            if path.startswith("/session/"):
+                kind, key = SESSION, path[9:]
+            elif path.startswith("/call-status/"):
+                kind, key = CALL_STATUS, path[13:]
+            if key and "/" not in key and len(key) <= MAX_ID_LENGTH:
+                try:
+                    doc = live(self.reader.get(kind, key))
+                except Exception:  # noqa: BLE001 - Flask's direct read answers it, in the family's format
+                    return self.app(environ, start_response)
+                if doc is None or doc.get("payload") is None:
+                    start_response(*NO_CONTENT)
+                    return [b""]
+                body = orjson.dumps({"encryptionPayload": doc["payload"]})
+                start_response("200 OK", [*JSON_HEADERS, ("Content-Length", str(len(body)))])
+                return [body]
+        return self.app(environ, start_response)
+
+
+def install(app, services_: Services) -> None:
+    """Put the polling fast path in front of ``app``."""
+    reader = PollReader(services_.db, fresh_seconds=services_.settings.wc_bridge_poll_fresh_seconds)
+    app.extensions["wc_bridge_poll"] = reader
+    app.wsgi_app = PollFastPath(app.wsgi_app, reader)
+
+
+def forget_polled(kind: str, key: str) -> None:
+    reader = current_app.extensions.get("wc_bridge_poll")
+    if reader is not None:
+        reader.forget(kind, key)
