@@ -10,7 +10,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import powerauth, wc_bridge, wc_push
+from api import admin_ops, campaigns, inbox, powerauth, wc_bridge, wc_push
 from api.errors import ApiError
 from api.services import Services
 from shared.broker import make_broker
@@ -27,9 +27,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
     app.register_blueprint(powerauth.blueprint)
+    app.register_blueprint(inbox.blueprint)
+    app.register_blueprint(campaigns.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])
+    app.register_blueprint(admin_ops.blueprint)
+    admin_ops.install(app, app.extensions["push"])
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Response:
+        return render(error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -27,6 +27,8 @@ COMMANDS = "commands"
 MESSAGES = "messages"
 DELIVERIES = "deliveries"
 DEAD_LETTERS = "dead_letters"
+CAMPAIGNS = "campaigns"
+CAMPAIGN_USERS = "campaign_users"
 #: WalletConnect v1 bridge: sessions, call requests, call statuses, webhook pushes (by natural ``_id``).
 WC_SESSIONS = "wc_sessions"
 WC_CALLS = "wc_calls"
@@ -38,14 +40,20 @@ WCP_CLIENTS = "wcp_clients"
 WCP_TOKENS = "wcp_tokens"
 WCP_NOTIFICATIONS = "wcp_notifications"
 
+#: PowerAuth inbox: one document per message (``_id`` made by the API), read state on it.
+INBOX = "inbox_messages"
+
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
     DEVICES: [([("app_id", 1), ("user_ids", 1)], {}), ([("activation_ids", 1)], {})],
-    DELIVERIES: [([("message_id", 1)], {})],
+    DELIVERIES: [([("message_id", 1)], {}), ([("message_id", 1), ("state", 1)], {})],
+    CAMPAIGN_USERS: [([("c", 1), ("u", 1)], {})],  # nx-27017 refuses "_id" in a compound index
+    CAMPAIGNS: [([("created_at", 1)], {})],
     MESSAGES: [([("app_id", 1), ("created_at", 1)], {})],
     WCP_CLIENTS: [([("tenant_id", 1)], {})],
     WCP_NOTIFICATIONS: [([("client_key", 1)], {}), ([("tenant_id", 1)], {})],
     WC_CALLS: [([("session_id", 1)], {})],
+    INBOX: [([("user_id", 1), ("created_at", -1)], {})],
 }
 
 #: Date field of each collection whose documents MongoDB removes once it has passed (TTL index).

@@ -25,8 +25,13 @@ class Settings:
     mongo_db: str = "push"
     #: RabbitMQ connection URL (AMQP 0-9-1).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    #: RabbitMQ management API, for queue depth.
+    #: RabbitMQ management API, for queue depth (``/admin/queues``, ``/metrics``, ``python -m ops.queues``).
     rabbitmq_management_url: str = "http://guest:guest@127.0.0.1:15672"
+    #: Port of a worker process group's Prometheus ``/metrics`` (Dramatiq's Prometheus middleware); 0: none.
+    #: Each group on one host needs its own port.
+    worker_metrics_port: int = 9191
+    #: Log lines: ``text`` for humans, ``json`` (one object a line) for log collectors.
+    log_format: str = "text"
     #: Prefix of every queue name, so several deployments (or test runs) share one broker.
     queue_prefix: str = ""
 
@@ -43,6 +48,8 @@ class Settings:
 
     #: Deliveries per chunk message on a deliver queue.
     delivery_chunk_size: int = 500
+    #: Campaign users expanded per batch of a live send (memory stays bounded by this).
+    campaign_users_per_batch: int = 5000
     #: Seconds a worker owns the deliveries it claimed; after a crash they are retried once this passes.
     delivery_lease_seconds: float = 60.0
     #: Delivery gives up (dead-letter) after this many seconds when no validUntil is given.

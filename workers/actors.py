@@ -12,16 +12,18 @@ from shared import commands
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.settings import Settings
-from workers import expand, wc_bridge, wc_push, writes
+from workers import campaigns, dead_letters, expand, inbox, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
 from workers.delivery.retry import RetryPolicy
 
 #: Write handlers of every API family, by command kind (each family's module lists its own).
-WRITE_HANDLERS = {**writes.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS}
+WRITE_HANDLERS = {**writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS}
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
 #: Dramatiq's retries are for failures of our own infrastructure only.
 DELIVERY_MAX_RETRIES = 5
+#: A live campaign send may expand millions of users in one run (Dramatiq's default limit is 10 minutes).
+CAMPAIGN_TIME_LIMIT_MS = 6 * 60 * 60 * 1000
 
 
 def register(broker: dramatiq.Broker, settings: Settings) -> None:
@@ -32,6 +34,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         ensure_ttl_indexes(db)
     publisher = Publisher(broker, settings)
     wc_push.bind(publisher, chunk_size=settings.delivery_chunk_size)
+    WRITE_HANDLERS.update(dead_letters.bind(publisher, chunk_size=settings.delivery_chunk_size))
     delivery = DeliveryContext(
         db=db,
         publisher=publisher,
@@ -59,8 +62,18 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     async def deliver_fcm(chunk: dict) -> None:
         await deliver_chunk(delivery, "fcm", chunk)
 
+    def expand_campaign(command: dict) -> None:
+        campaigns.expand_campaign(
+            db, publisher, command, chunk_size=settings.delivery_chunk_size, users_per_batch=settings.campaign_users_per_batch
+        )
+
+    def campaign_check(job: dict) -> None:
+        campaigns.check_campaign(db, publisher, job)
+
     declare(apply_write, commands.APPLY_WRITE)
     declare(expand_send, commands.EXPAND_SEND)
+    declare(expand_campaign, commands.EXPAND_CAMPAIGN, time_limit=CAMPAIGN_TIME_LIMIT_MS)
+    declare(campaign_check, commands.CAMPAIGN_CHECK)
     declare(deliver_apns, commands.DELIVER_CHUNK_APNS, max_retries=DELIVERY_MAX_RETRIES)
     declare(deliver_fcm, commands.DELIVER_CHUNK_FCM, max_retries=DELIVERY_MAX_RETRIES)
 

@@ -22,6 +22,8 @@ from shared.settings import load
 TEST_SETTINGS = {
     "PUSH_DELIVERY_LEASE_SECONDS": "4",
     "PUSH_API_SYNC_WAIT_SECONDS": "60",
+    # Small batches, so a test campaign of a few hundred users crosses several (and resumes mid-way).
+    "PUSH_CAMPAIGN_USERS_PER_BATCH": "100",
 }
 
 
