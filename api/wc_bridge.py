@@ -47,6 +47,8 @@ PROVIDER_BY_PUSH_TYPE = {"apns": "apns", "apn": "apns", "ios": "apns", "fcm": "f
 MAX_ID_LENGTH = 256
 #: Longest push token and webhook URL accepted.
 MAX_TOKEN_LENGTH = 4096
+#: Bytes read at a time when a refused body is drained.
+DRAIN_CHUNK = 64 * 1024
 #: What the wallet's push says.
 PUSH_TITLE = "WalletConnect"
 PUSH_BODY = "New call request"
@@ -125,9 +127,11 @@ def request_json() -> dict:
     """The JSON object body: 413 over the size limit, 400 when it is not a JSON object."""
     limit = services().settings.wc_bridge_max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
+        drain()
         raise payload_too_large(limit)
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
+        drain()
         raise payload_too_large(limit)
     try:
         data = orjson.loads(raw)
@@ -136,6 +140,14 @@ def request_json() -> dict:
     if not isinstance(data, dict):
         raise bad_request("body", "must be a JSON object")
     return data
+
+
+def drain() -> None:
+    """Read the rest of a refused body (up to the app's body limit), so the client gets the 413
+    rather than a connection closed while it is still sending."""
+    stream = request.stream
+    while stream.read(DRAIN_CHUNK):
+        pass
 
 
 def payload_too_large(limit: int) -> ApiError:
