@@ -7,6 +7,7 @@ RabbitMQ is not started here: it is a system service (see ``scripts/ensure-rabbi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,6 +107,8 @@ class Stack:
     api_threads: int = 8
     log_to_files: bool = True
     processes: dict = field(default_factory=dict)
+    #: Port of each worker group's Prometheus /metrics (Dramatiq's middleware); a free one when not given.
+    worker_metrics_ports: dict = field(default_factory=dict)
 
     # --- settings ------------------------------------------------------------------------------
 
@@ -212,9 +215,21 @@ class Stack:
             "--queues", *queues,
         ]
 
+    def metrics_dir(self, name: str) -> Path:
+        """An emptied multi-process metrics directory for one process group (stale files would add up)."""
+        directory = self.var_dir / "metrics" / name
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        return directory
+
+    def worker_metrics_url(self, group: str) -> str:
+        return f"http://127.0.0.1:{self.worker_metrics_ports[group]}/metrics"
+
     def start_workers(self, groups=tuple(WORKER_GROUPS)) -> None:
         for group in groups:
-            self._spawn(f"workers-{group}", self.worker_argv(group))
+            port = self.worker_metrics_ports.setdefault(group, free_port())
+            env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_db": str(self.metrics_dir(group))}
+            self._spawn(f"workers-{group}", self.worker_argv(group), env=env)
 
     def stop_workers(self, groups=tuple(WORKER_GROUPS), *, kill: bool = False) -> None:
         for group in groups:
@@ -223,6 +238,8 @@ class Stack:
     def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
         """Start an API (gunicorn); answers its URL. Tests start a second one with other settings."""
         port = port or self.ports.api
+        # gunicorn workers share their metrics through this directory (prometheus_client's multi-process mode).
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), **(env or {})}
         self._spawn(
             name,
             [

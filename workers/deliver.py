@@ -22,6 +22,7 @@ from pymongo import UpdateMany
 from pymongo.database import Database
 
 from shared import db as collections
+from shared import metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.payload import Body, FcmTemplate, apns_push, fcm_message, fcm_ttl_seconds
 from shared.settings import Settings
@@ -202,6 +203,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     if unavailable:
         for delivery in work:
             recorder.add(Result(delivery, "failed", unavailable))
+            metrics.record_result(platform, chunk["app_id"], "failed")
         await recorder.flush()
         return
 
@@ -225,6 +227,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
                 result = Result(delivery, "retry", reason, retry_after=requeue_after)
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
         recorder.add(result)
+        metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"))
         return result
 
     tasks = {asyncio.ensure_future(run(d)): d.id for d in work}
@@ -308,10 +311,15 @@ def _dead_letter(db: Database, platform: str, chunk: dict, results: list[Result]
                 "platform": platform,
                 "reason": f"gave up after retries: {r.reason}",
                 "at": now,
+                # What POST /admin/dead-letters/requeue needs to publish it again (workers/dead_letters.py).
+                "attempts": chunk.get("attempts", {}).get(r.delivery.id),
+                "delivery": r.delivery.as_list(),
+                "entry": chunk["entries"][str(r.delivery.entry)],
             }
             for r in results
         ]
     )
+    metrics.record_dead_letters(platform, chunk["app_id"], len(results))
 
 
 def _requeue(ctx: DeliveryContext, platform: str, chunk: dict, deliveries: list[Delivery], delay: float, *, attempts: dict | None = None) -> None:

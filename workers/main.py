@@ -4,9 +4,13 @@ The CLI imports this module and consumes with the global broker, so this is
 the one place where importing sets things up.
 """
 from shared.broker import make_broker
+from shared.metrics import add_worker_prometheus
 from shared.settings import load
 from workers.actors import register
 
 settings = load()
 broker = make_broker(settings)
+if settings.worker_metrics_port:
+    # Before register(): the middleware sets up multi-process metrics before any metric exists.
+    add_worker_prometheus(broker, settings)
 register(broker, settings)

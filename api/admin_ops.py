@@ -1,0 +1,242 @@
+"""Operations endpoints: ``/metrics``, ``/admin/queues``, ``/admin/stats``, dead letters, ``/admin/dashboard``.
+
+Errors answer in the PowerAuth envelope (the app's fallback renderer for
+``/admin``). Writes go through the queue like every other API write: a dead
+letter requeue is a ``dead_letter.requeue`` command applied by a worker
+(workers/dead_letters.py), which resets the deliveries and publishes them again.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+
+from api.errors import ApiError, bad_request, unavailable
+from api.services import Services
+from shared import commands, metrics
+from shared import db as collections
+
+blueprint = Blueprint("admin_ops", __name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Write command kind of a dead letter requeue (handled in workers/dead_letters.py).
+REQUEUE_KIND = "dead_letter.requeue"
+#: Most dead letters listed, or requeued by one ``all`` request.
+MAX_LIST = 1000
+MAX_REQUEUE = 10_000
+#: Seconds the delivery outcome counts of /admin/stats are reused by one API process.
+STATS_FRESH_SECONDS = 2.0
+
+
+def services() -> Services:
+    return current_app.extensions["push"]
+
+
+def install(app: Flask, services_: Services) -> None:
+    """Count every request by route and status, and time every enqueue of the API's broker."""
+    services_.broker.add_middleware(metrics.enqueue_timer_middleware())
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.push_request_started = time.perf_counter()
+
+    @app.after_request
+    def _count_request(response: Response) -> Response:
+        started = g.get("push_request_started")
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.record_request(route, request.method, response.status_code, time.perf_counter() - started)
+        return response
+
+
+# --- metrics and queues ---------------------------------------------------------------------------
+
+
+@blueprint.get("/metrics")
+def prometheus_metrics() -> Response:
+    s = services()
+    body, content_type = metrics.exposition(s.settings, s.db)
+    return Response(body, content_type=content_type)
+
+
+def _queues(peek: bool) -> tuple[list[dict], str]:
+    try:
+        stats, source = metrics.queue_stats(services().settings, peek=peek)
+    except metrics.QueuesUnavailable:
+        raise unavailable("the message broker") from None
+    return [q.as_json() for q in stats], source
+
+
+@blueprint.get("/admin/queues")
+def admin_queues() -> Response:
+    peek = request.args.get("peek", "0").lower() in ("1", "true", "yes")
+    rows, source = _queues(peek)
+    totals = {
+        "ready": sum(r["ready"] for r in rows),
+        "unacked": sum(r["unacked"] for r in rows),
+        "dead": sum(r["depth"] for r in rows if r["kind"] == "dead"),
+    }
+    return jsonify({"queues": rows, "source": source, "totals": totals, "at": time.time()})
+
+
+_stats_cache: dict = {}
+
+
+def _delivery_counts() -> dict:
+    """Delivery outcome counts ``{platform: {state: n}}`` (cached briefly per process: dashboards poll)."""
+    cached = _stats_cache.get("counts")
+    if cached and time.monotonic() - cached[0] < STATS_FRESH_SECONDS:
+        return cached[1]
+    s = services()
+
+    def read():
+        counts: dict = {}
+        for row in s.db[collections.DELIVERIES].aggregate([{"$group": {"_id": "$ps", "n": {"$sum": 1}}}]):
+            if not row["_id"]:
+                continue
+            platform, _, state = str(row["_id"]).partition(":")
+            counts.setdefault(platform, {})[state] = row["n"]
+        return counts
+
+    counts = s.guarded_read(read)
+    _stats_cache["counts"] = (time.monotonic(), counts)
+    return counts
+
+
+@blueprint.get("/admin/stats")
+def admin_stats() -> Response:
+    """Deliveries by platform and outcome (all recorded), dead letters waiting, suspended providers."""
+    s = services()
+    counts = _delivery_counts()
+    by_outcome: dict = {}
+    for states in counts.values():
+        for state, n in states.items():
+            by_outcome[state] = by_outcome.get(state, 0) + n
+
+    def waiting_dead_letters():
+        return sum(1 for d in s.db[collections.DEAD_LETTERS].find({}, {"requeued_at": 1}) if not d.get("requeued_at"))
+
+    return jsonify(
+        {
+            "deliveries": counts,
+            "by_outcome": by_outcome,
+            "dead_letters": s.guarded_read(waiting_dead_letters),
+            "at": time.time(),
+        }
+    )
+
+
+# --- dead letters ---------------------------------------------------------------------------------
+
+
+def _dead_letter_json(doc: dict) -> dict:
+    delivery = doc.get("delivery")
+    return {
+        "id": doc["delivery_id"],
+        "delivery_id": doc["delivery_id"],
+        "message_id": doc.get("message_id"),
+        "app_id": doc.get("app_id"),
+        "platform": doc.get("platform"),
+        "reason": doc.get("reason"),
+        "attempts": doc.get("attempts"),
+        "at": doc.get("at"),
+        "requeued_at": doc.get("requeued_at"),
+        "requeueable": bool(delivery and doc.get("entry") is not None),
+    }
+
+
+def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(name, "must be an integer", location="query") from None
+    if not low <= value <= high:
+        raise bad_request(name, f"must be between {low} and {high}", location="query")
+    return value
+
+
+@blueprint.get("/admin/dead-letters")
+def dead_letters() -> Response:
+    """Dead letters, newest first; ``?all=1`` also lists requeued ones; ``app_id`` / ``platform`` filter."""
+    s = services()
+    limit = _int_arg("limit", 100, low=1, high=MAX_LIST)
+    include_requeued = request.args.get("all", "0").lower() in ("1", "true", "yes")
+    query = {k: request.args[k] for k in ("app_id", "platform") if request.args.get(k)}
+
+    def read():
+        docs = [d for d in s.db[collections.DEAD_LETTERS].find(query) if include_requeued or not d.get("requeued_at")]
+        docs.sort(key=lambda d: d.get("at") or 0, reverse=True)
+        return docs
+
+    docs = s.guarded_read(read)
+    reasons: dict = {}
+    for doc in docs:
+        reasons[doc.get("reason") or "?"] = reasons.get(doc.get("reason") or "?", 0) + 1
+    return jsonify({"items": [_dead_letter_json(d) for d in docs[:limit]], "total": len(docs), "reasons": reasons})
+
+
+def _request_json() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise bad_request("body", "must be a JSON object (Content-Type: application/json)")
+    if "requestObject" in data:
+        data = data["requestObject"]
+        if not isinstance(data, dict):
+            raise bad_request("requestObject", "must be a JSON object")
+    return data
+
+
+@blueprint.post("/admin/dead-letters/requeue")
+def requeue_dead_letters() -> Response:
+    """Put dead letters back on their deliver queue: ``{"ids": [delivery id, ...]}`` or ``{"all": true}``.
+
+    The write is a command applied by a worker (state back to ``retry``, chunk
+    published); the answer says how many were requeued once it was applied.
+    """
+    s = services()
+    data = _request_json()
+    ids, everything = data.get("ids"), data.get("all")
+    if everything is not None and not isinstance(everything, bool):
+        raise bad_request("all", "must be a boolean")
+    if everything:
+        if ids is not None:
+            raise bad_request("ids", "give either ids or all, not both")
+        docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find({}, {"delivery_id": 1, "requeued_at": 1})))
+        ids = sorted({d["delivery_id"] for d in docs if not d.get("requeued_at")})[:MAX_REQUEUE]
+    else:
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+            raise bad_request("ids", "must be a non-empty list of dead letter ids (or give all: true)")
+        if len(ids) > MAX_REQUEUE:
+            raise bad_request("ids", f"at most {MAX_REQUEUE} at once")
+        known = s.guarded_read(
+            lambda: {d["delivery_id"] for d in s.db[collections.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}, {"delivery_id": 1})}
+        )
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ApiError(404, f"ids: no dead letter {unknown[0]!r}", field="ids", code="ERROR_NOT_FOUND")
+    if not ids:
+        return jsonify({"requeued": 0, "skipped": [], "applied": True})
+    cmd = commands.command(REQUEUE_KIND, delivery_ids=ids)
+    applied = s.write(cmd)
+    result = (applied or {}).get("result") or {}
+    return jsonify(
+        {
+            "commandId": cmd["id"],
+            "applied": bool(applied),
+            "requeued": result.get("requeued", 0 if applied else None),
+            "skipped": result.get("skipped", []),
+        }
+    ), (200 if applied else 202)
+
+
+# --- dashboard ------------------------------------------------------------------------------------
+
+
+@blueprint.get("/admin/dashboard")
+def dashboard() -> Response:
+    html = (STATIC_DIR / "dashboard.html").read_bytes()
+    return Response(html, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})

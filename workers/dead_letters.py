@@ -1,0 +1,75 @@
+"""Requeue dead letters: the ``dead_letter.requeue`` write command (``POST /admin/dead-letters/requeue``).
+
+A dead letter (``dead_letters`` collection, written by workers/deliver.py)
+carries the delivery and its entry, so it can be put back on its deliver
+queue. The handler is idempotent: it moves the deliveries still in
+``dead_letter`` back to ``retry``, publishes a chunk for every delivery that is
+claimable (a chunk published twice is a no-op for the second run, which claims
+nothing), and marks the dead letters requeued. A requeued delivery starts a
+fresh max-age period and zero attempts; one past its ``validUntil`` ends
+``expired``.
+"""
+from __future__ import annotations
+
+import time
+
+from pymongo.database import Database
+
+from shared import db as collections
+from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher
+from workers.expand import Delivery, chunk_payload
+
+KIND = "dead_letter.requeue"
+CLAIMABLE = ("pending", "retry")
+
+_bound: dict = {}
+
+
+def bind(publisher: Publisher, *, chunk_size: int) -> dict:
+    """Give the handler the worker's publisher; answers the write handlers to register."""
+    _bound["publisher"] = publisher
+    _bound["chunk_size"] = chunk_size
+    return HANDLERS
+
+
+def requeue(db: Database, cmd: dict) -> dict:
+    ids = list(dict.fromkeys(cmd["delivery_ids"]))
+    docs = {}
+    for doc in db[collections.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}):
+        if doc.get("delivery") and doc.get("entry") is not None:
+            docs[doc["delivery_id"]] = doc  # any one carries what a chunk needs
+    skipped = [i for i in ids if i not in docs]
+    now = time.time()
+    by_platform: dict[str, list[str]] = {}
+    for delivery_id, doc in docs.items():
+        by_platform.setdefault(doc["platform"], []).append(delivery_id)
+    for platform, platform_ids in by_platform.items():
+        db[collections.DELIVERIES].update_many(
+            {"_id": {"$in": platform_ids}, "state": "dead_letter"},
+            {"$set": {"state": "retry", "ps": f"{platform}:retry", "reason": "requeued", "at": now}},
+        )
+    claimable = {
+        d["_id"] for d in db[collections.DELIVERIES].find({"_id": {"$in": list(docs)}, "state": {"$in": list(CLAIMABLE)}}, {"_id": 1})
+    }
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for delivery_id in claimable:
+        doc = docs[delivery_id]
+        groups.setdefault((doc["platform"], doc["message_id"], doc["app_id"]), []).append(doc)
+    publisher: Publisher = _bound["publisher"]
+    size = _bound.get("chunk_size", 500)
+    for (platform, message_id, app_id), group in groups.items():
+        for start in range(0, len(group), size):
+            part = group[start : start + size]
+            deliveries = [Delivery(*d["delivery"]) for d in part]
+            entries = {str(d["delivery"][3]): d["entry"] for d in part}
+            publisher.publish(
+                DELIVER_ACTOR_BY_PROVIDER[platform],
+                chunk_payload(message_id, app_id, entries, deliveries, first_attempt_at=now),
+            )
+    db[collections.DEAD_LETTERS].update_many(
+        {"delivery_id": {"$in": list(docs)}}, {"$set": {"requeued_at": now, "requeue_command": cmd["id"]}}
+    )
+    return {"requeued": len(claimable), "skipped": skipped}
+
+
+HANDLERS = {KIND: requeue}
