@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: First and longest pause between two looks at MongoDB while waiting (seconds).
 POLL_FIRST_SECONDS = 0.002
-POLL_LONGEST_SECONDS = 0.05
+POLL_LONGEST_SECONDS = 0.02
 #: Delivery states whose outcome is final.
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
 #: Final states counted as failed in PowerAuth's result.
