@@ -101,7 +101,7 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     queue_prefix: str = ""
     env: dict = field(default_factory=dict)
-    worker_processes: int = 1
+    worker_processes: int = 2  # per group; measured best on 2 cores (bench: 1 → 1,373/s, 2 → 1,728/s e2e)
     worker_threads: int = 8
     api_workers: int = 2
     api_threads: int = 8

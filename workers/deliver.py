@@ -227,7 +227,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
                 result = Result(delivery, "retry", reason, retry_after=requeue_after)
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
         recorder.add(result)
-        metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"))
+        metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"), delivery_id=delivery.id, reason=result.reason)
         return result
 
     tasks = {asyncio.ensure_future(run(d)): d.id for d in work}
@@ -278,7 +278,9 @@ def _claim(db: Database, platform: str, ids: list[str], claim: str, lease_second
     deliveries = db[collections.DELIVERIES]
     now = time.time()
     grab = {"$set": {"state": "sending", "ps": f"{platform}:sending", "claim": claim, "lease_until": now + lease_seconds}}
-    deliveries.update_many({"_id": {"$in": ids}, "state": {"$in": list(CLAIMABLE)}}, grab)
+    claimed = deliveries.update_many({"_id": {"$in": ids}, "state": {"$in": list(CLAIMABLE)}}, grab).modified_count
+    if claimed == len(ids):
+        return list(ids), {}  # the common case: all were waiting, all are mine (no more round trips)
     deliveries.update_many({"_id": {"$in": ids}, "state": "sending", "lease_until": {"$lt": now}}, grab)
     mine, held = [], {}
     for doc in deliveries.find({"_id": {"$in": ids}, "state": "sending"}, {"claim": 1, "lease_until": 1}):

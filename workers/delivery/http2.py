@@ -69,6 +69,7 @@ class Http2Connection:
         self.closed = False
         self.draining = False  # GOAWAY received: no new streams
         self.settings_received = asyncio.Event()
+        self.flush_scheduled = False
         self._flush()
         self.reader_task = asyncio.ensure_future(self._read_loop())
 
@@ -108,9 +109,16 @@ class Http2Connection:
         return not self.closed and not self.draining
 
     def _flush(self) -> None:
+        self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and not self.closed:
             self.writer.write(data)
+
+    def _schedule_flush(self) -> None:
+        """Write once per event-loop turn: requests started together leave in one TLS write."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> Answer:
         if not self.usable:
@@ -123,7 +131,7 @@ class Http2Connection:
             self.h2.send_headers(stream_id, request_headers, end_stream=not body)
             if body:
                 await self._send_body(stream_id, body)
-            self._flush()
+            self._schedule_flush()
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as error:
             self._reset(stream_id)

@@ -9,8 +9,9 @@ worker is free meanwhile.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tenacity import (
     AsyncRetrying,
@@ -68,6 +69,24 @@ async def deliver_with_retries(send: Send, classify: Classify, policy: RetryPoli
     and, for a retryable outcome, the seconds to wait before the next attempt.
     """
 
+    # The first try outside tenacity: most sends succeed at once, and building the
+    # retrying machinery for each of them is a measurable share of a worker's CPU.
+    first_error: TransportError | None = None
+    try:
+        answer = await send()
+    except TransportError as error:
+        first_error = error
+    else:
+        outcome = classify(answer)
+        if not outcome.retryable:
+            return outcome, answer, 1, None
+    if policy.in_process_tries <= 1 or policy.wait_after(first_attempt + 1, None if first_error else answer) > policy.max_in_process_wait:
+        last = None if first_error else answer
+        return (Outcome.TRANSIENT if first_error else outcome), last, 1, policy.wait_after(first_attempt + 1, last)
+    first_attempt += 1
+    policy = replace(policy, in_process_tries=policy.in_process_tries - 1)
+    await asyncio.sleep(policy.wait_after(first_attempt, None if first_error else answer))
+
     async def attempt() -> tuple[Outcome, ProviderAnswer | None]:
         answer = await send()
         return classify(answer), answer
@@ -90,8 +109,8 @@ async def deliver_with_retries(send: Send, classify: Classify, policy: RetryPoli
     )
     result = await retrying(attempt)
     if not isinstance(result, RetryCallState):
-        return result[0], result[1], retrying.statistics["attempt_number"], None
+        return result[0], result[1], 1 + retrying.statistics["attempt_number"], None
     state = result
     answer = None if state.outcome.failed else state.outcome.result()[1]
     outcome = Outcome.TRANSIENT if state.outcome.failed else state.outcome.result()[0]
-    return outcome, answer, state.attempt_number, policy.wait_after(total_attempts(state), answer)
+    return outcome, answer, 1 + state.attempt_number, policy.wait_after(total_attempts(state), answer)
