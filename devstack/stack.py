@@ -34,6 +34,10 @@ WORKER_GROUPS = {
 }
 
 
+#: Seconds gunicorn keeps an idle client connection open.
+API_KEEP_ALIVE_SECONDS = 75
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -227,7 +231,9 @@ class Stack:
 
     def start_workers(self, groups=tuple(WORKER_GROUPS)) -> None:
         for group in groups:
-            port = self.worker_metrics_ports.setdefault(group, free_port())
+            # `make run` (the default ports): 9191, 9192, ... in WORKER_GROUPS order; tests: free ports.
+            default = 9191 + list(WORKER_GROUPS).index(group) if self.ports == Ports() else free_port()
+            port = self.worker_metrics_ports.setdefault(group, default)
             env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_db": str(self.metrics_dir(group))}
             self._spawn(f"workers-{group}", self.worker_argv(group), env=env)
 
@@ -248,6 +254,10 @@ class Stack:
                 "--workers", str(self.api_workers),
                 "--worker-class", "gthread",
                 "--threads", str(self.api_threads),
+                # Longer than clients' idle pooled connections usually live: with gunicorn's
+                # default (2 s) a client reusing a connection the server just closed gets
+                # "Remote end closed connection without response".
+                "--keep-alive", str(API_KEEP_ALIVE_SECONDS),
                 "--access-logfile", "-" if not self.log_to_files else str(self.var_dir / "logs" / f"{name}-access.log"),
                 "api.app:create_app()",
             ],
