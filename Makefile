@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit bench lint rabbitmq venv clean
+.PHONY: run test test-unit faults bench lint rabbitmq chromium venv clean
 
 venv: $(STAMP)
 
@@ -19,14 +19,21 @@ $(STAMP): requirements/base.txt requirements/dev.txt
 rabbitmq:
 	scripts/ensure-rabbitmq.sh
 
+chromium:
+	scripts/ensure-chromium.sh
+
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq
-	$(PY) -m pytest
+test: venv rabbitmq chromium
+	$(PY) -m pytest --ignore=tests/faults
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
+
+# Fault tests (tests/faults): real processes, 20,000 notifications per scenario, exact counts printed.
+faults: venv rabbitmq
+	$(PY) -m pytest tests/faults -s
 
 bench: venv rabbitmq
 	$(PY) -m bench

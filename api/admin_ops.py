@@ -7,6 +7,7 @@ letter requeue is a ``dead_letter.requeue`` command applied by a worker
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from api.errors import ApiError, bad_request, unavailable
 from api.services import Services
-from shared import commands, metrics
+from shared import commands, logs, metrics
 from shared import db as collections
 
 blueprint = Blueprint("admin_ops", __name__)
@@ -26,7 +27,7 @@ REQUEUE_KIND = "dead_letter.requeue"
 MAX_LIST = 1000
 MAX_REQUEUE = 10_000
 #: Seconds the delivery outcome counts of /admin/stats are reused by one API process.
-STATS_FRESH_SECONDS = 2.0
+STATS_FRESH_SECONDS = 5.0
 
 
 def services() -> Services:
@@ -34,7 +35,11 @@ def services() -> Services:
 
 
 def install(app: Flask, services_: Services) -> None:
-    """Count every request by route and status, and time every enqueue of the API's broker."""
+    """Count every request by route and status, time (and log) every enqueue of the API's broker; JSON logs if asked."""
+    logs.configure(services_.settings.log_format)
+    directory = metrics.multiprocess_dir()
+    if directory:
+        os.makedirs(directory, exist_ok=True)
     services_.broker.add_middleware(metrics.enqueue_timer_middleware())
 
     @app.before_request
@@ -106,22 +111,18 @@ def _delivery_counts() -> dict:
 
 @blueprint.get("/admin/stats")
 def admin_stats() -> Response:
-    """Deliveries by platform and outcome (all recorded), dead letters waiting, suspended providers."""
-    s = services()
+    """Deliveries by platform and outcome (all recorded), and how many dead letters wait."""
     counts = _delivery_counts()
     by_outcome: dict = {}
     for states in counts.values():
         for state, n in states.items():
             by_outcome[state] = by_outcome.get(state, 0) + n
 
-    def waiting_dead_letters():
-        return sum(1 for d in s.db[collections.DEAD_LETTERS].find({}, {"requeued_at": 1}) if not d.get("requeued_at"))
-
     return jsonify(
         {
             "deliveries": counts,
             "by_outcome": by_outcome,
-            "dead_letters": s.guarded_read(waiting_dead_letters),
+            "dead_letters": sum(_dead_letter_reasons({}).values()),
             "at": time.time(),
         }
     )
@@ -159,24 +160,30 @@ def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
     return value
 
 
+#: Dead letters not requeued yet.
+WAITING = {"requeued_at": {"$exists": False}}
+
+
+def _dead_letter_reasons(query: dict) -> dict:
+    """``{reason: count}`` of the dead letters matching ``query``."""
+    s = services()
+    rows = s.guarded_read(
+        lambda: list(s.db[collections.DEAD_LETTERS].aggregate([{"$match": {**WAITING, **query}}, {"$group": {"_id": "$reason", "n": {"$sum": 1}}}]))
+    )
+    return {row["_id"] or "?": row["n"] for row in rows}
+
+
 @blueprint.get("/admin/dead-letters")
 def dead_letters() -> Response:
-    """Dead letters, newest first; ``?all=1`` also lists requeued ones; ``app_id`` / ``platform`` filter."""
+    """Dead letters waiting, newest first, with reason counts; ``?all=1`` lists requeued ones too; ``app_id`` / ``platform`` filter."""
     s = services()
     limit = _int_arg("limit", 100, low=1, high=MAX_LIST)
     include_requeued = request.args.get("all", "0").lower() in ("1", "true", "yes")
     query = {k: request.args[k] for k in ("app_id", "platform") if request.args.get(k)}
-
-    def read():
-        docs = [d for d in s.db[collections.DEAD_LETTERS].find(query) if include_requeued or not d.get("requeued_at")]
-        docs.sort(key=lambda d: d.get("at") or 0, reverse=True)
-        return docs
-
-    docs = s.guarded_read(read)
-    reasons: dict = {}
-    for doc in docs:
-        reasons[doc.get("reason") or "?"] = reasons.get(doc.get("reason") or "?", 0) + 1
-    return jsonify({"items": [_dead_letter_json(d) for d in docs[:limit]], "total": len(docs), "reasons": reasons})
+    listed = query if include_requeued else {**WAITING, **query}
+    docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find(listed).sort("at", -1).limit(limit)))
+    reasons = _dead_letter_reasons(query)
+    return jsonify({"items": [_dead_letter_json(d) for d in docs], "total": sum(reasons.values()), "reasons": reasons})
 
 
 def _request_json() -> dict:
@@ -205,8 +212,8 @@ def requeue_dead_letters() -> Response:
     if everything:
         if ids is not None:
             raise bad_request("ids", "give either ids or all, not both")
-        docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find({}, {"delivery_id": 1, "requeued_at": 1})))
-        ids = sorted({d["delivery_id"] for d in docs if not d.get("requeued_at")})[:MAX_REQUEUE]
+        docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find(WAITING, {"delivery_id": 1}).limit(MAX_REQUEUE)))
+        ids = sorted({d["delivery_id"] for d in docs})
     else:
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
             raise bad_request("ids", "must be a non-empty list of dead letter ids (or give all: true)")

@@ -10,7 +10,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import admin_ops, campaigns, inbox, powerauth, wc_bridge, wc_push
+from api import admin_ops, auth, campaigns, inbox, limits, powerauth, wc_bridge, wc_push
 from api.errors import ApiError
 from api.services import Services
 from shared.broker import make_broker
@@ -26,7 +26,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
+    # Body size per route, registration rate limits, API keys (README "Auth and limits").
+    app.before_request(limits.before_request)
     app.register_blueprint(powerauth.blueprint)
+    app.register_blueprint(auth.blueprint)
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
     app.register_blueprint(wc_bridge.blueprint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
+from api import auth, limits
 from api import validation as v
 from api.errors import ApiError, bad_request
 from api.powerauth import existing_app, json_response, ok, parse_body, request_body, request_object, result_object, services
@@ -18,8 +19,8 @@ from shared.commands import command
 
 blueprint = Blueprint("campaigns", __name__)
 
-#: Most user ids one add or delete request may carry (the reference sends campaigns in batches of 100,000).
-MAX_USERS_PER_REQUEST = 100_000
+#: Most user ids one add or delete request may carry: the setting ``max_campaign_users_per_request``
+#: (PUSH_MAX_CAMPAIGN_USERS_PER_REQUEST, default 100,000; the reference sends campaigns in batches of 100,000).
 #: Largest page of the user list.
 MAX_PAGE_SIZE = 10_000
 DEFAULT_PAGE_SIZE = 100
@@ -30,6 +31,7 @@ def _campaign(campaign_id: str) -> dict:
     if campaign is None:
         raise ApiError(400, f"Campaign with entered ID does not exist: {campaign_id} (path id)", field="id", location="path",
                        code="ERROR_CAMPAIGN_NOT_FOUND")
+    auth.require_app(campaign["app_id"], "id")
     return campaign
 
 
@@ -69,6 +71,7 @@ def create_campaign():
     data = request_object()
     app = existing_app(data)
     body = parse_body(v.required(data, "message", "requestObject."), "requestObject.message.")
+    limits.check_payload(services().settings, body, "requestObject.message", silent=False, high_priority=True)
     campaign_id = commands.new_id()
     _write("campaign.create", campaign_id=campaign_id, app_id=app["_id"], body=body.to_json())
     return ok({"id": campaign_id})
@@ -76,6 +79,10 @@ def create_campaign():
 
 @blueprint.route("/push/campaign/<campaign_id>/delete", methods=["POST", "DELETE"])
 def delete_campaign(campaign_id: str):
+    if not auth.current().is_admin:
+        existing = services().find_one(collections.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
+        if existing is not None:
+            auth.require_app(existing["app_id"], "id")
     result = _write("campaign.delete", campaign_id=campaign_id)
     return ok({"deleted": bool(result.get("deleted"))})
 
@@ -90,6 +97,9 @@ def campaign_detail(campaign_id: str):
 def list_campaigns():
     everything = _query_boolean("all", default=False)
     query = {} if everything else {"sent": True}
+    principal = auth.current()
+    if not principal.is_admin:
+        query["app_id"] = principal.app_id
     svc = services()
     campaigns = svc.guarded_read(lambda: list(svc.db[collections.CAMPAIGNS].find(query).sort("created_at", 1)))
     return ok([campaign_object(c) for c in campaigns])
@@ -123,7 +133,8 @@ def _user_list() -> list[str]:
     users = data.get("requestObject")
     if isinstance(users, dict):
         users = users.get("list")
-    return v.string_list({"requestObject": users}, "requestObject", required_=True, max_items=MAX_USERS_PER_REQUEST)
+    return v.string_list({"requestObject": users}, "requestObject", required_=True,
+                         max_items=services().settings.max_campaign_users_per_request)
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/add", methods=["PUT", "POST"])

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
+from api import auth
 from api import validation as v
 from api.errors import ApiError, bad_request
 from api.powerauth import json_response, ok, render_error, request_object, services
@@ -123,7 +124,9 @@ def applications(data: dict, prefix: str) -> list[str]:
 
 
 def require_apps(app_ids: list[str], field: str, *, location: str = "body") -> None:
-    """Every app in ``app_ids`` must exist; otherwise the reference's ERROR_APP_NOT_FOUND."""
+    """Every app in ``app_ids`` must exist (and be the API key's); otherwise the reference's ERROR_APP_NOT_FOUND."""
+    for app_id in app_ids:
+        auth.require_app(app_id, field)
     svc = services()
     found = svc.guarded_read(lambda: {doc["_id"] for doc in svc.db[collections.APPS].find({"_id": {"$in": app_ids}}, {"_id": 1})})
     missing = [app_id for app_id in app_ids if app_id not in found]
@@ -175,6 +178,9 @@ def existing_message(inbox_id: str) -> dict:
     message = services().find_one(collections.INBOX, {"_id": inbox_id})
     if message is None:
         raise ApiError(400, f"Inbox message not found: {inbox_id}", code=MESSAGE_NOT_FOUND)
+    principal = auth.current()
+    if not principal.is_admin and principal.app_id not in (message.get("applications") or []):
+        raise auth.forbidden(f"the API key is not valid for inbox message {inbox_id}")
     return message
 
 

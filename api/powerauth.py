@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response, current_app, request
 
+from api import auth, limits
 from api import validation as v
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
@@ -31,8 +32,7 @@ UNSUPPORTED_PLATFORMS = ("hms", "huawei")
 ENVIRONMENTS = {"development": "development", "production": "production"}
 PRIORITIES = {"high": "HIGH", "normal": "NORMAL"}
 MODES = {"synchronous": "SYNCHRONOUS", "asynchronous": "ASYNCHRONOUS"}
-#: Most messages one batch request may carry.
-MAX_BATCH = 10_000
+#: Most messages one batch request may carry: the setting ``max_batch_messages`` (PUSH_MAX_BATCH_MESSAGES, default 10,000).
 #: Most activations one multi-registration may carry.
 MAX_ACTIVATIONS = 100
 APPLICATION_NAME = "powerauth-push"
@@ -87,6 +87,7 @@ def request_object(*, wrapped_only: bool = True) -> dict:
 
 def existing_app(data: dict, prefix: str = "requestObject.") -> dict:
     app_id = v.identifier(data, "appId", prefix, required_=True)
+    auth.require_app(app_id, prefix + "appId")
     app = services().find_one(collections.APPS, {"_id": app_id})
     if app is None:
         raise ApiError(400, f"Application not found: {app_id} ({prefix}appId)", field=prefix + "appId")
@@ -191,9 +192,24 @@ def delete_device():
 def update_status():
     data = request_object(wrapped_only=False)
     activation = v.string(data, "activationId", required_=True)
+    _require_activation(activation)
     status = v.choice(data, "activationStatus", {s.lower(): s for s in ACTIVATION_STATES}, default="ACTIVE")
     services().write(command("activation.status", activation_id=activation, status=status))
     return ok()
+
+
+def _require_activation(activation_id: str) -> None:
+    """An app key may change an activation's status unless a device of another app holds it."""
+    principal = auth.current()
+    if principal.is_admin:
+        return
+    svc = services()
+    holders = svc.guarded_read(
+        lambda: list(svc.db[collections.DEVICES].find({"activation_ids": {"$in": [activation_id]}}, {"app_id": 1}).limit(100))
+    )
+    other = [d for d in holders if d.get("app_id") != principal.app_id]
+    if other:
+        raise auth.forbidden(f"the API key is not valid for activation {activation_id} (activationId)")
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -237,11 +253,13 @@ def parse_message(data: dict, prefix: str, default_priority: str) -> dict:
     v.json_object(attributes, prefix + "attributes")
     body = parse_body(v.required(message, "body", prefix), prefix + "body.")
     priority = v.choice(message, "priority", PRIORITIES, prefix, default=default_priority)
+    silent = v.boolean(attributes, "silent", prefix + "attributes.")
+    limits.check_payload(services().settings, body, prefix + "body", silent=silent, high_priority=priority == "HIGH")
     return {
         "user_id": v.string(message, "userId", prefix, required_=True),
         "activation_id": v.string(message, "activationId", prefix),
         "personal": v.boolean(attributes, "personal", prefix + "attributes."),
-        "silent": v.boolean(attributes, "silent", prefix + "attributes."),
+        "silent": silent,
         "high_priority": priority == "HIGH",
         "body": body.to_json(),
     }
@@ -284,8 +302,9 @@ def send_batch():
     batch = v.required(data, "batch", "requestObject.")
     if not isinstance(batch, list) or not batch:
         raise bad_request("requestObject.batch", "must be a non-empty list of messages")
-    if len(batch) > MAX_BATCH:
-        raise bad_request("requestObject.batch", f"must have at most {MAX_BATCH} messages")
+    max_batch = services().settings.max_batch_messages
+    if len(batch) > max_batch:
+        raise bad_request("requestObject.batch", f"must have at most {max_batch} messages")
     entries = [parse_message(item, f"requestObject.batch[{i}].", default_priority) for i, item in enumerate(batch)]
     return _send(entries, app, mode)
 
@@ -297,6 +316,7 @@ def message_detail(message_id: str):
     message = svc.find_one(collections.MESSAGES, {"_id": message_id}, {"app_id": 1, "created_at": 1})
     if message is None:
         raise not_found(f"Message not found: {message_id}", field="messageId", location="path")
+    auth.require_app(message["app_id"], "messageId")
     counts = svc.guarded_read(lambda: svc.message_counts(message_id))
     return ok(
         {

@@ -17,6 +17,7 @@ notification and answers what the worker decided.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import platform as runtime
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from api.auth import is_admin_key
 from api.errors import ApiError
 from api.powerauth import VERSION
 from api.services import Services
@@ -64,6 +66,10 @@ NAMES = {
     "ERROR_HTTP_405": "MethodNotAllowed",
     "ERROR_HTTP_413": "PayloadTooLarge",
     "ERROR_HTTP_415": "UnsupportedMediaType",
+    "ERROR_HTTP_429": "TooManyRequests",
+    "ERROR_TOO_MANY_REQUESTS": "TooManyRequests",
+    "ERROR_UNAUTHORIZED": "Unauthorized",
+    "ERROR_FORBIDDEN": "Forbidden",
 }
 
 
@@ -215,7 +221,7 @@ def health():
         "mongodb": "UP" if mongodb else "DOWN",
         "flags": {
             "multitenant": True,
-            "tenant_management": bool(settings.wc_push_admin_token),
+            "tenant_management": bool(settings.wc_push_admin_token or settings.admin_key),
             "validate_client_jwt": settings.wc_push_validate_client_jwt,
             "validate_signatures": settings.wc_push_validate_signatures,
         },
@@ -379,14 +385,18 @@ def method_not_allowed(**_):
 # --- tenant management --------------------------------------------------------------------------
 
 def require_admin() -> None:
-    expected = services().settings.wc_push_admin_token
-    if not expected:
-        raise fail(403, "TenantManagementDisabled", "tenant management is off: set PUSH_WC_PUSH_ADMIN_TOKEN")
+    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN`` or the server's admin key (``PUSH_ADMIN_KEY``)."""
+    settings = services().settings
+    if not settings.wc_push_admin_token and not settings.admin_key:
+        raise fail(403, "TenantManagementDisabled", "tenant management is off: set PUSH_ADMIN_KEY or PUSH_WC_PUSH_ADMIN_TOKEN")
     header = request.headers.get("Authorization")
     if not header:
         raise fail(401, "MissingAdminToken", "tenant management needs Authorization: Bearer <admin token>", field="Authorization", location="header")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    given = given.strip()
+    token = settings.wc_push_admin_token
+    valid = bool(token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
+    if scheme.lower() != "bearer" or not (valid or is_admin_key(given, settings.admin_key)):
         raise fail(401, "InvalidAdminToken", "the admin token is not valid", field="Authorization", location="header")
 
 

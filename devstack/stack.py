@@ -184,6 +184,7 @@ class Stack:
         if port_open(self.ports.mongo):
             return  # a MongoDB (or nx-27017) already answers there: use it
         db_file = self.var_dir / "mongo.db"
+        (self.var_dir / "logs").mkdir(parents=True, exist_ok=True)  # nx-27017's log file lives there
         self._spawn(
             "mongo",
             [

@@ -3,12 +3,13 @@
 Reads the same figures as ``GET /admin/queues`` straight from RabbitMQ (the
 management API of ``PUSH_RABBITMQ_MANAGEMENT_URL``, else a passive declare),
 for the queues of ``PUSH_QUEUE_PREFIX``. ``--url`` reads them from a running
-API's ``/admin/queues`` instead.
+API's ``/admin/queues`` instead (with the admin key of ``PUSH_ADMIN_KEY`` when auth is on).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -41,7 +42,10 @@ def table(rows: list[dict], *, show_missing: bool = False) -> str:
     rows = [r for r in rows if show_missing or r.get("exists")]
     cells = [[title for title, _, _ in COLUMNS]]
     for row in rows:
-        cells.append([_cell(row.get(key), fmt) for _, key, fmt in COLUMNS])
+        if row.get("exists"):
+            cells.append([_cell(row.get(key), fmt) for _, key, fmt in COLUMNS])
+        else:
+            cells.append([row["name"], row["kind"], *["-" for _ in COLUMNS[2:]]])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = []
     for n, line in enumerate(cells):
@@ -55,7 +59,11 @@ def table(rows: list[dict], *, show_missing: bool = False) -> str:
 
 def fetch(args) -> tuple[list[dict], str]:
     if args.url:
-        answer = requests.get(args.url.rstrip("/") + "/admin/queues", params={"peek": "1" if args.peek else "0"}, timeout=10)
+        key = os.environ.get("PUSH_ADMIN_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        answer = requests.get(
+            args.url.rstrip("/") + "/admin/queues", params={"peek": "1" if args.peek else "0"}, headers=headers, timeout=10
+        )
         answer.raise_for_status()
         body = answer.json()
         return body["queues"], body.get("source", "api")
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--peek", action="store_true", help="read each queue's head message for its age (it is requeued)")
     parser.add_argument("--all", action="store_true", help="also list queues the broker has not declared yet")
-    parser.add_argument("--url", help="read from a running API's /admin/queues (e.g. http://127.0.0.1:8080)")
+    parser.add_argument("--url", help="read from a running API's /admin/queues (e.g. http://127.0.0.1:8080; admin key from PUSH_ADMIN_KEY)")
     args = parser.parse_args(argv)
     while True:
         try:
@@ -94,4 +102,7 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        sys.exit(0)
+    except BrokenPipeError:  # piped into head or less that quit
+        sys.stderr.close()
         sys.exit(0)

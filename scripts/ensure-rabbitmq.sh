@@ -4,8 +4,20 @@
 set -euo pipefail
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+management_open() { (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; }
+
+# Queue depth (/admin/queues, /metrics, ops.queues) reads the management API: enable its plugin
+# on a running broker that lacks it (a machine's preinstalled RabbitMQ), online, without a restart.
+ensure_management() {
+  management_open && return 0
+  echo "enabling rabbitmq_management..." >&2
+  rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || { echo "could not enable rabbitmq_management" >&2; return 0; }
+  for _ in $(seq 1 60); do management_open && return 0; sleep 1; done
+  echo "rabbitmq_management did not answer on 15672" >&2
+}
 
 if port_open; then
+  ensure_management
   exit 0
 fi
 
@@ -23,6 +35,7 @@ rabbitmq-server -detached >/dev/null 2>&1 || true
 # `rabbitmqctl await_startup` right after a detached start fails; poll instead.
 for _ in $(seq 1 120); do
   if rabbitmq-diagnostics -q check_running >/dev/null 2>&1 && port_open; then
+    ensure_management
     exit 0
   fi
   sleep 1

@@ -43,6 +43,9 @@ WCP_NOTIFICATIONS = "wcp_notifications"
 #: PowerAuth inbox: one document per message (``_id`` made by the API), read state on it.
 INBOX = "inbox_messages"
 
+#: API keys of apps: ``_id`` the key id, ``app_id``, ``hash`` (SHA-256 of the key), ``revoked_at``.
+API_KEYS = "api_keys"
+
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
     DEVICES: [([("app_id", 1), ("user_ids", 1)], {}), ([("activation_ids", 1)], {})],
@@ -54,6 +57,7 @@ INDEXES = {
     WCP_NOTIFICATIONS: [([("client_key", 1)], {}), ([("tenant_id", 1)], {})],
     WC_CALLS: [([("session_id", 1)], {})],
     INBOX: [([("user_id", 1), ("created_at", -1)], {})],
+    API_KEYS: [([("app_id", 1)], {})],
 }
 
 #: Date field of each collection whose documents MongoDB removes once it has passed (TTL index).

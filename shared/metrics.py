@@ -28,6 +28,10 @@ from shared import commands
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+#: Delivery outcomes, one line each (DEBUG for sent, INFO for the rest).
+delivery_log = logging.getLogger("push.delivery")
+#: API enqueues, one line each, with the command id.
+enqueue_log = logging.getLogger("push.enqueue")
 
 #: Dramatiq's queues next to each project queue: suffix → kind.
 QUEUE_KINDS = {"": "main", ".DQ": "delay", ".XQ": "dead"}
@@ -280,8 +284,20 @@ def delivery_latency():
 
 
 @_safe
-def record_result(provider: str, app_id: str, state: str, queued_at: float | None = None) -> None:
-    """Count one delivery's outcome in this run (``state`` as recorded: sent, failed, dead_token, expired, retry)."""
+def record_result(
+    provider: str, app_id: str, state: str, queued_at: float | None = None, *, delivery_id: str | None = None, reason: str | None = None
+) -> None:
+    """Count (and log) one delivery's outcome in this run (``state`` as recorded: sent, failed, dead_token, expired, retry)."""
+    level = logging.DEBUG if state == "sent" else logging.INFO
+    if delivery_id is not None and delivery_log.isEnabledFor(level):
+        delivery_log.log(
+            level,
+            "delivery %s: %s",
+            delivery_id,
+            state,
+            extra={"delivery_id": delivery_id, "message_id": delivery_id.split(":", 1)[0], "provider": provider, "app_id": app_id,
+                   "outcome": state, "reason": reason},
+        )
     deliveries_counter().labels(provider, app_id, state).inc()
     if state == "retry":
         retries_counter().labels(provider, app_id).inc()
@@ -339,7 +355,14 @@ def enqueue_timer_middleware():
             started = getattr(self.local, "started", None)
             if started is not None:
                 self.local.started = None
-                _observe_enqueue(message.queue_name, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                _observe_enqueue(message.queue_name, seconds)
+                payload = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+                enqueue_log.info(
+                    "enqueued %s %s", payload.get("kind", message.actor_name), payload.get("id", ""),
+                    extra={"command_id": payload.get("id"), "kind": payload.get("kind"), "queue": message.queue_name,
+                           "actor": message.actor_name, "enqueue_ms": round(seconds * 1000, 2)},
+                )
 
     return EnqueueTimer()
 

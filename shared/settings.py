@@ -68,6 +68,30 @@ class Settings:
     #: Largest accepted request body, bytes.
     api_max_body_bytes: int = 16 * 1024 * 1024
 
+    #: Auth (README "Auth and limits"): require API keys. Off for ``make run``'s demo and the test stack, on in docker-compose.
+    auth_enabled: bool = False
+    #: The admin key (``/admin/…``, tenant management, key rotation); compared by SHA-256 digest. Empty: no admin key.
+    admin_key: str = field(default="", repr=False)
+    #: Seconds an API process reuses an app key it looked up (a revoked key stops working within this).
+    auth_cache_seconds: float = 2.0
+    #: Largest body of most routes, bytes (the batch and campaign user routes take ``api_max_body_bytes``).
+    api_max_small_body_bytes: int = 128 * 1024
+    #: Largest body of a credential upload (APNs key, FCM service account) and an inbox message, bytes.
+    api_max_medium_body_bytes: int = 512 * 1024
+    #: Most messages one batch send may carry.
+    max_batch_messages: int = 10_000
+    #: Most user ids one campaign user add or delete may carry.
+    max_campaign_users_per_request: int = 100_000
+    #: Largest serialised provider payload accepted by a send (APNs and FCM both allow 4 KB).
+    max_apns_payload_bytes: int = 4096
+    max_fcm_payload_bytes: int = 4096
+    #: Registration rate limits (token bucket per gunicorn worker process): requests per second and burst,
+    #: per client IP and per API key. 0: no limit.
+    rate_limit_ip_per_second: float = 0.0
+    rate_limit_ip_burst: int = 0
+    rate_limit_key_per_second: float = 0.0
+    rate_limit_key_burst: int = 0
+
     #: WalletConnect v1 bridge: a session lives this long after its last write, call data after its write.
     wc_bridge_session_ttl_seconds: float = 86400.0
     wc_bridge_call_ttl_seconds: float = 3600.0
@@ -85,8 +109,8 @@ class Settings:
     #: (reads are batched per process; a write through that process is visible to it at once).
     wc_bridge_poll_fresh_seconds: float = 0.05
 
-    #: WalletConnect push server API: bearer token of tenant management (empty: tenant management is refused).
-    wc_push_admin_token: str = ""
+    #: WalletConnect push server API: bearer token of tenant management, besides ``admin_key`` (both empty: refused).
+    wc_push_admin_token: str = field(default="", repr=False)
     #: Require a relay client JWT (``Authorization: Bearer``) on registration whose issuer is the ``client_id``.
     wc_push_validate_client_jwt: bool = False
     #: Require the relay's Ed25519 signature (``X-Ed25519-Signature``/``-Timestamp``) on sends.

@@ -12,12 +12,14 @@ from shared import commands
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.settings import Settings
-from workers import campaigns, dead_letters, expand, inbox, wc_bridge, wc_push, writes
+from workers import auth, campaigns, dead_letters, expand, inbox, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
 from workers.delivery.retry import RetryPolicy
 
 #: Write handlers of every API family, by command kind (each family's module lists its own).
-WRITE_HANDLERS = {**writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS}
+WRITE_HANDLERS = {
+    **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
+}
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
 #: Dramatiq's retries are for failures of our own infrastructure only.
@@ -28,6 +30,7 @@ CAMPAIGN_TIME_LIMIT_MS = 6 * 60 * 60 * 1000
 
 def register(broker: dramatiq.Broker, settings: Settings) -> None:
     """Declare every actor on ``broker`` with the settings' queue names."""
+    auth.redact_message_logs()
     db = connect(settings)
     ensure_indexes(db)
     if settings.wc_bridge_ttl_indexes:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from pymongo import UpdateMany
 from pymongo.database import Database
+from pymongo.errors import ConnectionFailure
 
 from shared import db as collections
 from shared import metrics
@@ -43,6 +44,10 @@ LEASE_GRACE_SECONDS = 1.0
 CLAIMABLE = ("pending", "retry")
 #: How many times per lease period a run renews the lease of what it is still sending.
 LEASE_RENEWALS = 3
+#: How long a run keeps outcomes it could not write (MongoDB away) before it gives up on them.
+RECORD_GIVE_UP_SECONDS = 300.0
+#: Pause between two tries of writing outcomes while MongoDB is away.
+RECORD_RETRY_PAUSE_SECONDS = 0.5
 
 #: Outcome → delivery state recorded.
 STATE_BY_OUTCOME = {
@@ -85,11 +90,43 @@ class Recorder:
         self.pending.append(result)
 
     async def flush(self) -> None:
+        """Write what has arrived; while MongoDB is unreachable keep it for the next flush.
+
+        Dropping outcomes would leave their deliveries claimed without an outcome:
+        retried after the lease, sent a second time although the provider took them.
+        """
         results, self.pending = self.pending, []
-        if results:
+        if not results:
+            return
+        try:
             await asyncio.to_thread(self._write, results)
+        except ConnectionFailure as error:
+            self.pending[:0] = results
+            log.warning("%d outcomes kept for the next write, MongoDB unreachable: %s", len(results), error)
+
+    async def flush_all(self) -> None:
+        """Write every outcome, waiting (bounded) for MongoDB to come back; the writes are idempotent."""
+        deadline = time.monotonic() + RECORD_GIVE_UP_SECONDS
+        await self.flush()
+        while self.pending:
+            if time.monotonic() > deadline:
+                await asyncio.to_thread(self._write, self.pending)  # the last try raises: Dramatiq retries the chunk
+                self.pending = []
+                return
+            await asyncio.sleep(RECORD_RETRY_PAUSE_SECONDS)
+            await self.flush()
 
     def _write(self, results: list[Result]) -> None:
+        # Dead tokens first: a crash between the two writes then leaves the delivery claimed
+        # (retried after the lease; the provider says "dead" again), never recorded as
+        # dead_token with its registration still active (which nothing would ever fix).
+        dead: dict[str, list[Result]] = {}
+        for result in results:
+            if result.state == "dead_token":
+                action = self.entries[str(result.delivery.entry)].get("dead_token", DEACTIVATE_DEVICE)
+                dead.setdefault(action, []).append(result)
+        for action, dead_results in dead.items():
+            DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token")
         now = time.time()
         groups: dict[tuple[str, str | None], list[str]] = {}
         for result in results:
@@ -102,13 +139,6 @@ class Recorder:
             for (state, reason), ids in groups.items()
         ]
         self.db[collections.DELIVERIES].bulk_write(operations, ordered=False)
-        dead: dict[str, list[Result]] = {}
-        for result in results:
-            if result.state == "dead_token":
-                action = self.entries[str(result.delivery.entry)].get("dead_token", DEACTIVATE_DEVICE)
-                dead.setdefault(action, []).append(result)
-        for action, dead_results in dead.items():
-            DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token")
 
 
 class ProviderClients:
@@ -204,7 +234,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         for delivery in work:
             recorder.add(Result(delivery, "failed", unavailable))
             metrics.record_result(platform, chunk["app_id"], "failed")
-        await recorder.flush()
+        await recorder.flush_all()
         return
 
     send_one = _apns_sender(ctx, app, chunk) if platform == "apns" else _fcm_sender(ctx, app, chunk)
@@ -239,8 +269,12 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         await recorder.flush()
         if pending and time.monotonic() >= renew_at:
             # Still sending: keep the claim, so no other run takes over a live delivery.
-            await asyncio.to_thread(_renew_lease, ctx.db, [tasks[t] for t in pending], claim, lease)
+            try:
+                await asyncio.to_thread(_renew_lease, ctx.db, [tasks[t] for t in pending], claim, lease)
+            except ConnectionFailure as error:
+                log.warning("lease not renewed, MongoDB unreachable: %s", error)  # renewed at the next turn
             renew_at = time.monotonic() + lease / LEASE_RENEWALS
+    await recorder.flush_all()
     results = [t.result() for t in tasks]
     refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
     if refused:

@@ -1,0 +1,159 @@
+"""Request limits: body size per route, registration rate limits, provider payload size.
+
+- **Body size per route**: the batch send, campaign user and dead-letter requeue routes take
+  ``PUSH_API_MAX_BODY_BYTES`` (16 MB), credential uploads and inbox messages
+  ``PUSH_API_MAX_MEDIUM_BODY_BYTES`` (512 KB), every other route
+  ``PUSH_API_MAX_SMALL_BODY_BYTES`` (128 KB). A larger declared
+  ``Content-Length`` is a 413 before anything is read; a body without one is
+  read at most to the same limit (werkzeug's 413; under gunicorn, which does not
+  mark such a stream as terminated, werkzeug reads none of it).
+- **Rate limits on registration routes** (PowerAuth device create, WalletConnect
+  client registration): a token bucket per client IP and one per API key, in
+  each gunicorn worker process (so a deployment's effective limit is the
+  setting times its API processes). Over the limit: 429 with ``Retry-After``.
+  No shared counter: a MongoDB counter would add a write to every
+  registration; the per-process bucket costs a dict look-up.
+- **Provider payload size**: a send's body is mapped to the real APNs payload
+  and FCM message (shared/payload.py) and refused with a 400 naming the body
+  field when either is over the provider's 4 KB, before anything is enqueued.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import orjson
+from flask import current_app, request
+
+from api import auth
+from api.errors import ApiError
+from shared.payload import Body, apns_push, fcm_message
+from shared.settings import Settings
+
+#: Endpoints (Flask endpoint names) that take large bodies.
+LARGE_BODY_ENDPOINTS = frozenset(
+    {"powerauth.send_batch", "campaigns.add_users", "campaigns.delete_users", "admin_ops.requeue_dead_letters"}
+)
+#: Endpoints that take medium bodies: provider credential uploads, inbox messages (64 Ki characters, escaped).
+MEDIUM_BODY_ENDPOINTS = frozenset(
+    {
+        "powerauth.set_apns", "powerauth.set_fcm", "wc_push.update_apns", "wc_push.update_fcm_v1", "wc_push.update_fcm_legacy",
+        "inbox.post_message",
+    }
+)
+#: Registration endpoints, rate limited per IP and per key.
+REGISTRATION_ENDPOINTS = frozenset({"powerauth.create_device", "powerauth.create_device_multi", "wc_push.register"})
+#: Most buckets one limiter keeps; idle (full) buckets are dropped beyond it.
+MAX_BUCKETS = 100_000
+
+
+class TokenBuckets:
+    """Token buckets by key: ``rate`` tokens a second, at most ``burst``; thread-safe."""
+
+    def __init__(self, rate: float, burst: int, *, clock=time.monotonic):
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until one is available."""
+        now = self.clock()
+        with self.lock:
+            tokens, last = self.buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self.buckets[key] = (tokens - 1.0, now)
+                if len(self.buckets) > MAX_BUCKETS:
+                    self._drop_full(now)
+                return 0.0
+            self.buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+    def _drop_full(self, now: float) -> None:
+        full = [k for k, (tokens, last) in self.buckets.items() if tokens + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self.buckets[k]
+
+
+def body_limit(settings: Settings, endpoint: str | None) -> int:
+    if endpoint in LARGE_BODY_ENDPOINTS:
+        return settings.api_max_body_bytes
+    if endpoint in MEDIUM_BODY_ENDPOINTS:
+        return settings.api_max_medium_body_bytes
+    return min(settings.api_max_small_body_bytes, settings.api_max_body_bytes)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than {limit} bytes, the limit of this route", field="body", code="ERROR_HTTP_413")
+
+
+def check_body_size(settings: Settings) -> None:
+    limit = body_limit(settings, request.endpoint)
+    request.max_content_length = limit
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+
+
+def _limiters(settings: Settings) -> tuple[TokenBuckets | None, TokenBuckets | None]:
+    limiters = current_app.extensions.get("push.rate_limiters")
+    if limiters is None:
+        by_ip = TokenBuckets(settings.rate_limit_ip_per_second, settings.rate_limit_ip_burst) if settings.rate_limit_ip_per_second > 0 else None
+        by_key = TokenBuckets(settings.rate_limit_key_per_second, settings.rate_limit_key_burst) if settings.rate_limit_key_per_second > 0 else None
+        limiters = current_app.extensions["push.rate_limiters"] = (by_ip, by_key)
+    return limiters
+
+
+def too_many(wait: float, what: str) -> ApiError:
+    return ApiError(
+        429,
+        f"too many registrations from this {what}, try again later",
+        code="ERROR_TOO_MANY_REQUESTS",
+        retry_after=max(1, math.ceil(wait)),
+    )
+
+
+def check_rate(settings: Settings, limiter: TokenBuckets | None, key: str | None, what: str) -> None:
+    if limiter is None or key is None:
+        return
+    wait = limiter.take(key)
+    if wait > 0:
+        raise too_many(wait, what)
+
+
+def before_request() -> None:
+    """The app's before_request hook: body size, per-IP rate, auth, per-key rate (unknown routes pass to their 404)."""
+    if request.url_rule is None:
+        return
+    settings = current_app.extensions["push"].settings
+    check_body_size(settings)
+    registration = request.endpoint in REGISTRATION_ENDPOINTS and request.method == "POST"
+    by_ip, by_key = _limiters(settings) if registration else (None, None)
+    check_rate(settings, by_ip, request.remote_addr or "unknown", "address")
+    principal = auth.check_request()
+    if principal is not None and principal.key_id not in (None, "auth-off"):
+        check_rate(settings, by_key, principal.key_id, "API key")
+
+
+# --- payload size -------------------------------------------------------------------------------
+
+def check_payload(settings: Settings, body: Body, field: str, *, silent: bool, high_priority: bool) -> None:
+    """Refuse (400 naming ``field``) a body whose APNs payload or FCM message is over the provider's limit."""
+    apns = len(apns_push(body, silent=silent, high_priority=high_priority).payload)
+    if apns > settings.max_apns_payload_bytes:
+        raise ApiError(
+            400,
+            f"{field}: the APNs payload would be {apns} bytes, more than the {settings.max_apns_payload_bytes} APNs accepts",
+            field=field,
+            code="ERROR_PAYLOAD_TOO_LARGE",
+        )
+    fcm = len(orjson.dumps({"message": fcm_message(body, silent=silent, high_priority=high_priority)}))
+    if fcm > settings.max_fcm_payload_bytes:
+        raise ApiError(
+            400,
+            f"{field}: the FCM message would be {fcm} bytes, more than the {settings.max_fcm_payload_bytes} FCM accepts",
+            field=field,
+            code="ERROR_PAYLOAD_TOO_LARGE",
+        )

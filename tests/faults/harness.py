@@ -1,0 +1,372 @@
+"""What every fault scenario shares: 20,000 seeded devices, a paced send that retries 503s, exact counts.
+
+A scenario seeds an app's devices straight into MongoDB (half APNs, half FCM,
+1 % dead tokens), sends one notification to each through the PowerAuth batch
+API (ASYNCHRONOUS batches of 1,000) while a fault hits the stack, then checks:
+every acknowledged notification delivered exactly once per the simulators'
+counts (dead tokens: never delivered, recorded ``dead_token``), every other
+outcome recorded with its reason, and every queue of the stack empty.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from urllib.parse import quote
+
+import pika
+import pymongo
+import requests
+
+from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.stack import WORKER_GROUPS, Stack
+from shared.commands import queue_name_for_prefix
+from shared.settings import load
+
+#: Notifications per scenario (one per device) and per batch request.
+DEVICES = 20_000
+BATCH = 1_000
+#: One device in this many has a token the provider answers "dead" for.
+DEAD_EVERY = 100
+#: Seconds the batches of one scenario are spread over: the send is still going when the fault lands.
+SEND_SPREAD_SECONDS = 10.0
+#: Longest pause between two tries of a refused batch (a client honouring Retry-After, capped).
+CLIENT_RETRY_PAUSE = 1.0
+FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
+
+
+def delete_queues(prefix: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(load().amqp_url))
+    try:
+        channel = connection.channel()
+        for name in queue_names(prefix):
+            channel.queue_delete(name)
+    finally:
+        connection.close()
+
+
+def queue_names(prefix: str) -> list[str]:
+    return [
+        queue_name_for_prefix(prefix, queue) + suffix
+        for queues in WORKER_GROUPS.values()
+        for queue in queues
+        for suffix in ("", ".DQ", ".XQ")
+    ]
+
+
+def queue_depths(prefix: str) -> dict[str, int]:
+    """Messages per queue of the stack, ready and unacknowledged (RabbitMQ management API)."""
+    management = load().rabbitmq_management_url
+    depths = {}
+    for name in queue_names(prefix):
+        answer = requests.get(f"{management}/api/queues/%2F/{quote(name, safe='')}", timeout=10)
+        if answer.status_code == 404:
+            depths[name] = 0
+            continue
+        answer.raise_for_status()
+        body = answer.json()
+        depths[name] = body.get("messages", 0) or 0
+    return depths
+
+
+def wait_for(check, *, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:.0f}s")
+        time.sleep(every)
+
+
+class FaultRun:
+    """One scenario's app, devices, send and counts."""
+
+    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES):
+        self.stack = stack
+        self.name = name
+        self.db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=3000)["push"]
+        self.app_id = f"faults-{uuid.uuid4().hex[:8]}"
+        self.apns_control = f"http://127.0.0.1:{stack.ports.apns_control}"
+        self.fcm_control = f"http://127.0.0.1:{stack.ports.fcm_control}"
+        credentials = make_credentials(self.app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper())
+        register_with_simulators(credentials, apns_control=self.apns_control, fcm_control=self.fcm_control)
+        configure_app(stack.api_url, self.app_id, credentials)
+        self.users: list[str] = []
+        self.tokens: list[str] = []
+        self.platforms: list[str] = []
+        tag = uuid.uuid4().hex[:6]
+        for i in range(devices):
+            platform = "apns" if i % 2 else "fcm"
+            dead = i % DEAD_EVERY == 0 or i % DEAD_EVERY == 1
+            if platform == "apns":
+                token = (("dead" if dead else "0") + secrets.token_hex(32))[:64]
+            else:
+                token = ("dead-" if dead else "") + secrets.token_urlsafe(40)
+            self.users.append(f"f-{tag}-{i:05d}")
+            self.tokens.append(token)
+            self.platforms.append(platform)
+        self.dead = {t for t in self.tokens if t.startswith("dead")}
+        self._seed()
+        # Filled by the send.
+        self.acknowledged: list[str] = []  # message ids answered 200
+        self.acknowledged_users: list[str] = []
+        self.refused = Counter()  # status (or exception name) → answers that made the client try again
+        self.send_done = threading.Event()
+        self.send_error: BaseException | None = None
+        self.started_at = time.monotonic()
+        self.batches_before_fault: int | None = None
+        self.registrations: list[str] = []  # tokens whose registration the API acknowledged
+        self.registration_refusals = Counter()
+
+    def fault(self) -> None:
+        """Note that the fault lands now (the counts show how far the send was)."""
+        self.batches_before_fault = len(self.acknowledged)
+        sent = self.states().get("sent", 0)
+        print(f"\n{self.name}: fault at {time.monotonic() - self.started_at:.1f}s, "
+              f"{self.batches_before_fault} of {len(self.users) // BATCH} batches acknowledged, {sent} deliveries sent", flush=True)
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def _seed(self) -> None:
+        """Registrations straight into MongoDB (as bench/harness.py seeds them)."""
+        now_ns = time.time_ns()
+        docs = [
+            {
+                "_id": f"{self.app_id}:{token}",
+                "app_id": self.app_id,
+                "token": token,
+                "platform": platform,
+                "environment": None,
+                "activations": {},
+                "activation_ids": [],
+                "user_ids": [user],
+                "deleted": False,
+                "active": True,
+                "ts": now_ns,
+            }
+            for user, token, platform in zip(self.users, self.tokens, self.platforms, strict=True)
+        ]
+        for start in range(0, len(docs), 5000):
+            self.db["devices"].insert_many(docs[start : start + 5000], ordered=False)
+
+    # --- the send ---------------------------------------------------------------------------
+
+    def start_send(self, *, spread: float = SEND_SPREAD_SECONDS) -> threading.Thread:
+        thread = threading.Thread(target=self._send, args=(spread,), daemon=True)
+        thread.start()
+        return thread
+
+    def _send(self, spread: float) -> None:
+        try:
+            session = requests.Session()
+            batches = [self.users[i : i + BATCH] for i in range(0, len(self.users), BATCH)]
+            pause = spread / len(batches)
+            for n, users in enumerate(batches):
+                body = {
+                    "requestObject": {
+                        "appId": self.app_id,
+                        "mode": "ASYNCHRONOUS",
+                        "batch": [{"userId": u, "body": {"title": "Fault test", "body": f"{self.name} {n}"}} for u in users],
+                    }
+                }
+                began = time.monotonic()
+                while True:
+                    try:
+                        answer = session.post(self.stack.api_url + "/push/message/batch/send", json=body, timeout=60)
+                    except requests.RequestException as error:
+                        self.refused[type(error).__name__] += 1
+                        time.sleep(CLIENT_RETRY_PAUSE)
+                        continue
+                    if answer.status_code == 200:
+                        self.acknowledged.append(answer.json()["responseObject"]["messageId"])
+                        self.acknowledged_users.extend(users)
+                        break
+                    # Only "try again later" answers are retried, as a real client would.
+                    assert answer.status_code == 503, (answer.status_code, answer.text[:500])
+                    assert answer.headers.get("Retry-After"), answer.headers
+                    self.refused[503] += 1
+                    time.sleep(min(CLIENT_RETRY_PAUSE, float(answer.headers["Retry-After"])))
+                time.sleep(max(0.0, pause - (time.monotonic() - began)))
+        except BaseException as error:  # noqa: BLE001 - reported by finish()
+            self.send_error = error
+        finally:
+            self.send_done.set()
+
+    def register_until(self, stop: threading.Event) -> threading.Thread:
+        """Register devices through the API, one after another, until ``stop``; retry 503s and resets."""
+
+        def loop() -> None:
+            session = requests.Session()
+            n = 0
+            while not stop.is_set():
+                token = "0" + secrets.token_hex(32)[:63]
+                body = {"requestObject": {"appId": self.app_id, "platform": "apns", "token": token, "userId": f"reg-{n}"}}
+                n += 1
+                while True:
+                    try:
+                        answer = session.post(self.stack.api_url + "/push/device/create", json=body, timeout=60)
+                    except requests.RequestException as error:
+                        self.registration_refusals[type(error).__name__] += 1
+                        time.sleep(CLIENT_RETRY_PAUSE)
+                        continue
+                    if answer.status_code == 200:
+                        self.registrations.append(token)
+                        break
+                    assert answer.status_code == 503, (answer.status_code, answer.text[:500])
+                    self.registration_refusals[503] += 1
+                    time.sleep(min(CLIENT_RETRY_PAUSE, float(answer.headers.get("Retry-After", 1))))
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        return thread
+
+    def registrations_stored(self, *, timeout: float = 60) -> int:
+        """Wait until every acknowledged registration is stored; answer how many are."""
+        ids = [f"{self.app_id}:{t}" for t in self.registrations]
+
+        def stored() -> int:
+            return sum(1 for _ in self.db["devices"].find({"_id": {"$in": ids}, "deleted": {"$in": [False, 0]}}, {"_id": 1}))
+
+        try:
+            wait_for(lambda: _safe(stored) == len(ids), timeout=timeout, what="every acknowledged registration stored")
+        except AssertionError:
+            raise AssertionError(f"only {stored()} of {len(ids)} acknowledged registrations stored") from None
+        return len(ids)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def states(self, *, retries: int = 30) -> Counter:
+        """Deliveries of the acknowledged messages by state (retrying while MongoDB is away)."""
+        for attempt in range(retries):
+            try:
+                rows = self.db["deliveries"].aggregate(
+                    [{"$match": {"message_id": {"$in": list(self.acknowledged)}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+                )
+                return Counter({row["_id"]: row["n"] for row in rows})
+            except pymongo.errors.PyMongoError:
+                if attempt == retries - 1:
+                    raise
+                time.sleep(1)
+        raise AssertionError("unreachable")
+
+    def tokens_in(self, state: str) -> set[str]:
+        return {
+            d["_id"].rsplit(":", 1)[1]
+            for d in self.db["deliveries"].find({"message_id": {"$in": list(self.acknowledged)}, "state": state}, {"_id": 1})
+        }
+
+    def wait_sent_at_least(self, n: int, *, timeout: float = 120) -> None:
+        wait_for(lambda: self.states().get("sent", 0) >= n, timeout=timeout, what=f"{n} deliveries sent", every=0.2)
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def finish(self, *, timeout: float = 240, allowed_repeats: set[str] | frozenset = frozenset(), forbidden_repeats: set[str] | frozenset = frozenset()) -> dict:
+        """Wait for every outcome; assert the guarantees; print and answer the exact counts."""
+        assert self.send_done.wait(timeout), "the send did not finish"
+        if self.send_error:
+            raise self.send_error
+        assert len(self.acknowledged_users) == len(self.users), "not every batch was acknowledged"
+
+        def expanded() -> bool:
+            found = list(self.db["messages"].find({"_id": {"$in": list(self.acknowledged)}}, {"expanded": 1, "total": 1}))
+            return len(found) == len(self.acknowledged) and all(m.get("expanded") for m in found)
+
+        wait_for(lambda: _safe(expanded), timeout=timeout, what="every acknowledged message expanded")
+        last = {}
+
+        def all_final() -> bool:
+            states = self.states()
+            last["states"] = states
+            return sum(states.values()) == len(self.users) and all(s in FINAL_STATES for s in states)
+
+        try:
+            wait_for(all_final, timeout=timeout, what="every delivery with an outcome")
+        except AssertionError:
+            raise AssertionError(f"deliveries not final: {dict(last.get('states', {}))}") from None
+        states = last["states"]
+
+        apns = requests.get(f"{self.apns_control}/counts", timeout=60).json()
+        fcm = requests.get(f"{self.fcm_control}/counts", timeout=60).json()
+        delivered = {t: (apns if p == "apns" else fcm)["delivered"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
+        attempts = {t: (apns if p == "apns" else fcm)["attempts"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
+        live = [t for t in self.tokens if t not in self.dead]
+        histogram = Counter(delivered[t] for t in live)
+        repeated = {t for t in live if delivered[t] > 1}
+        never = [t for t in live if delivered[t] == 0]
+        dead_delivered = [t for t in self.dead if delivered[t]]
+
+        reasonless = list(
+            self.db["deliveries"].find(
+                {"message_id": {"$in": list(self.acknowledged)}, "state": {"$in": ["failed", "dead_token", "expired", "dead_letter"]},
+                 "reason": {"$in": [None, ""]}},
+                {"_id": 1},
+            ).limit(5)
+        )
+        dead_reasons = Counter(
+            d.get("reason")
+            for d in self.db["deliveries"].find({"message_id": {"$in": list(self.acknowledged)}, "state": "dead_token"}, {"reason": 1})
+        )
+        def deactivated_devices() -> set[str]:
+            found = self.db["devices"].find({"app_id": self.app_id, "active": {"$in": [False, 0]}}, {"token": 1, "dead_reason": 1})
+            return {d["token"] for d in found if d.get("dead_reason")}
+
+        deactivated = len(deactivated_devices())
+        still_active_dead = self.dead - deactivated_devices()
+        prefix = self.stack.queue_prefix
+
+        def queues_empty():
+            depths = queue_depths(prefix)
+            last["queues"] = depths
+            return not any(depths.values())
+
+        try:
+            wait_for(queues_empty, timeout=60, what="every queue empty")
+        except AssertionError:
+            raise AssertionError(f"messages left in queues: { {k: v for k, v in last['queues'].items() if v} }") from None
+
+        counts = {
+            "scenario": self.name,
+            "notifications_acknowledged": len(self.acknowledged_users),
+            "batches_acknowledged": len(self.acknowledged),
+            "batches_acknowledged_before_fault": self.batches_before_fault,
+            "client_retries": dict(self.refused),
+            "delivery_states": dict(sorted(states.items())),
+            "live_tokens": len(live),
+            "delivered_exactly_once": histogram.get(1, 0),
+            "delivered_twice_or_more": len(repeated),
+            "never_delivered": len(never),
+            "repeats_allowed_in_flight": len(allowed_repeats),
+            "dead_tokens": len(self.dead),
+            "dead_tokens_delivered": len(dead_delivered),
+            "dead_token_reasons": dict(dead_reasons),
+            "devices_deactivated": deactivated,
+            "provider_attempts": sum(attempts.values()),
+            "apns_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == "apns"),
+            "fcm_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == "fcm"),
+            "queue_messages_left": sum(last["queues"].values()),
+            "seconds": round(time.monotonic() - self.started_at, 1),
+        }
+        print(f"\nFAULT COUNTS {self.name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+
+        assert not never, f"{len(never)} acknowledged notifications never delivered"
+        assert not dead_delivered
+        assert states.get("sent", 0) == len(live), states
+        assert states.get("dead_token", 0) == len(self.dead), states
+        assert not still_active_dead, f"{len(still_active_dead)} dead tokens recorded but their devices still active"
+        assert not reasonless, f"outcomes recorded without a reason: {reasonless}"
+        assert repeated <= set(allowed_repeats), f"{len(repeated - set(allowed_repeats))} notifications delivered twice outside the in-flight set"
+        assert not repeated & set(forbidden_repeats), "a send recorded before the fault was sent again"
+        assert all(delivered[t] <= 2 for t in live)
+        return counts
+
+
+def _safe(check):
+    try:
+        return check()
+    except pymongo.errors.PyMongoError:
+        return False

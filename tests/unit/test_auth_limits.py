@@ -1,0 +1,314 @@
+"""Auth and limits without a stack: the app with fake services, each check tried from the wrong side."""
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from api import auth
+from api.app import create_app
+from api.errors import ApiError
+from api.limits import TokenBuckets, check_payload
+from shared import db as collections
+from shared.payload import Body
+from shared.settings import load
+from workers.auth import RedactMessageArguments
+
+ADMIN_KEY = "admin-" + "x" * 40
+
+
+class FakeServices:
+    """Stands in for api.services.Services: documents by (collection, _id); writes and publishes recorded."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.docs: dict = {}
+        self.commands: list = []
+        self.published: list = []
+        self.lookups = 0
+
+    def find_one(self, collection, query, projection=None):
+        self.lookups += collection == collections.API_KEYS
+        doc = self.docs.get((collection, query["_id"]))
+        if doc is None or any(doc.get(k) != v for k, v in query.items() if k != "_id"):
+            return None
+        return dict(doc)
+
+    def write(self, command):
+        self.commands.append(command)
+        if command["kind"] == "auth.key.create":
+            self.docs[(collections.API_KEYS, command["key_id"])] = {
+                "_id": command["key_id"], "app_id": command["app_id"], "hash": command["hash"], "revoked_at": None,
+            }
+        if command["kind"] == "auth.key.revoke":
+            self.docs[(collections.API_KEYS, command["key_id"])]["revoked_at"] = datetime.now(UTC)
+        return {"_id": command["id"]}
+
+    def publish(self, actor, payload):
+        self.published.append((actor, payload))
+
+    def guarded_read(self, read):
+        return read()
+
+    def check_broker(self):
+        return True
+
+    def check_database(self):
+        return True
+
+
+@pytest.fixture
+def make_client():
+    def make(**settings):
+        app = create_app(load({}, **settings))
+        fake = FakeServices(app.extensions["push"].settings)
+        app.extensions["push"] = fake
+        for app_id in ("app-a", "app-b"):
+            fake.docs[(collections.APPS, app_id)] = {
+                "_id": app_id,
+                "apns": {"bundle": "com.a", "key_id": "K", "team_id": "T", "private_key": "-----BEGIN PRIVATE KEY-----SECRET"},
+                "fcm": {"project_id": "p", "service_account": {"private_key": "FCM-SECRET", "client_email": "x@y"}},
+            }
+        return app.test_client(), fake
+
+    return make
+
+
+@pytest.fixture
+def secured(make_client):
+    client, fake = make_client(auth_enabled=True, admin_key=ADMIN_KEY, auth_cache_seconds=0.0)
+    return client, fake
+
+
+def admin_headers() -> dict:
+    return {"X-Api-Key": ADMIN_KEY}
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def create_key(client, app_id: str) -> str:
+    answer = client.post("/admin/app/keys", json={"requestObject": {"appId": app_id, "name": "ci"}}, headers=admin_headers())
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return answer.get_json()["responseObject"]["key"]
+
+
+def powerauth_error(answer, status: int) -> dict:
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["status"] == "ERROR" and body["responseObject"]["code"], body
+    return body["responseObject"]
+
+
+def device(app_id: str = "app-a", token: str = "ab" * 32) -> dict:
+    return {"requestObject": {"appId": app_id, "platform": "ios", "token": token, "userId": "u1"}}
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+def test_keys_have_an_id_and_only_their_digest_is_written(secured):
+    client, fake = secured
+    key = create_key(client, "app-a")
+    key_id = auth.key_id_of(key)
+    assert key_id and len(key) > 50
+    command = fake.commands[-1]
+    assert command["kind"] == "auth.key.create" and command["hash"] == auth.digest(key)
+    assert key not in repr(command)
+    assert auth.key_id_of("pk_nothex_x") is None and auth.key_id_of("eyJhbGciOi.jwt") is None
+
+
+def test_missing_wrong_and_malformed_keys_are_401(secured):
+    client, fake = secured
+    key = create_key(client, "app-a")
+    assert powerauth_error(client.post("/push/device/create", json=device()), 401)["code"] == "ERROR_UNAUTHORIZED"
+    wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    powerauth_error(client.post("/push/device/create", json=device(), headers=bearer(wrong)), 401)
+    powerauth_error(client.post("/push/device/create", json=device(), headers=bearer("pk_0000000000000000_guess")), 401)
+    powerauth_error(client.post("/push/device/create", json=device(), headers={"Authorization": f"Basic {key}"}), 401)
+    powerauth_error(client.post("/push/device/create", json=device(), headers=bearer("")), 401)
+    assert not [c for c in fake.commands if c["kind"] == "device.register"]
+
+
+def test_a_valid_key_works_in_either_header(secured):
+    client, fake = secured
+    key = create_key(client, "app-a")
+    assert client.post("/push/device/create", json=device(), headers=bearer(key)).status_code == 200
+    assert client.post("/push/device/create", json=device(), headers={"X-Api-Key": key}).status_code == 200
+    assert [c["app_id"] for c in fake.commands if c["kind"] == "device.register"] == ["app-a", "app-a"]
+
+
+def test_another_apps_key_is_403_and_writes_nothing(secured):
+    client, fake = secured
+    key_b = create_key(client, "app-b")
+    error = powerauth_error(client.post("/push/device/create", json=device("app-a"), headers=bearer(key_b)), 403)
+    assert "app-a" in error["message"]
+    send = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS", "message": {"userId": "u", "body": {"title": "x"}}}}
+    powerauth_error(client.post("/push/message/send", json=send, headers=bearer(key_b)), 403)
+    assert fake.published == []
+    fake.docs[(collections.MESSAGES, "m1")] = {"_id": "m1", "app_id": "app-a", "created_at": datetime.now(UTC)}
+    powerauth_error(client.get("/push/message/m1/detail", headers=bearer(key_b)), 403)
+
+
+def test_app_keys_do_not_open_admin_routes(secured):
+    client, _ = secured
+    key = create_key(client, "app-a")
+    assert powerauth_error(client.get("/admin/app/list", headers=bearer(key)), 403)["code"] == "ERROR_FORBIDDEN"
+    powerauth_error(client.post("/admin/app/keys", json={"requestObject": {"appId": "app-a"}}, headers=bearer(key)), 403)
+    powerauth_error(client.get("/admin/app/detail?appId=app-a"), 401)
+    powerauth_error(client.get("/admin/app/detail?appId=app-a", headers={"X-Api-Key": "not-the-admin-key"}), 401)
+
+
+def test_rotation_two_keys_then_revoke_the_old_one(secured):
+    client, fake = secured
+    old, new = create_key(client, "app-a"), create_key(client, "app-a")
+    for key in (old, new):
+        assert client.post("/push/device/create", json=device(), headers=bearer(key)).status_code == 200
+    revoke = {"requestObject": {"appId": "app-a", "keyId": auth.key_id_of(old)}}
+    answer = client.delete("/admin/app/keys", json=revoke, headers=admin_headers())
+    assert answer.status_code == 200 and answer.get_json()["responseObject"]["revoked"] is True
+    powerauth_error(client.post("/push/device/create", json=device(), headers=bearer(old)), 401)
+    assert client.post("/push/device/create", json=device(), headers=bearer(new)).status_code == 200
+    # A key of another app cannot be revoked through this app.
+    other = create_key(client, "app-b")
+    revoke_other = {"requestObject": {"appId": "app-a", "keyId": auth.key_id_of(other)}}
+    assert powerauth_error(client.post("/admin/app/keys/revoke", json=revoke_other, headers=admin_headers()), 400)["code"] == "ERROR_KEY_NOT_FOUND"
+
+
+def test_auth_off_lets_everything_through_but_status_is_always_public(make_client, secured):
+    client, _ = make_client()
+    assert client.post("/push/device/create", json=device()).status_code == 200
+    secured_client, _ = secured
+    assert secured_client.get("/push/service/status").status_code == 200
+
+
+def test_credentials_never_come_back_from_app_detail(secured):
+    client, _ = secured
+    answer = client.get("/admin/app/detail?appId=app-a", headers=admin_headers())
+    assert answer.status_code == 200
+    text = answer.get_data(as_text=True)
+    assert "SECRET" not in text and "PRIVATE KEY" not in text
+    assert answer.get_json()["responseObject"]["apnsPrivateKeyPresent"] is True
+
+
+def test_tenant_management_takes_the_admin_key_too(make_client):
+    client, fake = make_client(admin_key=ADMIN_KEY)
+    answer = client.post("/tenants", json={"id": "acme"}, headers=bearer(ADMIN_KEY))
+    assert answer.status_code == 200 and fake.commands[-1]["kind"] == "wcp.tenant.create"
+    assert client.post("/tenants", json={"id": "acme"}, headers=bearer("nope")).status_code == 401
+    both, _ = make_client(admin_key=ADMIN_KEY, wc_push_admin_token="s3cret")
+    assert both.post("/tenants", json={"id": "acme"}, headers=bearer("s3cret")).status_code == 200
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+def test_body_over_the_routes_limit_is_413_in_each_family(make_client):
+    client, fake = make_client(api_max_small_body_bytes=1024)
+    big = {"requestObject": {**device()["requestObject"], "userId": "u" * 2000}}
+    assert powerauth_error(client.post("/push/device/create", json=big), 413)["code"] == "ERROR_HTTP_413"
+    wc = client.post("/clients", json={"client_id": "c" * 2000, "type": "fcm", "token": "t"})
+    assert wc.status_code == 413 and wc.get_json()["errors"][0]["name"] == "PayloadTooLarge"
+    # The batch route takes the large limit.
+    batch = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS",
+                               "batch": [{"userId": f"u{i}", "body": {"title": "x" * 50}} for i in range(30)]}}
+    assert client.post("/push/message/batch/send", json=batch).status_code == 200
+    assert not [c for c in fake.commands if c["kind"] == "device.register"]
+
+
+def test_batch_and_campaign_users_over_their_limits_are_400(make_client):
+    client, fake = make_client(max_batch_messages=3, max_campaign_users_per_request=5)
+    batch = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS", "batch": [{"userId": "u", "body": {"title": "x"}}] * 4}}
+    error = powerauth_error(client.post("/push/message/batch/send", json=batch), 400)
+    assert "requestObject.batch" in error["message"] and "3" in error["message"]
+    assert fake.published == []
+    batch["requestObject"]["batch"] = batch["requestObject"]["batch"][:3]
+    assert client.post("/push/message/batch/send", json=batch).status_code == 200
+    fake.docs[(collections.CAMPAIGNS, "c1")] = {"_id": "c1", "app_id": "app-a", "body": {"title": "x"}}
+    too_many = client.post("/push/campaign/c1/user/add", json={"requestObject": [f"u{i}" for i in range(6)]})
+    assert "requestObject" in powerauth_error(too_many, 400)["message"]
+
+
+def test_oversized_provider_payload_is_400_naming_the_field(make_client):
+    client, fake = make_client()
+    send = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS",
+                              "message": {"userId": "u", "body": {"title": "t", "body": "b" * 4000, "extras": {"k": "v" * 200}}}}}
+    error = powerauth_error(client.post("/push/message/send", json=send), 400)
+    assert error["message"].startswith("requestObject.message.body:") and "APNs" in error["message"]
+    batch = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS",
+                               "batch": [{"userId": "u", "body": {"title": "ok"}}, {"userId": "u", "body": {"extras": {"k": "v" * 5000}}}]}}
+    assert "requestObject.batch[1].body" in powerauth_error(client.post("/push/message/batch/send", json=batch), 400)["message"]
+    campaign = {"requestObject": {"appId": "app-a", "message": {"title": "t", "body": "b" * 4096}}}
+    assert "requestObject.message" in powerauth_error(client.post("/push/campaign/create", json=campaign), 400)["message"]
+    assert fake.published == [] and not fake.commands
+
+
+def test_check_payload_measures_each_provider():
+    settings = load({})
+    check_payload(settings, Body(title="t", body="x" * 3800), "b", silent=False, high_priority=True)
+    with pytest.raises(ApiError) as apns:
+        check_payload(settings, Body(title="t", body="x" * 4100), "b", silent=False, high_priority=True)
+    assert apns.value.status == 400 and apns.value.field == "b" and "APNs" in apns.value.message
+    # FCM data values are strings: nested extras grow by escaping, APNs stays under its limit.
+    nested = {"k": {"q": '"' * 1900}}
+    with pytest.raises(ApiError) as fcm:
+        check_payload(load({}, max_apns_payload_bytes=8192), Body(extras=nested), "b", silent=True, high_priority=False)
+    assert "FCM" in fcm.value.message
+
+
+def test_token_bucket_allows_a_burst_then_answers_the_wait():
+    now = [100.0]
+    buckets = TokenBuckets(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [buckets.take("ip") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = buckets.take("ip")
+    assert 0.4 < wait <= 0.5
+    assert buckets.take("other") == 0.0
+    now[0] += 0.5
+    assert buckets.take("ip") == 0.0
+
+
+def test_registration_rate_limit_per_ip_is_429_with_retry_after(make_client):
+    client, fake = make_client(rate_limit_ip_per_second=0.01, rate_limit_ip_burst=2)
+    answers = [client.post("/push/device/create", json=device(token=f"{i:02x}" * 32)) for i in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 429, 429]
+    error = powerauth_error(answers[2], 429)
+    assert error["code"] == "ERROR_TOO_MANY_REQUESTS" and int(answers[2].headers["Retry-After"]) >= 1
+    assert len([c for c in fake.commands if c["kind"] == "device.register"]) == 2
+    wc = client.post("/clients", json={"client_id": "c1", "type": "fcm", "token": "t"})
+    assert wc.status_code == 429 and wc.get_json()["errors"][0]["name"] == "TooManyRequests" and wc.headers["Retry-After"]
+    # Other routes are not rate limited.
+    assert client.get("/push/service/status").status_code == 200
+
+
+def test_registration_rate_limit_per_key(make_client):
+    client, fake = make_client(auth_enabled=True, admin_key=ADMIN_KEY, rate_limit_key_per_second=0.01, rate_limit_key_burst=2)
+    key_a, key_b = create_key(client, "app-a"), create_key(client, "app-b")
+    codes = [client.post("/push/device/create", json=device(), headers=bearer(key_a)).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert client.post("/push/device/create", json=device("app-b"), headers=bearer(key_b)).status_code == 200
+
+
+def test_key_lookups_are_cached_for_the_setting(make_client):
+    client, fake = make_client(auth_enabled=True, admin_key=ADMIN_KEY, auth_cache_seconds=60.0)
+    key = create_key(client, "app-a")
+    for _ in range(3):
+        assert client.post("/push/device/create", json=device(), headers=bearer(key)).status_code == 200
+    assert fake.lookups == 1
+
+
+def test_dramatiq_message_logs_lose_their_arguments():
+    class Message:
+        actor_name, message_id = "apply_write", "m-1"
+
+        def __str__(self):
+            return "apply_write({'credentials': {'private_key': 'SECRET'}})"
+
+    record = logging.LogRecord("dramatiq.worker.WorkerThread", logging.ERROR, __file__, 1, "Failed %s", (Message(),), None)
+    RedactMessageArguments().filter(record)
+    assert "SECRET" not in record.getMessage() and "m-1" in record.getMessage()
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    settings = load({"PUSH_ADMIN_KEY": "adm1n-secret", "PUSH_WC_PUSH_ADMIN_TOKEN": "wc-secret", "PUSH_AUTH_ENABLED": "true"})
+    assert settings.auth_enabled and settings.admin_key == "adm1n-secret"
+    assert "adm1n-secret" not in repr(settings) and "wc-secret" not in repr(settings)
