@@ -35,9 +35,11 @@ from shared import db as collections
 from shared.commands import command
 
 KEY_PREFIX = "pk"
-#: Routes open to everyone (status, metrics, WalletConnect families with their own schemes).
+#: Paths that need an app's key (or the admin key), and paths that need the admin key. Every other path
+#: (``/metrics``, the WalletConnect families with their own schemes) and PUBLIC_PATHS need none.
 APP_PREFIXES = ("/push/", "/inbox/")
 ADMIN_PREFIXES = ("/admin/",)
+#: The dashboard page holds no data (its calls are admin routes).
 PUBLIC_PATHS = frozenset({"/push/service/status", "/admin/dashboard"})
 #: Most keys one cache holds; beyond it the cache starts over.
 CACHE_MAX_ENTRIES = 10_000

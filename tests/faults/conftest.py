@@ -22,6 +22,8 @@ FAULT_SETTINGS = {
     "PUSH_API_SYNC_WAIT_SECONDS": "60",
     # A 30 s provider outage must not run into the re-enqueue backoff's longer waits.
     "PUSH_DELIVERY_MAX_BACKOFF": "5",
+    # Faults, not auth, are tested here (tests/integration/test_auth_limits.py tries to get past auth).
+    "PUSH_AUTH_ENABLED": "false",
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import requests
 
@@ -79,6 +80,12 @@ def test_apns_answers_503_for_30s_then_recovers(run: FaultRun, stack):
     answer = requests.post(f"http://127.0.0.1:{stack.ports.apns_control}/faults", json={"unavailable_seconds": 30}, timeout=10)
     assert answer.ok
     started = time.monotonic()
+    time.sleep(10)
+    # Mid-outage: what waits for another try is recorded as such, with the provider's reason.
+    waiting = list(run.db["deliveries"].find({"message_id": {"$in": list(run.acknowledged)}, "state": "retry"}, {"reason": 1}))
+    reasons = Counter(d.get("reason") for d in waiting)
+    print(f"waiting for another try 10 s into the outage: {len(waiting)}, by reason: {dict(reasons)}")
+    assert waiting and all(reasons), reasons
     counts = run.finish(timeout=300)
     assert time.monotonic() - started >= 30
     assert counts["provider_attempts"] > counts["notifications_acknowledged"], "no request met the outage"

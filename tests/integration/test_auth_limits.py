@@ -7,11 +7,14 @@ import threading
 import time
 import uuid
 
+import pymongo
 import pytest
 import requests
 
 from devstack.stack import free_port
+from shared import db as collections
 from tests.integration.conftest import apns_token
+from workers import auth as key_writes
 
 ADMIN_KEY = secrets.token_urlsafe(32)
 ADMIN = {"X-Api-Key": ADMIN_KEY}
@@ -232,22 +235,19 @@ def test_credentials_are_never_logged(stack, new_app):
 
 
 def test_key_writes_are_idempotent_in_any_order(stack):
-    import pymongo
-
-    from shared import db as collections
-    from workers import auth as key_writes
-
-    db = pymongo.MongoClient(stack.mongo_uri, tz_aware=True)[f"auth_{uuid.uuid4().hex[:8]}"]
+    # nx-27017 serves one database whatever the name: use the stack's, with fresh key ids.
+    client = pymongo.MongoClient(stack.mongo_uri, tz_aware=True)
+    db = client["push"]
+    k1, k2 = f"t{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:12]}"
     try:
-        create = {"key_id": "k1", "app_id": "a", "hash": "h1", "name": None}
+        create = {"key_id": k1, "app_id": "a", "hash": "h1", "name": None}
         key_writes.create_key(db, create)
         key_writes.create_key(db, create)  # redelivered
-        assert [d["_id"] for d in db[collections.API_KEYS].find({})] == ["k1"]
-        late = {"key_id": "k2", "app_id": "a", "hash": "h2"}
-        key_writes.revoke_key(db, {"key_id": "k2", "app_id": "a"})  # the revoke lands first
-        key_writes.create_key(db, late)
-        doc = db[collections.API_KEYS].find_one({"_id": "k2"})
+        assert [d["_id"] for d in db[collections.API_KEYS].find({"_id": {"$in": [k1, k2]}})] == [k1]
+        key_writes.revoke_key(db, {"key_id": k2, "app_id": "a"})  # the revoke lands first
+        key_writes.create_key(db, {"key_id": k2, "app_id": "a", "hash": "h2"})
+        doc = db[collections.API_KEYS].find_one({"_id": k2})
         assert doc["revoked_at"] is not None and doc["hash"] is None
     finally:
-        db.client.drop_database(db.name)
-        db.client.close()
+        db[collections.API_KEYS].delete_many({"_id": {"$in": [k1, k2]}})
+        client.close()
