@@ -83,6 +83,9 @@ def main() -> None:
         emit("bench_seconds", time.time() - started)
     finally:
         stack.stop_all()
+        # The database file of a full run is gigabytes; its logs stay for reading.
+        for data_file in stack.var_dir.glob("mongo.db*"):
+            data_file.unlink()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 #: Receive window we grant the server, per stream and for the connection.
 RECEIVE_WINDOW = 1 << 24
 READ_SIZE = 1 << 16
+#: Requests one connection carries before the pool replaces it. The h2 state machine
+#: remembers every closed stream id (``_closed_streams``), so a connection that lives
+#: forever grows forever (measured: +48 MB over a 1M-device campaign); stream ids also
+#: run out at 2^31.
+MAX_REQUESTS_PER_CONNECTION = 20_000
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
@@ -70,6 +75,7 @@ class Http2Connection:
         self.draining = False  # GOAWAY received: no new streams
         self.settings_received = asyncio.Event()
         self.flush_scheduled = False
+        self.requests_started = 0
         self._flush()
         self.reader_task = asyncio.ensure_future(self._read_loop())
 
@@ -108,6 +114,13 @@ class Http2Connection:
     def usable(self) -> bool:
         return not self.closed and not self.draining
 
+    def _retire_if_spent(self) -> None:
+        """Past its request budget: take no new streams; close once the last one is answered."""
+        if not self.draining and self.requests_started >= MAX_REQUESTS_PER_CONNECTION:
+            self.draining = True
+        if self.draining and not self.streams and not self.closed:
+            self.close()
+
     def _flush(self) -> None:
         self.flush_scheduled = False
         data = self.h2.data_to_send()
@@ -124,6 +137,7 @@ class Http2Connection:
         if not self.usable:
             raise TransportError("connection not usable")
         stream_id = self.h2.get_next_available_stream_id()
+        self.requests_started += 1
         future = asyncio.get_running_loop().create_future()
         self.streams[stream_id] = _Stream(future)
         request_headers = [(":method", method), (":scheme", "https"), (":authority", self.authority), (":path", path), *headers]
@@ -141,6 +155,7 @@ class Http2Connection:
             raise TransportError(f"HTTP/2 error: {error!r}") from error
         finally:
             self.streams.pop(stream_id, None)
+            self._retire_if_spent()
 
     async def _send_body(self, stream_id: int, body: bytes) -> None:
         view = memoryview(body)
