@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 import uuid
 from pathlib import Path
 
 import pymongo
 
+from devstack import seed
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
 from devstack.stack import ROOT, Ports, Stack
-from workers.writes import device_id
 
 #: Clock ticks per second, for /proc CPU times.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: Documents per insert_many when seeding.
-SEED_BATCH = 5000
-
 
 def bench_stack(**options) -> Stack:
     """A stack on free ports with its own queues and database file under var/bench."""
@@ -42,30 +38,7 @@ def database(stack: Stack):
 
 def seed_devices(stack: Stack, app_id: str, users: list[str], tokens: list[str], platforms: list[str]) -> None:
     """Write registrations straight into MongoDB (registering through the API is not what is measured)."""
-    now_ns = time.time_ns()
-    devices = database(stack)["devices"]
-    docs = []
-    for user, token, platform in zip(users, tokens, platforms, strict=True):
-        docs.append(
-            {
-                "_id": device_id(app_id, token),
-                "app_id": app_id,
-                "token": token,
-                "platform": platform,
-                "environment": None,
-                "activations": {},
-                "activation_ids": [],
-                "user_ids": [user],
-                "deleted": False,
-                "active": True,
-                "ts": now_ns,
-            }
-        )
-        if len(docs) == SEED_BATCH:
-            devices.insert_many(docs, ordered=False)
-            docs = []
-    if docs:
-        devices.insert_many(docs, ordered=False)
+    seed.seed_devices(database(stack), app_id, users, tokens, platforms)
 
 
 def group_pids(leader_pid: int) -> list[int]:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from urllib.parse import quote
 
 import pika
@@ -21,9 +22,11 @@ import pymongo
 import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.seed import seed_devices
 from devstack.stack import WORKER_GROUPS, Stack
 from shared.commands import queue_name_for_prefix
 from shared.settings import load
+from tests import waiting
 
 #: Notifications per scenario (one per device) and per batch request.
 DEVICES = 20_000
@@ -71,15 +74,8 @@ def queue_depths(prefix: str) -> dict[str, int]:
     return depths
 
 
-def wait_for(check, *, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout:.0f}s")
-        time.sleep(every)
+#: Polls read aggregates of nx-27017: twice a second, not to load what is measured.
+wait_for = partial(waiting.wait_for, every=0.5)
 
 
 class FaultRun:
@@ -132,26 +128,7 @@ class FaultRun:
     # --- set-up -----------------------------------------------------------------------------
 
     def _seed(self) -> None:
-        """Registrations straight into MongoDB (as bench/harness.py seeds them)."""
-        now_ns = time.time_ns()
-        docs = [
-            {
-                "_id": f"{self.app_id}:{token}",
-                "app_id": self.app_id,
-                "token": token,
-                "platform": platform,
-                "environment": None,
-                "activations": {},
-                "activation_ids": [],
-                "user_ids": [user],
-                "deleted": False,
-                "active": True,
-                "ts": now_ns,
-            }
-            for user, token, platform in zip(self.users, self.tokens, self.platforms, strict=True)
-        ]
-        for start in range(0, len(docs), 5000):
-            self.db["devices"].insert_many(docs[start : start + 5000], ordered=False)
+        seed_devices(self.db, self.app_id, self.users, self.tokens, self.platforms)
 
     # --- the send ---------------------------------------------------------------------------
 

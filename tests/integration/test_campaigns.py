@@ -8,18 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pymongo
 import requests
 
+from tests import waiting
 from tests.integration.conftest import apns_token, fcm_token, register
 
 
 def wait_for(check, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached in {timeout}s")
-
+    return waiting.wait_for(check, timeout=timeout, what=what, every=0.2)
 
 def create_campaign(api, app_id: str, title: str = "Campaign") -> str:
     return api.ok("/push/campaign/create", {"appId": app_id, "message": {"title": title, "body": "for everyone"}})["responseObject"]["id"]

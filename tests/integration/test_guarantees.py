@@ -13,6 +13,7 @@ from devstack.stack import free_port
 from shared.broker import make_broker
 from shared.commands import APPLY_WRITE, Publisher, command
 from shared.settings import load
+from tests import waiting
 from tests.integration.conftest import apns_token, fcm_token, register
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -22,14 +23,7 @@ def devices(stack):
 
 
 def wait_for(check, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout}s")
-
+    return waiting.wait_for(check, timeout=timeout, what=what)
 
 def test_create_then_delete_ends_deleted_through_the_api(api, new_app, stack):
     app_id = new_app()

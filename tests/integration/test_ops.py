@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.credentials import configure_app, make_credentials
 from devstack.stack import ROOT, free_port
+from tests import waiting
 from tests.integration.conftest import apns_token, fcm_token, register
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,15 +44,7 @@ def value(families: list, name: str, **labels) -> float:
 
 
 def eventually(check, *, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {result!r})")
-        time.sleep(0.25)
-
+    return waiting.wait_for(check, timeout=timeout, what=what, every=0.25)
 
 def queue(api, name: str) -> dict:
     body = api.get("/admin/queues").json()

@@ -18,6 +18,7 @@ from shared import db as collections
 from shared.broker import make_broker
 from shared.commands import APPLY_WRITE, DELIVER_CHUNK_WEBHOOK, Publisher, command
 from shared.settings import load
+from tests import waiting
 from tests.integration.conftest import apns_token, fcm_token
 
 #: Seconds a push may take to reach the webhook or a simulator.
@@ -30,15 +31,7 @@ PAYLOAD = {"data": "5f2a", "hmac": "9c1e", "iv": "00ff"}
 
 
 def eventually(check, *, timeout: float = PUSH_WAIT_SECONDS, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen within {timeout}s")
-        time.sleep(0.05)
-
+    return waiting.wait_for(check, timeout=timeout, what=what, every=0.05)
 
 # --- a real webhook receiver ----------------------------------------------------------------------
 
