@@ -10,7 +10,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import admin_ops, auth, campaigns, inbox, limits, powerauth, wc_bridge, wc_push
+from api import admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push
 from api.errors import ApiError
 from api.services import Services
 from shared.broker import make_broker
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     wc_bridge.install(app, app.extensions["push"])
     app.register_blueprint(admin_ops.blueprint)
     admin_ops.install(app, app.extensions["push"])
+    app.register_blueprint(openapi.blueprint)
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
@@ -62,7 +63,14 @@ RENDERERS: list[tuple[str, object]] = [
 
 
 def render(error: ApiError) -> Response:
-    """Render an error in the format of the API family the request's path belongs to."""
+    """Render an error in the format of the API family of the route (by its blueprint), else of its path."""
+    family = openapi.FAMILY_OF_BLUEPRINT.get(request.blueprint or "")
+    if family == "wc_push":
+        return wc_push.render_error(error)
+    if family == "wc_bridge":
+        return wc_bridge.render_error(error)
+    if family is not None:
+        return powerauth.render_error(error)
     for prefix, renderer in RENDERERS:
         if request.path.startswith(prefix):
             return renderer(error)

@@ -7,12 +7,12 @@ deliveries (workers/campaigns.py). Errors use PowerAuth's envelope (the
 """
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from api import auth, limits
-from api import validation as v
-from api.errors import ApiError, bad_request
-from api.powerauth import existing_app, json_response, ok, parse_body, request_body, request_object, result_object, services
+from api import schema as s
+from api.errors import ApiError
+from api.powerauth import MESSAGE_BODY, OK, existing_app, json_response, ok, parse_body, result_object, services
 from shared import commands
 from shared import db as collections
 from shared.commands import command
@@ -66,11 +66,35 @@ def _write(kind: str, **fields) -> dict:
     return (applied or {}).get("result") or {}
 
 
+def _max_users(settings) -> int:
+    return settings.max_campaign_users_per_request
+
+
+CAMPAIGN_ID = {"campaign_id": s.Str(description="The campaign's id (answered by create)")}
+USER_IDS = s.List(s.Str(), max_items=_max_users)
+#: A user list: ``requestObject`` as a list (seed 002) or ``{"list": [...]}`` (newer reference).
+USER_LIST = s.Wrapped(s.Either(USER_IDS, s.Obj({"list": s.List(s.Str(), max_items=_max_users, required=True)})))
+COUNTS = s.Obj({k: s.Int() for k in ("total", "sent", "failed", "pending")})
+CAMPAIGN = s.Obj({
+    "id": s.Str(), "appId": s.Str(), "sent": s.Bool(), "timestampCreated": s.Str(), "timestampSent": s.Str(),
+    "message": s.Json(object_only=True),
+})
+CAMPAIGN_DETAIL = s.Obj({**CAMPAIGN.properties, "state": s.Str(), "progress": s.Obj({
+    "expanded": s.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS})})
+
+
+def answer(result: s.Field | None = None) -> s.Obj:
+    """PowerAuth's success envelope around ``result``."""
+    return s.Obj({"status": s.Str(enum=["OK"]), **({"responseObject": result} if result is not None else {})})
+
+
 @blueprint.post("/push/campaign/create")
+@s.operation("Create a campaign", body=s.Wrapped(s.Obj({"appId": s.Id(required=True), "message": MESSAGE_BODY})),
+             responses={200: answer(s.Obj({"id": s.Str()}))})
 def create_campaign():
-    data = request_object()
+    data = s.body()
     app = existing_app(data)
-    body = parse_body(v.required(data, "message", "requestObject."), "requestObject.message.")
+    body = parse_body(data["message"], "requestObject.message.")
     limits.check_payload(services().settings, body, "requestObject.message", silent=False, high_priority=True)
     campaign_id = commands.new_id()
     _write("campaign.create", campaign_id=campaign_id, app_id=app["_id"], body=body.to_json())
@@ -78,6 +102,7 @@ def create_campaign():
 
 
 @blueprint.route("/push/campaign/<campaign_id>/delete", methods=["POST", "DELETE"])
+@s.operation("Delete a campaign and its users", path=CAMPAIGN_ID, responses={200: answer(s.Obj({"deleted": s.Bool()}))})
 def delete_campaign(campaign_id: str):
     if not auth.current().is_admin:
         existing = services().find_one(collections.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
@@ -88,14 +113,17 @@ def delete_campaign(campaign_id: str):
 
 
 @blueprint.get("/push/campaign/<campaign_id>/detail")
+@s.operation("A campaign, with its delivery progress", path=CAMPAIGN_ID, responses={200: answer(CAMPAIGN_DETAIL)})
 def campaign_detail(campaign_id: str):
     return ok(campaign_object(_campaign(campaign_id), progress=True))
 
 
 @blueprint.get("/push/campaign/list")
 @blueprint.get("/push/campaign/list/")
+@s.operation("Campaigns: all, or (all=false) only those sent", query={"all": s.Bool(default=False)},
+             responses={200: answer(s.List(CAMPAIGN))})
 def list_campaigns():
-    everything = _query_boolean("all", default=False)
+    everything = s.query()["all"]
     query = {} if everything else {"sent": True}
     principal = auth.current()
     if not principal.is_admin:
@@ -105,39 +133,13 @@ def list_campaigns():
     return ok([campaign_object(c) for c in campaigns])
 
 
-def _query_boolean(name: str, *, default: bool) -> bool:
-    value = request.args.get(name)
-    if value is None:
-        return default
-    if value.lower() not in ("true", "false"):
-        raise bad_request(name, "must be true or false", location="query")
-    return value.lower() == "true"
-
-
-def _query_int(name: str, *, default: int, minimum: int, maximum: int) -> int:
-    value = request.args.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise bad_request(name, "must be an integer", location="query") from None
-    if not minimum <= number <= maximum:
-        raise bad_request(name, f"must be between {minimum} and {maximum}", location="query")
-    return number
-
-
 def _user_list() -> list[str]:
-    """The body's user ids: ``requestObject`` as a list (seed 002) or ``{"list": [...]}`` (newer reference)."""
-    data = request_body()
-    users = data.get("requestObject")
-    if isinstance(users, dict):
-        users = users.get("list")
-    return v.string_list({"requestObject": users}, "requestObject", required_=True,
-                         max_items=services().settings.max_campaign_users_per_request)
+    users = s.body()
+    return users["list"] if isinstance(users, dict) else users
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/add", methods=["PUT", "POST"])
+@s.operation("Add users to a campaign (a user added twice is kept once)", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK})
 def add_users(campaign_id: str):
     _campaign(campaign_id)
     users = _user_list()
@@ -148,10 +150,14 @@ def add_users(campaign_id: str):
 
 
 @blueprint.get("/push/campaign/<campaign_id>/user/list")
+@s.operation("A page of a campaign's users, in a stable order", path=CAMPAIGN_ID,
+             query={"page": s.Int(minimum=0, maximum=10_000_000, default=0),
+                    "size": s.Int(minimum=1, maximum=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)},
+             responses={200: s.Obj({"status": s.Str(enum=["OK"]), "page": s.Int(), "size": s.Int(),
+                                    "responseObject": s.Obj({"campaignId": s.Str(), "users": s.List(s.Str())})})})
 def list_users(campaign_id: str):
     _campaign(campaign_id)
-    page = _query_int("page", default=0, minimum=0, maximum=10_000_000)
-    size = _query_int("size", default=DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE)
+    page, size = s.query()["page"], s.query()["size"]
     svc = services()
     docs = svc.guarded_read(
         lambda: list(
@@ -163,6 +169,7 @@ def list_users(campaign_id: str):
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/delete", methods=["POST", "DELETE"])
+@s.operation("Remove users from a campaign", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK})
 def delete_users(campaign_id: str):
     _campaign(campaign_id)
     users = _user_list()
@@ -171,10 +178,11 @@ def delete_users(campaign_id: str):
 
 
 @blueprint.post("/push/campaign/send/test/<campaign_id>")
+@s.operation("Send the campaign to one user, as a test", path=CAMPAIGN_ID,
+             body=s.Wrapped(s.Obj({"userId": s.Str(required=True)})), responses={200: answer(s.Obj({"messageId": s.Str()}))})
 def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
-    data = request_object()
-    user_id = v.string(data, "userId", "requestObject.", required_=True)
+    user_id = s.body()["userId"]
     entry = {"user_id": user_id, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
     send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id)
     services().publish(commands.EXPAND_SEND, send)
@@ -182,6 +190,8 @@ def send_test(campaign_id: str):
 
 
 @blueprint.post("/push/campaign/send/live/<campaign_id>")
+@s.operation("Send the campaign to all its users' devices (once each, however often called)", path=CAMPAIGN_ID,
+             responses={200: OK})
 def send_live(campaign_id: str):
     campaign = _campaign(campaign_id)
     if not campaign.get("sent"):

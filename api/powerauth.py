@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response, current_app, request
 
 from api import auth, limits
+from api import schema as sc
 from api import validation as v
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
@@ -42,6 +43,35 @@ VERSION = "1.0.0"
 MAX_TEXT = 4096
 
 blueprint = Blueprint("powerauth", __name__)
+
+
+def answer(result: sc.Field | None = None) -> sc.Obj:
+    """The schema of PowerAuth's success envelope around ``result`` (for the document)."""
+    return sc.Obj({"status": sc.Str(enum=["OK"]), **({"responseObject": result} if result is not None else {})})
+
+
+#: The success envelope without a result.
+OK = answer()
+#: A PowerAuth message body (``PushMessageBody``).
+MESSAGE_BODY = sc.Obj(
+    {
+        "title": sc.Str(max_length=MAX_TEXT, allow_empty=True),
+        "body": sc.Str(max_length=MAX_TEXT, allow_empty=True),
+        "badge": sc.Int(minimum=0),
+        "sound": sc.Str(),
+        "icon": sc.Str(),
+        "category": sc.Str(),
+        "collapseKey": sc.Str(max_length=64),
+        "validUntil": sc.Timestamp(description="Not delivered after this time"),
+        "extras": sc.Json(object_only=True, description="Custom data, delivered with the notification"),
+        "titleLocKey": sc.Str(),
+        "titleLocArgs": sc.List(sc.Str(allow_empty=True, max_length=MAX_TEXT)),
+        "bodyLocKey": sc.Str(),
+        "bodyLocArgs": sc.List(sc.Str(allow_empty=True, max_length=MAX_TEXT)),
+    },
+    required=True,
+    name="PushMessageBody",
+)
 
 
 def services() -> Services:
@@ -215,35 +245,23 @@ def _require_activation(activation_id: str) -> None:
 # --- messages -----------------------------------------------------------------------------------
 
 def parse_body(data: dict, prefix: str) -> Body:
-    """A PowerAuth message body, validated field by field."""
-    body = v.json_object(data, prefix.rstrip("."))
-    extras = body.get("extras")
-    if extras is not None:
-        v.json_object(extras, prefix + "extras")
+    """A PowerAuth message body, validated by :data:`MESSAGE_BODY`."""
+    body = sc.check(MESSAGE_BODY, data, prefix.rstrip("."))
     return Body(
-        title=v.string(body, "title", prefix, max_length=MAX_TEXT, allow_empty=True),
-        body=v.string(body, "body", prefix, max_length=MAX_TEXT, allow_empty=True),
-        badge=v.integer(body, "badge", prefix, minimum=0),
-        sound=v.string(body, "sound", prefix),
-        icon=v.string(body, "icon", prefix),
-        category=v.string(body, "category", prefix),
-        collapse_key=v.string(body, "collapseKey", prefix, max_length=64),
-        valid_until=v.timestamp(body, "validUntil", prefix),
-        extras=extras,
-        title_loc_key=v.string(body, "titleLocKey", prefix),
-        title_loc_args=_loc_args(body, "titleLocArgs", prefix),
-        body_loc_key=v.string(body, "bodyLocKey", prefix),
-        body_loc_args=_loc_args(body, "bodyLocArgs", prefix),
+        title=body.get("title"),
+        body=body.get("body"),
+        badge=body.get("badge"),
+        sound=body.get("sound"),
+        icon=body.get("icon"),
+        category=body.get("category"),
+        collapse_key=body.get("collapseKey"),
+        valid_until=body.get("validUntil"),
+        extras=body.get("extras"),
+        title_loc_key=body.get("titleLocKey"),
+        title_loc_args=tuple(body["titleLocArgs"]) if body.get("titleLocArgs") is not None else None,
+        body_loc_key=body.get("bodyLocKey"),
+        body_loc_args=tuple(body["bodyLocArgs"]) if body.get("bodyLocArgs") is not None else None,
     )
-
-
-def _loc_args(body: dict, key: str, prefix: str):
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise bad_request(prefix + key, "must be a list of strings")
-    return tuple(value)
 
 
 def parse_message(data: dict, prefix: str, default_priority: str) -> dict:

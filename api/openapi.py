@@ -1,0 +1,247 @@
+"""The OpenAPI 3 document of every route, built from the routes' own request schemas (api/schema.py).
+
+``/openapi.json`` walks the app's URL map: each route's view carries the
+:class:`~api.schema.Operation` it validates requests with, so the document
+describes exactly what the API enforces. Errors are documented in each API
+family's own envelope. ``/docs`` is Swagger UI over that document, served
+from the ``swagger-ui-bundle`` package (no CDN).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, current_app, send_from_directory
+
+from api import auth
+from api.schema import Field, Json, Obj, Operation, operation
+from shared.settings import Settings
+
+blueprint = Blueprint("openapi", __name__)
+
+TITLE = "Push server: PowerAuth Push, WalletConnect bridge and WalletConnect push APIs"
+VERSION = "1.0.0"
+
+#: API family of each blueprint; it decides the error envelope of its routes.
+FAMILY_OF_BLUEPRINT = {
+    "powerauth": "powerauth",
+    "auth": "powerauth",
+    "inbox": "powerauth",
+    "campaigns": "powerauth",
+    "admin_ops": "powerauth",
+    "openapi": "powerauth",
+    "wc_bridge": "wc_bridge",
+    "wc_push": "wc_push",
+}
+TAG_OF_BLUEPRINT = {
+    "powerauth": "PowerAuth push",
+    "auth": "Admin: API keys",
+    "inbox": "PowerAuth inbox",
+    "campaigns": "PowerAuth campaigns",
+    "admin_ops": "Admin: operations",
+    "openapi": "Documentation",
+    "wc_bridge": "WalletConnect v1 bridge",
+    "wc_push": "WalletConnect push server",
+}
+
+#: Each family's error envelope (api/errors.py, and the renderers of api/powerauth.py, wc_bridge.py, wc_push.py).
+ERROR_SCHEMAS = {
+    "powerauth": {
+        "type": "object",
+        "required": ["status", "responseObject"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ERROR"]},
+            "responseObject": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "wc_bridge": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"message": {"type": "string"}, "field": {"type": "string"}},
+    },
+    "wc_push": {
+        "type": "object",
+        "required": ["status", "errors"],
+        "properties": {
+            "status": {"type": "string", "enum": ["FAILED"]},
+            "errors": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "description"],
+                    "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                },
+            },
+            "fields": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "description", "location"],
+                    "properties": {
+                        "field": {"type": "string"},
+                        "description": {"type": "string"},
+                        "location": {"type": "string", "enum": ["body", "query", "header", "path"]},
+                    },
+                },
+            },
+        },
+    },
+}
+ERROR_NAMES = {"powerauth": "PowerAuthError", "wc_bridge": "BridgeError", "wc_push": "WalletConnectPushError"}
+
+#: Werkzeug's ``<converter:name>`` in a rule.
+RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>[a-zA-Z_]+)(?:\([^>]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
+
+
+def build(app: Flask, settings: Settings) -> dict:
+    """The document for ``app``'s routes; every route must declare an operation (tests check it)."""
+    paths: dict[str, dict] = {}
+    seen_ids: set[str] = set()
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
+        if rule.endpoint in ("static", "openapi.swagger_asset"):
+            continue
+        view = app.view_functions[rule.endpoint]
+        spec: Operation | None = getattr(view, "openapi", None)
+        if spec is None:
+            continue
+        blueprint_name = rule.endpoint.split(".", 1)[0]
+        family = FAMILY_OF_BLUEPRINT.get(blueprint_name, "powerauth")
+        path = RULE_ARGUMENT.sub(lambda m: "{" + m.group("name") + "}", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation_id = _unique(f"{rule.endpoint.replace('.', '_')}_{method.lower()}", seen_ids)
+            paths.setdefault(path, {})[method.lower()] = _operation(
+                spec, rule, family, TAG_OF_BLUEPRINT.get(blueprint_name, blueprint_name), operation_id, method, settings
+            )
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": TITLE,
+            "version": VERSION,
+            "description": (
+                "One server speaking three push APIs. Every write is validated here, then queued (RabbitMQ) "
+                "and applied by workers; errors use each API family's own envelope and name the field at fault. "
+                "Generated from the request schemas the API validates with (api/schema.py)."
+            ),
+        },
+        "tags": [{"name": tag} for tag in dict.fromkeys(TAG_OF_BLUEPRINT.values())],
+        "paths": paths,
+        "components": {
+            "schemas": {ERROR_NAMES[family]: schema for family, schema in ERROR_SCHEMAS.items()},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An app's API key, or the admin key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
+        },
+    }
+
+
+def _unique(name: str, seen: set[str]) -> str:
+    candidate, index = name, 2
+    while candidate in seen:
+        candidate, index = f"{name}_{index}", index + 1
+    seen.add(candidate)
+    return candidate
+
+
+def _parameters(spec: Operation, rule, settings: Settings) -> list[dict]:
+    parameters = []
+    for name in rule.arguments:
+        field = spec.path.get(name)
+        schema = field.schema(settings) if field is not None else {"type": "string", "minLength": 1}
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    for name, field in spec.query.items():
+        schema = field.schema(settings)
+        parameter = {"name": name, "in": "query", "required": field.required, "schema": schema}
+        if schema.get("type") == "array":
+            parameter.update(style="form", explode=False)
+        parameters.append(parameter)
+    return parameters
+
+
+def _content(field: Field | None, media_type: str, settings: Settings) -> dict:
+    return {media_type: {"schema": field.schema(settings) if field is not None else {}}}
+
+
+def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, method: str, settings: Settings) -> dict:
+    result: dict = {"operationId": operation_id, "summary": spec.summary, "tags": spec.tags or [tag]}
+    if spec.description:
+        result["description"] = spec.description
+    parameters = _parameters(spec, rule, settings)
+    if parameters:
+        result["parameters"] = parameters
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        if spec.form:
+            form = Obj(spec.form).schema(settings)
+            result["requestBody"] = {
+                "required": any(f.required for f in spec.form.values()),
+                "content": {"multipart/form-data": {"schema": form}, "application/x-www-form-urlencoded": {"schema": form}},
+            }
+        elif spec.body is not None:
+            result["requestBody"] = {"required": spec.body_required, "content": _content(spec.body, "application/json", settings)}
+    responses: dict = {}
+    for status, answer in (spec.responses or {200: None}).items():
+        media_type, field = answer if isinstance(answer, tuple) else ("application/json", answer)
+        responses[str(status)] = {"description": "Success" if int(status) < 300 else "Answer",
+                                  "content": _content(field, media_type, settings)}
+    error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_NAMES[family]}"}}}}
+    responses["4XX"] = {"description": "Invalid request, unknown resource, not authorised, or over a limit "
+                                       "(the field at fault is named)", **error}
+    responses["503"] = {"description": "RabbitMQ or MongoDB unreachable: retry after Retry-After seconds",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error}
+    result["responses"] = responses
+    needed = "admin" if spec.admin else auth.route_class(rule.rule)
+    if needed is not None:
+        # Keys are checked when PUSH_AUTH_ENABLED is on (docker-compose); `make run`'s demo has them off.
+        result["security"] = [{"bearer": []}, {"apiKey": []}]
+        result["description"] = (result.get("description", "") + "\n\n" + (
+            "Needs the admin key." if needed == "admin" else "Needs the app's API key (or the admin key).")).strip()
+    else:
+        result["security"] = []
+    return result
+
+
+# --- serving ---------------------------------------------------------------------------------------
+
+def _swagger_dir() -> Path:
+    import swagger_ui_bundle
+
+    return Path(swagger_ui_bundle.swagger_ui_path)
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Push server API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>
+"""
+
+
+@blueprint.get("/openapi.json")
+@operation("This OpenAPI 3 document", responses={200: Json(object_only=True)})
+def openapi_json():
+    document = current_app.extensions.get("openapi")
+    if document is None:
+        import json
+
+        document = json.dumps(build(current_app, current_app.extensions["push"].settings))
+        current_app.extensions["openapi"] = document
+    return Response(document, mimetype="application/json")
+
+
+@blueprint.get("/docs")
+@blueprint.get("/docs/")
+@operation("Swagger UI over this document", responses={200: ("text/html", None)})
+def docs():
+    return Response(DOCS_PAGE, mimetype="text/html")
+
+
+@blueprint.get("/docs/assets/<path:name>")
+def swagger_asset(name: str):
+    return send_from_directory(_swagger_dir(), name, max_age=3600)
