@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
+from api import schema as sc
 from api.errors import ApiError, bad_request, unavailable
 from api.services import Services
 from shared import commands, logs, metrics
@@ -58,7 +59,13 @@ def install(app: Flask, services_: Services) -> None:
 # --- metrics and queues ---------------------------------------------------------------------------
 
 
+#: A string in an answer: any length, possibly empty.
+TEXT = sc.Str(max_length=None, allow_empty=True)
+
+
 @blueprint.get("/metrics")
+@sc.operation("Prometheus metrics of this API process, queue depths (read from RabbitMQ) and delivery outcomes",
+              responses={200: ("text/plain", None)})
 def prometheus_metrics() -> Response:
     s = services()
     body, content_type = metrics.exposition(s.settings, s.db)
@@ -73,10 +80,18 @@ def _queues(peek: bool) -> tuple[list[dict], str]:
     return [q.as_json() for q in stats], source
 
 
+COUNT = sc.Int(minimum=0)
+
+
 @blueprint.get("/admin/queues")
+@sc.operation(
+    "Every queue's depth, unacknowledged messages and consumers (RabbitMQ management API, else AMQP)",
+    query={"peek": sc.Flag(default=False, description="Also the age of each queue's oldest message")},
+    responses={200: sc.Obj({"queues": sc.List(sc.Json(object_only=True)), "source": TEXT,
+                            "totals": sc.Obj({"ready": COUNT, "unacked": COUNT, "dead": COUNT})})},
+)
 def admin_queues() -> Response:
-    peek = request.args.get("peek", "0").lower() in ("1", "true", "yes")
-    rows, source = _queues(peek)
+    rows, source = _queues(sc.query()["peek"])
     totals = {
         "ready": sum(r["ready"] for r in rows),
         "unacked": sum(r["unacked"] for r in rows),
@@ -110,6 +125,10 @@ def _delivery_counts() -> dict:
 
 
 @blueprint.get("/admin/stats")
+@sc.operation(
+    "Deliveries by platform and outcome, and how many dead letters wait",
+    responses={200: sc.Obj({"deliveries": sc.Json(object_only=True), "by_outcome": sc.Json(object_only=True), "dead_letters": COUNT})},
+)
 def admin_stats() -> Response:
     """Deliveries by platform and outcome (all recorded), and how many dead letters wait."""
     counts = _delivery_counts()
@@ -147,19 +166,6 @@ def _dead_letter_json(doc: dict) -> dict:
     }
 
 
-def _int_arg(name: str, default: int, *, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(name, "must be an integer", location="query") from None
-    if not low <= value <= high:
-        raise bad_request(name, f"must be between {low} and {high}", location="query")
-    return value
-
-
 #: Dead letters not requeued yet.
 WAITING = {"requeued_at": {"$exists": False}}
 
@@ -173,31 +179,46 @@ def _dead_letter_reasons(query: dict) -> dict:
     return {row["_id"] or "?": row["n"] for row in rows}
 
 
+DEAD_LETTER = sc.Obj({"id": TEXT, "delivery_id": TEXT, "requeueable": sc.Bool()})
+
+
 @blueprint.get("/admin/dead-letters")
+@sc.operation(
+    "Dead letters waiting, newest first, with counts by reason",
+    query={
+        "limit": sc.Int(minimum=1, maximum=MAX_LIST, default=100),
+        "all": sc.Flag(default=False, description="List requeued dead letters too"),
+        "app_id": sc.Str(description="Only this application's"),
+        "platform": sc.Str(max_length=32, description="Only this platform's (apns, fcm, webhook)"),
+    },
+    responses={200: sc.Obj({"items": sc.List(DEAD_LETTER), "total": COUNT, "reasons": sc.Json(object_only=True)})},
+)
 def dead_letters() -> Response:
     """Dead letters waiting, newest first, with reason counts; ``?all=1`` lists requeued ones too; ``app_id`` / ``platform`` filter."""
     s = services()
-    limit = _int_arg("limit", 100, low=1, high=MAX_LIST)
-    include_requeued = request.args.get("all", "0").lower() in ("1", "true", "yes")
-    query = {k: request.args[k] for k in ("app_id", "platform") if request.args.get(k)}
+    params = sc.query()
+    limit, include_requeued = params["limit"], params["all"]
+    query = {k: params[k] for k in ("app_id", "platform") if params.get(k)}
     listed = query if include_requeued else {**WAITING, **query}
     docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find(listed).sort("at", -1).limit(limit)))
     reasons = _dead_letter_reasons(query)
     return jsonify({"items": [_dead_letter_json(d) for d in docs], "total": sum(reasons.values()), "reasons": reasons})
 
 
-def _request_json() -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise bad_request("body", "must be a JSON object (Content-Type: application/json)")
-    if "requestObject" in data:
-        data = data["requestObject"]
-        if not isinstance(data, dict):
-            raise bad_request("requestObject", "must be a JSON object")
-    return data
+#: What to requeue: some dead letters by id, or all that wait.
+REQUEUE = {
+    "ids": sc.List(sc.Str(), min_items=1, max_items=MAX_REQUEUE, description="Dead letter (delivery) ids"),
+    "all": sc.Bool(description="Requeue every dead letter waiting (at most 10,000)"),
+}
+REQUEUED = sc.Obj({"applied": sc.Bool(), "skipped": sc.List(sc.Json())})
 
 
 @blueprint.post("/admin/dead-letters/requeue")
+@sc.operation(
+    "Put dead letters back on their deliver queue: {\"ids\": [...]} or {\"all\": true} (or the same in requestObject)",
+    body=sc.Obj({**REQUEUE, "requestObject": sc.Obj(REQUEUE)}),
+    responses={200: REQUEUED, 202: REQUEUED},
+)
 def requeue_dead_letters() -> Response:
     """Put dead letters back on their deliver queue: ``{"ids": [delivery id, ...]}`` or ``{"all": true}``.
 
@@ -205,20 +226,17 @@ def requeue_dead_letters() -> Response:
     published); the answer says how many were requeued once it was applied.
     """
     s = services()
-    data = _request_json()
+    data = sc.body()
+    data = data.get("requestObject", data)
     ids, everything = data.get("ids"), data.get("all")
-    if everything is not None and not isinstance(everything, bool):
-        raise bad_request("all", "must be a boolean")
     if everything:
         if ids is not None:
             raise bad_request("ids", "give either ids or all, not both")
         docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find(WAITING, {"delivery_id": 1}).limit(MAX_REQUEUE)))
         ids = sorted({d["delivery_id"] for d in docs})
     else:
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        if ids is None:
             raise bad_request("ids", "must be a non-empty list of dead letter ids (or give all: true)")
-        if len(ids) > MAX_REQUEUE:
-            raise bad_request("ids", f"at most {MAX_REQUEUE} at once")
         known = s.guarded_read(
             lambda: {d["delivery_id"] for d in s.db[collections.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}, {"delivery_id": 1})}
         )
@@ -244,6 +262,7 @@ def requeue_dead_letters() -> Response:
 
 
 @blueprint.get("/admin/dashboard")
+@sc.operation("The operations dashboard (a page; its data comes from the admin routes)", responses={200: ("text/html", None)})
 def dashboard() -> Response:
     html = (STATIC_DIR / "dashboard.html").read_bytes()
     return Response(html, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})

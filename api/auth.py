@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, current_app, g, request
 
-from api import validation as v
+from api import schema as sc
 from api.errors import ApiError
 from api.services import Services
 from shared import db as collections
@@ -224,27 +224,45 @@ def _key_object(doc: dict) -> dict:
     }
 
 
+#: The answers' shapes (PowerAuth's envelope; api/powerauth.py imports this module, so they are built here).
+_TEXT = sc.Str(max_length=None, allow_empty=True)
+_APP_ID = sc.Id(required=True, description="The application's id", example="demo")
+_KEY = sc.Obj({"keyId": _TEXT, "appId": _TEXT, "revoked": sc.Bool()})
+
+
+def _answer(result: sc.Field) -> sc.Obj:
+    return sc.Obj({"status": sc.Str(enum=["OK"]), "responseObject": result})
+
+
+def _request(properties: dict) -> sc.Wrapped:
+    return sc.Wrapped(sc.Obj(properties))
+
+
 @blueprint.post("/admin/app/keys")
 @blueprint.post("/admin/app/keys/create")
+@sc.operation(
+    "Create an API key for an application (the key is answered only here)",
+    body=_request({"appId": _APP_ID, "name": sc.Str(max_length=MAX_KEY_NAME, description="A label for the key")}),
+    responses={200: _answer(sc.Obj({"appId": _TEXT, "keyId": _TEXT, "key": _TEXT}))},
+)
 def create_key():
-    from api.powerauth import existing_app, ok, request_object
+    from api.powerauth import existing_app, ok
 
     require_admin()
-    data = request_object()
+    data = sc.body()
     app = existing_app(data)
-    name = v.string(data, "name", "requestObject.", max_length=MAX_KEY_NAME)
+    name = data.get("name")
     key_id, key = new_key()
     services().write(command("auth.key.create", key_id=key_id, app_id=app["_id"], hash=digest(key), name=name))
     return ok({"appId": app["_id"], "keyId": key_id, "name": name, "key": key})
 
 
-@blueprint.get("/admin/app/keys")
-@blueprint.post("/admin/app/keys/list")
-def list_keys():
-    from api.powerauth import existing_app, ok, request_object
+_KEY_LIST = _answer(sc.Obj({"appId": _TEXT, "keys": sc.List(_KEY)}))
 
-    require_admin()
-    app = existing_app({"appId": request.args.get("appId")}, prefix="") if request.method == "GET" else existing_app(request_object())
+
+def _keys_of(app: dict):
+    from api.powerauth import ok
+
     svc = services()
     docs = svc.guarded_read(
         lambda: list(svc.db[collections.API_KEYS].find({"app_id": app["_id"]}, {"hash": 0}).sort("_id", 1))
@@ -252,15 +270,40 @@ def list_keys():
     return ok({"appId": app["_id"], "keys": [_key_object(d) for d in docs]})
 
 
-@blueprint.delete("/admin/app/keys")
-@blueprint.post("/admin/app/keys/revoke")
-def revoke_key():
-    from api.powerauth import existing_app, ok, request_object
+@blueprint.get("/admin/app/keys")
+@sc.operation("An application's API keys (never the keys themselves)", query={"appId": sc.Str(required=True, example="demo")},
+              responses={200: _KEY_LIST})
+def list_keys():
+    from api.powerauth import existing_app
 
     require_admin()
-    data = request_object()
+    return _keys_of(existing_app(sc.query(), prefix="", location="query"))
+
+
+@blueprint.post("/admin/app/keys/list")
+@sc.operation("An application's API keys (never the keys themselves)", body=_request({"appId": _APP_ID}),
+              responses={200: _KEY_LIST})
+def list_keys_post():
+    from api.powerauth import existing_app
+
+    require_admin()
+    return _keys_of(existing_app(sc.body()))
+
+
+@blueprint.delete("/admin/app/keys")
+@blueprint.post("/admin/app/keys/revoke")
+@sc.operation(
+    "Revoke an API key",
+    body=_request({"appId": _APP_ID, "keyId": sc.Str(required=True, max_length=64)}),
+    responses={200: _answer(sc.Obj({"appId": _TEXT, "keyId": _TEXT, "revoked": sc.Bool()}))},
+)
+def revoke_key():
+    from api.powerauth import existing_app, ok
+
+    require_admin()
+    data = sc.body()
     app = existing_app(data)
-    key_id = v.string(data, "keyId", "requestObject.", required_=True, max_length=64)
+    key_id = data["keyId"]
     doc = services().find_one(collections.API_KEYS, {"_id": key_id, "app_id": app["_id"]}, {"hash": 0})
     if doc is None:
         raise ApiError(400, f"API key not found: {key_id} (requestObject.keyId)", field="requestObject.keyId", code="ERROR_KEY_NOT_FOUND")

@@ -15,15 +15,14 @@ the field for bad input; all 400, as the reference answers them.
 """
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from api import auth
-from api import validation as v
-from api.errors import ApiError, bad_request
-from api.powerauth import json_response, ok, render_error, request_object, services
+from api import schema as sc
+from api.errors import ApiError
+from api.powerauth import TEXT, answer, json_response, ok, render_error, services, wrapped
 from shared import db as collections
 from shared.commands import command, new_id
 
@@ -35,8 +34,9 @@ MIN_TEXT = 8
 MAX_SUBJECT = 255
 MAX_SUMMARY = 255
 MAX_BODY = 65_536
-#: An application id in an inbox request (the reference's pattern).
-APPLICATION_ID = re.compile(r"^[a-zA-Z0-9_-]{3,255}$")
+#: An application id in an inbox message (the reference's pattern).
+APPLICATION_ID = r"[a-zA-Z0-9_-]{3,255}"
+APPLICATION_ID_HELP = "must be 3 to 255 letters, digits, '_' or '-'"
 #: Most applications one message may name.
 MAX_APPLICATIONS = 100
 #: Paging as Spring's ``Pageable`` does it: page from 0, 20 a page, at most 2,000.
@@ -45,9 +45,6 @@ MAX_PAGE_SIZE = 2000
 #: Error codes of the reference.
 APP_NOT_FOUND = "ERROR_APP_NOT_FOUND"
 MESSAGE_NOT_FOUND = "ERROR_MESSAGE_NOT_FOUND"
-#: Query values read as true / false for ``onlyUnread``.
-TRUE_WORDS = ("true", "1", "yes", "on")
-FALSE_WORDS = ("false", "0", "no", "off", "")
 
 blueprint = Blueprint("inbox", __name__)
 blueprint.register_error_handler(ApiError, render_error)
@@ -98,30 +95,28 @@ def detail_of(message: dict) -> dict:
     }
 
 
-# --- validation ---------------------------------------------------------------------------------
+# --- schemas ------------------------------------------------------------------------------------
 
-def text(data: dict, key: str, prefix: str, *, min_length: int, max_length: int) -> str:
-    value = v.string(data, key, prefix, required_=True, max_length=max_length, allow_empty=True)
-    if len(value) < min_length:
-        raise bad_request(prefix + key, f"must be at least {min_length} characters")
-    return value
+USER_ID = sc.Str(required=True, max_length=MAX_USER_ID, description="The user's id")
+POST = wrapped(
+    {
+        "userId": USER_ID,
+        "type": sc.Choice(MESSAGE_TYPES, required=True),
+        "subject": sc.Text(required=True, min_length=MIN_TEXT, max_length=MAX_SUBJECT),
+        "summary": sc.Text(required=True, min_length=MIN_TEXT, max_length=MAX_SUMMARY),
+        "body": sc.Text(required=True, min_length=MIN_TEXT, max_length=MAX_BODY),
+        "applications": sc.List(
+            sc.Str(max_length=255, pattern=APPLICATION_ID, pattern_help=APPLICATION_ID_HELP, example="demo"),
+            min_items=1, max_items=MAX_APPLICATIONS, unique=True, required=True,
+            description="The apps whose inbox shows the message (each must exist)",
+        ),
+    }
+)
+SUMMARY = sc.Obj({"id": TEXT, "type": TEXT, "subject": TEXT, "summary": TEXT, "read": sc.Bool()})
+DETAIL = sc.Obj({**SUMMARY.properties, "userId": TEXT, "body": TEXT, "applications": sc.List(TEXT)})
 
 
-def applications(data: dict, prefix: str) -> list[str]:
-    """The message's applications: a non-empty list of app ids, each an existing app."""
-    field = prefix + "applications"
-    value = v.required(data, "applications", prefix)
-    if not isinstance(value, list) or not value:
-        raise bad_request(field, "must be a non-empty list of application ids")
-    if len(value) > MAX_APPLICATIONS:
-        raise bad_request(field, f"must have at most {MAX_APPLICATIONS} items")
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not APPLICATION_ID.match(item):
-            raise bad_request(f"{field}[{index}]", "must be 3 to 255 letters, digits, '_' or '-'")
-    app_ids = list(dict.fromkeys(value))
-    require_apps(app_ids, field)
-    return app_ids
-
+# --- checks -------------------------------------------------------------------------------------
 
 def require_apps(app_ids: list[str], field: str, *, location: str = "body") -> None:
     """Every app in ``app_ids`` must exist (and be the API key's); otherwise the reference's ERROR_APP_NOT_FOUND."""
@@ -140,40 +135,6 @@ def require_apps(app_ids: list[str], field: str, *, location: str = "body") -> N
         )
 
 
-def query_string(key: str, *, max_length: int = MAX_USER_ID) -> str:
-    """A required query parameter."""
-    value = request.args.get(key)
-    if value is None or not value.strip():
-        raise bad_request(key, "is required", location="query")
-    if len(value) > max_length:
-        raise bad_request(key, f"must be at most {max_length} characters", location="query")
-    return value
-
-
-def query_flag(key: str) -> bool:
-    value = request.args.get(key, "").strip().lower()
-    if value in TRUE_WORDS:
-        return True
-    if value in FALSE_WORDS:
-        return False
-    raise bad_request(key, "must be true or false", location="query")
-
-
-def query_int(key: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
-    raw = request.args.get(key)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(key, "must be an integer", location="query") from None
-    if value < minimum:
-        raise bad_request(key, f"must be at least {minimum}", location="query")
-    if maximum is not None and value > maximum:
-        raise bad_request(key, f"must be at most {maximum}", location="query")
-    return value
-
-
 def existing_message(inbox_id: str) -> dict:
     message = services().find_one(collections.INBOX, {"_id": inbox_id})
     if message is None:
@@ -187,23 +148,19 @@ def existing_message(inbox_id: str) -> dict:
 # --- routes -------------------------------------------------------------------------------------
 
 @blueprint.post("/inbox/messages")
+@sc.operation("Post a message to a user's inbox in one or more apps", body=POST, responses={200: answer(DETAIL)})
 def post_message() -> Response:
-    data = request_object()
-    prefix = "requestObject."
-    user_id = v.string(data, "userId", prefix, required_=True, max_length=MAX_USER_ID)
-    message_type = v.choice(data, "type", MESSAGE_TYPES, prefix)
-    subject = text(data, "subject", prefix, min_length=MIN_TEXT, max_length=MAX_SUBJECT)
-    summary = text(data, "summary", prefix, min_length=MIN_TEXT, max_length=MAX_SUMMARY)
-    body = text(data, "body", prefix, min_length=MIN_TEXT, max_length=MAX_BODY)
-    app_ids = applications(data, prefix)
+    data = sc.body()
+    app_ids = data["applications"]
+    require_apps(app_ids, "requestObject.applications")
     post = command(
         "inbox.post",
         inbox_id=new_id(),
-        user_id=user_id,
-        type=message_type,
-        subject=subject,
-        summary=summary,
-        body=body,
+        user_id=data["userId"],
+        type=data["type"],
+        subject=data["subject"],
+        summary=data["summary"],
+        body=data["body"],
         applications=app_ids,
     )
     svc = services()
@@ -221,18 +178,30 @@ def created_time(cmd: dict) -> datetime:
 
 
 @blueprint.get("/inbox/messages/list")
+@sc.operation(
+    "A page of a user's messages in the given apps, newest first",
+    query={
+        "userId": USER_ID,
+        "applications": sc.List(sc.Str(max_length=255, example="demo"), max_items=MAX_APPLICATIONS, required=True,
+                                 description="App ids, comma-separated (each must exist)"),
+        "onlyUnread": sc.Flag(default=False),
+        "page": sc.Int(minimum=0, maximum=10_000_000, default=0),
+        "size": sc.Int(minimum=1, maximum=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE),
+    },
+    responses={
+        200: sc.Obj({"status": sc.Str(enum=["OK"]), "responseObject": sc.List(SUMMARY), "page": sc.Int(), "size": sc.Int()}),
+        # Many long application ids make a URL longer than the HTTP server's request line (gunicorn: 4094 bytes):
+        # its own 414 page answers, before the API sees the request.
+        414: ("text/html", None),
+    },
+)
 def list_messages() -> Response:
-    user_id = query_string("userId")
-    raw_apps = query_string("applications", max_length=MAX_APPLICATIONS * 256)
-    app_ids = list(dict.fromkeys(app.strip() for app in raw_apps.split(",") if app.strip()))
-    if not app_ids:
-        raise bad_request("applications", "must name at least one application", location="query")
+    params = sc.query()
+    app_ids = list(dict.fromkeys(app.strip() for app in params["applications"]))
     require_apps(app_ids, "applications", location="query")
-    only_unread = query_flag("onlyUnread")
-    page = query_int("page", default=0, minimum=0)
-    size = query_int("size", default=DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE)
-    query = {"user_id": user_id, "applications": {"$in": app_ids}}
-    if only_unread:
+    page, size = params["page"], params["size"]
+    query = {"user_id": params["userId"], "applications": {"$in": app_ids}}
+    if params["onlyUnread"]:
         query["read"] = False
     svc = services()
     messages = svc.guarded_read(
@@ -248,9 +217,15 @@ def list_messages() -> Response:
 
 
 @blueprint.get("/inbox/messages/count")
+@sc.operation(
+    "How many of a user's messages in an app are unread, and in all",
+    query={"userId": USER_ID, "appId": sc.Str(required=True, max_length=255, pattern=APPLICATION_ID, pattern_help=APPLICATION_ID_HELP,
+                                                example="demo")},
+    responses={200: answer(sc.Obj({"countUnread": sc.Int(), "countAll": sc.Int()}))},
+)
 def count_messages() -> Response:
-    user_id = query_string("userId")
-    app_id = query_string("appId")
+    params = sc.query()
+    user_id, app_id = params["userId"], params["appId"]
     require_apps([app_id], "appId", location="query")
     svc = services()
     rows = svc.guarded_read(
@@ -269,15 +244,17 @@ def count_messages() -> Response:
 
 
 @blueprint.get("/inbox/messages/detail")
+@sc.operation("One message", query={"id": sc.Str(required=True, max_length=MAX_USER_ID, description="The message's id")},
+              responses={200: answer(DETAIL)})
 def message_detail() -> Response:
-    inbox_id = query_string("id")
-    return ok(detail_of(existing_message(inbox_id)))
+    return ok(detail_of(existing_message(sc.query()["id"])))
 
 
 @blueprint.post("/inbox/messages/read")
+@sc.operation("Mark one message read; answers its detail",
+              body=wrapped({"inboxId": sc.Str(required=True, max_length=MAX_USER_ID)}), responses={200: answer(DETAIL)})
 def read_message() -> Response:
-    data = request_object()
-    inbox_id = v.string(data, "inboxId", "requestObject.", required_=True, max_length=MAX_USER_ID)
+    inbox_id = sc.body()["inboxId"]
     message = existing_message(inbox_id)
     if not message.get("read"):
         services().write(command("inbox.read", inbox_id=inbox_id))
@@ -286,11 +263,10 @@ def read_message() -> Response:
 
 
 @blueprint.post("/inbox/messages/read-all")
+@sc.operation("Mark all of a user's messages in an app read",
+              body=wrapped({"userId": USER_ID, "appId": sc.Id(required=True, example="demo")}), responses={200: answer()})
 def read_all_messages() -> Response:
-    data = request_object()
-    prefix = "requestObject."
-    user_id = v.string(data, "userId", prefix, required_=True, max_length=MAX_USER_ID)
-    app_id = v.identifier(data, "appId", prefix, required_=True)
-    require_apps([app_id], prefix + "appId")
-    services().write(command("inbox.read_all", user_id=user_id, app_id=app_id))
+    data = sc.body()
+    require_apps([data["appId"]], "requestObject.appId")
+    services().write(command("inbox.read_all", user_id=data["userId"], app_id=data["appId"]))
     return ok()

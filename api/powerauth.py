@@ -12,13 +12,14 @@ import json
 import platform as runtime
 from datetime import UTC, datetime
 
+import orjson
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
 from api import auth, limits
 from api import schema as sc
-from api import validation as v
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
 from shared import commands
@@ -52,22 +53,46 @@ def answer(result: sc.Field | None = None) -> sc.Obj:
 
 #: The success envelope without a result.
 OK = answer()
-#: A PowerAuth message body (``PushMessageBody``).
-MESSAGE_BODY = sc.Obj(
+
+
+class Extras(sc.Json):
+    """Custom data: a JSON object the providers' payloads can carry (orjson: integers within 64 bits, valid
+    Unicode, at most 254 levels deep)."""
+
+    def clean(self, value, path):
+        value = super().clean(value, path)
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            raise sc.Invalid("must be encodable: integers within 64 bits, valid Unicode, at most 254 levels deep") from None
+        return value
+
+
+#: Largest badge: FCM's notification_count is a 32-bit integer.
+MAX_BADGE = 2**31 - 1
+
+
+def _text(**options) -> sc.Str:
+    """Text that goes into a provider payload (``Str`` refuses lone surrogates, which no payload can carry)."""
+    return sc.Str(**options)
+
+
+#: A PowerAuth message body (``PushMessageBody``); every value can go into an APNs payload and an FCM message.
+MESSAGE_BODY = sc.FastObj(
     {
-        "title": sc.Str(max_length=MAX_TEXT, allow_empty=True),
-        "body": sc.Str(max_length=MAX_TEXT, allow_empty=True),
-        "badge": sc.Int(minimum=0),
-        "sound": sc.Str(),
-        "icon": sc.Str(),
-        "category": sc.Str(),
-        "collapseKey": sc.Str(max_length=64),
+        "title": _text(max_length=MAX_TEXT, allow_empty=True),
+        "body": _text(max_length=MAX_TEXT, allow_empty=True),
+        "badge": sc.Int(minimum=0, maximum=MAX_BADGE),
+        "sound": _text(),
+        "icon": _text(),
+        "category": _text(),
+        "collapseKey": _text(max_length=64),
         "validUntil": sc.Timestamp(description="Not delivered after this time"),
-        "extras": sc.Json(object_only=True, description="Custom data, delivered with the notification"),
-        "titleLocKey": sc.Str(),
-        "titleLocArgs": sc.List(sc.Str(allow_empty=True, max_length=MAX_TEXT)),
-        "bodyLocKey": sc.Str(),
-        "bodyLocArgs": sc.List(sc.Str(allow_empty=True, max_length=MAX_TEXT)),
+        "extras": Extras(object_only=True, description="Custom data, delivered with the notification"),
+        "titleLocKey": _text(),
+        "titleLocArgs": sc.List(_text(allow_empty=True, max_length=MAX_TEXT)),
+        "bodyLocKey": _text(),
+        "bodyLocArgs": sc.List(_text(allow_empty=True, max_length=MAX_TEXT)),
     },
     required=True,
     name="PushMessageBody",
@@ -97,36 +122,101 @@ def render_error(error: ApiError) -> Response:
     )
 
 
-def request_body() -> dict:
-    """The JSON body; a body that is not a JSON object is a 400 naming it."""
-    data = request.get_json(silent=True)
-    if data is None:
-        raise bad_request("body", "must be a JSON object (Content-Type: application/json)")
-    return v.json_object(data, "body")
+# --- schemas --------------------------------------------------------------------------------------
+
+#: A string in an answer: any length, possibly empty (answers are not bounded like requests).
+TEXT = sc.Str(max_length=None, allow_empty=True)
+#: An application id in a request body: a string, or PowerAuth's numeric id.
+APP_ID = sc.Id(required=True, description="The application's id", example="demo")
 
 
-def request_object(*, wrapped_only: bool = True) -> dict:
-    """``requestObject`` of the body; with ``wrapped_only`` False a bare body is accepted too."""
-    data = request_body()
-    if "requestObject" in data:
-        return v.json_object(data["requestObject"], "requestObject")
-    if wrapped_only:
-        raise bad_request("requestObject", "is required")
-    return data
+def wrapped(properties: dict, **options) -> sc.Wrapped:
+    """A PowerAuth request body: ``{"requestObject": {...properties}}``."""
+    return sc.Wrapped(sc.Obj(properties), **options)
 
 
-def existing_app(data: dict, prefix: str = "requestObject.") -> dict:
-    app_id = v.identifier(data, "appId", prefix, required_=True)
+#: ``{"requestObject": {"appId": ...}}``.
+APP_REQUEST = wrapped({"appId": APP_ID})
+
+
+class Platform(sc.Choice):
+    """A device platform; one PowerAuth knows but this server does not deliver to is refused by name."""
+
+    def clean(self, value, path):
+        if isinstance(value, str) and value.lower() in UNSUPPORTED_PLATFORMS:
+            raise sc.Invalid(f"{value} is not supported by this server (apns, fcm)")
+        return super().clean(value, path)
+
+
+#: A device token: no white space; an APNs token must also be hexadecimal (checked against the platform).
+TOKEN = sc.Str(required=True, max_length=sc.MAX_TOKEN_LENGTH, no_spaces=True, description="The device's push token",
+               example="0123456789abcdef" * 4)
+DEVICE = {
+    "appId": APP_ID,
+    "token": TOKEN,
+    "platform": Platform(PLATFORMS, required=True, description="apns (ios) or fcm (android)"),
+    "environment": sc.Choice(ENVIRONMENTS, description="APNs environment of the token (default: the app's)"),
+    "userId": sc.Str(),
+}
+#: One PowerAuth ``PushMessage``.
+MESSAGE = sc.FastObj(
+    {
+        "userId": sc.Str(required=True),
+        "activationId": sc.Str(),
+        "priority": sc.Choice(PRIORITIES, description="Default: the request's priority"),
+        "attributes": sc.FastObj({"silent": sc.Bool(default=False), "personal": sc.Bool(default=False)}),
+        "body": MESSAGE_BODY,
+    },
+    required=True,
+    name="PushMessage",
+)
+SEND_OPTIONS = {
+    "appId": APP_ID,
+    "mode": sc.Choice(MODES, default="SYNCHRONOUS", description="SYNCHRONOUS waits for the outcome"),
+    "priority": sc.Choice(PRIORITIES, default="HIGH"),
+}
+
+
+def _max_batch(settings) -> int:
+    return settings.max_batch_messages
+
+
+COUNTS = sc.Obj({k: sc.Int() for k in ("sent", "pending", "failed", "total")})
+RESULT = sc.Obj({"apns": COUNTS, "fcm": COUNTS, "ios": COUNTS, "android": COUNTS})
+SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.values()))}))
+APP_SUMMARY = sc.Obj({"appId": TEXT, **{k: sc.Bool() for k in ("apns", "fcm", "hms", "ios", "android")}})
+APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool()})
+
+
+def existing_app(data: dict, prefix: str = "requestObject.", *, location: str = "body") -> dict:
+    """The app ``data["appId"]`` names (cleaned by the route's schema), if the request's key may act for it."""
+    app_id = sc.check(APP_ID, data.get("appId"), prefix + "appId", location=location)
     auth.require_app(app_id, prefix + "appId")
     app = services().find_one(collections.APPS, {"_id": app_id})
     if app is None:
-        raise ApiError(400, f"Application not found: {app_id} ({prefix}appId)", field=prefix + "appId")
+        raise ApiError(400, f"Application not found: {app_id} ({prefix}appId)", field=prefix + "appId", location=location)
     return app
 
 
 # --- service ------------------------------------------------------------------------------------
 
+STATUS = sc.Obj(
+    {
+        **{k: TEXT for k in ("applicationName", "applicationDisplayName", "applicationEnvironment", "version", "timestamp", "python")},
+        "rabbitmq": sc.Str(enum=["UP", "DOWN"]),
+        "mongodb": sc.Str(enum=["UP", "DOWN"]),
+    }
+)
+
+
 @blueprint.get("/push/service/status")
+@sc.operation(
+    "Service status: up when RabbitMQ and MongoDB are reachable",
+    responses={
+        200: answer(STATUS),
+        503: sc.Obj({"status": sc.Str(enum=["ERROR"]), "responseObject": sc.Obj({"code": TEXT, "message": TEXT, **STATUS.properties})}),
+    },
+)
 def service_status():
     svc = services()
     rabbitmq, mongodb = svc.check_broker(), svc.check_database()
@@ -153,39 +243,19 @@ def service_status():
 
 # --- devices ------------------------------------------------------------------------------------
 
-def _platform(data: dict, prefix: str) -> str:
-    value = data.get("platform")
-    if isinstance(value, str) and value.lower() in UNSUPPORTED_PLATFORMS:
-        raise bad_request(prefix + "platform", f"{value} is not supported by this server (apns, fcm)")
-    return v.choice(data, "platform", PLATFORMS, prefix)
-
-
-def _token(data: dict, prefix: str, platform: str | None = None) -> str:
-    token = v.string(data, "token", prefix, required_=True, max_length=v.MAX_TOKEN_LENGTH)
-    if any(c.isspace() for c in token):
-        raise bad_request(prefix + "token", "must not contain white space")
-    if platform == "apns" and not all(c in "0123456789abcdefABCDEF" for c in token):
-        raise bad_request(prefix + "token", "an APNs device token is hexadecimal")
-    return token
-
-
-def _register(activation_ids: list[str]) -> Response:
-    data = request_object()
-    prefix = "requestObject."
+def _register(data: dict, activation_ids: list[str]) -> Response:
     app = existing_app(data)
-    platform = _platform(data, prefix)
-    token = _token(data, prefix, platform)
-    environment = data.get("environment")
-    if environment is not None:
-        environment = v.choice(data, "environment", ENVIRONMENTS, prefix)
+    platform = data["platform"]
+    if platform == "apns" and not all(c in "0123456789abcdefABCDEF" for c in data["token"]):
+        raise bad_request("requestObject.token", "an APNs device token is hexadecimal")
     services().write(
         command(
             "device.register",
             app_id=app["_id"],
-            token=token,
+            token=data["token"],
             platform=platform,
-            environment=environment,
-            user_id=v.string(data, "userId", prefix),
+            environment=data.get("environment"),
+            user_id=data.get("userId"),
             activation_ids=activation_ids,
         )
     )
@@ -193,38 +263,52 @@ def _register(activation_ids: list[str]) -> Response:
 
 
 @blueprint.post("/push/device/create")
+@sc.operation("Register a device (its token), optionally for one activation",
+              body=wrapped({**DEVICE, "activationId": sc.Str()}), responses={200: OK})
 def create_device():
-    data = request_object()
-    activation = v.string(data, "activationId", "requestObject.")
-    return _register([activation] if activation else [])
+    data = sc.body()
+    activation = data.get("activationId")
+    return _register(data, [activation] if activation else [])
 
 
 @blueprint.post("/push/device/create/multi")
+@sc.operation(
+    "Register a device for several activations",
+    body=wrapped({**DEVICE, "activationIds": sc.List(sc.Str(), min_items=1, max_items=MAX_ACTIVATIONS, unique=True, required=True)}),
+    responses={200: OK},
+)
 def create_device_multi():
-    data = request_object()
-    activations = v.string_list(data, "activationIds", "requestObject.", required_=True, max_items=MAX_ACTIVATIONS)
-    if not activations:
-        raise bad_request("requestObject.activationIds", "must not be empty")
-    return _register(list(dict.fromkeys(activations)))
+    data = sc.body()
+    return _register(data, data["activationIds"])
 
 
 @blueprint.route("/push/device/delete", methods=["POST", "DELETE"])
 @blueprint.route("/push/device/remove", methods=["POST", "DELETE"])
+@sc.operation("Remove a device (its token)", body=wrapped({"appId": APP_ID, "token": TOKEN}), responses={200: OK})
 def delete_device():
-    data = request_object()
+    data = sc.body()
     app = existing_app(data)
-    token = _token(data, "requestObject.")
-    services().write(command("device.delete", app_id=app["_id"], token=token))
+    services().write(command("device.delete", app_id=app["_id"], token=data["token"]))
     return ok()
 
 
 @blueprint.route("/push/device/status/update", methods=["POST", "PUT"])
+@sc.operation(
+    "Change an activation's status (a bare body without requestObject is accepted too)",
+    body=wrapped(
+        {
+            "activationId": sc.Str(required=True),
+            "activationStatus": sc.Choice({s.lower(): s for s in ACTIVATION_STATES}, default="ACTIVE"),
+        },
+        bare_ok=True,
+    ),
+    responses={200: OK},
+)
 def update_status():
-    data = request_object(wrapped_only=False)
-    activation = v.string(data, "activationId", required_=True)
+    data = sc.body()
+    activation = data["activationId"]
     _require_activation(activation)
-    status = v.choice(data, "activationStatus", {s.lower(): s for s in ACTIVATION_STATES}, default="ACTIVE")
-    services().write(command("activation.status", activation_id=activation, status=status))
+    services().write(command("activation.status", activation_id=activation, status=data["activationStatus"]))
     return ok()
 
 
@@ -244,9 +328,12 @@ def _require_activation(activation_id: str) -> None:
 
 # --- messages -----------------------------------------------------------------------------------
 
-def parse_body(data: dict, prefix: str) -> Body:
-    """A PowerAuth message body, validated by :data:`MESSAGE_BODY`."""
-    body = sc.check(MESSAGE_BODY, data, prefix.rstrip("."))
+def parse_body(body: dict, prefix: str = "") -> Body:
+    """The :class:`Body` of a message body already cleaned by :data:`MESSAGE_BODY` (the route's schema checked it).
+
+    ``prefix`` (where the body is in the request) is kept for callers; nothing is checked again here.
+    """
+    title_loc_args, body_loc_args = body.get("titleLocArgs"), body.get("bodyLocArgs")
     return Body(
         title=body.get("title"),
         body=body.get("body"),
@@ -258,27 +345,28 @@ def parse_body(data: dict, prefix: str) -> Body:
         valid_until=body.get("validUntil"),
         extras=body.get("extras"),
         title_loc_key=body.get("titleLocKey"),
-        title_loc_args=tuple(body["titleLocArgs"]) if body.get("titleLocArgs") is not None else None,
+        title_loc_args=tuple(title_loc_args) if title_loc_args is not None else None,
         body_loc_key=body.get("bodyLocKey"),
-        body_loc_args=tuple(body["bodyLocArgs"]) if body.get("bodyLocArgs") is not None else None,
+        body_loc_args=tuple(body_loc_args) if body_loc_args is not None else None,
     )
 
 
-def parse_message(data: dict, prefix: str, default_priority: str) -> dict:
-    """One PowerAuth ``PushMessage`` as a send entry."""
-    message = v.json_object(data, prefix.rstrip("."))
+def parse_message(message: dict, prefix: str, default_priority: str, settings=None) -> dict:
+    """One PowerAuth ``PushMessage``, already cleaned by :data:`MESSAGE`, as a send entry.
+
+    Only what the schema cannot know is checked: the provider payload sizes (named ``<prefix>body``).
+    """
     attributes = message.get("attributes") or {}
-    v.json_object(attributes, prefix + "attributes")
-    body = parse_body(v.required(message, "body", prefix), prefix + "body.")
-    priority = v.choice(message, "priority", PRIORITIES, prefix, default=default_priority)
-    silent = v.boolean(attributes, "silent", prefix + "attributes.")
-    limits.check_payload(services().settings, body, prefix + "body", silent=silent, high_priority=priority == "HIGH")
+    body = parse_body(message["body"])
+    high_priority = (message.get("priority") or default_priority) == "HIGH"
+    silent = attributes.get("silent", False)
+    limits.check_payload(settings or services().settings, body, prefix + "body", silent=silent, high_priority=high_priority)
     return {
-        "user_id": v.string(message, "userId", prefix, required_=True),
-        "activation_id": v.string(message, "activationId", prefix),
-        "personal": v.boolean(attributes, "personal", prefix + "attributes."),
+        "user_id": message["userId"],
+        "activation_id": message.get("activationId"),
+        "personal": attributes.get("personal", False),
         "silent": silent,
-        "high_priority": priority == "HIGH",
+        "high_priority": high_priority,
         "body": body.to_json(),
     }
 
@@ -302,32 +390,42 @@ def result_object(counts: dict | None) -> dict:
 
 
 @blueprint.post("/push/message/send")
+@sc.operation("Send one message to a user's devices", body=wrapped({**SEND_OPTIONS, "message": MESSAGE}),
+              responses={200: SEND_ANSWER})
 def send_message():
-    data = request_object()
+    data = sc.body()
     app = existing_app(data)
-    mode = v.choice(data, "mode", MODES, "requestObject.", default="SYNCHRONOUS")
-    default_priority = v.choice(data, "priority", PRIORITIES, "requestObject.", default="HIGH")
-    entry = parse_message(v.required(data, "message", "requestObject."), "requestObject.message.", default_priority)
-    return _send([entry], app, mode)
+    entry = parse_message(data["message"], "requestObject.message.", data["priority"])
+    return _send([entry], app, data["mode"])
 
 
 @blueprint.post("/push/message/batch/send")
+@sc.operation(
+    "Send a batch of messages (each to one user's devices) as one send",
+    body=wrapped(
+        # The example is the whole body: schemathesis builds the rest of a body around a property's example with
+        # Hypothesis, which for this deep shape trips a CPython 3.11 ast race (SystemError) under --workers 2.
+        {**SEND_OPTIONS, "appId": sc.Id(required=True, description="The application's id"),
+         "batch": sc.List(MESSAGE, min_items=1, max_items=_max_batch, required=True)},
+        example={"requestObject": {"appId": "demo", "mode": "ASYNCHRONOUS", "batch": [{"userId": "user-1", "body": {"title": "Hello"}}]}},
+    ),
+    responses={200: SEND_ANSWER},
+)
 def send_batch():
-    data = request_object()
+    data = sc.body()
     app = existing_app(data)
-    mode = v.choice(data, "mode", MODES, "requestObject.", default="SYNCHRONOUS")
-    default_priority = v.choice(data, "priority", PRIORITIES, "requestObject.", default="HIGH")
-    batch = v.required(data, "batch", "requestObject.")
-    if not isinstance(batch, list) or not batch:
-        raise bad_request("requestObject.batch", "must be a non-empty list of messages")
-    max_batch = services().settings.max_batch_messages
-    if len(batch) > max_batch:
-        raise bad_request("requestObject.batch", f"must have at most {max_batch} messages")
-    entries = [parse_message(item, f"requestObject.batch[{i}].", default_priority) for i, item in enumerate(batch)]
-    return _send(entries, app, mode)
+    settings, priority = services().settings, data["priority"]
+    entries = [parse_message(item, f"requestObject.batch[{i}].", priority, settings) for i, item in enumerate(data["batch"])]
+    return _send(entries, app, data["mode"])
 
 
 @blueprint.get("/push/message/<message_id>/detail")
+@sc.operation(
+    "Where a send stands: per-platform counts",
+    path={"message_id": sc.Str(description="The send's messageId")},
+    responses={200: answer(sc.Obj({"messageId": TEXT, "appId": TEXT, "timestampCreated": sc.Json(), "expanded": sc.Bool(),
+                                   "result": RESULT}))},
+)
 def message_detail(message_id: str):
     """Where an (ASYNCHRONOUS) send stands: per-platform counts."""
     svc = services()
@@ -336,11 +434,12 @@ def message_detail(message_id: str):
         raise not_found(f"Message not found: {message_id}", field="messageId", location="path")
     auth.require_app(message["app_id"], "messageId")
     counts = svc.guarded_read(lambda: svc.message_counts(message_id))
+    created = message.get("created_at")
     return ok(
         {
             "messageId": message_id,
             "appId": message["app_id"],
-            "timestampCreated": message["created_at"].isoformat(),
+            "timestampCreated": created.isoformat() if hasattr(created, "isoformat") else created,
             "expanded": counts is not None,
             "result": result_object(counts),
         }
@@ -362,19 +461,15 @@ def app_summary(app: dict) -> dict:
 
 
 @blueprint.route("/admin/app/list", methods=["GET", "POST"])
+@sc.operation("Applications, with the providers each has credentials for",
+              responses={200: answer(sc.Obj({"applicationList": sc.List(APP_SUMMARY)}))})
 def list_apps():
     svc = services()
     apps = svc.guarded_read(lambda: list(svc.db[collections.APPS].find({}, {"apns.private_key": 0, "fcm.service_account": 0}).sort("_id", 1)))
     return ok({"applicationList": [app_summary(a) for a in apps]})
 
 
-@blueprint.route("/admin/app/detail", methods=["GET", "POST"])
-def app_detail():
-    if request.method == "GET":
-        data = {"appId": request.args.get("appId")}
-        app = existing_app(data, prefix="")
-    else:
-        app = existing_app(request_object())
+def _app_detail(app: dict) -> Response:
     apns, fcm = app.get("apns") or {}, app.get("fcm") or {}
     return ok(
         {
@@ -391,20 +486,41 @@ def app_detail():
     )
 
 
+@blueprint.get("/admin/app/detail")
+@sc.operation("An application's provider settings (never its keys)", query={"appId": sc.Str(required=True, example="demo")},
+              responses={200: answer(APP_DETAIL)})
+def app_detail():
+    return _app_detail(existing_app(sc.query(), prefix="", location="query"))
+
+
+@blueprint.post("/admin/app/detail")
+@sc.operation("An application's provider settings (never its keys)", body=APP_REQUEST, responses={200: answer(APP_DETAIL)})
+def app_detail_post():
+    return _app_detail(existing_app(sc.body()))
+
+
 @blueprint.post("/admin/app/create")
+@sc.operation(
+    "Create an application (creating one that exists changes nothing)",
+    body=wrapped({"appId": sc.Id(required=True, pattern=r"[A-Za-z0-9._-]+",
+                                 pattern_help="may contain letters, digits, '.', '_' and '-' only")}),
+    responses={200: answer(sc.Obj({"appId": TEXT}))},
+)
 def create_app_route():
-    data = request_object()
-    app_id = v.identifier(data, "appId", "requestObject.", required_=True)
-    if not all(c.isalnum() or c in "._-" for c in app_id):
-        raise bad_request("requestObject.appId", "may contain letters, digits, '.', '_' and '-' only")
+    app_id = sc.body()["appId"]
+    if len(app_id) > sc.MAX_ID_LENGTH:  # a numeric appId is not bounded by the schema's string length
+        raise bad_request("requestObject.appId", f"must be at most {sc.MAX_ID_LENGTH} characters")
     services().write(command("app.create", app_id=app_id))
     return ok({"appId": app_id})
 
 
+#: Longest base64 credential accepted.
+MAX_CREDENTIAL = 64 * 1024
+
+
 def _decode_base64(data: dict, key: str, prefix: str) -> bytes:
-    raw = v.string(data, key, prefix, required_=True, max_length=64 * 1024)
     try:
-        return base64.b64decode(raw, validate=True)
+        return base64.b64decode(data[key], validate=True)
     except (binascii.Error, ValueError):
         raise bad_request(prefix + key, "must be base64") from None
 
@@ -415,36 +531,64 @@ def _set_provider(app: dict, provider: str, credentials: dict | None) -> Respons
 
 
 @blueprint.route("/admin/app/apns", methods=["POST", "PUT"])
+@sc.operation(
+    "Set an application's APNs credentials (token key)",
+    body=wrapped(
+        {
+            "appId": APP_ID,
+            "bundle": sc.Str(required=True, description="The app's bundle id (the APNs topic)"),
+            "keyId": sc.Str(required=True, max_length=32),
+            "teamId": sc.Str(required=True, max_length=32),
+            "environment": sc.Choice(ENVIRONMENTS, default="production"),
+            "privateKeyBase64": sc.Str(required=True, max_length=MAX_CREDENTIAL, format="byte",
+                                       description="The .p8 token key (PEM), base64-encoded"),
+        }
+    ),
+    responses={200: OK},
+)
 def set_apns():
-    data = request_object()
+    data = sc.body()
     prefix = "requestObject."
     app = existing_app(data)
     key_pem = _decode_base64(data, "privateKeyBase64", prefix)
     try:
         key = load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
+        pem = key_pem.decode()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise bad_request(prefix + "privateKeyBase64", "must be a base64-encoded .p8 (PEM) private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise bad_request(prefix + "privateKeyBase64", "must be an APNs token key (EC P-256)")
     credentials = {
-        "bundle": v.string(data, "bundle", prefix, required_=True),
-        "key_id": v.string(data, "keyId", prefix, required_=True, max_length=32),
-        "team_id": v.string(data, "teamId", prefix, required_=True, max_length=32),
-        "environment": v.choice(data, "environment", ENVIRONMENTS, prefix, default="production"),
-        "private_key": key_pem.decode(),
+        "bundle": data["bundle"],
+        "key_id": data["keyId"],
+        "team_id": data["teamId"],
+        "environment": data["environment"],
+        "private_key": pem,
     }
     return _set_provider(app, "apns", credentials)
 
 
 @blueprint.route("/admin/app/fcm", methods=["POST", "PUT"])
+@sc.operation(
+    "Set an application's FCM credentials (service account)",
+    body=wrapped(
+        {
+            "appId": APP_ID,
+            "projectId": sc.Str(description="Default: the service account's project_id"),
+            "privateKeyBase64": sc.Str(required=True, max_length=MAX_CREDENTIAL, format="byte",
+                                       description="The service account JSON, base64-encoded"),
+        }
+    ),
+    responses={200: OK},
+)
 def set_fcm():
-    data = request_object()
+    data = sc.body()
     prefix = "requestObject."
     app = existing_app(data)
     raw = _decode_base64(data, "privateKeyBase64", prefix)
     try:
         account = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise bad_request(prefix + "privateKeyBase64", "must be a base64-encoded service account JSON") from None
     if not isinstance(account, dict):
         raise bad_request(prefix + "privateKeyBase64", "must be a base64-encoded service account JSON object")
@@ -453,21 +597,23 @@ def set_fcm():
             raise bad_request(prefix + "privateKeyBase64", f"the service account lacks '{key}'")
     try:
         load_pem_private_key(account["private_key"].encode(), password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise bad_request(prefix + "privateKeyBase64", "the service account's private_key is not a PEM key") from None
-    project_id = v.string(data, "projectId", prefix) or account.get("project_id")
-    if not project_id:
+    project_id = data.get("projectId") or account.get("project_id")
+    if not isinstance(project_id, str) or not project_id.strip():
         raise bad_request(prefix + "projectId", "is required")
     return _set_provider(app, "fcm", {"project_id": project_id, "service_account": account})
 
 
 @blueprint.route("/admin/app/apns", methods=["DELETE"])
 @blueprint.route("/admin/app/apns/remove", methods=["POST"])
+@sc.operation("Remove an application's APNs credentials", body=APP_REQUEST, responses={200: OK})
 def remove_apns():
-    return _set_provider(existing_app(request_object()), "apns", None)
+    return _set_provider(existing_app(sc.body()), "apns", None)
 
 
 @blueprint.route("/admin/app/fcm", methods=["DELETE"])
 @blueprint.route("/admin/app/fcm/remove", methods=["POST"])
+@sc.operation("Remove an application's FCM credentials", body=APP_REQUEST, responses={200: OK})
 def remove_fcm():
-    return _set_provider(existing_app(request_object()), "fcm", None)
+    return _set_provider(existing_app(sc.body()), "fcm", None)

@@ -186,6 +186,20 @@ def test_list_names_the_bad_parameter(api, apps, params, field):
     assert field in error_of(api.get("/inbox/messages/list", **params))
 
 
+def test_list_reads_flag_words_and_bounds_the_page(api, apps):
+    user = new_user()
+    first = post(api, user, [apps[0]])
+    api.ok("/inbox/messages/read", {"inboxId": first["id"]})
+    second = post(api, user, [apps[0]])
+    assert [m["id"] for m in listing(api, user, [apps[0]], onlyUnread="1")["responseObject"]] == [second["id"]]
+    assert len(listing(api, user, [apps[0]], onlyUnread="OFF")["responseObject"]) == 2
+    spaced = api.get("/inbox/messages/list", userId=user, applications=f"{apps[0]}, {apps[0]}")
+    assert spaced.status_code == 200 and len(spaced.json()["responseObject"]) == 2
+    assert "page" in error_of(api.get("/inbox/messages/list", userId=user, applications=apps[0], page=str(10 ** 20)))
+    many = ",".join(f"app-{i}" for i in range(101))
+    assert error_of(api.get("/inbox/messages/list", userId=user, applications=many)).startswith("applications:")
+
+
 def test_other_requests_name_the_missing_field(api, apps):
     assert "appId" in error_of(api.get("/inbox/messages/count", userId="u"))
     assert "id" in error_of(api.get("/inbox/messages/detail"))

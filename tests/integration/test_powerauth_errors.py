@@ -102,3 +102,38 @@ def test_admin_credentials_are_validated(api, app_id):
 def test_unknown_route_and_wrong_method_answer_in_the_envelope(api):
     error_of(api.get("/push/nothing-here"), 404)
     error_of(api.session.get(api.base_url + "/push/message/send", timeout=10), 405)
+
+
+@pytest.mark.parametrize(
+    ("path", "request_object", "field"),
+    [
+        ("/push/device/create/multi", {"appId": "errors-app", "token": "ab", "platform": "apns", "activationIds": []},
+         "requestObject.activationIds"),
+        ("/push/device/create/multi", {"appId": "errors-app", "token": "ab", "platform": "apns", "activationIds": ["a", 7]},
+         "requestObject.activationIds[1]"),
+        ("/push/device/remove", {"appId": "errors-app", "token": "a b"}, "requestObject.token"),
+        ("/push/message/batch/send", {"appId": "errors-app", "batch": [{"userId": "u", "body": {}}, None]}, "requestObject.batch[1]"),
+        ("/push/message/send", {"appId": "errors-app", "message": {"userId": "u", "attributes": [], "body": {}}},
+         "requestObject.message.attributes"),
+        ("/admin/app/create", {"appId": 10 ** 300}, "requestObject.appId"),
+        ("/admin/app/detail", {"appId": ["errors-app"]}, "requestObject.appId"),
+        ("/admin/app/keys/revoke", {"appId": "errors-app"}, "requestObject.keyId"),
+        ("/admin/app/fcm/remove", {}, "requestObject.appId"),
+    ],
+)
+def test_schemas_name_the_bad_field(api, app_id, path, request_object, field):
+    assert error_of(api.post(path, request_object)).startswith(field + ":")
+
+
+def test_query_parameters_are_validated(api, app_id):
+    assert error_of(api.get("/admin/app/detail")).startswith("appId: is required")
+    assert error_of(api.get("/admin/app/keys", appId="x" * 300)).startswith("appId:")
+    assert error_of(api.get("/admin/dead-letters", limit="0")).startswith("limit:")
+    assert error_of(api.get("/admin/queues", peek="maybe")).startswith("peek:")
+    assert api.get("/admin/app/detail", appId=app_id).json()["responseObject"]["application"]["appId"] == app_id
+
+
+def test_status_update_takes_a_bare_or_wrapped_body(api):
+    assert api.post("/push/device/status/update", raw={"activationId": "act-bare", "activationStatus": "blocked"}).status_code == 200
+    assert api.post("/push/device/status/update", {"activationId": "act-wrapped"}).status_code == 200
+    assert "requestObject.activationId" in error_of(api.post("/push/device/status/update", raw={"activationStatus": "ACTIVE"}))
