@@ -10,11 +10,14 @@ before MongoDB's TTL index has removed it.
 A call request notifies the wallet once it is stored: through its session's
 ``push.webhook`` (a POST on the ``deliver.webhook`` queue), or, for push type
 ``apns``/``fcm`` without a webhook, as a push through the normal send pipeline
-with the credentials of the app ``wc_bridge_push_app_id``.
+with the credentials of the app ``wc_bridge_push_app_id``. A webhook's host
+must be in ``wc_bridge_webhook_allowed_hosts`` when that is set.
 
-Errors are JSON ``{"message", "field"?}``: 400 names the field, 404 an
-unknown or expired session or call, 413 a body over
-``wc_bridge_max_payload_bytes``.
+Requests are validated by the routes' schemas (api/schema.py, also the OpenAPI
+document). A JSON body is read here first, whatever its Content-Type (as the
+reference), at most ``wc_bridge_max_payload_bytes``. Errors are JSON
+``{"message", "field"?}``: 400 names the field, 404 an unknown or expired
+session or call, 413 a body over that limit.
 
 The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
 answered by :class:`PollFastPath` in front of Flask, through a per-process
@@ -23,6 +26,7 @@ a projection and answers a read again for ``wc_bridge_poll_fresh_seconds``.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -31,13 +35,16 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api import schema as s
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
 from shared import commands
 from shared import db as collections
 from shared.commands import command
 from shared.payload import Body
+from shared.settings import webhook_host_allowed
 
 #: Path prefixes of this API family (its error format applies under them).
 PATH_PREFIXES = ("/session", "/call-status")
@@ -47,11 +54,15 @@ PROVIDER_BY_PUSH_TYPE = {"apns": "apns", "apn": "apns", "ios": "apns", "fcm": "f
 MAX_ID_LENGTH = 256
 #: Longest push token and webhook URL accepted.
 MAX_TOKEN_LENGTH = 4096
+#: Deepest nesting of an ``encryptionPayload`` (WalletConnect's is flat; MongoDB stores at most 100 levels).
+MAX_PAYLOAD_DEPTH = 32
 #: Bytes read at a time when a refused body is drained.
 DRAIN_CHUNK = 64 * 1024
 #: What the wallet's push says.
 PUSH_TITLE = "WalletConnect"
 PUSH_BODY = "New call request"
+#: Content type of the answers without a body (200 to a write, 204 to a poll with nothing yet).
+EMPTY_TYPE = "text/plain"
 
 blueprint = Blueprint("wc_bridge", __name__)
 
@@ -62,6 +73,11 @@ def services() -> Services:
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+def empty(status: int = 200) -> Response:
+    """An answer without a body; typed, so it matches the OpenAPI document."""
+    return Response(status=status, mimetype=EMPTY_TYPE)
 
 
 @blueprint.errorhandler(ApiError)
@@ -121,79 +137,180 @@ def existing_call(call_id: str, projection: dict | None = None) -> dict:
     return call
 
 
+# --- request schemas ------------------------------------------------------------------------------
+
+class PathId(s.Str):
+    """A session or call id in the path: any text; an unknown (or overlong) one answers as absent."""
+
+    def __init__(self, **options):
+        super().__init__(max_length=None, **options)
+
+    def clean(self, value, path):
+        return value
+
+
+class EncryptionPayload(s.Field):
+    """WalletConnect's encrypted payload, kept as sent: ``{data, hmac, iv}`` (a non-empty string is taken too).
+
+    It must be storable as it is: no integer beyond 64 bits, no NaN or infinity,
+    no key with a NUL character, at most :data:`MAX_PAYLOAD_DEPTH` levels deep.
+    """
+
+    def clean(self, value, path):
+        if not isinstance(value, dict | str) or not value:
+            raise s.Invalid("must be a non-empty JSON object (data, hmac, iv) or string")
+        problem = unstorable(value)
+        if problem:
+            raise s.Invalid(problem)
+        return value
+
+    def _schema(self, settings):
+        return {
+            "oneOf": [
+                {"type": "object", "minProperties": 1, "example": {"data": "5f2a", "hmac": "9c1e", "iv": "00ff"}},
+                {"type": "string", "minLength": 1},
+            ]
+        }
+
+
+def unstorable(value) -> str | None:
+    """Why MongoDB could not store ``value`` as it is, if it could not (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_PAYLOAD_DEPTH:
+                return f"must not nest deeper than {MAX_PAYLOAD_DEPTH} levels"
+            if isinstance(item, dict):
+                if any("\x00" in key for key in item):
+                    return "must not have a key containing a NUL character"
+                items = item.values()
+            else:
+                items = item
+            pending.extend((child, depth + 1) for child in items)
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int) and not -(2**63) <= item < 2**63:
+            return "must not hold an integer beyond 64 bits"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "must not hold NaN or an infinite number"
+    return None
+
+
+def http_url(value: str) -> str | None:
+    """The problem with a webhook URL, if any (a Str check)."""
+    try:
+        url = urlsplit(value)
+        ok = url.scheme in ("http", "https") and bool(url.hostname)
+    except ValueError:
+        ok = False
+    return None if ok else "must be an http or https URL"
+
+
+SESSION_ID = {"session_id": PathId(description="The session's id (answered by POST /session/new)")}
+CALL_ID = {"call_id": PathId(description="The call request's id (answered by POST /session/{session_id}/call/new)")}
+SESSION_AND_CALL_ID = {**SESSION_ID, **CALL_ID}
+ENCRYPTION_PAYLOAD = EncryptionPayload(required=True, description="Encrypted by the dapp or wallet; stored and answered as sent")
+PUSH = s.Obj(
+    {
+        "type": s.Str(required=True, description="apns or fcm (also apn, ios, android) push through this server's "
+                                                 "send pipeline when there is no webhook; any other value is kept"),
+        "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, description="The wallet's push token"),
+        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, format="uri", check=http_url,
+                         description="http(s) URL POSTed {sessionId, callId, pushType, pushToken, dappName} on each call "
+                                     "request; its host must be allowed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS)"),
+    },
+    description="How the wallet is told of a call request",
+)
+SESSION_UPDATE = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "push": PUSH})
+NEW_CALL = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "dappName": s.Str(description="Named in the wallet's push")})
+NEW_CALL_STATUS = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD})
+#: A stored payload as answered (an object or a string, as it was sent).
+PAYLOAD_ANSWER = s.Obj({"encryptionPayload": s.Json(required=True)})
+EMPTY = (EMPTY_TYPE, None)
+
+
+def encryption_payload(data: dict):
+    """``encryptionPayload`` of a JSON object body, validated: required, an object or a string, storable."""
+    return s.check(ENCRYPTION_PAYLOAD, data.get("encryptionPayload"), "encryptionPayload")
+
+
+def push_target(data: dict) -> dict | None:
+    """``push: {type, token, webhook}`` of a JSON object body, validated; optional, other keys dropped."""
+    return _target(s.check(PUSH, data.get("push"), "push"))
+
+
+def _target(push: dict | None) -> dict | None:
+    if push is None:
+        return None
+    return {"type": push["type"], "token": push["token"], "webhook": push.get("webhook")}
+
+
+def check_webhook_host(push: dict | None) -> None:
+    """400 naming ``push.webhook`` when its host is not in ``wc_bridge_webhook_allowed_hosts``."""
+    if push is None or push["webhook"] is None:
+        return
+    if not webhook_host_allowed(services().settings, push["webhook"]):
+        host = urlsplit(push["webhook"]).hostname
+        raise bad_request("push.webhook", f"the host {host} is not allowed on this server")
+
+
 # --- request bodies -------------------------------------------------------------------------------
 
-def request_json() -> dict:
-    """The JSON object body: 413 over the size limit, 400 when it is not a JSON object."""
+@blueprint.before_request
+def read_body() -> None:
+    """Read the JSON body of a route that takes one, before its schema validates it.
+
+    413 over ``wc_bridge_max_payload_bytes`` (the refused body is drained first,
+    up to the route's body limit, so the client gets the 413 rather than a
+    connection closed while it is still sending). The body is JSON whatever its
+    Content-Type, as in the reference; JSON that MongoDB or the answers could
+    not hold (a lone surrogate, NaN, nesting past what orjson reads) is a 400.
+    """
+    spec = getattr(current_app.view_functions.get(request.endpoint), "openapi", None)
+    if spec is None or spec.body is None:
+        return
+    app_limit = request.max_content_length
     limit = services().settings.wc_bridge_max_payload_bytes
+    if app_limit is not None:
+        limit = min(limit, app_limit)
     if request.content_length is not None and request.content_length > limit:
-        drain()
+        drain(request.stream, request.content_length)
         raise payload_too_large(limit)
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        drain()
+    # A body without a declared length (chunked) is read to one byte past the limit (werkzeug stops
+    # there): more than the limit is a 413. The server ends such a stream, so the rest can be drained.
+    request.max_content_length = limit + 1
+    try:
+        raw = request.get_data(cache=True)
+        over = len(raw) > limit
+    except RequestEntityTooLarge:
+        over = True
+    if over:
+        if "wsgi.input_terminated" in request.environ:
+            drain(request.input_stream, app_limit or limit)
         raise payload_too_large(limit)
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        orjson.loads(raw)
+        # Parsed again by Flask for the schema, from the cached body, whatever the Content-Type.
+        request.get_json(force=True, silent=True)
+    except (orjson.JSONDecodeError, RecursionError):
         raise bad_request("body", "must be a JSON object (Content-Type: application/json)") from None
-    if not isinstance(data, dict):
-        raise bad_request("body", "must be a JSON object")
-    return data
 
 
-def drain() -> None:
-    """Read the rest of a refused body (up to the app's body limit), so the client gets the 413
-    rather than a connection closed while it is still sending."""
-    stream = request.stream
-    while stream.read(DRAIN_CHUNK):
+def drain(stream, most: int) -> None:
+    """Read and drop at most ``most`` bytes of the rest of a refused body."""
+    try:
+        while most > 0:
+            chunk = stream.read(min(DRAIN_CHUNK, most))
+            if not chunk:
+                return
+            most -= len(chunk)
+    except (HTTPException, OSError):
         pass
 
 
 def payload_too_large(limit: int) -> ApiError:
     return ApiError(413, f"body: must be at most {limit} bytes", field="body", code="ERROR_PAYLOAD_TOO_LARGE")
-
-
-def encryption_payload(data: dict):
-    """``encryptionPayload``: required; WalletConnect sends ``{data, hmac, iv}``, a string is taken too."""
-    value = data.get("encryptionPayload")
-    if value is None:
-        raise bad_request("encryptionPayload", "is required")
-    if not isinstance(value, dict | str) or not value:
-        raise bad_request("encryptionPayload", "must be a non-empty JSON object (data, hmac, iv) or string")
-    return value
-
-
-def text(data: dict, key: str, prefix: str = "", *, required: bool = False, max_length: int = MAX_ID_LENGTH) -> str | None:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise bad_request(prefix + key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise bad_request(prefix + key, "must be a non-empty string")
-    if len(value) > max_length:
-        raise bad_request(prefix + key, f"must be at most {max_length} characters")
-    return value
-
-
-def push_target(data: dict) -> dict | None:
-    """``push: {type, token, webhook}``, optional; the webhook must be an http(s) URL."""
-    push = data.get("push")
-    if push is None:
-        return None
-    if not isinstance(push, dict):
-        raise bad_request("push", "must be a JSON object {type, token, webhook}")
-    target = {
-        "type": text(push, "type", "push.", required=True),
-        "token": text(push, "token", "push.", required=True, max_length=MAX_TOKEN_LENGTH),
-        "webhook": text(push, "webhook", "push.", max_length=MAX_TOKEN_LENGTH),
-    }
-    if target["webhook"] is not None:
-        url = urlsplit(target["webhook"])
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise bad_request("push.webhook", "must be an http or https URL")
-    return target
 
 
 # --- sessions -------------------------------------------------------------------------------------
@@ -207,6 +324,7 @@ def call_ttl() -> float:
 
 
 @blueprint.post("/session/new")
+@s.operation("Create a session (the dapp)", responses={200: s.Obj({"sessionId": s.Str(required=True, format="uuid")})})
 def new_session():
     session_id = str(uuid.uuid4())
     services().write(command("wc.session.new", session_id=session_id, ttl_seconds=session_ttl()))
@@ -215,43 +333,56 @@ def new_session():
 
 
 @blueprint.get("/session/<session_id>")
+@s.operation("The wallet's session details: 204 until the wallet has put them, or when unknown or expired",
+             path=SESSION_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_session(session_id: str):
     """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
     session = live_session(session_id, {"payload": 1})
     if session is None or session.get("payload") is None:
-        return Response(status=204)
+        return empty(204)
     return json_response({"encryptionPayload": session["payload"]})
 
 
 @blueprint.put("/session/<session_id>")
+@s.operation("Put the wallet's session details and push target (the wallet)", path=SESSION_ID, body=SESSION_UPDATE,
+             responses={200: EMPTY})
 def update_session(session_id: str):
-    data = request_json()
-    payload = encryption_payload(data)
-    push = push_target(data)
+    data = s.body()
+    push = _target(data.get("push"))
+    check_webhook_host(push)
     existing_session(session_id)
     services().write(
-        command("wc.session.update", session_id=session_id, payload=payload, push=push, ttl_seconds=session_ttl())
+        command(
+            "wc.session.update",
+            session_id=session_id,
+            payload=data["encryptionPayload"],
+            push=push,
+            ttl_seconds=session_ttl(),
+        )
     )
     forget_polled(SESSION, session_id)
-    return Response(status=200)
+    return empty()
 
 
 @blueprint.delete("/session/<session_id>")
+@s.operation("Delete a session and its calls (an unknown session is already gone)", path=SESSION_ID,
+             responses={200: EMPTY})
 def delete_session(session_id: str):
     """Idempotent, as the reference: an unknown session is already gone."""
     if live_session(session_id) is not None:
         services().write(command("wc.session.delete", session_id=session_id, ttl_seconds=session_ttl()))
         forget_polled(SESSION, session_id)
-    return Response(status=200)
+    return empty()
 
 
 # --- call requests --------------------------------------------------------------------------------
 
 @blueprint.post("/session/<session_id>/call/new")
+@s.operation("Store a call request for the wallet and push it to the wallet (the dapp)", path=SESSION_ID,
+             body=NEW_CALL, responses={200: s.Obj({"callId": s.Str(required=True, format="uuid")})})
 def new_call(session_id: str):
-    data = request_json()
-    payload = encryption_payload(data)
-    dapp_name = text(data, "dappName")
+    data = s.body()
+    payload, dapp_name = data["encryptionPayload"], data.get("dappName")
     session = existing_session(session_id, {"push": 1})
     call_id = str(uuid.uuid4())
     push = session.get("push")
@@ -308,6 +439,7 @@ def notify_wallet(session_id: str, call_id: str, push: dict, dapp_name: str | No
 
 
 @blueprint.get("/session/<session_id>/call/<call_id>")
+@s.operation("A call request of the session (the wallet)", path=SESSION_AND_CALL_ID, responses={200: PAYLOAD_ANSWER})
 def get_call(session_id: str, call_id: str):
     call = existing_call(call_id, {"payload": 1})
     if call["session_id"] != session_id:
@@ -316,6 +448,8 @@ def get_call(session_id: str, call_id: str):
 
 
 @blueprint.get("/session/<session_id>/calls")
+@s.operation("Every live call request of the session, by call id (the wallet)", path=SESSION_ID,
+             responses={200: s.Json(object_only=True, description="{callId: {encryptionPayload}}")})
 def get_calls(session_id: str):
     existing_session(session_id)
     svc = services()
@@ -329,23 +463,26 @@ def get_calls(session_id: str):
 # --- call statuses --------------------------------------------------------------------------------
 
 @blueprint.post("/call-status/<call_id>/new")
+@s.operation("Put the wallet's answer to a call request (the wallet)", path=CALL_ID, body=NEW_CALL_STATUS,
+             responses={200: EMPTY})
 def new_call_status(call_id: str):
-    data = request_json()
-    payload = encryption_payload(data)
+    payload = s.body()["encryptionPayload"]
     existing_call(call_id)
     services().write(command("wc.call.status", call_id=call_id, payload=payload, ttl_seconds=call_ttl()))
     forget_polled(CALL_STATUS, call_id)
-    return Response(status=200)
+    return empty()
 
 
 @blueprint.get("/call-status/<call_id>")
+@s.operation("The wallet's answer to a call request: 204 until there is one, or when unknown or expired (the dapp)",
+             path=CALL_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_call_status(call_id: str):
     """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
     status = None
     if len(call_id) <= MAX_ID_LENGTH:
         status = live(services().find_one(collections.WC_CALL_STATUS, {"_id": call_id}, {"payload": 1, "expires_at": 1}))
     if status is None:
-        return Response(status=204)
+        return empty(204)
     return json_response({"encryptionPayload": status["payload"]})
 
 
@@ -353,7 +490,7 @@ def get_call_status(call_id: str):
 
 #: Projection of a polled document: what the answer and the expiry check need.
 POLL_PROJECTION = {"payload": 1, "expires_at": 1, "deleted": 1}
-NO_CONTENT = ("204 No Content", [("Content-Length", "0")])
+NO_CONTENT = ("204 No Content", [("Content-Type", EMPTY_TYPE), ("Content-Length", "0")])
 JSON_HEADERS = [("Content-Type", "application/json")]
 #: Polled kinds: the path prefix and the collection each reads.
 SESSION, CALL_STATUS = "session", "call-status"

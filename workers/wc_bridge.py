@@ -13,7 +13,10 @@ call_id, session_id, first_attempt_at, attempts}``. The actor claims it before i
 redelivered is sent once while its claim holds; it retries transient failures
 a few times in-process (tenacity, exponential backoff with jitter), then goes
 back to the queue with a delay, and gives up after ``delivery_max_age_seconds``
-with a dead letter. Every attempt's outcome is recorded on the push. The call
+with a dead letter. Every attempt's outcome is recorded on the push. A push whose
+URL's host is not in ``wc_bridge_webhook_allowed_hosts`` is recorded as failed
+and never sent (the API refuses such a webhook; this covers one queued before
+the setting changed). The call
 request itself was stored before the push was published: a failed push never
 loses it.
 """
@@ -37,7 +40,7 @@ from tenacity import (
 
 from shared import db as collections
 from shared.commands import DELIVER_CHUNK_WEBHOOK, Publisher, new_id
-from shared.settings import Settings
+from shared.settings import Settings, webhook_host_allowed
 from workers.writes import upsert_if_newer
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ FAILED = "failed"
 DEAD_LETTER = "dead_letter"
 FINAL_STATES = (SENT, FAILED, DEAD_LETTER)
 CLAIMABLE = ("pending", "retry")
+#: The outcome recorded for a push whose webhook host is not in ``wc_bridge_webhook_allowed_hosts`` (not sent).
+HOST_NOT_ALLOWED = "the webhook's host is not allowed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS)"
 
 
 def expires_at(cmd: dict, ttl_seconds: float) -> datetime:
@@ -212,10 +217,18 @@ class WebhookContext:
     settings: Settings
     session: requests.Session
 
+    def __post_init__(self):
+        # With an allow list, a redirect is not followed (it could lead to any host): its 3xx is the answer.
+        if self.settings.wc_bridge_webhook_allowed_hosts.strip() and isinstance(self.session, requests.Session):
+            self.session.max_redirects = 0
+
 
 def post_once(ctx: WebhookContext, url: str, body: dict) -> Attempt:
     try:
         answer = ctx.session.post(url, json=body, timeout=ctx.settings.wc_bridge_webhook_timeout_seconds)
+    except requests.TooManyRedirects as error:
+        status = error.response.status_code if error.response is not None else None
+        return Attempt(status, f"HTTP {status}: redirect not followed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS is set)")
     except requests.RequestException as error:
         return Attempt(None, f"{type(error).__name__}: {error}"[:500])
     answer.close()
@@ -289,6 +302,12 @@ def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
         return None
 
     earlier = record.get("attempts", 0)
+    if not webhook_host_allowed(ctx.settings, job["url"]):
+        # The API refuses such a webhook; this catches one queued before the setting changed.
+        outcome = {"attempts": earlier, "last_status": None, "last_error": HOST_NOT_ALLOWED, "at": _now()}
+        pushes.update_one({"_id": push_id, "claim": claim}, {"$set": {"state": FAILED, **outcome}})
+        log.warning("webhook push %s to %s: %s", push_id, job["url"], HOST_NOT_ALLOWED)
+        return FAILED
     attempt, tries = post_with_retries(ctx, job["url"], job["body"], earlier_attempts=earlier)
     attempts = earlier + tries
     outcome = {"attempts": attempts, "last_status": attempt.status, "last_error": attempt.error, "at": _now()}

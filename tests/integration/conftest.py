@@ -24,6 +24,8 @@ TEST_SETTINGS = {
     "PUSH_API_SYNC_WAIT_SECONDS": "60",
     # Small batches, so a test campaign of a few hundred users crosses several (and resumes mid-way).
     "PUSH_CAMPAIGN_USERS_PER_BATCH": "100",
+    # Bridge webhooks only to this machine (the tests' receiver).
+    "PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
 }
 
 

@@ -275,6 +275,19 @@ def test_a_failing_webhook_never_loses_the_call_request(bridge, receiver, databa
         assert bridge.request("GET", f"/session/{session_id}/call/{call_id}").json() == {"encryptionPayload": PAYLOAD}
 
 
+def test_a_webhook_to_a_host_not_allowed_is_refused_and_nothing_is_stored(bridge, receiver):
+    session_id = bridge.new_session()
+    # 127.0.0.2 is this machine too, but not in PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS (127.0.0.1,localhost).
+    port = receiver.server.server_address[1]
+    for webhook in (f"http://127.0.0.2:{port}/push/other", "https://example.org/push"):
+        answer = bridge.put_session(session_id, push={"type": "fcm", "token": "t", "webhook": webhook})
+        body = assert_error(answer, 400, "push.webhook")
+        assert "not allowed" in body["message"]
+    assert bridge.request("GET", f"/session/{session_id}").status_code == 204
+    allowed = bridge.put_session(session_id, push={"type": "fcm", "token": "t", "webhook": f"http://localhost:{port}/push/ok"})
+    assert allowed.status_code == 200, allowed.text
+
+
 @pytest.fixture(scope="module")
 def publisher(stack) -> Publisher:
     settings = load(queue_prefix=stack.queue_prefix)
@@ -298,6 +311,43 @@ def test_a_webhook_push_published_twice_is_posted_once(receiver, database, publi
     eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": push_id, "state": "sent"}), what="sent record")
     time.sleep(1.0)
     assert receiver.posts_to("/push/dup") == [{"callId": push_id}]
+
+
+def test_the_worker_does_not_post_a_queued_webhook_whose_host_is_not_allowed(receiver, database, publisher):
+    push_id = f"refused-{uuid.uuid4().hex}"
+    job = {
+        "id": push_id,
+        # Queued before the allow list was set, say: 127.0.0.2 is not in it (and the receiver does not listen there).
+        "url": f"http://127.0.0.2:{receiver.server.server_address[1]}/push/refused",
+        "body": {"callId": push_id},
+        "call_id": push_id,
+        "session_id": "s",
+        "first_attempt_at": time.time(),
+        "attempts": 0,
+    }
+    publisher.publish(DELIVER_CHUNK_WEBHOOK, job)
+
+    record = eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": push_id, "state": "failed"}), what="failed record")
+    assert record["attempts"] == 0 and "not allowed" in record["last_error"]
+    assert receiver.posts_to("/push/refused") == []
+
+
+def test_answers_without_a_body_carry_the_documented_content_type(bridge):
+    session_id = bridge.new_session()
+    polled = bridge.request("GET", f"/session/{session_id}")
+    assert polled.status_code == 204 and polled.headers["Content-Type"].startswith("text/plain")
+    put = bridge.put_session(session_id)
+    assert put.status_code == 200 and put.headers["Content-Type"].startswith("text/plain") and put.content == b""
+    assert bridge.request("GET", f"/call-status/{uuid.uuid4()}").headers["Content-Type"].startswith("text/plain")
+    deleted = bridge.request("DELETE", f"/session/{session_id}")
+    assert deleted.status_code == 200 and deleted.headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_body_without_a_json_content_type_is_still_read_as_json(bridge):
+    session_id = bridge.new_session()
+    answer = bridge.request("PUT", f"/session/{session_id}", data=json.dumps({"encryptionPayload": PAYLOAD}))
+    assert answer.status_code == 200, answer.text
+    assert bridge.request("GET", f"/session/{session_id}").json() == {"encryptionPayload": PAYLOAD}
 
 
 def test_session_writes_applied_out_of_order_end_as_the_api_acknowledged_them(bridge, database, publisher):
@@ -418,6 +468,11 @@ def test_call_on_an_unknown_session_is_a_404(bridge):
         (b'{"encryptionPayload": {"data": "x"}, "push": "fcm"}', "push"),
         (b'{"encryptionPayload": {"data": "x"}, "push": {"type": "fcm"}}', "push.token"),
         (b'{"encryptionPayload": {"data": "x"}, "push": {"type": "fcm", "token": "t", "webhook": "file:///etc/passwd"}}', "push.webhook"),
+        (b'{"encryptionPayload": {"data": "x"}, "push": {"type": "fcm", "token": "t", "webhook": "http://[::1"}}', "push.webhook"),
+        (b'{"encryptionPayload": {"data": 18446744073709551615}}', "encryptionPayload"),
+        (b'{"encryptionPayload": {"a\\u0000b": "x"}}', "encryptionPayload"),
+        (b'{"encryptionPayload": "\\ud800"}', "body"),
+        (b"[" * 1000 + b"]" * 1000, "body"),
     ],
 )
 def test_a_bad_session_update_is_a_400_naming_the_field(bridge, body, field):
