@@ -14,14 +14,20 @@ Answers: ``{"status": "OK"}``; failures ``{"status": "FAILED", "errors": [{name,
 description}], "fields": [{field, description, location}]}`` (``fields`` when an
 input is at fault). The deduplication is the worker's: the API publishes the
 notification and answers what the worker decided.
+
+Each route declares what it reads with :func:`operation` (api/schema.py, which
+also builds its part of ``/openapi.json``); shape failures keep the seed's
+error names (``EmptyField``, ``InvalidField``, ``InvalidBody``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import platform as runtime
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,11 +36,21 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from api import schema as s
 from api.auth import is_admin_key
 from api.errors import ApiError
 from api.powerauth import VERSION
 from api.services import Services
-from api.wc_push_auth import AuthError, relay_public_key, trim_did_key, verify_client_jwt, verify_relay_signature
+from api.wc_push_auth import (
+    DID_KEY_PREFIX,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    AuthError,
+    relay_public_key,
+    trim_did_key,
+    verify_client_jwt,
+    verify_relay_signature,
+)
 from shared import db as collections
 from shared.commands import command
 from shared.wc_payload import LEGACY, RAW, Notification, PayloadError, decode_cleartext, raw_message_id
@@ -47,7 +63,8 @@ PATH_PREFIXES = ("/health", "/clients", "/tenants")
 #: The tenant of the routes without a tenant id.
 DEFAULT_TENANT = "default"
 #: Tenant ids: letters, digits, '.', '_' and '-'; these are taken by routes.
-TENANT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+TENANT_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+TENANT_ID = re.compile(rf"^{TENANT_ID_PATTERN}$")
 RESERVED_TENANT_IDS = {"health", "clients", "tenants", "session", "call-status", "push", "admin", "metrics"}
 MAX_ID_LENGTH = 256
 MAX_TOKEN_LENGTH = 4096
@@ -119,51 +136,206 @@ def unexpected(error: Exception) -> Response:
     return render_error(ApiError(500, "internal error", code="ERROR_INTERNAL"))
 
 
-# --- inputs -------------------------------------------------------------------------------------
+# --- inputs: what each route reads --------------------------------------------------------------
 
-def json_body(raw: bytes | None = None) -> dict:
-    raw = request.get_data(cache=True) if raw is None else raw
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise fail(400, "InvalidBody", "the body must be a JSON object", field="body") from None
-    if not isinstance(data, dict):
-        raise fail(400, "InvalidBody", "the body must be a JSON object", field="body")
-    return data
+#: Name of a schema failure by the field at fault (else EmptyField or InvalidField; InvalidBody for the body).
+FIELD_ERROR_NAMES = {"type": "ProviderNotFound"}
 
 
-def text(data: dict, key: str, *, prefix: str = "", max_length: int = MAX_ID_LENGTH, spaces: bool = True) -> str:
-    """A required non-empty string field."""
-    value = data.get(key)
-    field = prefix + key
-    if value is None:
-        raise fail(400, "EmptyField", f"{field} is required", field=field)
-    if not isinstance(value, str):
-        raise fail(400, "InvalidField", f"{field} must be a string", field=field)
-    if not value.strip():
-        raise fail(400, "EmptyField", f"{field} must not be empty", field=field)
-    if len(value) > max_length:
-        raise fail(400, "InvalidField", f"{field} must be at most {max_length} characters", field=field)
-    if not spaces and any(c.isspace() for c in value):
-        raise fail(400, "InvalidField", f"{field} must not contain white space", field=field)
-    return value
+def seed_error(error: ApiError) -> ApiError:
+    """A schema failure (api/schema.py's generic 400) under the name the seed gives it."""
+    if error.field == "body":
+        name = "InvalidBody"
+    elif error.field in FIELD_ERROR_NAMES and error.location == "body":
+        name = FIELD_ERROR_NAMES[error.field]
+    elif error.message.endswith(("is required", "must not be empty")):
+        name = "EmptyField"
+    else:
+        name = "InvalidField"
+    return ApiError(error.status, error.message, field=error.field, location=error.location, code=name)
 
 
-def whole_number(data: dict, key: str, *, prefix: str = "") -> int:
-    value = data.get(key)
-    field = prefix + key
-    if value is None:
-        raise fail(400, "EmptyField", f"{field} is required", field=field)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
-        raise fail(400, "InvalidField", f"{field} must be an integer from 0 to 2^32-1", field=field)
-    return value
+def operation(summary: str, *, guard: Callable[[], None] | None = None, **options) -> Callable:
+    """:func:`api.schema.operation` for this family (put it under the route decorators).
+
+    ``guard`` (the admin token, the relay signature) runs before the request is
+    validated: an unauthenticated caller learns nothing from validation. The
+    schema's failures keep the seed's error names (:func:`seed_error`).
+    """
+    declare = s.operation(summary, **options)
+
+    def decorate(view: Callable) -> Callable:
+        validated = declare(view)
+
+        @functools.wraps(validated)
+        def guarded(*args, **kwargs):
+            if guard is not None:
+                guard()
+            try:
+                request.get_json(silent=True)  # parsed once here (cached for the schema): JSON nested too deeply is a 400
+            except RecursionError:
+                raise fail(400, "InvalidBody", "the body is nested too deeply", field="body") from None
+            try:
+                return validated(*args, **kwargs)
+            except ApiError as error:
+                if error.status == 400 and error.code == "ERROR_GENERIC":
+                    raise seed_error(error) from None
+                raise
+
+        return guarded
+
+    return decorate
 
 
-def path_client_id(client_id: str) -> str:
-    client_id = trim_did_key(client_id)
-    if not client_id or len(client_id) > MAX_ID_LENGTH or any(c.isspace() for c in client_id):
-        raise fail(400, "InvalidField", "the client id must be 1 to 256 characters without white space", field="client_id", location="path")
-    return client_id
+class FormText(s.Str):
+    """A form field's text, sent as a field or as a file (UTF-8); surrounding white space is dropped."""
+
+    def clean(self, value, path):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                raise s.Invalid("must be UTF-8 text") from None
+        return super().clean(value, path).strip()
+
+
+class Picked(s.Field):
+    """An object in one of several shapes its JSON type cannot tell apart: ``pick(value)`` answers the index."""
+
+    json_type = "object"
+
+    def __init__(self, pick: Callable[[dict], int], *alternatives: s.Field, **options):
+        super().__init__(**options)
+        self.pick = pick
+        self.alternatives = alternatives
+
+    def clean(self, value, path):
+        if not isinstance(value, dict):
+            raise s.Invalid("must be a JSON object")
+        return self.alternatives[self.pick(value)].clean(value, path)
+
+    def _schema(self, settings):
+        # anyOf: an object may fit more than one shape (the server takes the one ``pick`` answers)
+        return {"anyOf": [alternative.schema(settings) for alternative in self.alternatives]}
+
+
+class ClientType(s.Choice):
+    """A client type; a refusal quotes the type sent."""
+
+    def clean(self, value, path):
+        try:
+            return super().clean(value, path)
+        except s.Invalid as invalid:
+            if isinstance(value, str):
+                invalid.message += f", not {value[:64]!r}"
+            raise
+
+
+def _client_id_problem(value: str) -> str | None:
+    client_id = trim_did_key(value)
+    if not client_id:
+        return "must not be empty"
+    if len(client_id) > MAX_ID_LENGTH:
+        return f"must be at most {MAX_ID_LENGTH} characters after {DID_KEY_PREFIX}"
+    return None
+
+
+#: No white space (as a pattern, so that the document says so too).
+NO_SPACES = {"pattern": r"\S+", "pattern_help": "must not contain white space"}
+
+
+def client_id_field(**options) -> s.Str:
+    return s.Str(max_length=MAX_ID_LENGTH + len(DID_KEY_PREFIX), **NO_SPACES, check=_client_id_problem,
+                 description="The client's id: its did:key (the did:key: prefix is optional)", **options)
+
+
+def legacy_payload(**options) -> s.Obj:
+    return s.Obj({
+        "topic": s.Str(required=True),
+        "flags": s.Int(required=True, minimum=0, maximum=2**32 - 1,
+                       description="Bitmask: 1 encrypted, 2 sign, 4 auth, 8 chat, 16 notify"),
+        "blob": s.Str(required=True, max_length=MAX_BLOB_LENGTH,
+                      description="Ciphertext; without the encrypted flag, base64 of a JSON object {title, body}"),
+    }, **options)
+
+
+def raw_payload(**options) -> s.Obj:
+    return s.Obj({
+        "topic": s.Str(required=True),
+        "tag": s.Int(required=True, minimum=0, maximum=2**32 - 1),
+        "message": s.Str(required=True, max_length=MAX_BLOB_LENGTH, description="Ciphertext"),
+    }, **options)
+
+
+def _send_form(data: dict) -> int:
+    """Which form a send body has: 0 ``{id, payload: {topic, flags, blob}}``, 1 ``{id?, raw: {topic, tag, message}}``,
+    2 ``{id?, payload: {topic, tag, message}}`` (a payload with ``message`` and no ``blob``)."""
+    if data.get("raw") is not None:
+        return 1
+    payload = data.get("payload")
+    return 2 if isinstance(payload, dict) and "message" in payload and "blob" not in payload else 0
+
+
+RAW_ID = s.Str(description="The notification's id; by default the SHA-256 of the message")
+SEND = Picked(
+    _send_form,
+    # payload first: a body without either names the payload
+    s.Obj({"payload": legacy_payload(required=True),
+           "id": s.Str(required=True, description="The notification's id: a repeat to the same client is not delivered")}),
+    s.Obj({"raw": raw_payload(required=True), "id": RAW_ID}),
+    s.Obj({"payload": raw_payload(required=True), "id": RAW_ID}),
+)
+REGISTRATION = s.Obj({
+    "client_id": client_id_field(required=True),
+    "type": ClientType(sorted(CLIENT_TYPES), required=True, description="How the client's token is reached"),
+    "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, **NO_SPACES, description="The device token (hexadecimal for APNs)"),
+    "always_raw": s.Bool(default=False, description="The client takes only the raw form {topic, tag, message}"),
+})
+
+
+def tenant_id_field(**options) -> s.Str:
+    return s.Str(max_length=64, pattern=TENANT_ID_PATTERN,
+                 pattern_help="may contain letters, digits, '.', '_' and '-' only (at most 64)", **options)
+
+
+TENANT_PATH = {"tenant_id": tenant_id_field(description="The tenant's id (routes without it address the default tenant)")}
+CLIENT_PATH = {**TENANT_PATH, "client_id": client_id_field()}
+
+#: Answers' text, of any length.
+TEXT = s.Str(max_length=None, allow_empty=True)
+OK = s.Obj({"status": s.Str(enum=["OK"], required=True)})
+FAILED = s.Obj({
+    "status": s.Str(enum=["FAILED"], required=True),
+    "errors": s.List(s.Obj({"name": TEXT, "description": TEXT}), min_items=1, required=True),
+})
+HEALTH = s.Obj({
+    "status": s.Str(enum=["OK", "FAILED"], required=True),
+    "version": TEXT, "rabbitmq": s.Str(enum=["UP", "DOWN"]), "mongodb": s.Str(enum=["UP", "DOWN"]),
+    "flags": s.Obj({k: s.Bool() for k in ("multitenant", "tenant_management", "validate_client_jwt", "validate_signatures")}),
+    "client_types": s.List(TEXT), "python": TEXT, "timestamp": TEXT,
+})
+TENANT = s.Obj({"status": s.Str(enum=["OK"], required=True), "id": TEXT, "url": TEXT})
+TENANT_DETAIL = s.Obj({
+    **TENANT.properties,
+    "enabled_providers": s.List(s.Str(enum=sorted(CLIENT_TYPES))),
+    "apns_topic": s.Json(description="The APNs topic (bundle id), or null"),
+    "apns_type": s.Json(description="'token' when APNs credentials are set, else null"),
+    "fcm_project_id": s.Json(description="The FCM project, or null"),
+    "suspended": s.Bool(),
+    "suspended_reason": s.Json(description="Why providers are suspended (bad credentials), or null"),
+    "suspended_providers": s.Json(object_only=True, description="Reason by suspended provider"),
+})
+
+ADMIN_HEADERS = {"Authorization": s.Str(max_length=None, description="Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>")}
+JWT_HEADERS = {"Authorization": s.Str(
+    max_length=None, description="Bearer <relay client JWT issued by the client_id>, when PUSH_WC_PUSH_VALIDATE_CLIENT_JWT is on"
+)}
+SIGNATURE_HEADERS = {
+    SIGNATURE_HEADER: s.Str(max_length=None, description="Hex Ed25519 signature of '<timestamp>.<body length>.<body>' by the "
+                                                         "relay, when PUSH_WC_PUSH_VALIDATE_SIGNATURES is on"),
+    TIMESTAMP_HEADER: s.Str(max_length=None, description="The timestamp the signature covers"),
+}
+ADMIN_NOTE = "Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>; 403 while neither is set."
 
 
 # --- tenants ------------------------------------------------------------------------------------
@@ -208,8 +380,11 @@ def enabled_providers(app: dict | None) -> list[str]:
 # --- health -------------------------------------------------------------------------------------
 
 @blueprint.get("/health")
+@operation("Liveness line (text), or with format=json the live checks of RabbitMQ and MongoDB",
+           query={"format": s.Str(enum=["text", "json"], default="text")},
+           responses={200: [("text/plain", None), ("application/json", HEALTH)], 503: HEALTH})
 def health():
-    if request.args.get("format") != "json":
+    if s.query()["format"] != "json":
         return Response(f"OK, push-server v{VERSION}", mimetype="text/plain")
     svc = services()
     rabbitmq, mongodb = svc.check_broker(), svc.check_database()
@@ -236,27 +411,15 @@ def health():
 
 @blueprint.post("/clients")
 @blueprint.post("/<tenant_id>/clients")
+@operation("Register a client's device token (again: the token and type are replaced)", path=TENANT_PATH,
+           body=REGISTRATION, headers=JWT_HEADERS, responses={200: OK})
 def register(tenant_id: str | None = None):
-    data = json_body()
-    client_id = trim_did_key(text(data, "client_id", spaces=False))
-    if not client_id:
-        raise fail(400, "EmptyField", "client_id must not be empty", field="client_id")
-    kind = data.get("type")
-    if not isinstance(kind, str) or kind.lower() not in CLIENT_TYPES:
-        raise fail(
-            400,
-            "ProviderNotFound",
-            f"type must be one of {', '.join(sorted(CLIENT_TYPES))}" + (f", not {kind!r}" if isinstance(kind, str) else ""),
-            field="type",
-        )
-    kind = kind.lower()
-    token = text(data, "token", max_length=MAX_TOKEN_LENGTH, spaces=False)
+    data = s.body()
+    client_id = trim_did_key(data["client_id"])
+    kind, token, always_raw = data["type"], data["token"], data["always_raw"]
     if kind.startswith("apns") and not all(c in "0123456789abcdefABCDEF" for c in token):
         raise fail(400, "InvalidField", "an APNs device token is hexadecimal", field="token")
-    always_raw = data.get("always_raw", False)
-    if not isinstance(always_raw, bool):
-        raise fail(400, "InvalidField", "always_raw must be true or false", field="always_raw")
-    tenant = tenant_for(tenant_id)
+    tenant = tenant_for(s.path().get("tenant_id"))
     provider = CLIENT_TYPES[kind][0]
     if provider and tenant.app is not None and not tenant.app.get(provider):
         raise fail(400, "ProviderNotAvailable", f"the tenant has no {provider} credentials for type {kind}", field="type")
@@ -276,59 +439,60 @@ def register(tenant_id: str | None = None):
 
 @blueprint.delete("/clients/<client_id>")
 @blueprint.delete("/<tenant_id>/clients/<client_id>")
+@operation("Unregister a client (unknown clients too: the answer is the same)", path=CLIENT_PATH, responses={200: OK})
 def unregister(client_id: str, tenant_id: str | None = None):
-    tenant = tenant_for(tenant_id)
-    services().write(command("wcp.client.delete", tenant_id=tenant.id, client_id=path_client_id(client_id)))
+    path = s.path()
+    tenant = tenant_for(path.get("tenant_id"))
+    services().write(command("wcp.client.delete", tenant_id=tenant.id, client_id=trim_did_key(path["client_id"])))
     return ok()
 
 
 def parse_notification(data: dict) -> tuple[str, Notification]:
-    """(notification id, notification) of a send body, in either form."""
-    if "raw" in data and data["raw"] is not None:
-        payload, prefix = data["raw"], "raw."
-    else:
-        payload, prefix = data.get("payload"), "payload."
-    if not isinstance(payload, dict):
-        raise fail(400, "InvalidField", "payload must be an object {topic, flags, blob} (or raw {topic, tag, message})", field="payload")
-    topic = text(payload, "topic", prefix=prefix)
-    if prefix == "raw." or ("message" in payload and "blob" not in payload):
-        notification = Notification(
-            form=RAW,
-            topic=topic,
-            tag=whole_number(payload, "tag", prefix=prefix),
-            message=text(payload, "message", prefix=prefix, max_length=MAX_BLOB_LENGTH),
+    """(notification id, notification) of a send body the schema cleaned (:data:`SEND`), in either form."""
+    raw = data.get("raw")
+    payload = raw if raw is not None else data["payload"]
+    if raw is not None or "blob" not in payload:
+        notification = Notification(form=RAW, topic=payload["topic"], tag=payload["tag"], message=payload["message"])
+        return data.get("id") or raw_message_id(notification.message), notification
+    notification = Notification(form=LEGACY, topic=payload["topic"], flags=payload["flags"], blob=payload["blob"])
+    if not notification.encrypted:
+        try:
+            decode_cleartext(notification.blob)
+        except PayloadError as error:
+            raise fail(400, "InvalidField", error.message, field=error.field) from None
+        except RecursionError:
+            raise fail(400, "InvalidField", "the cleartext blob's JSON is nested too deeply", field="payload.blob") from None
+    return data["id"], notification
+
+
+def check_relay_signature() -> None:
+    """The relay's signature over the send's body, when the setting asks for it."""
+    settings = services().settings
+    if not settings.wc_push_validate_signatures:
+        return
+    try:
+        key = relay_public_key(settings.wc_push_relay_public_key)
+    except ValueError:
+        raise fail(503, "RelayKeyNotConfigured", "signature checks are on but PUSH_WC_PUSH_RELAY_PUBLIC_KEY is not a valid key") from None
+    try:
+        verify_relay_signature(
+            key, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), request.get_data(cache=True)
         )
-        notification_id = data.get("id")
-        if notification_id is None:
-            notification_id = raw_message_id(notification.message)
-    else:
-        notification = Notification(
-            form=LEGACY,
-            topic=topic,
-            flags=whole_number(payload, "flags", prefix=prefix),
-            blob=text(payload, "blob", prefix=prefix, max_length=MAX_BLOB_LENGTH),
-        )
-        if not notification.encrypted:
-            try:
-                decode_cleartext(notification.blob)
-            except PayloadError as error:
-                raise fail(400, "InvalidField", error.message, field=error.field) from None
-        notification_id = data.get("id")
-    if not isinstance(notification_id, str) or not notification_id.strip() or len(notification_id) > MAX_ID_LENGTH:
-        raise fail(400, "InvalidField", f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters", field="id")
-    return notification_id, notification
+    except AuthError as error:
+        raise fail(401, error.name, error.description, field=error.field, location="header") from None
 
 
 @blueprint.post("/clients/<client_id>")
 @blueprint.post("/<tenant_id>/clients/<client_id>")
+@operation("Send a notification to a client: 202 the first time its id reaches the client, 200 for a repeat "
+           "(not delivered again)", path=CLIENT_PATH, body=SEND, headers=SIGNATURE_HEADERS, guard=check_relay_signature,
+           responses={200: OK, 202: OK})
 def send(client_id: str, tenant_id: str | None = None):
     svc = services()
-    raw = request.get_data(cache=True)
-    if svc.settings.wc_push_validate_signatures:
-        check_relay_signature(raw)
-    client_id = path_client_id(client_id)
-    notification_id, notification = parse_notification(json_body(raw))
-    tenant = tenant_for(tenant_id, read_default=False)
+    path = s.path()
+    client_id = trim_did_key(path["client_id"])
+    notification_id, notification = parse_notification(s.body())
+    tenant = tenant_for(path.get("tenant_id"), read_default=False)
     # Whether the client exists, takes this form, and has had this id already: the worker decides, in one place.
     applied = svc.write(
         command(
@@ -361,23 +525,10 @@ def raw_only() -> ApiError:
     return fail(400, "RawOnlyClient", "this client was registered with always_raw: send the raw form {topic, tag, message}", field="payload")
 
 
-def check_relay_signature(body: bytes) -> None:
-    settings = services().settings
-    try:
-        key = relay_public_key(settings.wc_push_relay_public_key)
-    except ValueError:
-        raise fail(503, "RelayKeyNotConfigured", "signature checks are on but PUSH_WC_PUSH_RELAY_PUBLIC_KEY is not a valid key") from None
-    try:
-        verify_relay_signature(
-            key, request.headers.get("X-Ed25519-Signature"), request.headers.get("X-Ed25519-Timestamp"), body
-        )
-    except AuthError as error:
-        raise fail(401, error.name, error.description, field=error.field, location="header") from None
-
-
 @blueprint.route("/<tenant_id>/clients", methods=["GET", "PUT", "PATCH", "DELETE"])
 @blueprint.route("/<tenant_id>/clients/<client_id>", methods=["GET", "PUT", "PATCH"])
 @blueprint.route("/clients/<client_id>", methods=["GET", "PUT", "PATCH"])
+@operation("Not allowed: answers 405 in this API's envelope", path=CLIENT_PATH, responses={405: FAILED})
 def method_not_allowed(**_):
     raise fail(405, "MethodNotAllowed", f"{request.method} is not allowed on {request.path}")
 
@@ -400,17 +551,21 @@ def require_admin() -> None:
         raise fail(401, "InvalidAdminToken", "the admin token is not valid", field="Authorization", location="header")
 
 
+def admin_operation(summary: str, **options) -> Callable:
+    """:func:`operation` of a tenant management route: the admin token is checked first."""
+    return operation(summary, guard=require_admin, headers=ADMIN_HEADERS, description=ADMIN_NOTE, **options)
+
+
 def tenant_url(tenant_id: str) -> str:
     return f"{request.host_url.rstrip('/')}/{tenant_id}"
 
 
 @blueprint.post("/tenants")
+@admin_operation("Create a tenant (again: no change); its clients are under /<id>/clients",
+                 body=s.Obj({"id": tenant_id_field(required=True, description="The tenant's id", example="acme")}),
+                 responses={200: TENANT})
 def create_tenant():
-    require_admin()
-    data = json_body()
-    tenant_id = text(data, "id", max_length=64)
-    if not TENANT_ID.match(tenant_id):
-        raise fail(400, "InvalidField", "id may contain letters, digits, '.', '_' and '-' only (at most 64)", field="id")
+    tenant_id = s.body()["id"]
     if tenant_id in RESERVED_TENANT_IDS:
         raise fail(400, "InvalidField", f"id {tenant_id!r} is reserved", field="id")
     services().write(command("wcp.tenant.create", tenant_id=tenant_id, app_id=tenant_app_id(tenant_id)))
@@ -418,9 +573,10 @@ def create_tenant():
 
 
 @blueprint.get("/tenants/<tenant_id>")
+@admin_operation("A tenant: its providers, APNs topic, FCM project and suspension", path=TENANT_PATH,
+                 responses={200: TENANT_DETAIL})
 def get_tenant(tenant_id: str):
-    require_admin()
-    tenant = tenant_for(tenant_id)
+    tenant = tenant_for(s.path()["tenant_id"])
     app = tenant.app or {}
     apns = app.get("apns") or {}
     suspended = {provider: reason for provider, reason in (app.get("suspended") or {}).items() if reason}
@@ -438,29 +594,15 @@ def get_tenant(tenant_id: str):
 
 
 @blueprint.delete("/tenants/<tenant_id>")
+@admin_operation("Delete a tenant, its credentials and clients", path=TENANT_PATH, responses={200: OK})
 def delete_tenant(tenant_id: str):
-    require_admin()
-    tenant = tenant_for(tenant_id)
+    tenant = tenant_for(s.path()["tenant_id"])
     services().write(command("wcp.tenant.delete", tenant_id=tenant.id, app_id=tenant.app_id))
     return ok()
 
 
-def form_fields() -> dict[str, str | bytes]:
-    """Multipart (or urlencoded, or JSON) fields by lower-case name; files as bytes."""
-    fields: dict[str, str | bytes] = {}
-    if request.mimetype == "application/json":
-        for key, value in json_body().items():
-            if isinstance(value, str):
-                fields[key.lower()] = value
-        return fields
-    for key, value in request.form.items():
-        fields[key.lower()] = value
-    for key, upload in request.files.items():
-        fields[key.lower()] = upload.read()
-    return fields
-
-
 def as_text(value: str | bytes | None, field: str) -> str | None:
+    """A form field sent as a file or as text, as text without surrounding white space (None when blank)."""
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -476,13 +618,24 @@ def set_provider(tenant: Tenant, provider: str, credentials: dict | None) -> Res
     return ok()
 
 
+APNS_FORM = {
+    "apns_topic": FormText(description="The app's bundle id (alone: changes the topic of the stored key)"),
+    "apns_pkcs8_pem": s.Binary(description="The .p8 token key (PKCS#8 PEM, EC P-256), as a file or text"),
+    "apns_key_id": FormText(description="The key's id"),
+    "apns_team_id": FormText(description="The team id"),
+    "apns_certificate": s.Binary(description="A .p12 certificate (file or base64 text): not supported here, refused"),
+    "apns_certificate_password": FormText(max_length=1024, description="The certificate's password"),
+}
+
+
 @blueprint.post("/tenants/<tenant_id>/apns")
+@admin_operation("Set the tenant's APNs token key (apns_pkcs8_pem, apns_key_id, apns_team_id) and/or topic",
+                 path=TENANT_PATH, form=APNS_FORM, responses={200: OK})
 def update_apns(tenant_id: str):
     """Token key (``apns_pkcs8_pem``, ``apns_key_id``, ``apns_team_id``) and/or ``apns_topic``."""
-    require_admin()
-    tenant = tenant_for(tenant_id)
-    fields = form_fields()
-    topic = as_text(fields.get("apns_topic"), "apns_topic")
+    tenant = tenant_for(s.path()["tenant_id"])
+    fields = s.form()
+    topic = fields.get("apns_topic")
     if fields.get("apns_certificate") is not None:
         raise fail(
             400,
@@ -491,8 +644,8 @@ def update_apns(tenant_id: str):
             field="apns_certificate",
         )
     pem = as_text(fields.get("apns_pkcs8_pem"), "apns_pkcs8_pem")
-    key_id = as_text(fields.get("apns_key_id"), "apns_key_id")
-    team_id = as_text(fields.get("apns_team_id"), "apns_team_id")
+    key_id = fields.get("apns_key_id")
+    team_id = fields.get("apns_team_id")
     stored = (services().find_one(collections.APPS, {"_id": tenant.app_id}) or {}).get("apns") or {}
     if pem is None and key_id is None and team_id is None:
         if topic is None or not stored:
@@ -521,16 +674,18 @@ def update_apns(tenant_id: str):
 
 
 @blueprint.post("/tenants/<tenant_id>/fcm_v1")
+@admin_operation("Set the tenant's FCM HTTP v1 service account", path=TENANT_PATH,
+                 form={"credentials": s.Binary(required=True, description="The service account JSON, as a file or text")},
+                 responses={200: OK})
 def update_fcm_v1(tenant_id: str):
     """``credentials``: the service account JSON (text or file)."""
-    require_admin()
-    tenant = tenant_for(tenant_id)
-    raw = as_text(form_fields().get("credentials"), "credentials")
+    tenant = tenant_for(s.path()["tenant_id"])
+    raw = as_text(s.form()["credentials"], "credentials")
     if raw is None:
         raise fail(400, "InvalidMultipartBody", "credentials (the service account JSON) is required", field="credentials")
     try:
         account = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise fail(400, "BadFcmV1Credentials", "credentials must be a service account JSON", field="credentials") from None
     if not isinstance(account, dict):
         raise fail(400, "BadFcmV1Credentials", "credentials must be a service account JSON object", field="credentials")
@@ -545,21 +700,21 @@ def update_fcm_v1(tenant_id: str):
 
 
 @blueprint.post("/tenants/<tenant_id>/fcm")
+@admin_operation("Legacy FCM server key: not supported, always refused (use /fcm_v1)", path=TENANT_PATH,
+                 form={"api_key": FormText(max_length=None, description="The legacy server key")}, responses={400: FAILED})
 def update_fcm_legacy(tenant_id: str):
-    require_admin()
-    tenant_for(tenant_id)
+    tenant_for(s.path()["tenant_id"])
     raise fail(400, "FcmLegacyUnsupported", "the legacy FCM API (server keys) is gone: upload a service account to /fcm_v1", field="api_key")
 
 
 @blueprint.delete("/tenants/<tenant_id>/apns")
+@admin_operation("Remove the tenant's APNs credentials", path=TENANT_PATH, responses={200: OK})
 def delete_apns(tenant_id: str):
-    require_admin()
-    return set_provider(tenant_for(tenant_id), "apns", None)
+    return set_provider(tenant_for(s.path()["tenant_id"]), "apns", None)
 
 
 @blueprint.route("/tenants/<tenant_id>/fcm_v1", methods=["DELETE"])
 @blueprint.route("/tenants/<tenant_id>/fcm", methods=["DELETE"])
+@admin_operation("Remove the tenant's FCM credentials", path=TENANT_PATH, responses={200: OK})
 def delete_fcm(tenant_id: str):
-    require_admin()
-    return set_provider(tenant_for(tenant_id), "fcm", None)
-
+    return set_provider(tenant_for(s.path()["tenant_id"]), "fcm", None)

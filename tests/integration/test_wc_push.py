@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import jsonschema
 import pymongo
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -339,6 +340,55 @@ def test_bad_requests_answer_the_envelope_never_a_500(api, default_tenant):
         assert body["status"] == "FAILED" and body["errors"][0]["name"], body
         for field in body.get("fields", []):
             assert field["location"] in ("body", "query", "header", "path")
+
+
+def test_schema_validation_on_the_running_api(api, default_tenant, fcm_sim):
+    session, base = api.session, api.base_url
+    bad_tenant = session.post(f"{base}/bad!tenant/clients", json={"client_id": "c", "type": "fcm", "token": "t"}, timeout=30)
+    assert bad_tenant.status_code == 400
+    assert [(f["field"], f["location"]) for f in bad_tenant.json()["fields"]] == [("tenant_id", "path")]
+    untyped = session.post(f"{base}/clients", data=json.dumps({"client_id": "c", "type": "fcm", "token": "t"}),
+                           headers={"Content-Type": "text/plain"}, timeout=30)
+    assert untyped.status_code == 400 and untyped.json()["errors"][0]["name"] == "InvalidBody"
+    missing = session.post(f"{base}/clients", json={"type": "fcm", "token": "t"}, timeout=30)
+    assert missing.status_code == 400 and missing.json()["errors"][0]["name"] == "EmptyField"
+    assert missing.json()["fields"][0]["field"] == "client_id"
+
+    wc = WcClient(api)
+    token = fcm_token()
+    client = registered(wc, "fcm", token)
+    raw = {"topic": "topic-raw", "tag": 4010, "message": "cmF3IGFzIHBheWxvYWQ"}
+    assert wc.send(client, None, raw).status_code == 202  # the raw form under "payload": its id is the message's hash
+    assert wc.send(client, None, raw).status_code == 200
+    assert delivered(fcm_sim, token) == 1
+
+
+def documented(document: dict, method: str, path: str, answer) -> None:
+    """The answer's status, content type and body are ones the document lists for the operation."""
+    responses = document["paths"][path][method]["responses"]
+    status = str(answer.status_code)
+    entry = responses.get(status) or responses[f"{status[0]}XX"]
+    media_type = answer.headers["Content-Type"].split(";")[0]
+    assert media_type in entry["content"], (path, status, media_type)
+    if media_type == "application/json":
+        body = answer.json() if hasattr(answer, "json") and callable(answer.json) else answer.get_json()
+        jsonschema.validate(body, {"components": document["components"], **entry["content"][media_type]["schema"]})
+
+
+def test_answers_on_the_running_api_are_as_documented(api, admin, new_tenant):
+    document = api.get("/openapi.json").json()
+    documented(document, "get", "/health", api.get("/health"))
+    documented(document, "get", "/health", api.get("/health", format="json"))
+    tenant = new_tenant()
+    wc = WcClient(api, tenant)
+    documented(document, "post", "/{tenant_id}/clients", wc.register("c-doc", "noop", "noop-doc"))
+    notification_id = new_id()
+    documented(document, "post", "/{tenant_id}/clients/{client_id}", wc.send("c-doc", notification_id, encrypted()))
+    documented(document, "post", "/{tenant_id}/clients/{client_id}", wc.send("c-doc", notification_id, encrypted()))
+    documented(document, "post", "/{tenant_id}/clients/{client_id}", wc.send("nobody", notification_id, encrypted()))
+    documented(document, "delete", "/{tenant_id}/clients/{client_id}", wc.unregister("c-doc"))
+    documented(document, "get", "/tenants/{tenant_id}", admin.get(f"/tenants/{tenant}", headers=ADMIN))
+    documented(document, "get", "/tenants/{tenant_id}", admin.get("/tenants/nobody-here", headers=ADMIN))
 
 
 # --- 5. tenants ---------------------------------------------------------------------------------
