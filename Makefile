@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults bench lint rabbitmq chromium venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium venv clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,7 @@ run: venv rabbitmq
 	$(PY) -m devstack.run
 
 test: venv rabbitmq chromium
-	$(PY) -m pytest --ignore=tests/faults
+	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
@@ -34,6 +34,10 @@ test-unit: venv
 # Fault tests (tests/faults): real processes, 20,000 notifications per scenario, exact counts printed.
 faults: venv rabbitmq
 	$(PY) -m pytest tests/faults -s
+
+# schemathesis against /openapi.json of a real stack: no 5xx, every answer as documented; prints the cases run.
+fuzz: venv rabbitmq
+	$(PY) -m pytest tests/fuzz -s
 
 bench: venv rabbitmq
 	$(PY) -m bench

@@ -76,7 +76,8 @@ USER_IDS = s.List(s.Str(), max_items=_max_users)
 USER_LIST = s.Wrapped(s.Either(USER_IDS, s.Obj({"list": s.List(s.Str(), max_items=_max_users, required=True)})))
 COUNTS = s.Obj({k: s.Int() for k in ("total", "sent", "failed", "pending")})
 CAMPAIGN = s.Obj({
-    "id": s.Str(), "appId": s.Str(), "sent": s.Bool(), "timestampCreated": s.Str(), "timestampSent": s.Str(),
+    "id": s.Str(), "appId": s.Str(), "sent": s.Bool(), "timestampCreated": s.Str(),
+    "timestampSent": s.Json(description="ISO 8601, or null until the campaign is sent"),
     "message": s.Json(object_only=True),
 })
 CAMPAIGN_DETAIL = s.Obj({**CAMPAIGN.properties, "state": s.Str(), "progress": s.Obj({

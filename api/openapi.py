@@ -160,6 +160,8 @@ def _parameters(spec: Operation, rule, settings: Settings) -> list[dict]:
         if schema.get("type") == "array":
             parameter.update(style="form", explode=False)
         parameters.append(parameter)
+    for name, field in spec.headers.items():
+        parameters.append({"name": name, "in": "header", "required": False, "schema": field.schema(settings)})
     return parameters
 
 
@@ -184,15 +186,19 @@ def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, 
         elif spec.body is not None:
             result["requestBody"] = {"required": spec.body_required, "content": _content(spec.body, "application/json", settings)}
     responses: dict = {}
-    for status, answer in (spec.responses or {200: None}).items():
-        media_type, field = answer if isinstance(answer, tuple) else ("application/json", answer)
-        responses[str(status)] = {"description": "Success" if int(status) < 300 else "Answer",
-                                  "content": _content(field, media_type, settings)}
+    for status, answers in (spec.responses or {200: None}).items():
+        # One answer, or a list of them in different media types (e.g. text, or JSON on request).
+        content: dict = {}
+        for answer in answers if isinstance(answers, list) else [answers]:
+            media_type, field = answer if isinstance(answer, tuple) else ("application/json", answer)
+            content.update(_content(field, media_type, settings))
+        responses[str(status)] = {"description": "Success" if int(status) < 300 else "Answer", "content": content}
     error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_NAMES[family]}"}}}}
     responses["4XX"] = {"description": "Invalid request, unknown resource, not authorised, or over a limit "
                                        "(the field at fault is named)", **error}
-    responses["503"] = {"description": "RabbitMQ or MongoDB unreachable: retry after Retry-After seconds",
-                        "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error}
+    # A route that declares its own 503 (a health check's answer) documents that one instead.
+    responses.setdefault("503", {"description": "RabbitMQ or MongoDB unreachable: retry after Retry-After seconds",
+                                 "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error})
     result["responses"] = responses
     needed = "admin" if spec.admin else auth.route_class(rule.rule)
     if needed is not None:

@@ -1,0 +1,47 @@
+"""One real stack for the fuzz run: its own var dir, ports and queue prefix; its queues are deleted at the end.
+
+Auth is off so that the fuzzer reaches the handlers (tests/integration/test_auth_limits.py
+tries to get past auth); bridge webhooks may only go to 127.0.0.1, so nothing the fuzzer
+makes up is ever sent off this machine.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.stack import Ports, Stack
+from tests.integration.conftest import delete_queues
+
+#: The app the document's examples name (``demo``, as in `make run`): with working credentials, the
+#: fuzzer's sends that pass validation go all the way to the simulators.
+FUZZ_APP = "demo"
+
+#: Tenant management (WalletConnect push) needs an admin token; the fuzzer sends it on every request.
+FUZZ_ADMIN_TOKEN = "fuzz-admin-token"
+
+FUZZ_SETTINGS = {
+    "PUSH_WC_PUSH_ADMIN_TOKEN": FUZZ_ADMIN_TOKEN,
+    "PUSH_AUTH_ENABLED": "false",
+    "PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "PUSH_API_SYNC_WAIT_SECONDS": "5",
+    "PUSH_WC_BRIDGE_PUSH_APP_ID": FUZZ_APP,
+    "PUSH_WC_PUSH_DEFAULT_APP": FUZZ_APP,
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    prefix = f"fuzz-{uuid.uuid4().hex[:8]}."
+    stack = Stack(var_dir=tmp_path_factory.mktemp("fuzz-var"), ports=Ports.free(), queue_prefix=prefix, env=dict(FUZZ_SETTINGS))
+    try:
+        stack.start()
+        credentials = make_credentials(FUZZ_APP, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}")
+        register_with_simulators(credentials, apns_control=f"http://127.0.0.1:{stack.ports.apns_control}",
+                                 fcm_control=f"http://127.0.0.1:{stack.ports.fcm_control}")
+        configure_app(stack.api_url, FUZZ_APP, credentials)
+        yield stack
+    finally:
+        stack.stop_all()
+        delete_queues(prefix)
