@@ -24,6 +24,7 @@ from api.errors import ApiError, bad_request, not_found
 from api.services import Services
 from shared import commands
 from shared import db as collections
+from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
 from shared.payload import Body
 
@@ -318,9 +319,7 @@ def _require_activation(activation_id: str) -> None:
     if principal.is_admin:
         return
     svc = services()
-    holders = svc.guarded_read(
-        lambda: list(svc.db[collections.DEVICES].find({"activation_ids": {"$in": [activation_id]}}, {"app_id": 1}).limit(100))
-    )
+    holders = svc.guarded_read(lambda: lookup.devices_holding_activation(svc.db, activation_id, {"app_id": 1}, limit=100))
     other = [d for d in holders if d.get("app_id") != principal.app_id]
     if other:
         raise auth.forbidden(f"the API key is not valid for activation {activation_id} (activationId)")

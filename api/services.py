@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import dramatiq
@@ -29,6 +30,10 @@ POLL_FIRST_SECONDS = 0.002
 POLL_LONGEST_SECONDS = 0.02
 #: Delivery states whose outcome is final.
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
+#: Messages with at most this many deliveries are counted by reading them: nx-27017 counts the
+#: whole collection (``estimated_document_count``) before every ``aggregate``, which made each
+#: poll of a SYNCHRONOUS send grow with the deliveries stored; reading a few indexed rows does not.
+COUNT_BY_FIND_UP_TO = 50
 #: Final states counted as failed in PowerAuth's result.
 FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
 
@@ -105,10 +110,13 @@ class Services:
         if not message or not message.get("expanded"):
             return None
         counts = {platform: {"sent": 0, "pending": 0, "failed": 0, "total": total} for platform, total in message["totals"].items()}
-        by_state = self.db[collections.DELIVERIES].aggregate(
-            [{"$match": {"message_id": message_id}}, {"$group": {"_id": "$ps", "n": {"$sum": 1}}}]
-        )
-        for row in by_state:
+        deliveries = self.db[collections.DELIVERIES]
+        if sum(message["totals"].values()) <= COUNT_BY_FIND_UP_TO:
+            by_state = Counter(d["ps"] for d in deliveries.find({"message_id": message_id}, {"ps": 1, "_id": 0}))
+            rows = [{"_id": ps, "n": n} for ps, n in by_state.items()]
+        else:
+            rows = deliveries.aggregate([{"$match": {"message_id": message_id}}, {"$group": {"_id": "$ps", "n": {"$sum": 1}}}])
+        for row in rows:
             platform, state = row["_id"].split(":", 1)
             if state == "sent":
                 counts[platform]["sent"] += row["n"]

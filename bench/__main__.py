@@ -50,6 +50,7 @@ def main() -> None:
             figures.update(e2e)
             emit("e2e_per_s", e2e["e2e_per_s"])
             emit("cpu_us_per_notification", e2e["cpu_us_per_notification"])
+            emit("db_cpu_us_per_notification", e2e["db_cpu_us_per_notification"])
         if "ingest" in groups:
             ingest = measure_ingest(stack, notifications=20_000 if quick else 80_000, repeats=args.repeats)
             emit("ingest_per_s", ingest["ingest_per_s"])

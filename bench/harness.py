@@ -83,6 +83,12 @@ def project_pids(stack: Stack) -> list[int]:
     return pids
 
 
+def database_pids(stack: Stack) -> list[int]:
+    """nx-27017's process (empty when the stack uses a MongoDB it did not start)."""
+    process = stack.processes.get("mongo")
+    return group_pids(process.pid) if process else []
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -14,7 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pika
 import requests
 
-from bench.harness import bench_stack, cpu_seconds, create_app, database, median, percentile, project_pids, seed_devices
+from bench.harness import (
+    bench_stack,
+    cpu_seconds,
+    create_app,
+    database,
+    database_pids,
+    median,
+    percentile,
+    project_pids,
+    seed_devices,
+)
 from devstack.stack import WORKER_GROUPS, Stack
 from shared.commands import queue_name_for_prefix
 from shared.settings import load
@@ -73,14 +83,15 @@ def wait_delivered(stack: Stack, message_ids: list[str], expected: int, *, timeo
 
 
 def e2e_run(stack: Stack, app_id: str, users: list[str]) -> dict:
-    pids = project_pids(stack)
-    cpu_before = cpu_seconds(pids)
+    pids, db_pids = project_pids(stack), database_pids(stack)
+    cpu_before, db_cpu_before = cpu_seconds(pids), cpu_seconds(db_pids)
     start = time.time()
     message_ids = post_batches(stack, app_id, users)
     last = wait_delivered(stack, message_ids, len(users))
     cpu_used = cpu_seconds(project_pids(stack)) - cpu_before
+    db_cpu_used = cpu_seconds(db_pids) - db_cpu_before
     elapsed = last - start
-    return {"per_s": len(users) / elapsed, "cpu_us": cpu_used / len(users) * 1e6}
+    return {"per_s": len(users) / elapsed, "cpu_us": cpu_used / len(users) * 1e6, "db_cpu_us": db_cpu_used / len(users) * 1e6}
 
 
 def measure_e2e(stack: Stack, *, devices: int, repeats: int = 3) -> dict:
@@ -93,6 +104,7 @@ def measure_e2e(stack: Stack, *, devices: int, repeats: int = 3) -> dict:
     return {
         "e2e_per_s": median([r["per_s"] for r in runs]),
         "cpu_us_per_notification": median([r["cpu_us"] for r in runs]),
+        "db_cpu_us_per_notification": median([r["db_cpu_us"] for r in runs]),
     }
 
 
@@ -137,7 +149,11 @@ def measure_sync(stack: Stack) -> dict:
     seed_devices(stack, app_id, users, tokens, platforms)
     session = requests.Session()
     latencies = []
+    db_pids = database_pids(stack)
+    db_cpu_before = 0.0
     for i in range(SYNC_REQUESTS + 20):
+        if i == 20:
+            db_cpu_before = cpu_seconds(db_pids)
         started = time.perf_counter()
         answer = session.post(
             f"{stack.api_url}/push/message/send",
@@ -150,7 +166,11 @@ def measure_sync(stack: Stack) -> dict:
         if i >= 20:  # the first ones warm up
             latencies.append(took * 1000)
         time.sleep(max(0.0, 1 / SYNC_RATE - took))
-    return {"sync_send_p50_ms": percentile(latencies, 0.5), "sync_send_p99_ms": percentile(latencies, 0.99)}
+    return {
+        "sync_send_p50_ms": percentile(latencies, 0.5),
+        "sync_send_p99_ms": percentile(latencies, 0.99),
+        "sync_db_cpu_ms_per_send": (cpu_seconds(db_pids) - db_cpu_before) / SYNC_REQUESTS * 1000,
+    }
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import time
 from pymongo.database import Database
 
 from shared import db as collections
+from shared import device_lookup
 from workers.writes import device_id
 
 #: Documents per insert_many.
@@ -17,7 +18,7 @@ SEED_BATCH = 5000
 
 
 def seed_devices(db: Database, app_id: str, users: list[str], tokens: list[str], platforms: list[str]) -> None:
-    """One active registration per (user, token, platform), without activations."""
+    """One active registration per (user, token, platform), without activations, and its lookup entries."""
     now_ns = time.time_ns()
     devices = db[collections.DEVICES]
     docs = []
@@ -39,6 +40,8 @@ def seed_devices(db: Database, app_id: str, users: list[str], tokens: list[str],
         )
         if len(docs) == SEED_BATCH:
             devices.insert_many(docs, ordered=False)
+            device_lookup.add_devices(db, docs)
             docs = []
     if docs:
         devices.insert_many(docs, ordered=False)
+        device_lookup.add_devices(db, docs)

@@ -8,6 +8,7 @@ Portability rules, right on MongoDB and on nx-27017 alike (see README):
 - hot documents have a natural ``_id`` and are updated by ``_id``;
 - array fields are queried with ``$in``, never by equality;
 - counting uses ``aggregate`` with ``$match`` + ``$group`` on one field, not ``count_documents``;
+- a lookup that must stay fast goes by ``_id`` (nx-27017 scans for ``$in`` and array fields);
 - no TTL indexes: expired data is removed by a periodic job.
 """
 from __future__ import annotations
@@ -22,6 +23,11 @@ SERVER_SELECTION_TIMEOUT_MS = 3000
 
 APPS = "apps"
 DEVICES = "devices"
+#: Device ids by user (``_id`` app and user) and by activation (``_id`` the activation id): see ``shared.device_lookup``.
+USER_DEVICES = "user_devices"
+ACTIVATION_DEVICES = "activation_devices"
+#: One document per data migration done (``_id`` its name), so each runs once.
+MIGRATIONS = "migrations"
 ACTIVATIONS = "activations"
 COMMANDS = "commands"
 MESSAGES = "messages"
@@ -48,7 +54,6 @@ API_KEYS = "api_keys"
 
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
-    DEVICES: [([("app_id", 1), ("user_ids", 1)], {}), ([("activation_ids", 1)], {})],
     DELIVERIES: [([("message_id", 1)], {}), ([("message_id", 1), ("state", 1)], {})],
     CAMPAIGN_USERS: [([("c", 1), ("u", 1)], {})],  # nx-27017 refuses "_id" in a compound index
     CAMPAIGNS: [([("created_at", 1)], {})],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dramatiq
 import requests
 
-from shared import commands
+from shared import commands, device_lookup
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.settings import Settings
@@ -33,6 +33,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     auth.redact_message_logs()
     db = connect(settings)
     ensure_indexes(db)
+    device_lookup.backfill(db)  # before any actor runs: a database of an older version gets its lookup
     if settings.wc_bridge_ttl_indexes:
         ensure_ttl_indexes(db)
     publisher = Publisher(broker, settings)

@@ -20,6 +20,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
+from shared import device_lookup as lookup
 from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
 from workers.expand import PENDING, Delivery, chunk_payload, delivery_id, insert_ignoring_duplicates
 
@@ -142,10 +143,8 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
 def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: list[str], entries: dict, chunk_size: int) -> None:
     campaign_id = campaign["_id"]
     by_platform: dict[str, dict[str, Delivery]] = {"apns": {}, "fcm": {}}
-    for device in db[collections.DEVICES].find(
-        {"app_id": campaign["app_id"], "user_ids": {"$in": users}, "deleted": False, "active": True},
-        {"token": 1, "platform": 1, "environment": 1},
-    ):
+    held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1})
+    for device in {d["_id"]: d for devices in held.values() for d in devices}.values():
         delivery = Delivery(
             id=delivery_id(campaign_id, ENTRY, device["token"]),
             device_id=device["_id"],

@@ -16,12 +16,13 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared import db as collections
+from shared import device_lookup as lookup
 from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, Publisher
 
 #: MongoDB's duplicate-key error: an insert that already happened.
 DUPLICATE_KEY = 11000
-#: Users looked up per devices query (``$in`` list length).
-USERS_PER_QUERY = 1000
+#: Activations looked up per query (``$in`` list length).
+ACTIVATIONS_PER_QUERY = 1000
 #: Delivery states that are final (the outcome is known and recorded).
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
 PENDING = "pending"
@@ -147,15 +148,10 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
     for index, entry in enumerate(entries):
         if entry.get("device"):
             yield index, entry["device"]
-    users = sorted({entry["user_id"] for entry in entries if entry.get("user_id")})
-    devices_by_user: dict[str, list[dict]] = {}
-    for part in _parts(users, USERS_PER_QUERY):
-        for device in db[collections.DEVICES].find(
-            {"app_id": app_id, "user_ids": {"$in": part}, "deleted": False, "active": True},
-            {"token": 1, "platform": 1, "environment": 1, "activations": 1, "user_ids": 1},
-        ):
-            for user in device["user_ids"]:
-                devices_by_user.setdefault(user, []).append(device)
+    users = {entry["user_id"] for entry in entries if entry.get("user_id")}
+    devices_by_user = lookup.devices_by_user(
+        db, app_id, users, {"token": 1, "platform": 1, "environment": 1, "activations": 1}
+    )
     personal_activations = {
         activation
         for entry in entries
@@ -179,7 +175,7 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
 def _activation_status(db: Database, activation_ids: Iterable[str]) -> dict[str, str]:
     ids = sorted(activation_ids)
     status = {}
-    for part in _parts(ids, USERS_PER_QUERY):
+    for part in _parts(ids, ACTIVATIONS_PER_QUERY):
         for doc in db[collections.ACTIVATIONS].find({"_id": {"$in": part}}, {"status": 1}):
             status[doc["_id"]] = doc["status"]
     return status

@@ -16,6 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
+from shared import device_lookup as lookup
 from shared.commands import REMOVED
 
 #: How many times a read-modify-write of a device retries after losing a race.
@@ -75,7 +76,11 @@ def set_app_provider(db: Database, cmd: dict) -> None:
 # --- devices ------------------------------------------------------------------------------------
 
 def register_device(db: Database, cmd: dict) -> None:
-    """Create or update a registration; its activations leave any other token of the app."""
+    """Create or update a registration; its activations leave any other token of the app.
+
+    The lookup entries (``shared.device_lookup``) are added before the registration is
+    written, so a crash in between leaves one entry too many, never one too few.
+    """
     ts = cmd["received_at"]
     activations = {activation: cmd.get("user_id") for activation in cmd["activation_ids"]}
     fields = {
@@ -91,8 +96,23 @@ def register_device(db: Database, cmd: dict) -> None:
         "updated_at": _now(),
     }
     _id = device_id(cmd["app_id"], cmd["token"])
-    if not upsert_if_newer(db[collections.DEVICES], _id, ts, fields):
-        return
+    devices = db[collections.DEVICES]
+    before = devices.find_one({"_id": _id}, lookup.FIELDS) or {}
+    lookup.add(db, cmd["app_id"], _id, ts, users=fields["user_ids"], activations=fields["activation_ids"])
+    if not upsert_if_newer(devices, _id, ts, fields):
+        stored = devices.find_one({"_id": _id}, lookup.FIELDS)
+        if stored is None or stored["ts"] != ts:
+            # A newer write holds the registration: take off the entries it does not need.
+            if stored is not None:
+                lookup.prune(db, stored, users=fields["user_ids"], activations=fields["activation_ids"])
+            return
+        # This very command was applied before (a redelivery): finish what it may not have done.
+    lookup.prune(
+        db,
+        {"_id": _id, "ts": ts, **fields},
+        users={*fields["user_ids"], *(before.get("user_ids") or ())},
+        activations={*fields["activation_ids"], *(before.get("activation_ids") or ())},
+    )
     for activation in cmd["activation_ids"]:
         detach_activation(db, cmd["app_id"], activation, ts, keep=_id)
 
@@ -100,13 +120,18 @@ def register_device(db: Database, cmd: dict) -> None:
 def delete_device(db: Database, cmd: dict) -> None:
     """Tombstone the registration, even one not yet created (a create may still be queued)."""
     _id = device_id(cmd["app_id"], cmd["token"])
-    upsert_if_newer(
-        db[collections.DEVICES],
+    devices = db[collections.DEVICES]
+    before = devices.find_one({"_id": _id}, lookup.FIELDS)
+    stored = upsert_if_newer(
+        devices,
         _id,
         cmd["received_at"],
         {"deleted": True, "app_id": cmd["app_id"], "token": cmd["token"], "updated_at": _now()},
         on_insert={"activations": {}, "activation_ids": [], "user_ids": []},
     )
+    if stored and before:
+        # A tombstone holds no user; it keeps its activations until purged.
+        lookup.prune(db, {**before, "ts": cmd["received_at"], "deleted": True}, users=before.get("user_ids") or ())
 
 
 def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: int, *, keep: str | None = None) -> None:
@@ -114,14 +139,12 @@ def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: 
 
     A registration left without activations is tombstoned: nothing can reach it.
     The read-modify-write is guarded by the document's ``ts`` so a concurrent
-    write to the same registration is never overwritten.
+    write to the same registration is never overwritten. The registrations are
+    found through ``activation_devices`` (by ``_id``), not by ``activation_ids``.
     """
     devices = db[collections.DEVICES]
-    query = {"activation_ids": {"$in": [activation_id]}, "deleted": False}
-    if app_id is not None:
-        query["app_id"] = app_id
-    for doc in devices.find(query):
-        if doc["_id"] == keep:
+    for doc in lookup.devices_holding_activation(db, activation_id, {"activations": 1}):
+        if doc["_id"] == keep or doc.get("deleted") or (app_id is not None and doc.get("app_id") != app_id):
             continue
         for _ in range(MAX_OPTIMISTIC_TRIES):
             if doc is None or doc["ts"] >= ts or activation_id not in doc.get("activations", {}):
@@ -138,6 +161,12 @@ def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: 
                 update["deleted"] = True
             result = devices.update_one({"_id": doc["_id"], "ts": doc["ts"]}, {"$set": update})
             if result.modified_count:
+                lookup.prune(
+                    db,
+                    {**doc, **update, "deleted": bool(update.get("deleted", doc.get("deleted")))},
+                    users=doc.get("user_ids") or (),
+                    activations=[activation_id],
+                )
                 break
             doc = devices.find_one({"_id": doc["_id"]})
 
@@ -163,10 +192,17 @@ def mark_dead_tokens(db: Database, device_ids: list[str], reason: str) -> None:
 def purge_tombstones(db: Database, *, older_than_seconds: float) -> int:
     """Delete tombstones older than any command still queued can be (the queue's age limit)."""
     limit = time.time_ns() - int(older_than_seconds * 1e9)
-    ids = [d["_id"] for d in db[collections.DEVICES].find({"deleted": True}, {"_id": 1, "ts": 1}) if d["ts"] < limit]
-    if not ids:
+    tombstones = [d for d in db[collections.DEVICES].find({"deleted": True}, lookup.FIELDS) if d["ts"] < limit]
+    if not tombstones:
         return 0
-    return db[collections.DEVICES].delete_many({"_id": {"$in": ids}, "deleted": True, "ts": {"$lt": limit}}).deleted_count
+    deleted = db[collections.DEVICES].delete_many(
+        {"_id": {"$in": [d["_id"] for d in tombstones]}, "deleted": True, "ts": {"$lt": limit}}
+    ).deleted_count
+    for tombstone in tombstones:
+        lookup.prune(
+            db, tombstone, users=tombstone.get("user_ids") or (), activations=tombstone.get("activation_ids") or (), gone=True
+        )
+    return deleted
 
 
 HANDLERS = {
