@@ -464,7 +464,7 @@ def app_summary(app: dict) -> dict:
               responses={200: answer(sc.Obj({"applicationList": sc.List(APP_SUMMARY)}))})
 def list_apps():
     svc = services()
-    apps = svc.guarded_read(lambda: list(svc.db[collections.APPS].find({}, {"apns.private_key": 0, "fcm.service_account": 0}).sort("_id", 1)))
+    apps = svc.guarded_read(lambda: list(svc.db[collections.APPS].find({}, collections.HIDDEN_CREDENTIALS).sort("_id", 1)))
     return ok({"applicationList": [app_summary(a) for a in apps]})
 
 

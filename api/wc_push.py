@@ -37,6 +37,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from api import schema as s
+from api.apns_certificates import CertificateError, decode_upload, parse_p12
 from api.auth import is_admin_key
 from api.errors import ApiError
 from api.powerauth import VERSION
@@ -356,12 +357,12 @@ def tenant_for(tenant_id: str | None, *, read_default: bool = True) -> Tenant:
         app_id = svc.settings.wc_push_default_app or tenant_app_id(DEFAULT_TENANT)
         if not read_default:
             return Tenant(DEFAULT_TENANT, app_id, None)
-        app = svc.find_one(collections.APPS, {"_id": app_id}, {"apns.private_key": 0, "fcm.service_account": 0})
+        app = svc.find_one(collections.APPS, {"_id": app_id}, collections.HIDDEN_CREDENTIALS)
         return Tenant(DEFAULT_TENANT, app_id, None if app and app.get("deleted") else app)
     if not TENANT_ID.match(tenant_id):
         raise fail(404, "TenantNotFound", f"tenant not found: {tenant_id}", field="tenant_id", location="path")
     app_id = tenant_app_id(tenant_id)
-    app = svc.find_one(collections.APPS, {"_id": app_id}, {"apns.private_key": 0, "fcm.service_account": 0})
+    app = svc.find_one(collections.APPS, {"_id": app_id}, collections.HIDDEN_CREDENTIALS)
     if app is None or app.get("deleted"):
         raise fail(404, "TenantNotFound", f"tenant not found: {tenant_id}", field="tenant_id", location="path")
     return Tenant(tenant_id, app_id, app)
@@ -585,7 +586,8 @@ def get_tenant(tenant_id: str):
         url=tenant_url(tenant.id),
         enabled_providers=enabled_providers(app),
         apns_topic=apns.get("bundle"),
-        apns_type="token" if apns else None,
+        apns_type=apns.get("auth", collections.APNS_TOKEN) if apns else None,
+        apns_certificate_expires_at=apns.get("not_after"),
         fcm_project_id=(app.get("fcm") or {}).get("project_id"),
         suspended=bool(suspended),
         suspended_reason="; ".join(f"{provider}: {reason}" for provider, reason in sorted(suspended.items())) or None,
@@ -623,33 +625,40 @@ APNS_FORM = {
     "apns_pkcs8_pem": s.Binary(description="The .p8 token key (PKCS#8 PEM, EC P-256), as a file or text"),
     "apns_key_id": FormText(description="The key's id"),
     "apns_team_id": FormText(description="The team id"),
-    "apns_certificate": s.Binary(description="A .p12 certificate (file or base64 text): not supported here, refused"),
+    "apns_certificate": s.Binary(description="A .p12 certificate (file or base64 text), instead of a token key"),
     "apns_certificate_password": FormText(max_length=1024, description="The certificate's password"),
 }
 
 
 @blueprint.post("/tenants/<tenant_id>/apns")
-@admin_operation("Set the tenant's APNs token key (apns_pkcs8_pem, apns_key_id, apns_team_id) and/or topic",
+@admin_operation("Set the tenant's APNs token key (apns_pkcs8_pem, apns_key_id, apns_team_id) or certificate "
+                 "(apns_certificate, apns_certificate_password), and/or topic",
                  path=TENANT_PATH, form=APNS_FORM, responses={200: OK})
 def update_apns(tenant_id: str):
-    """Token key (``apns_pkcs8_pem``, ``apns_key_id``, ``apns_team_id``) and/or ``apns_topic``."""
+    """Token key (``apns_pkcs8_pem``, ``apns_key_id``, ``apns_team_id``), or certificate
+    (``apns_certificate``: a .p12, as a file or base64, with ``apns_certificate_password``),
+    and/or ``apns_topic``. New credentials of either kind replace the old ones."""
     tenant = tenant_for(s.path()["tenant_id"])
     fields = s.form()
     topic = fields.get("apns_topic")
-    if fields.get("apns_certificate") is not None:
-        raise fail(
-            400,
-            "ApnsCertificateUnsupported",
-            "certificate authentication is not supported here: upload a token key (apns_pkcs8_pem, apns_key_id, apns_team_id)",
-            field="apns_certificate",
-        )
     pem = as_text(fields.get("apns_pkcs8_pem"), "apns_pkcs8_pem")
     key_id = fields.get("apns_key_id")
     team_id = fields.get("apns_team_id")
+    if fields.get("apns_certificate") is not None:
+        if pem is not None or key_id is not None or team_id is not None:
+            raise fail(
+                400, "InvalidMultipartBody", "send either apns_certificate or a token key (apns_pkcs8_pem…), not both", field="apns_certificate"
+            )
+        return set_provider(tenant, "apns", certificate_credentials(fields, topic))
     stored = (services().find_one(collections.APPS, {"_id": tenant.app_id}) or {}).get("apns") or {}
     if pem is None and key_id is None and team_id is None:
         if topic is None or not stored:
-            raise fail(400, "InvalidMultipartBody", "send apns_topic with apns_pkcs8_pem, apns_key_id and apns_team_id", field="apns_pkcs8_pem")
+            raise fail(
+                400,
+                "InvalidMultipartBody",
+                "send apns_topic with apns_pkcs8_pem, apns_key_id and apns_team_id, or apns_certificate",
+                field="apns_pkcs8_pem",
+            )
         return set_provider(tenant, "apns", {**stored, "bundle": topic})
     for name, value in (("apns_pkcs8_pem", pem), ("apns_key_id", key_id), ("apns_team_id", team_id)):
         if value is None:
@@ -664,6 +673,7 @@ def update_apns(tenant_id: str):
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise fail(400, "BadApnsCredentials", "apns_pkcs8_pem must be an APNs token key (EC P-256)", field="apns_pkcs8_pem")
     credentials = {
+        "auth": collections.APNS_TOKEN,
         "bundle": topic,
         "key_id": key_id,
         "team_id": team_id,
@@ -671,6 +681,31 @@ def update_apns(tenant_id: str):
         "private_key": pem + "\n",
     }
     return set_provider(tenant, "apns", credentials)
+
+
+def certificate_credentials(fields: dict[str, str | bytes], topic: str | None) -> dict:
+    """The stored form of an uploaded .p12: certificate and key PEMs (the key hidden as a token key is)."""
+    password = fields.get("apns_certificate_password")
+    if isinstance(password, bytes):
+        try:
+            password = password.decode()
+        except UnicodeDecodeError:
+            raise fail(400, "InvalidField", "apns_certificate_password must be text", field="apns_certificate_password") from None
+    try:
+        certificate = parse_p12(decode_upload(fields["apns_certificate"]), password or None)
+    except CertificateError as error:
+        raise fail(400, "BadApnsCredentials", error.description, field=error.field) from None
+    topic = topic or certificate.topic
+    if topic is None:
+        raise fail(400, "InvalidMultipartBody", "apns_topic is required: the certificate's subject names no UID (bundle id)", field="apns_topic")
+    return {
+        "auth": collections.APNS_CERTIFICATE,
+        "bundle": topic,
+        "environment": "production",
+        "certificate": certificate.certificate_pem,
+        "private_key": certificate.private_key_pem,
+        "not_after": certificate.not_after.isoformat(),
+    }
 
 
 @blueprint.post("/tenants/<tenant_id>/fcm_v1")

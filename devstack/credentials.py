@@ -1,17 +1,22 @@
 """Provider credentials for apps that deliver to the simulators, and their registration.
 
 The APNs simulator verifies ES256 JWTs against the public keys it was told
-about; the FCM simulator issues OAuth tokens to the service accounts it knows.
+about, and takes client certificates its CA signed (:func:`apns_certificate_p12`);
+the FCM simulator issues OAuth tokens to the service accounts it knows.
 """
 from __future__ import annotations
 
 import base64
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from simulators.tls import CLIENT_VALID_DAYS, issue_client_certificate
 
 #: Seconds for a control-endpoint or API call made while setting up.
 SETUP_TIMEOUT_SECONDS = 30
@@ -115,3 +120,15 @@ def configure_app(api_url: str, app_id: str, credentials: AppCredentials, *, env
             "privateKeyBase64": base64.b64encode(json.dumps(credentials.service_account).encode()).decode(),
         },
     )
+
+
+def apns_certificate_p12(topic: str, password: str | None, *, cert_dir: Path | None, valid_days: int = CLIENT_VALID_DAYS) -> bytes:
+    """An APNs client certificate for ``topic`` (its subject UID) with its key, as a PKCS#12 (.p12) file.
+
+    Signed by the simulators' CA in ``cert_dir`` (the stack's ``cert_dir``), so the APNs
+    simulator accepts it; ``cert_dir`` None makes a self-signed one, which it refuses at TLS.
+    ``password`` None leaves the file unencrypted; a negative ``valid_days``, expired.
+    """
+    certificate, key = issue_client_certificate(cert_dir, topic, valid_days=valid_days)
+    encryption = serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
+    return pkcs12.serialize_key_and_certificates(topic.encode(), key, certificate, None, encryption)

@@ -1,4 +1,13 @@
-"""APNs simulator: ``POST /3/device/<token>`` over HTTP/2 with token (ES256 JWT) auth.
+"""APNs simulator: ``POST /3/device/<token>`` over HTTP/2 with token (ES256 JWT) or certificate auth.
+
+Token auth: an ``authorization: bearer <JWT>`` header, checked against the keys
+registered on the control port. Certificate auth: no ``authorization`` header on a
+connection whose client presented a certificate the simulators' CA signed (one
+from another CA fails the TLS handshake with an ``unknown ca`` alert, as Apple's
+servers refuse certificates they did not issue); the request's ``apns-topic``
+must be the certificate's topic (subject UID, else CN; ``.voip`` and
+``.complication`` too), else ``400 TopicDisallowed``; without ``apns-topic`` the
+certificate's topic is used. Neither → ``403 MissingProviderToken``.
 
 Answers as Apple documents (status, ``{"reason": …}``, ``apns-id``), and by the
 device token's prefix, so a test says what it expects by the tokens it uses:
@@ -31,6 +40,26 @@ PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "filepr
 TOKEN_FORMAT = re.compile(r"^[0-9a-fA-F]{64}$")
 UUID_FORMAT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 FAILURE_PREFIXES = (("f503", 503, "ServiceUnavailable"), ("f500", 500, "InternalServerError"), ("f429", 429, "TooManyRequests"))
+#: Topics a certificate for bundle id B covers: B, B.voip, B.complication (Apple's certificates list them).
+CERTIFICATE_TOPIC_SUFFIXES = ("", ".voip", ".complication")
+TOKEN, CERTIFICATE = "token", "certificate"
+
+
+def certificate_topic(certificate: dict | None) -> str | None:
+    """The bundle id a verified client certificate is for: its subject UID (where Apple puts it), else its CN."""
+    if not certificate:
+        return None
+    attributes = dict(pair for rdn in certificate.get("subject", ()) for pair in rdn)
+    return attributes.get("userId") or attributes.get("commonName")
+
+
+def auth_seen(request: Request) -> dict:
+    """How a request authenticated, for ``/received``: ``auth`` token, certificate (with its topic) or None."""
+    if "authorization" in request.headers:
+        return {"auth": TOKEN}
+    if request.client_certificate is not None:
+        return {"auth": CERTIFICATE, "certificate_topic": certificate_topic(request.client_certificate)}
+    return {"auth": None}
 
 
 class ApnsSimulator:
@@ -98,7 +127,7 @@ class ApnsSimulator:
         status, reason, delay = self._answer(request, token, attempt, apns_id)
         if delay:
             await asyncio.sleep(delay)
-        self.recorder.keep(token, request, status)
+        self.recorder.keep(token, request, status, **auth_seen(request))
         if status == 200:
             return Response(200, b"", [("apns-id", apns_id)], on_written=self.recorder.deliverer(token))
         body = {"reason": reason}
@@ -113,11 +142,18 @@ class ApnsSimulator:
         headers = request.headers
         if self.recorder.unavailable():
             return 503, "ServiceUnavailable", 0
-        refusal = self._auth_refusal(headers.get("authorization"))
-        if refusal:
-            return 403, refusal, 0
-        if not headers.get("apns-topic"):
-            return 400, "MissingTopic", 0
+        authorization = headers.get("authorization")
+        if authorization is None and request.client_certificate is not None:
+            allowed = certificate_topic(request.client_certificate)
+            topic = headers.get("apns-topic") or allowed
+            if not allowed or topic not in {allowed + suffix for suffix in CERTIFICATE_TOPIC_SUFFIXES}:
+                return 400, "TopicDisallowed", 0
+        else:
+            refusal = self._auth_refusal(authorization)
+            if refusal:
+                return 403, refusal, 0
+            if not headers.get("apns-topic"):
+                return 400, "MissingTopic", 0
         if not UUID_FORMAT.match(apns_id):
             return 400, "BadMessageId", 0
         if headers.get("apns-push-type") and headers["apns-push-type"] not in PUSH_TYPES:
@@ -150,7 +186,8 @@ def main() -> None:
     args = parse_args("apns", 8443, 8445)
     simulator = ApnsSimulator()
     control = control_handler(simulator.recorder, simulator.connections, {("POST", "/keys"): simulator.add_key})
-    run("apns", args, simulator.handle, control, connections=simulator.connections, max_concurrent_streams=MAX_CONCURRENT_STREAMS)
+    run("apns", args, simulator.handle, control, connections=simulator.connections, max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+        client_certificates=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Control port (plain HTTP/1.1, for tests and benchmarks):
   GET  /counts/<token>         -> {"delivered": n, "attempts": n}
   GET  /stats                  -> totals, without the per-token maps
   GET  /received/<token>       -> the last requests for the token: [{headers, body, status}]
+                                  (APNs adds auth: "token" | "certificate" | null, and certificate_topic)
   POST /reset                  -> forget counts and received requests
   POST /faults                 -> {"unavailable_seconds": s} answer 503 to everything for s seconds;
                                   {"goaway": true} send GOAWAY on every open connection
@@ -76,7 +77,8 @@ class Recorder:
 
         return delivered
 
-    def keep(self, token: str, request: Request, status: int) -> None:
+    def keep(self, token: str, request: Request, status: int, **extra) -> None:
+        """Keep the request for ``/received`` (without its ``authorization``); ``extra`` adds what the simulator saw."""
         kept = self.received.get(token)
         if kept is None:
             kept = self.received[token] = deque(maxlen=RECEIVED_PER_TOKEN)
@@ -86,7 +88,7 @@ class Recorder:
             body = orjson.loads(request.body)
         except orjson.JSONDecodeError:
             body = request.body.decode("utf-8", "replace")
-        kept.append({"headers": {k: v for k, v in request.headers.items() if k != "authorization"}, "body": body, "status": status})
+        kept.append({"headers": {k: v for k, v in request.headers.items() if k != "authorization"}, "body": body, "status": status, **extra})
 
     def unavailable(self) -> bool:
         return time.monotonic() < self.unavailable_until
@@ -143,12 +145,16 @@ def parse_args(name: str, default_port: int, default_control: int) -> argparse.N
     return parser.parse_args()
 
 
-def run(name: str, args: argparse.Namespace, handler, control, *, connections: Connections, max_concurrent_streams: int) -> None:
-    """Serve the provider port (TLS) and the control port until SIGINT/SIGTERM; print "ready" once listening."""
-    _ca, cert_file, key_file = ensure_certificates(args.cert_dir)
+def run(name: str, args: argparse.Namespace, handler, control, *, connections: Connections, max_concurrent_streams: int,
+        client_certificates: bool = False) -> None:
+    """Serve the provider port (TLS) and the control port until SIGINT/SIGTERM; print "ready" once listening.
+
+    ``client_certificates``: ask clients for a certificate signed by the simulators' CA (optional; another CA's fails the handshake).
+    """
+    ca_file, cert_file, key_file = ensure_certificates(args.cert_dir)
 
     async def main() -> None:
-        context = server_context(cert_file, key_file)
+        context = server_context(cert_file, key_file, client_ca=ca_file if client_certificates else None)
         provider = await serve(handler, args.host, args.port, ssl_context=context,
                                max_concurrent_streams=max_concurrent_streams, connections=connections)
         control_server = await serve(control, args.host, args.control_port)

@@ -7,11 +7,18 @@ HTTP/1.1 without TLS). Handlers are coroutines ``handle(request) -> Response``.
 A response's ``on_written`` runs only when the response went out on a live
 connection, so a simulator counts a notification as delivered only if the
 client could have seen the answer.
+
+TLS is asyncio's, with one change (:class:`AlertingTlsProtocol`): a handshake the
+server refuses (a client certificate its CA did not sign) sends its TLS alert
+before closing, as a TLS server does; asyncio drops it and just closes the socket.
+A client then reads why (``TLSV1_ALERT_UNKNOWN_CA``) instead of a bare reset.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +44,8 @@ class Request:
     headers: dict[str, str]
     body: bytes
     http2: bool = True
+    #: The verified client certificate of the connection (``SSLSocket.getpeercert()``), or None.
+    client_certificate: dict | None = None
 
     def json(self):
         return orjson.loads(self.body) if self.body else None
@@ -83,12 +92,15 @@ class ServerProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.http1_busy = False
         self.flush_scheduled = False
+        self.client_certificate: dict | None = None
 
     # --- connection --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.client_certificate = ssl_object.getpeercert() or None
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False)
             self.h2 = h2.connection.H2Connection(config=config)
@@ -174,7 +186,7 @@ class ServerProtocol(asyncio.Protocol):
         if stream is None:
             return
         headers, body = stream
-        request = Request(headers.get(":method", ""), headers.get(":path", ""), headers, bytes(body))
+        request = Request(headers.get(":method", ""), headers.get(":path", ""), headers, bytes(body), client_certificate=self.client_certificate)
         asyncio.ensure_future(self._answer_h2(stream_id, request))
 
     async def _answer_h2(self, stream_id: int, request: Request) -> None:
@@ -252,7 +264,8 @@ class ServerProtocol(asyncio.Protocol):
         body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
         self.http1_busy = True
-        asyncio.ensure_future(self._answer_http1(Request(method, target, headers, body, http2=False), headers))
+        request = Request(method, target, headers, body, http2=False, client_certificate=self.client_certificate)
+        asyncio.ensure_future(self._answer_http1(request, headers))
 
     async def _answer_http1(self, request: Request, headers: dict) -> None:
         response = await self._handle(request)
@@ -274,10 +287,29 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 40
             500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-async def serve(handler: Handler, host: str, port: int, *, ssl_context=None, max_concurrent_streams: int = 1000,
-                connections: Connections | None = None) -> asyncio.Server:
+class AlertingTlsProtocol(sslproto.SSLProtocol):
+    """asyncio's server-side TLS, sending the alert of a refused handshake before it closes.
+
+    asyncio (3.11) leaves the alert OpenSSL wrote in its outgoing buffer and
+    force-closes the socket, so a client refused over its certificate sees only
+    a reset. Real servers (APNs among them) send the alert; so does this.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app_protocol: asyncio.Protocol, context: ssl.SSLContext):
+        super().__init__(loop, app_protocol, context, None, server_side=True)
+
+    def _on_handshake_complete(self, handshake_exc) -> None:
+        if handshake_exc is not None:
+            self._process_outgoing()  # the alert, written before the transport is closed
+        super()._on_handshake_complete(handshake_exc)
+
+
+async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                max_concurrent_streams: int = 1000, connections: Connections | None = None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: ServerProtocol(handler, max_concurrent_streams=max_concurrent_streams, connections=connections),
-        host, port, ssl=ssl_context, backlog=1024,
-    )
+
+    def protocol() -> asyncio.Protocol:
+        served = ServerProtocol(handler, max_concurrent_streams=max_concurrent_streams, connections=connections)
+        return served if ssl_context is None else AlertingTlsProtocol(loop, served, ssl_context)
+
+    return await loop.create_server(protocol, host, port, backlog=1024)

@@ -28,7 +28,7 @@ from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.payload import Body, FcmTemplate, apns_push, fcm_message, fcm_ttl_seconds
 from shared.settings import Settings
 from workers import wc_push
-from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner
+from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
 from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.outcomes import Outcome, classify_apns, classify_fcm
 from workers.delivery.retry import RetryPolicy, deliver_with_retries
@@ -144,6 +144,9 @@ class Recorder:
 class ProviderClients:
     """The process's provider clients, one pool per (app, provider, environment, credentials).
 
+    APNs credentials are a token key (a signer; connections share one TLS context)
+    or a client certificate (its own TLS context, presenting the certificate).
+
     Parameters:
       settings: provider endpoints, CA file, pool sizes.
     """
@@ -163,14 +166,22 @@ class ProviderClients:
             origin = (
                 self.settings.apns_development_url if environment == "development" else self.settings.apns_production_url
             )
-            signer = ApnsTokenSigner(
-                key_id=credentials["key_id"], team_id=credentials["team_id"], private_key_pem=credentials["private_key"]
-            )
+            signer, ssl_context = None, self._ssl_context
+            if credentials.get("auth") == collections.APNS_CERTIFICATE:
+                ssl_context = certificate_context(
+                    ca_file=self.settings.provider_ca_file or None,
+                    certificate_pem=credentials["certificate"],
+                    private_key_pem=credentials["private_key"],
+                )
+            else:
+                signer = ApnsTokenSigner(
+                    key_id=credentials["key_id"], team_id=credentials["team_id"], private_key_pem=credentials["private_key"]
+                )
             client = ApnsClient(
                 origin=origin,
                 signer=signer,
                 topic=credentials["bundle"],
-                ssl_context=self._ssl_context,
+                ssl_context=ssl_context,
                 connections=self.settings.provider_connections,
                 request_timeout=self.settings.provider_request_timeout,
             )

@@ -23,9 +23,10 @@ import pymongo
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api.apns_certificates import parse_p12
 from api.app import create_app
 from api.wc_push_auth import did_key_for, signed_message
-from devstack.credentials import make_credentials, register_with_simulators
+from devstack.credentials import apns_certificate_p12, make_credentials, register_with_simulators
 from shared import db as collections
 from shared.settings import load
 from shared.wc_push import client_key, tenant_app_id
@@ -449,15 +450,113 @@ def test_bad_credentials_suspend_the_provider_until_new_ones_arrive(stack, api, 
     assert delivered(apns_sim, token) == 1
 
 
-def test_certificate_upload_is_refused_clearly(admin, new_tenant):
+def upload_certificate(admin, tenant_id: str, p12: bytes | str, password: str | None, topic: str | None = None):
+    """POST a .p12 (bytes: as a file; str: as base64 text) to the tenant's APNs credentials."""
+    data: dict = {"apns_certificate": (io.BytesIO(p12), "apns.p12") if isinstance(p12, bytes) else p12}
+    if password is not None:
+        data["apns_certificate_password"] = password
+    if topic is not None:
+        data["apns_topic"] = topic
+    return admin.post(f"/tenants/{tenant_id}/apns", headers=ADMIN, content_type="multipart/form-data", data=data)
+
+
+def no_secrets(text: str) -> bool:
+    return "BEGIN" not in text and "PRIVATE KEY" not in text and "CERTIFICATE-----" not in text
+
+
+def test_certificate_tenant_delivers_with_the_client_certificate_and_no_token(stack, api, admin, new_tenant, apns_sim, fcm_sim, database):
+    tenant = new_tenant()  # token credentials first: the certificate replaces them
+    topic = f"com.example.{tenant}"
+    p12 = apns_certificate_p12(topic, "s3cret", cert_dir=stack.cert_dir)
+    answer = upload_certificate(admin, tenant, p12, "s3cret")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+
+    stored = database[collections.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
+    assert stored["auth"] == "certificate" and "key_id" not in stored and stored["bundle"] == topic
+    assert "PRIVATE KEY" in stored["private_key"] and "CERTIFICATE" in stored["certificate"]
+    tenant_answer = admin.get(f"/tenants/{tenant}", headers=ADMIN)
+    body = tenant_answer.get_json()
+    assert body["apns_type"] == "certificate" and body["apns_topic"] == topic and body["suspended"] is False
+    assert body["apns_certificate_expires_at"] == stored["not_after"]
+    assert no_secrets(tenant_answer.get_data(as_text=True))
+    detail = admin.get("/admin/app/detail", query_string={"appId": tenant_app_id(tenant)})
+    assert detail.status_code == 200 and no_secrets(detail.get_data(as_text=True))
+    assert no_secrets(admin.get("/admin/app/list").get_data(as_text=True))
+
+    wc = WcClient(api, tenant)
+    token = apns_token()
+    assert wc.send(registered(wc, "apns", token), new_id(), encrypted()).status_code == 202
+    assert delivered(apns_sim, token) == 1
+    seen = apns_sim.received(token)[-1]
+    assert seen["auth"] == "certificate" and seen["certificate_topic"] == topic and seen["headers"]["apns-topic"] == topic
+
+    # Base64 text without apns_topic: the topic comes from the certificate's UID. Then back to a token key.
+    other = f"com.example.{tenant}.second"
+    answer = upload_certificate(admin, tenant, base64.b64encode(apns_certificate_p12(other, "pw", cert_dir=stack.cert_dir)).decode(), "pw")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["apns_topic"] == other
+    upload_credentials(admin, tenant, simulator_credentials(stack, apns_sim, fcm_sim, tenant), fcm=False)
+    stored = database[collections.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
+    assert "certificate" not in stored and admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["apns_type"] == "token"
+
+    # The key never reaches a log line.
+    key_line = p12_key_line(p12, "s3cret")
+    for log_file in (stack.var_dir / "logs").glob("*.log"):
+        assert key_line not in log_file.read_text(errors="replace"), log_file
+
+
+def p12_key_line(p12: bytes, password: str) -> str:
+    """A line of the base64 body of the key's PEM: present in any text that holds the key."""
+    return parse_p12(p12, password).private_key_pem.splitlines()[2]
+
+
+def test_certificate_upload_faults_name_their_field(stack, admin, new_tenant):
     tenant = new_tenant()
-    answer = admin.post(
+    good = apns_certificate_p12("com.example.faults", "right", cert_dir=stack.cert_dir)
+    cases = [
+        (upload_certificate(admin, tenant, good, "wrong"), "apns_certificate_password"),
+        (upload_certificate(admin, tenant, good, None), "apns_certificate_password"),
+        (upload_certificate(admin, tenant, b"garbage, not a p12", "pw"), "apns_certificate"),
+        (upload_certificate(admin, tenant, "bm90IGEgcDEy", "pw"), "apns_certificate"),
+        (upload_certificate(admin, tenant, apns_certificate_p12("com.x", "pw", cert_dir=stack.cert_dir, valid_days=-1), "pw"), "apns_certificate"),
+    ]
+    for answer, field in cases:
+        body = answer.get_json()
+        assert answer.status_code == 400 and body["status"] == "FAILED", body
+        assert body["fields"][0]["field"] == field and body["errors"][0]["name"] == "BadApnsCredentials", body
+    both = admin.post(
         f"/tenants/{tenant}/apns",
         headers=ADMIN,
         content_type="multipart/form-data",
-        data={"apns_topic": "com.x", "apns_certificate": (io.BytesIO(b"p12"), "cert.p12"), "apns_certificate_password": "pw"},
+        data={"apns_certificate": (io.BytesIO(good), "apns.p12"), "apns_certificate_password": "right", "apns_key_id": "K1"},
     )
-    assert answer.status_code == 400 and answer.get_json()["fields"][0]["field"] == "apns_certificate"
+    assert both.status_code == 400 and both.get_json()["fields"][0]["field"] == "apns_certificate"
+    assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["apns_type"] == "token"  # nothing changed
+
+
+def test_a_certificate_the_provider_refuses_at_tls_suspends_apns_until_a_good_one(stack, api, admin, apns_sim):
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    assert admin.post("/tenants", json={"id": tenant}, headers=ADMIN).status_code == 200
+    topic = f"com.example.{tenant}"
+    self_signed = apns_certificate_p12(topic, "pw", cert_dir=None)
+    assert upload_certificate(admin, tenant, self_signed, "pw").status_code == 200
+    wc = WcClient(api, tenant)
+    token = apns_token()
+    client = registered(wc, "apns", token)
+    assert wc.send(client, new_id(), encrypted()).status_code == 202
+
+    def suspended():
+        body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
+        return body if body["suspended"] else None
+
+    body = eventually(suspended)
+    assert body and "BadCertificate" in body["suspended_providers"]["apns"], body
+    assert apns_sim.counts(token) == {"delivered": 0, "attempts": 0}  # refused at TLS: no request got through
+
+    assert upload_certificate(admin, tenant, apns_certificate_p12(topic, "pw", cert_dir=stack.cert_dir), "pw").status_code == 200
+    assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["suspended"] is False
+    assert wc.send(client, new_id(), encrypted()).status_code == 202
+    assert delivered(apns_sim, token) == 1
 
 
 # --- 6. authentication --------------------------------------------------------------------------

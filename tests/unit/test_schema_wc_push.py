@@ -260,7 +260,7 @@ def test_apns_form_fields(admin):
     failure(client.post("/tenants/acme/apns", headers=ADMIN, data={"apns_key_id": (io.BytesIO(b" K1 \n"), "id.txt")}),
             400, "InvalidMultipartBody", "apns_pkcs8_pem")
     certificate = {"apns_topic": "com.x", "apns_certificate": base64.b64encode(b"p12").decode(), "apns_certificate_password": "pw"}
-    failure(client.post("/tenants/acme/apns", headers=ADMIN, data=certificate), 400, "ApnsCertificateUnsupported", "apns_certificate")
+    failure(client.post("/tenants/acme/apns", headers=ADMIN, data=certificate), 400, "BadApnsCredentials", "apns_certificate")  # not a .p12
     failure(client.post("/tenants/acme/apns", headers=ADMIN, content_type="multipart/form-data; boundary=x", data=b"--x\r\njunk"),
             400, "InvalidMultipartBody")
     assert fake.commands == []

@@ -6,7 +6,9 @@ each connection multiplexes requests up to the server's
 more connections than configured. A connection that gets GOAWAY takes no new
 streams; its streams the server did not process fail with
 :class:`TransportError` (safe to retry), the others finish. Lost connections
-are replaced on the next request.
+are replaced on the next request. A server that refuses the TLS client
+certificate (its alert, during the handshake or, with TLS 1.3, right after it)
+fails the request with :class:`CertificateRefused`, not a plain transport error.
 """
 from __future__ import annotations
 
@@ -36,8 +38,40 @@ MAX_REQUESTS_PER_CONNECTION = 20_000
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
+#: TLS alerts (OpenSSL reasons) a server sends about the client's certificate: missing, unknown CA, expired, revoked…
+CERTIFICATE_ALERTS = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
+)
+
+
 class TransportError(Exception):
     """The request got no answer: connection failure, reset, GOAWAY or timeout. Retryable."""
+
+
+class CertificateRefused(TransportError):
+    """The server refused the TLS client certificate (a credentials problem: retrying cannot help).
+
+    A :class:`TransportError` to callers that do not tell it apart.
+    """
+
+    def __init__(self, message: str, alert: str):
+        super().__init__(message)
+        self.alert = alert
+
+
+def _certificate_alert(error: BaseException | None) -> str | None:
+    """The alert's name if ``error`` is the server's TLS alert about our certificate."""
+    reason = getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
+    return reason if reason in CERTIFICATE_ALERTS else None
 
 
 @dataclass
@@ -76,6 +110,7 @@ class Http2Connection:
         self.settings_received = asyncio.Event()
         self.flush_scheduled = False
         self.requests_started = 0
+        self.failure: BaseException | None = None  # why the connection was lost, if it was
         self._flush()
         self.reader_task = asyncio.ensure_future(self._read_loop())
 
@@ -87,6 +122,9 @@ class Http2Connection:
                 CONNECT_TIMEOUT_SECONDS,
             )
         except (OSError, TimeoutError, ssl.SSLError) as error:
+            alert = _certificate_alert(error)
+            if alert:
+                raise CertificateRefused(f"{host}:{port} refused the client certificate: {alert}", alert) from error
             raise TransportError(f"connect to {host}:{port} failed: {error!r}") from error
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
@@ -98,6 +136,12 @@ class Http2Connection:
         except TimeoutError as error:
             connection.close()
             raise TransportError(f"{host}:{port} sent no HTTP/2 settings") from error
+        if connection.closed:
+            # With TLS 1.3 the server checks the client certificate after the client's handshake is done.
+            alert = _certificate_alert(connection.failure)
+            if alert:
+                raise CertificateRefused(f"{host}:{port} refused the client certificate: {alert}", alert) from connection.failure
+            raise TransportError(f"{host}:{port} closed the connection before its HTTP/2 settings")
         return connection
 
     @property
@@ -196,6 +240,7 @@ class Http2Connection:
                     self._on_event(event)
                 self._flush()
         except (OSError, ssl.SSLError) as error:
+            self.failure = error
             log.info("connection to %s lost: %r", self.authority, error)
         except asyncio.CancelledError:
             pass

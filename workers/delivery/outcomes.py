@@ -9,6 +9,10 @@
 | APNs 403 (provider token or certificate); FCM 401, 403             | CREDENTIALS |
 | APNs 429; FCM 429 (QUOTA_EXCEEDED)                                  | THROTTLED   |
 | 5xx; no answer (connection reset, GOAWAY, timeout: ``None``)       | TRANSIENT   |
+
+A TLS handshake the APNs server refuses over the client certificate reaches this
+table as ``403 BadCertificate`` (workers/delivery/apns.py): credentials, not a
+transport error, so the tenant's provider is suspended instead of retried forever.
 """
 from __future__ import annotations
 
