@@ -334,7 +334,7 @@ class Obj(Field):
         super().__init__(**options)
         self.properties = dict(properties or {})
         self.closed = closed
-        #: Name under components/schemas, for shapes used by several operations.
+        #: The shape's name (e.g. PowerAuth's ``PushMessage``), the schema's ``title`` in the document.
         self.name = name
 
     def clean(self, value, path):
@@ -365,6 +365,8 @@ class Obj(Field):
             result["required"] = required
         if self.closed:
             result["additionalProperties"] = False
+        if self.name:
+            result["title"] = self.name
         return result
 
 
@@ -493,7 +495,6 @@ class Operation:
     responses: dict[int, Field | None] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     admin: bool = False
-    content_type: str = "application/json"
     #: Request headers, documented only (``in: header``, not required): the route's own authentication reads them.
     headers: dict[str, Field] = field(default_factory=dict)
 

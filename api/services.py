@@ -38,7 +38,7 @@ COUNT_BY_FIND_UP_TO = 50
 FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
 
 #: Exceptions that mean the broker could not confirm a message.
-BROKER_ERRORS = (dramatiq.errors.ConnectionError, pika.exceptions.AMQPError, OSError)
+BROKER_ERRORS = (dramatiq.errors.BrokerConnectionError, pika.exceptions.AMQPError, OSError)
 
 
 def poll(check, *, timeout: float):
