@@ -98,10 +98,67 @@ ERROR_NAMES = {"powerauth": "PowerAuthError", "wc_bridge": "BridgeError", "wc_pu
 RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>[a-zA-Z_]+)(?:\([^>]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
 
 
+#: OpenAPI links: where an answer's id goes next (schemathesis's stateful phase follows them, so it
+#: reaches the handlers behind a resource that exists). Each: source endpoint, method, status, and
+#: the targets (endpoint, method) with their parameters as runtime expressions.
+_SESSION = {"session_id": "$response.body#/sessionId"}
+_CAMPAIGN = {"campaign_id": "$response.body#/responseObject/id"}
+_TENANT = {"tenant_id": "$request.body#/id"}
+LINKS: list[tuple[str, str, int, list[tuple[str, str, dict]]]] = [
+    ("wc_bridge.new_session", "POST", 200, [
+        ("wc_bridge.update_session", "PUT", _SESSION), ("wc_bridge.get_session", "GET", _SESSION),
+        ("wc_bridge.new_call", "POST", _SESSION), ("wc_bridge.get_calls", "GET", _SESSION),
+        ("wc_bridge.delete_session", "DELETE", _SESSION),
+    ]),
+    ("wc_bridge.new_call", "POST", 200, [
+        ("wc_bridge.get_call", "GET", {"session_id": "$request.path.session_id", "call_id": "$response.body#/callId"}),
+        ("wc_bridge.new_call_status", "POST", {"call_id": "$response.body#/callId"}),
+        ("wc_bridge.get_call_status", "GET", {"call_id": "$response.body#/callId"}),
+    ]),
+    ("campaigns.create_campaign", "POST", 200, [
+        ("campaigns.campaign_detail", "GET", _CAMPAIGN), ("campaigns.add_users", "POST", _CAMPAIGN),
+        ("campaigns.list_users", "GET", _CAMPAIGN), ("campaigns.send_test", "POST", _CAMPAIGN),
+        ("campaigns.send_live", "POST", _CAMPAIGN), ("campaigns.delete_campaign", "POST", _CAMPAIGN),
+    ]),
+    ("powerauth.send_message", "POST", 200, [
+        ("powerauth.message_detail", "GET", {"message_id": "$response.body#/responseObject/messageId"}),
+    ]),
+    ("wc_push.create_tenant", "POST", 200, [
+        ("wc_push.get_tenant", "GET", _TENANT), ("wc_push.update_apns", "POST", _TENANT),
+        ("wc_push.update_fcm_v1", "POST", _TENANT), ("wc_push.register", "POST", _TENANT),
+    ]),
+    ("wc_push.register", "POST", 200, [
+        ("wc_push.send", "POST", {"tenant_id": "$request.path.tenant_id", "client_id": "$request.body#/client_id"}),
+        ("wc_push.unregister", "DELETE", {"tenant_id": "$request.path.tenant_id", "client_id": "$request.body#/client_id"}),
+    ]),
+]
+
+
+def _add_links(paths: dict, operation_ids: dict[tuple[str, str], tuple[str, str, str]]) -> None:
+    """Put :data:`LINKS` on the answers they start from (a link whose route is absent is skipped)."""
+    for source, method, status, targets in LINKS:
+        if (source, method) not in operation_ids:
+            continue
+        path, key, _ = operation_ids[(source, method)]
+        answer = paths[path][key]["responses"].get(str(status))
+        if answer is None:
+            continue
+        for endpoint, target_method, parameters in targets:
+            target = operation_ids.get((endpoint, target_method))
+            if target is None:
+                continue
+            target_path, _, target_id = target
+            # A parameter the target's path does not have (e.g. a tenant route's alias without it) is left out.
+            used = {k: v for k, v in parameters.items() if "{" + k + "}" in target_path}
+            answer.setdefault("links", {})[target_id] = {"operationId": target_id, "parameters": used}
+
+
 def build(app: Flask, settings: Settings) -> dict:
     """The document for ``app``'s routes; every route must declare an operation (tests check it)."""
     paths: dict[str, dict] = {}
     seen_ids: set[str] = set()
+    #: (endpoint, method) → (path, method key, operationId) of its first rule with all the link's parameters.
+    operation_ids: dict[tuple[str, str], tuple[str, str, str]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
         if rule.endpoint in ("static", "openapi.swagger_asset"):
             continue
@@ -117,6 +174,10 @@ def build(app: Flask, settings: Settings) -> dict:
             paths.setdefault(path, {})[method.lower()] = _operation(
                 spec, rule, family, TAG_OF_BLUEPRINT.get(blueprint_name, blueprint_name), operation_id, method, settings
             )
+            known = operation_ids.get((rule.endpoint, method))
+            if known is None or known[0].count("{") < path.count("{"):  # prefer the rule with the most parameters
+                operation_ids[(rule.endpoint, method)] = (path, method.lower(), operation_id)
+    _add_links(paths, operation_ids)
     return {
         "openapi": "3.0.3",
         "info": {

@@ -572,8 +572,9 @@ def _validate_form(fields: dict[str, Field]) -> dict:
         if isinstance(data, dict):
             sent = {k.lower(): v for k, v in data.items() if isinstance(v, str)}
     else:
-        sent = {k.lower(): v for k, v in request.form.items()}
-        sent.update({k.lower(): f.read() for k, f in request.files.items()})
+        # A part without a name (``Content-Disposition: form-data``) has the key None: not a field.
+        sent = {k.lower(): v for k, v in request.form.items() if k is not None}
+        sent.update({k.lower(): f.read() for k, f in request.files.items() if k is not None})
     cleaned: dict = {}
     for name, spec in fields.items():
         value = sent.get(name)

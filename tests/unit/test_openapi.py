@@ -107,3 +107,15 @@ def test_a_numeric_id_is_held_to_the_id_length(app):
         with pytest.raises(Exception) as failure:
             s.check(s.Id(max_length=5), 10**6, "appId")
         assert failure.value.field == "appId"
+
+
+def test_links_lead_from_a_created_resource_to_the_routes_that_use_it(document):
+    operation_ids = {op["operationId"] for methods in document["paths"].values() for op in methods.values()}
+    links = document["paths"]["/session/new"]["post"]["responses"]["200"]["links"]
+    assert links["wc_bridge_update_session_put"]["parameters"] == {"session_id": "$response.body#/sessionId"}
+    created = document["paths"]["/push/campaign/create"]["post"]["responses"]["200"]["links"]
+    assert {"campaigns_add_users_post", "campaigns_send_live_post"} <= set(created)
+    every = [link for methods in document["paths"].values() for op in methods.values()
+             for answer in op["responses"].values() for link in (answer.get("links") or {}).values()]
+    assert len(every) >= 20
+    assert all(link["operationId"] in operation_ids for link in every)

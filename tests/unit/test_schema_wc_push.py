@@ -274,3 +274,13 @@ def test_fcm_v1_form(admin):
             400, "BadFcmV1Credentials", "credentials")
     failure(client.post("/tenants/nobody/fcm_v1", headers=ADMIN, data={"credentials": "{}"}), 404, "TenantNotFound")
     assert fake.commands == []
+
+
+def test_form_parts_without_a_name_are_ignored_not_a_500(admin):
+    # Found by schemathesis: a multipart part with no name (``form-data`` alone) is keyed None by werkzeug.
+    _, client, fake = admin
+    for disposition in ("form-data", 'form-data; filename="f.bin"'):
+        body = f"--b\r\nContent-Disposition: {disposition}\r\n\r\nv\r\n--b--\r\n".encode()
+        answer = client.post("/tenants/acme/fcm_v1", headers=ADMIN, data=body, content_type="multipart/form-data; boundary=b")
+        failure(answer, 400, "EmptyField", "credentials")
+    assert fake.commands == []
