@@ -7,25 +7,23 @@ from datetime import UTC, datetime
 import pytest
 
 from api import auth
-from api.app import create_app
 from api.errors import ApiError
 from api.limits import TokenBuckets, check_payload
 from shared import db as collections
 from shared.payload import Body
 from shared.settings import load
+from tests.unit import fakes
 from workers.auth import RedactMessageArguments
 
 ADMIN_KEY = "admin-" + "x" * 40
 
 
-class FakeServices:
-    """Stands in for api.services.Services: documents by (collection, _id); writes and publishes recorded."""
+class FakeServices(fakes.FakeServices):
+    """Documents by (collection, _id); API keys created and revoked by the writes."""
 
     def __init__(self, settings):
-        self.settings = settings
+        super().__init__(settings)
         self.docs: dict = {}
-        self.commands: list = []
-        self.published: list = []
         self.lookups = 0
 
     def find_one(self, collection, query, projection=None):
@@ -36,34 +34,19 @@ class FakeServices:
         return dict(doc)
 
     def write(self, command):
-        self.commands.append(command)
         if command["kind"] == "auth.key.create":
             self.docs[(collections.API_KEYS, command["key_id"])] = {
                 "_id": command["key_id"], "app_id": command["app_id"], "hash": command["hash"], "revoked_at": None,
             }
         if command["kind"] == "auth.key.revoke":
             self.docs[(collections.API_KEYS, command["key_id"])]["revoked_at"] = datetime.now(UTC)
-        return {"_id": command["id"]}
-
-    def publish(self, actor, payload):
-        self.published.append((actor, payload))
-
-    def guarded_read(self, read):
-        return read()
-
-    def check_broker(self):
-        return True
-
-    def check_database(self):
-        return True
+        return super().write(command)
 
 
 @pytest.fixture
 def make_client():
     def make(**settings):
-        app = create_app(load({}, **settings))
-        fake = FakeServices(app.extensions["push"].settings)
-        app.extensions["push"] = fake
+        app, fake = fakes.app_with(FakeServices, **settings)
         for app_id in ("app-a", "app-b"):
             fake.docs[(collections.APPS, app_id)] = {
                 "_id": app_id,

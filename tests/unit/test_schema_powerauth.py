@@ -25,6 +25,7 @@ from api.app import create_app
 from api.powerauth import MESSAGE, MESSAGE_BODY
 from shared import db as collections
 from shared.settings import load
+from tests.unit import fakes
 
 #: The blueprints converted here (api/powerauth.py, api/auth.py, api/inbox.py, api/admin_ops.py).
 BLUEPRINTS = ("powerauth", "auth", "inbox", "admin_ops")
@@ -62,14 +63,12 @@ class FakeCollection:
         return []
 
 
-class FakeServices:
-    """Stands in for api.services.Services: documents by collection and id; writes and publishes recorded."""
+class FakeServices(fakes.FakeServices):
+    """Documents by collection and id, readable through ``db`` too; the queries made are recorded."""
 
     def __init__(self, settings):
-        self.settings = settings
+        super().__init__(settings)
         self.collections: dict[str, dict] = {}
-        self.commands: list = []
-        self.published: list = []
         self.queries: list = []
         self.app("app-a")
 
@@ -88,35 +87,11 @@ class FakeServices:
             return None
         return dict(doc)
 
-    def write(self, command):
-        self.commands.append(command)
-        return {"_id": command["id"], "result": {}}
-
-    def publish(self, actor, payload):
-        self.published.append((actor, payload))
-
-    def guarded_read(self, read):
-        return read()
-
-    def check_broker(self):
-        return True
-
-    def check_database(self):
-        return True
-
-    def message_counts(self, message_id):
-        return None
-
-    def wait_for_outcome(self, message_id):
-        return None
-
 
 @pytest.fixture
 def make_client():
     def make(**settings):
-        app = create_app(load({}, **settings))
-        fake = FakeServices(app.extensions["push"].settings)
-        app.extensions["push"] = fake
+        app, fake = fakes.app_with(FakeServices, **settings)
         return app, app.test_client(), fake
 
     return make

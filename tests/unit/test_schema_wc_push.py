@@ -14,6 +14,7 @@ from api.app import create_app
 from shared import db as collections
 from shared.settings import load
 from shared.wc_payload import raw_message_id
+from tests.unit import fakes
 from tests.unit.test_wc_push import FakeServices
 
 ADMIN = {"Authorization": "Bearer s3cret"}
@@ -24,9 +25,7 @@ RAW = {"topic": "t", "tag": 1, "message": "m"}
 @pytest.fixture
 def make_client():
     def make(**settings):
-        app = create_app(load({}, **settings))
-        fake = FakeServices(app.extensions["push"].settings)
-        app.extensions["push"] = fake
+        app, fake = fakes.app_with(FakeServices, **settings)
         return app, app.test_client(), fake
 
     return make

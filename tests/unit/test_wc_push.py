@@ -9,7 +9,6 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from api.app import create_app
 from api.wc_push_auth import (
     AuthError,
     base58_decode,
@@ -22,7 +21,6 @@ from api.wc_push_auth import (
 )
 from shared import db as collections
 from shared.payload import Body, apns_push, fcm_message
-from shared.settings import load
 from shared.wc_payload import (
     ENCRYPTED,
     LEGACY,
@@ -37,6 +35,7 @@ from shared.wc_payload import (
     raw_message_id,
 )
 from shared.wc_push import client_key, device_id, notification_key, tenant_app_id
+from tests.unit import fakes
 
 
 def cleartext(title="Hello", body="World", **extra) -> str:
@@ -192,38 +191,26 @@ def test_relay_signature_covers_timestamp_length_and_body():
 
 # --- routes, against a fake of the services -----------------------------------------------------
 
-class FakeServices:
-    """Stands in for api.services.Services: documents by (collection, _id), writes recorded."""
+class FakeServices(fakes.FakeServices):
+    """Documents by (collection, _id); every write answers ``result``."""
 
     def __init__(self, settings):
-        self.settings = settings
+        super().__init__(settings)
         self.docs: dict = {}
-        self.commands: list = []
         self.result: dict | None = None
 
     def find_one(self, collection, query, projection=None):
         return self.docs.get((collection, query["_id"]))
 
     def write(self, command):
-        self.commands.append(command)
+        super().write(command)
         return {"_id": command["id"], "result": self.result}
-
-    def guarded_read(self, read):
-        return read()
-
-    def check_broker(self):
-        return True
-
-    def check_database(self):
-        return True
 
 
 @pytest.fixture
 def make_client():
     def make(**settings):
-        app = create_app(load({}, **settings))
-        fake = FakeServices(app.extensions["push"].settings)
-        app.extensions["push"] = fake
+        app, fake = fakes.app_with(FakeServices, **settings)
         return app.test_client(), fake
 
     return make
