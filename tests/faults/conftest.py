@@ -7,14 +7,12 @@ at the end.
 """
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from devstack.stack import Ports, Stack
 from shared.settings import load
-from tests.faults.harness import FaultRun, delete_queues
+from tests.faults.harness import FaultRun
 from tests.integration.tcp_proxy import TcpProxy
+from tests.stacks import running_stack
 
 #: Crash recovery quick enough for a test (the lease decides when a killed worker's claims are retried).
 FAULT_SETTINGS = {
@@ -39,15 +37,9 @@ def broker_proxy():
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, broker_proxy):
-    prefix = f"faults-{uuid.uuid4().hex[:8]}."
     env = dict(FAULT_SETTINGS, PUSH_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{broker_proxy.port}/%2F")
-    stack = Stack(var_dir=tmp_path_factory.mktemp("faults-var"), ports=Ports.free(), queue_prefix=prefix, env=env)
-    try:
-        stack.start()
+    with running_stack(tmp_path_factory.mktemp("faults-var"), "faults", env) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        delete_queues(prefix)
 
 
 @pytest.fixture

@@ -17,16 +17,15 @@ from collections import Counter
 from functools import partial
 from urllib.parse import quote
 
-import pika
 import pymongo
 import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
 from devstack.seed import seed_devices
-from devstack.stack import WORKER_GROUPS, Stack
-from shared.commands import queue_name_for_prefix
+from devstack.stack import Stack
 from shared.settings import load
 from tests import waiting
+from tests.stacks import queue_names
 
 #: Notifications per scenario (one per device) and per batch request.
 DEVICES = 20_000
@@ -38,25 +37,6 @@ SEND_SPREAD_SECONDS = 10.0
 #: Longest pause between two tries of a refused batch (a client honouring Retry-After, capped).
 CLIENT_RETRY_PAUSE = 1.0
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
-
-
-def delete_queues(prefix: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(load().amqp_url))
-    try:
-        channel = connection.channel()
-        for name in queue_names(prefix):
-            channel.queue_delete(name)
-    finally:
-        connection.close()
-
-
-def queue_names(prefix: str) -> list[str]:
-    return [
-        queue_name_for_prefix(prefix, queue) + suffix
-        for queues in WORKER_GROUPS.values()
-        for queue in queues
-        for suffix in ("", ".DQ", ".XQ")
-    ]
 
 
 def queue_depths(prefix: str) -> dict[str, int]:

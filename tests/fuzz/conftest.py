@@ -6,13 +6,10 @@ makes up is ever sent off this machine.
 """
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
-from devstack.stack import Ports, Stack
-from tests.integration.conftest import delete_queues
+from tests.stacks import running_stack
 
 #: The app the document's examples name (``demo``, as in `make run`): with working credentials, the
 #: fuzzer's sends that pass validation go all the way to the simulators.
@@ -33,15 +30,9 @@ FUZZ_SETTINGS = {
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    prefix = f"fuzz-{uuid.uuid4().hex[:8]}."
-    stack = Stack(var_dir=tmp_path_factory.mktemp("fuzz-var"), ports=Ports.free(), queue_prefix=prefix, env=dict(FUZZ_SETTINGS))
-    try:
-        stack.start()
+    with running_stack(tmp_path_factory.mktemp("fuzz-var"), "fuzz", FUZZ_SETTINGS) as stack:
         credentials = make_credentials(FUZZ_APP, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}")
         register_with_simulators(credentials, apns_control=f"http://127.0.0.1:{stack.ports.apns_control}",
                                  fcm_control=f"http://127.0.0.1:{stack.ports.fcm_control}")
         configure_app(stack.api_url, FUZZ_APP, credentials)
         yield stack
-    finally:
-        stack.stop_all()
-        delete_queues(prefix)

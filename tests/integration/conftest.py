@@ -9,14 +9,11 @@ from __future__ import annotations
 import secrets
 import uuid
 
-import pika
 import pytest
 import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
-from devstack.stack import WORKER_GROUPS, Ports, Stack
-from shared.commands import queue_name_for_prefix
-from shared.settings import load
+from tests.stacks import running_stack
 
 #: Settings that make crash recovery quick enough for a test.
 TEST_SETTINGS = {
@@ -31,27 +28,8 @@ TEST_SETTINGS = {
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    prefix = f"test-{uuid.uuid4().hex[:8]}."
-    stack = Stack(var_dir=tmp_path_factory.mktemp("var"), ports=Ports.free(), queue_prefix=prefix, env=dict(TEST_SETTINGS))
-    try:
-        stack.start()
+    with running_stack(tmp_path_factory.mktemp("var"), "test", TEST_SETTINGS) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        delete_queues(prefix)
-
-
-def delete_queues(prefix: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(load().amqp_url))
-    try:
-        channel = connection.channel()
-        for queues in WORKER_GROUPS.values():
-            for queue in queues:
-                name = queue_name_for_prefix(prefix, queue)
-                for suffix in ("", ".DQ", ".XQ"):
-                    channel.queue_delete(name + suffix)
-    finally:
-        connection.close()
 
 
 class Api:

@@ -426,6 +426,16 @@ def test_tenant_management_needs_the_admin_token(admin, api):
     assert disabled.status_code == 403 and disabled.json()["errors"][0]["name"] == "TenantManagementDisabled"
 
 
+def eventually_suspended(admin, tenant: str) -> dict | None:
+    """``GET /tenants/<tenant>`` once it says suspended (None if it does not within the delivery timeout)."""
+
+    def suspended():
+        body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
+        return body if body["suspended"] else None
+
+    return eventually(suspended)
+
+
 def test_bad_credentials_suspend_the_provider_until_new_ones_arrive(stack, api, admin, apns_sim, fcm_sim):
     tenant = f"t-{uuid.uuid4().hex[:10]}"
     assert admin.post("/tenants", json={"id": tenant}, headers=ADMIN).status_code == 200
@@ -436,11 +446,7 @@ def test_bad_credentials_suspend_the_provider_until_new_ones_arrive(stack, api, 
     client = registered(wc, "apns", token)
     assert wc.send(client, new_id(), encrypted()).status_code == 202
 
-    def suspended():
-        body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
-        return body if body["suspended"] else None
-
-    body = eventually(suspended)
+    body = eventually_suspended(admin, tenant)
     assert body and "apns" in body["suspended_providers"] and body["suspended_reason"]
     assert apns_sim.delivered(token) == 0
 
@@ -545,11 +551,7 @@ def test_a_certificate_the_provider_refuses_at_tls_suspends_apns_until_a_good_on
     client = registered(wc, "apns", token)
     assert wc.send(client, new_id(), encrypted()).status_code == 202
 
-    def suspended():
-        body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
-        return body if body["suspended"] else None
-
-    body = eventually(suspended)
+    body = eventually_suspended(admin, tenant)
     assert body and "BadCertificate" in body["suspended_providers"]["apns"], body
     assert apns_sim.counts(token) == {"delivered": 0, "attempts": 0}  # refused at TLS: no request got through
 
