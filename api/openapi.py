@@ -261,7 +261,7 @@ def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, 
     responses.setdefault("503", {"description": "RabbitMQ or MongoDB unreachable: retry after Retry-After seconds",
                                  "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error})
     result["responses"] = responses
-    needed = "admin" if spec.admin else auth.route_class(rule.rule)
+    needed = auth.route_class(rule.rule)
     if needed is not None:
         # Keys are checked when PUSH_AUTH_ENABLED is on (docker-compose); `make run`'s demo has them off.
         result["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -73,27 +73,22 @@ class Extras(sc.Json):
 MAX_BADGE = 2**31 - 1
 
 
-def _text(**options) -> sc.Str:
-    """Text that goes into a provider payload (``Str`` refuses lone surrogates, which no payload can carry)."""
-    return sc.Str(**options)
-
-
 #: A PowerAuth message body (``PushMessageBody``); every value can go into an APNs payload and an FCM message.
 MESSAGE_BODY = sc.FastObj(
     {
-        "title": _text(max_length=MAX_TEXT, allow_empty=True),
-        "body": _text(max_length=MAX_TEXT, allow_empty=True),
+        "title": sc.Str(max_length=MAX_TEXT, allow_empty=True),
+        "body": sc.Str(max_length=MAX_TEXT, allow_empty=True),
         "badge": sc.Int(minimum=0, maximum=MAX_BADGE),
-        "sound": _text(),
-        "icon": _text(),
-        "category": _text(),
-        "collapseKey": _text(max_length=64),
+        "sound": sc.Str(),
+        "icon": sc.Str(),
+        "category": sc.Str(),
+        "collapseKey": sc.Str(max_length=64),
         "validUntil": sc.Timestamp(description="Not delivered after this time"),
         "extras": Extras(object_only=True, description="Custom data, delivered with the notification"),
-        "titleLocKey": _text(),
-        "titleLocArgs": sc.List(_text(allow_empty=True, max_length=MAX_TEXT)),
-        "bodyLocKey": _text(),
-        "bodyLocArgs": sc.List(_text(allow_empty=True, max_length=MAX_TEXT)),
+        "titleLocKey": sc.Str(),
+        "titleLocArgs": sc.List(sc.Str(allow_empty=True, max_length=MAX_TEXT)),
+        "bodyLocKey": sc.Str(),
+        "bodyLocArgs": sc.List(sc.Str(allow_empty=True, max_length=MAX_TEXT)),
     },
     required=True,
     name="PushMessageBody",

@@ -175,11 +175,9 @@ class Choice(Field):
 
     json_type = "string"
 
-    def __init__(self, options: Mapping[str, str] | list[str], *, hidden: tuple[str, ...] = (), **options_):
+    def __init__(self, options: Mapping[str, str] | list[str], **options_):
         super().__init__(**options_)
         self.options = dict(options) if isinstance(options, Mapping) else {o.lower(): o for o in options}
-        #: Values refused with a specific message (e.g. a platform this server does not deliver to).
-        self.hidden = hidden
 
     def clean(self, value, path):
         if not isinstance(value, str) or value.lower() not in self.options:
@@ -494,7 +492,6 @@ class Operation:
     form: dict[str, Field] = field(default_factory=dict)
     responses: dict[int, Field | None] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
-    admin: bool = False
     #: Request headers, documented only (``in: header``, not required): the route's own authentication reads them.
     headers: dict[str, Field] = field(default_factory=dict)
 
