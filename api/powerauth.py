@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import platform as runtime
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from api import auth, limits
 from api import schema as sc
@@ -365,9 +366,28 @@ def parse_message(message: dict, prefix: str, default_priority: str, settings=No
     }
 
 
+#: A send's ``Idempotency-Key`` header: a client's retry of a request whose answer it lost (a 503 after
+#: RabbitMQ took the message, a timeout) carries the same key and becomes the same message, sent once.
+IDEMPOTENCY_HEADERS = {
+    "Idempotency-Key": sc.Str(max_length=256, no_spaces=True, description=(
+        "Optional. Requests of one app with the same key are one message (its id is derived from the key): "
+        "retry with the same key and body, and the devices get it once"))
+}
+
+
+def message_id(app_id: str) -> str | None:
+    """The message id a send's ``Idempotency-Key`` names (None without one): the same for the same app and key."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = sc.check(IDEMPOTENCY_HEADERS["Idempotency-Key"], key, "Idempotency-Key", location="header")
+    return hashlib.sha256(f"{app_id}\x00{key}".encode()).hexdigest()[:32]
+
+
 def _send(entries: list[dict], app: dict, mode: str) -> Response:
     svc = services()
     send = command("send", app_id=app["_id"], mode=mode, entries=entries)
+    send["id"] = message_id(app["_id"]) or send["id"]
     svc.publish(commands.EXPAND_SEND, send)
     if mode == "ASYNCHRONOUS":
         return ok({"messageId": send["id"], "mode": mode, "result": None})
@@ -385,7 +405,7 @@ def result_object(counts: dict | None) -> dict:
 
 @blueprint.post("/push/message/send")
 @sc.operation("Send one message to a user's devices", body=wrapped({**SEND_OPTIONS, "message": MESSAGE}),
-              responses={200: SEND_ANSWER})
+              headers=IDEMPOTENCY_HEADERS, responses={200: SEND_ANSWER})
 def send_message():
     data = sc.body()
     app = existing_app(data)
@@ -403,6 +423,7 @@ def send_message():
          "batch": sc.List(MESSAGE, min_items=1, max_items=_max_batch, required=True)},
         example={"requestObject": {"appId": "demo", "mode": "ASYNCHRONOUS", "batch": [{"userId": "user-1", "body": {"title": "Hello"}}]}},
     ),
+    headers=IDEMPOTENCY_HEADERS,
     responses={200: SEND_ANSWER},
 )
 def send_batch():

@@ -130,10 +130,13 @@ class FaultRun:
                         "batch": [{"userId": u, "body": {"title": "Fault test", "body": f"{self.name} {n}"}} for u in users],
                     }
                 }
+                # A 503 can come after RabbitMQ took the message (its confirm lost in the outage): the retry
+                # carries the same key, so it is the same message, not a second one.
+                headers = {"Idempotency-Key": f"batch-{n}"}
                 began = time.monotonic()
                 while True:
                     try:
-                        answer = session.post(self.stack.api_url + "/push/message/batch/send", json=body, timeout=60)
+                        answer = session.post(self.stack.api_url + "/push/message/batch/send", json=body, headers=headers, timeout=60)
                     except requests.RequestException as error:
                         self.refused[type(error).__name__] += 1
                         time.sleep(CLIENT_RETRY_PAUSE)

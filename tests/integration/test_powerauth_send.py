@@ -155,3 +155,24 @@ def test_expired_valid_until_is_recorded_not_sent(api, new_app, apns_sim):
 
     assert result["apns"] == {"sent": 0, "pending": 0, "failed": 1, "total": 1}
     assert apns_sim.counts(token)["attempts"] == 0
+
+
+def test_a_retried_send_with_the_same_idempotency_key_is_one_message_delivered_once(api, new_app, apns_sim, fcm_sim):
+    # A client that lost its answer (a 503 after RabbitMQ took the message, a timeout) sends again: the
+    # fault test of a RabbitMQ outage once delivered a whole batch twice this way.
+    app_id = new_app()
+    dora, ios, android = user(), apns_token(), fcm_token()
+    register(api, app_id, ios, "ios", dora)
+    register(api, app_id, android, "android", dora)
+    url = api.base_url + "/push/message/batch/send"
+    body = {"requestObject": {"appId": app_id, "batch": [{"userId": dora, "body": {"title": "once"}}]}}
+    answers = [api.session.post(url, json=body, headers={"Idempotency-Key": "order-42"}, timeout=60) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    ids = {a.json()["responseObject"]["messageId"] for a in answers}
+    assert len(ids) == 1
+    time.sleep(1.0)  # the second copy is expanded and its chunks claimed (and skipped) by now
+    assert apns_sim.delivered(ios) == 1 and fcm_sim.delivered(android) == 1
+    # Another key, or none, is another message.
+    assert api.session.post(url, json=body, headers={"Idempotency-Key": "order-43"}, timeout=60).json()["responseObject"]["messageId"] not in ids
+    bad = api.session.post(url, json=body, headers={"Idempotency-Key": "two words"}, timeout=60)
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["responseObject"]["message"]
