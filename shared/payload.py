@@ -12,16 +12,27 @@ Mapping (PowerAuth's "Push Message Payload Mapping"):
 | icon | (none on iOS) | android.notification.icon |
 | category | aps.category | android.notification.click_action |
 | collapseKey | apns-collapse-id header | android.collapse_key (and notification.tag) |
+| (no collapseKey) | apns-collapse-id = the notification's ``display_id`` | android.notification.tag = ``display_id`` |
 | validUntil | apns-expiration header (epoch seconds) | android.ttl (seconds left, at send time) |
 | extras | keys at the payload's root | data (values as strings: FCM data is a string map) |
 | silent | aps.content-available=1, no alert; push type background, priority 5 | data-only message |
 | priority HIGH / NORMAL | apns-priority 10 / 5 | android.priority HIGH / NORMAL |
 | mutableContent | aps.mutable-content=1 | (none: FCM data messages reach the app) |
 
+Without a collapseKey a displayed notification still gets an identifier of its
+own, ``display_id(message id, entry)``: the same for every send of that
+notification to a device, different for any other. A device shows two
+notifications with one identifier as one, so the send that a crashed worker
+repeats (the provider took it an instant before the kill, its outcome was not
+yet written) replaces the first on the device instead of showing twice. Not
+``android.collapse_key``: FCM keeps at most four collapse keys per offline
+device, so a key per message would drop stored messages.
+
 Everything here is pure: no I/O, so it is unit-tested directly.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +43,23 @@ APNS_PRIORITY_IMMEDIATE = 10
 APNS_PRIORITY_CONSERVE_POWER = 5
 #: FCM's TTL when the message has no validUntil (FCM's own default is 4 weeks).
 FCM_DEFAULT_TTL_SECONDS = 2419200
+#: Longest ``apns-collapse-id`` APNs accepts (bytes).
+APNS_COLLAPSE_ID_MAX_BYTES = 64
+#: Length of a hashed ``display_id`` (for message ids too long to name it directly).
+DISPLAY_ID_HASH_LENGTH = 40
+
+
+def display_id(message_id: str, entry: int | str) -> str:
+    """The identifier a device shows one notification under: ``<message id>.<entry>``.
+
+    The same for every send of one entry of one message (a retry, a repeat after
+    a crash), distinct across messages and entries. Hashed when longer than
+    APNs allows for ``apns-collapse-id``.
+    """
+    name = f"{message_id}.{entry}"
+    if len(name.encode()) <= APNS_COLLAPSE_ID_MAX_BYTES:
+        return name
+    return hashlib.sha256(name.encode()).hexdigest()[:DISPLAY_ID_HASH_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -120,8 +148,12 @@ class ApnsPush:
     collapse_id: str | None
 
 
-def apns_push(body: Body, *, silent: bool, high_priority: bool) -> ApnsPush:
-    """Map a body to an APNs payload and headers (serialised once, reused for every device)."""
+def apns_push(body: Body, *, silent: bool, high_priority: bool, display: str | None = None) -> ApnsPush:
+    """Map a body to an APNs payload and headers (serialised once, reused for every device).
+
+    ``display``: the notification's :func:`display_id`, its ``apns-collapse-id``
+    when the body has no collapseKey (a silent push shows nothing: none).
+    """
     aps: dict = {}
     if silent:
         aps["content-available"] = 1
@@ -148,12 +180,16 @@ def apns_push(body: Body, *, silent: bool, high_priority: bool) -> ApnsPush:
         push_type="background" if silent else "alert",
         priority=APNS_PRIORITY_IMMEDIATE if high_priority and not silent else APNS_PRIORITY_CONSERVE_POWER,
         expiration=expiration,
-        collapse_id=body.collapse_key,
+        collapse_id=body.collapse_key or (None if silent else display),
     )
 
 
-def fcm_message(body: Body, *, silent: bool, high_priority: bool) -> dict:
-    """Map a body to an FCM v1 ``message`` without token and TTL (both are set per send)."""
+def fcm_message(body: Body, *, silent: bool, high_priority: bool, display: str | None = None) -> dict:
+    """Map a body to an FCM v1 ``message`` without token and TTL (both are set per send).
+
+    ``display``: the notification's :func:`display_id`, its ``android.notification.tag``
+    when the body has no collapseKey and the message shows a notification.
+    """
     android: dict = {"priority": "HIGH" if high_priority else "NORMAL"}
     _put(android, "collapse_key", body.collapse_key)
     message: dict = {"android": android}
@@ -174,6 +210,8 @@ def fcm_message(body: Body, *, silent: bool, high_priority: bool) -> dict:
         _put(notification, "body_loc_key", body.body_loc_key)
         _put(notification, "body_loc_args", list(body.body_loc_args) if body.body_loc_args else None)
         if notification:
+            if display and "tag" not in notification:
+                notification["tag"] = display
             android["notification"] = notification
     return message
 

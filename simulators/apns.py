@@ -129,7 +129,8 @@ class ApnsSimulator:
             await asyncio.sleep(delay)
         self.recorder.keep(token, request, status, **auth_seen(request))
         if status == 200:
-            return Response(200, b"", [("apns-id", apns_id)], on_written=self.recorder.deliverer(token))
+            return Response(200, b"", [("apns-id", apns_id)],
+                            on_written=self.recorder.deliverer(token, request.headers.get("apns-collapse-id")))
         body = {"reason": reason}
         if status == 410:
             body["timestamp"] = int(time.time() * 1000)

@@ -2,8 +2,8 @@
 
 Control port (plain HTTP/1.1, for tests and benchmarks):
   GET  /health                 -> {"ok": true}
-  GET  /counts                 -> {"delivered": {token: n}, "attempts": {token: n}}
-  GET  /counts/<token>         -> {"delivered": n, "attempts": n}
+  GET  /counts                 -> {"delivered": {token: n}, "attempts": {token: n}, "shown": {token: n}}
+  GET  /counts/<token>         -> {"delivered": n, "attempts": n, "shown": n}
   GET  /stats                  -> totals, without the per-token maps
   GET  /received/<token>       -> the last requests for the token: [{headers, body, status}]
                                   (APNs adds auth: "token" | "certificate" | null, and certificate_topic)
@@ -11,6 +11,10 @@ Control port (plain HTTP/1.1, for tests and benchmarks):
   POST /faults                 -> {"unavailable_seconds": s} answer 503 to everything for s seconds;
                                   {"goaway": true} send GOAWAY on every open connection
 plus each simulator's own (APNs: POST /keys; FCM: POST /service-accounts).
+
+"shown" is what the device presents: every delivered push, except one carrying
+a collapse identifier (APNs ``apns-collapse-id``, FCM ``android.notification.tag``)
+the device already presented, which replaces that one instead of showing again.
 """
 from __future__ import annotations
 
@@ -54,6 +58,10 @@ class Recorder:
     def reset(self) -> None:
         self.attempts: dict[str, int] = defaultdict(int)
         self.delivered: dict[str, int] = defaultdict(int)
+        self.shown: dict[str, int] = defaultdict(int)
+        #: Per token, the hash of the collapse identifier it presented (a set once there are several).
+        self.presented: dict[str, int | set[int]] = {}
+        self.shown_total = 0
         self.received: OrderedDict[str, deque] = OrderedDict()
         self.attempts_total = 0
         self.delivered_total = 0
@@ -69,13 +77,33 @@ class Recorder:
         self.attempts[token] += 1
         return self.attempts[token]
 
-    def deliverer(self, token: str):
+    def deliverer(self, token: str, collapse_id: str | None = None):
+        """What runs once the 200 went out: count the delivery, and what the device shows."""
+
         def delivered() -> None:
             self.delivered[token] += 1
             self.delivered_total += 1
             self.last_delivered_at = time.time()
+            if collapse_id is None or self._first_presentation(token, hash(collapse_id)):
+                self.shown[token] += 1
+                self.shown_total += 1
 
         return delivered
+
+    def _first_presentation(self, token: str, key: int) -> bool:
+        presented = self.presented.get(token)
+        if presented is None:
+            self.presented[token] = key
+            return True
+        if isinstance(presented, int):
+            if presented == key:
+                return False
+            self.presented[token] = {presented, key}
+            return True
+        if key in presented:
+            return False
+        presented.add(key)
+        return True
 
     def keep(self, token: str, request: Request, status: int, **extra) -> None:
         """Keep the request for ``/received`` (without its ``authorization``); ``extra`` adds what the simulator saw."""
@@ -97,6 +125,7 @@ class Recorder:
         return {
             "attempts_total": self.attempts_total,
             "delivered_total": self.delivered_total,
+            "shown_total": self.shown_total,
             "tokens": len(self.attempts),
             "first_at": self.first_at,
             "last_delivered_at": self.last_delivered_at,
@@ -114,10 +143,11 @@ def control_handler(recorder: Recorder, connections: Connections, extra: dict):
         if path == "/health":
             return Response.json(200, {"ok": True})
         if path == "/counts" and request.method == "GET":
-            return Response.json(200, {"delivered": recorder.delivered, "attempts": recorder.attempts})
+            return Response.json(200, {"delivered": recorder.delivered, "attempts": recorder.attempts, "shown": recorder.shown})
         if path.startswith("/counts/"):
             token = path[len("/counts/"):]
-            return Response.json(200, {"delivered": recorder.delivered.get(token, 0), "attempts": recorder.attempts.get(token, 0)})
+            return Response.json(200, {"delivered": recorder.delivered.get(token, 0), "attempts": recorder.attempts.get(token, 0),
+                                       "shown": recorder.shown.get(token, 0)})
         if path == "/stats":
             return Response.json(200, recorder.stats())
         if path.startswith("/received/"):

@@ -103,7 +103,7 @@ class FcmSimulator:
             if delay:
                 await asyncio.sleep(delay)
             response = Response.json(
-                200, {"name": f"projects/{project_id}/messages/{secrets.token_hex(8)}"}, on_written=self.recorder.deliverer(token)
+                200, {"name": f"projects/{project_id}/messages/{secrets.token_hex(8)}"}, on_written=self.recorder.deliverer(token, notification_tag(message))
             )
         self.recorder.keep(token, request, response.status)
         return response
@@ -138,6 +138,14 @@ class FcmSimulator:
             if failures is not None and attempt <= failures:
                 return fcm_error(status, grpc_status, text, code, headers=[("retry-after", "1")] if status == 429 else None)
         return None
+
+
+def notification_tag(message: dict) -> str | None:
+    """The tag a displayed Android notification replaces others of the same tag by (data-only: none)."""
+    android = message.get("android")
+    notification = android.get("notification") if isinstance(android, dict) else None
+    tag = notification.get("tag") if isinstance(notification, dict) else None
+    return tag if isinstance(tag, str) else None
 
 
 def main() -> None:

@@ -8,6 +8,9 @@ has an outcome. A crashed run's claims become claimable again when their lease
 runs out; the redelivered chunk waits for that with a delayed re-enqueue.
 Outcomes are written as they arrive (in small bulk writes), so a crash leaves
 at most the requests in flight at that instant without a recorded outcome.
+Those are sent again after the lease; each carries its notification's
+``display_id`` (shared/payload.py), so a device the provider had already
+reached shows it once.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from pymongo.errors import ConnectionFailure
 from shared import db as collections
 from shared import metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
-from shared.payload import Body, FcmTemplate, apns_push, fcm_message, fcm_ttl_seconds
+from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds
 from shared.settings import Settings
 from workers import wc_push
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
@@ -400,7 +403,12 @@ def _valid_until(entry: dict) -> float | None:
 
 def _apns_sender(ctx: DeliveryContext, app: dict, chunk: dict):
     pushes = {
-        key: apns_push(Body.from_json(entry["body"]), silent=entry.get("silent", False), high_priority=entry.get("high_priority", True))
+        key: apns_push(
+            Body.from_json(entry["body"]),
+            silent=entry.get("silent", False),
+            high_priority=entry.get("high_priority", True),
+            display=display_id(chunk["message_id"], key),
+        )
         for key, entry in chunk["entries"].items()
     }
 
@@ -429,7 +437,13 @@ def _fcm_sender(ctx: DeliveryContext, app: dict, chunk: dict):
         body = Body.from_json(entry["body"])
         ttl = fcm_ttl_seconds(body.valid_until, now)
         templates[key] = FcmTemplate(
-            fcm_message(body, silent=entry.get("silent", False), high_priority=entry.get("high_priority", True)), ttl_seconds=ttl
+            fcm_message(
+                body,
+                silent=entry.get("silent", False),
+                high_priority=entry.get("high_priority", True),
+                display=display_id(chunk["message_id"], key),
+            ),
+            ttl_seconds=ttl,
         )
     client = ctx.clients.fcm(app)
 

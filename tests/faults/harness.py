@@ -4,8 +4,10 @@ A scenario seeds an app's devices straight into MongoDB (half APNs, half FCM,
 1 % dead tokens), sends one notification to each through the PowerAuth batch
 API (ASYNCHRONOUS batches of 1,000) while a fault hits the stack, then checks:
 every acknowledged notification delivered exactly once per the simulators'
-counts (dead tokens: never delivered, recorded ``dead_token``), every other
-outcome recorded with its reason, and every queue of the stack empty.
+counts (dead tokens: never delivered, recorded ``dead_token``) but for sends in
+flight at the fault, which may repeat, and shown exactly once on every device
+(a repeat carries the same display id); every other outcome recorded with its
+reason, and every queue of the stack empty.
 """
 from __future__ import annotations
 
@@ -254,6 +256,8 @@ class FaultRun:
         fcm = requests.get(f"{self.fcm_control}/counts", timeout=60).json()
         delivered = {t: (apns if p == "apns" else fcm)["delivered"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
         attempts = {t: (apns if p == "apns" else fcm)["attempts"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
+        # What each device presents: a repeat carrying the same display id replaces the first (simulators/README.md).
+        shown = {t: (apns if p == "apns" else fcm)["shown"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
         live = [t for t in self.tokens if t not in self.dead]
         histogram = Counter(delivered[t] for t in live)
         repeated = {t for t in live if delivered[t] > 1}
@@ -301,6 +305,7 @@ class FaultRun:
             "delivered_twice_or_more": len(repeated),
             "never_delivered": len(never),
             "repeats_allowed_in_flight": len(allowed_repeats),
+            "shown_exactly_once": sum(1 for t in live if shown[t] == 1),
             "dead_tokens": len(self.dead),
             "dead_tokens_delivered": len(dead_delivered),
             "dead_token_reasons": dict(dead_reasons),
@@ -322,6 +327,7 @@ class FaultRun:
         assert repeated <= set(allowed_repeats), f"{len(repeated - set(allowed_repeats))} notifications delivered twice outside the in-flight set"
         assert not repeated & set(forbidden_repeats), "a send recorded before the fault was sent again"
         assert all(delivered[t] <= 2 for t in live)
+        assert all(shown[t] == 1 for t in live), f"{sum(1 for t in live if shown[t] != 1)} devices showed the notification other than once"
         return counts
 
 

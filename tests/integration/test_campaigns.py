@@ -137,3 +137,7 @@ def test_workers_killed_mid_campaign_still_serve_every_device_exactly_once(api, 
     assert repeated <= in_flight, f"{len(repeated - in_flight)} devices served twice that were not in flight at the kill"
     assert not repeated & recorded, "a send recorded before the kill was sent again"
     assert all(n <= 2 for n in served.values())
+    # A repeat carries the first send's display id: the device replaces, never shows it twice.
+    apns_shown, fcm_shown = apns_sim.all_counts()["shown"], fcm_sim.all_counts()["shown"]
+    shown = {t: (apns_shown if i % 2 else fcm_shown).get(t, 0) for i, t in enumerate(tokens)}
+    assert all(n == 1 for n in shown.values()), f"{sum(1 for n in shown.values() if n != 1)} devices did not show the campaign exactly once"

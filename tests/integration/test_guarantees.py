@@ -11,11 +11,14 @@ import requests
 
 from devstack.stack import free_port
 from shared.broker import make_broker
-from shared.commands import APPLY_WRITE, Publisher, command
+from shared.commands import APPLY_WRITE, DELIVER_ACTOR_BY_PROVIDER, Publisher, command
+from shared.payload import display_id
 from shared.settings import load
 from tests import waiting
 from tests.integration.conftest import apns_token, fcm_token, register
 from tests.integration.tcp_proxy import TcpProxy
+from workers.expand import Delivery, chunk_payload
+from workers.writes import device_id
 
 
 def devices(stack):
@@ -98,6 +101,52 @@ def test_acknowledged_batch_survives_a_worker_killed_mid_batch_and_is_delivered_
     apns_counts, fcm_counts = apns_sim.all_counts()["delivered"], fcm_sim.all_counts()["delivered"]
     for i, token in enumerate(tokens):
         assert (apns_counts if i % 2 else fcm_counts).get(token) == 1, token
+
+
+def test_a_send_repeated_after_a_crash_reaches_the_device_again_but_shows_once(api, new_app, stack, apns_sim, fcm_sim):
+    """The one at-least-once window: the provider took a send, the worker died before writing its outcome.
+
+    The crash is made exactly: after a delivery, its documents are put back as a
+    SIGKILL at that instant leaves them (claimed by a dead run, lease over, no
+    outcome) and the chunk is delivered again, as RabbitMQ redelivers the
+    unacknowledged message. The provider gets the notification twice; the device
+    shows it once, because both sends carry the same display id.
+    """
+    app_id = new_app()
+    user = f"r-{uuid.uuid4().hex[:8]}"
+    tokens = {"apns": apns_token(), "fcm": fcm_token()}
+    for platform, token in tokens.items():
+        register(api, app_id, token, platform, user)
+    body = {"title": "once on screen", "body": "even when sent twice"}
+    answer = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": user, "body": body}})
+    message_id = answer["responseObject"]["messageId"]
+    sims = {"apns": apns_sim, "fcm": fcm_sim}
+    for platform, token in tokens.items():
+        wait_for(lambda p=platform, t=token: sims[p].delivered(t) == 1, what=f"{platform} delivered")
+    deliveries = pymongo.MongoClient(stack.mongo_uri)["push"]["deliveries"]
+    wait_for(lambda: deliveries.count_documents({"message_id": message_id, "state": "sent"}) == 2, what="outcomes recorded")
+
+    deliveries.update_many(
+        {"message_id": message_id},
+        {"$set": {"state": "sending", "claim": "a-run-killed-after-the-providers-200", "lease_until": time.time() - 1}},
+    )
+    settings = load(queue_prefix=stack.queue_prefix)
+    publisher = Publisher(make_broker(settings, set_global=False), settings)
+    entry = {"user_id": user, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": body}
+    for platform, token in tokens.items():
+        doc = deliveries.find_one({"message_id": message_id, "_id": {"$regex": f":{token}$"}})
+        delivery = Delivery(doc["_id"], device_id(app_id, token), token, 0, None)
+        chunk = chunk_payload(message_id, app_id, {"0": entry}, [delivery], first_attempt_at=time.time())
+        publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], chunk)
+
+    for platform, token in tokens.items():
+        wait_for(lambda p=platform, t=token: sims[p].delivered(t) == 2, what=f"{platform} sent again")
+        assert sims[platform].counts(token)["shown"] == 1, f"{platform}: the repeat showed as a second notification"
+    wait_for(lambda: deliveries.count_documents({"message_id": message_id, "state": "sent"}) == 2, what="outcomes recorded again")
+    expected = display_id(message_id, 0)
+    apns_sent, fcm_sent = apns_sim.received(tokens["apns"]), fcm_sim.received(tokens["fcm"])
+    assert [r["headers"].get("apns-collapse-id") for r in apns_sent] == [expected, expected]
+    assert [r["body"]["message"]["android"]["notification"]["tag"] for r in fcm_sent] == [expected, expected]
 
 
 def test_broker_down_answers_503_and_loses_nothing_acknowledged(new_app, stack):

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from shared.payload import Body, FcmTemplate, apns_push, fcm_message, fcm_ttl_seconds, parse_timestamp
+from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds, parse_timestamp
 
 FULL = Body(
     title="Balance update",
@@ -105,3 +105,33 @@ def test_timestamps_accept_z_offsets_and_naive_as_utc():
     assert parse_timestamp("2030-01-01T00:00:00Z") == datetime(2030, 1, 1, tzinfo=UTC)
     assert parse_timestamp("2030-01-01T02:00:00+02:00") == datetime(2030, 1, 1, tzinfo=UTC)
     assert parse_timestamp("2030-01-01T00:00:00") == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_without_a_collapse_key_a_notification_is_shown_under_its_display_id():
+    display = display_id("m" * 32, 3)
+    assert display == "m" * 32 + ".3"
+    push = apns_push(Body(title="t"), silent=False, high_priority=True, display=display)
+    assert push.collapse_id == display
+    message = fcm_message(Body(title="t"), silent=False, high_priority=True, display=display)
+    assert message["android"]["notification"]["tag"] == display
+    # Not android.collapse_key: FCM keeps only four per offline device, a key per message would drop messages.
+    assert "collapse_key" not in message["android"]
+
+
+def test_the_senders_collapse_key_wins_over_the_display_id():
+    body = Body(title="t", collapse_key="balance")
+    assert apns_push(body, silent=False, high_priority=True, display="x.0").collapse_id == "balance"
+    assert fcm_message(body, silent=False, high_priority=True, display="x.0")["android"]["notification"]["tag"] == "balance"
+
+
+def test_a_silent_push_shows_nothing_so_gets_no_display_id():
+    assert apns_push(Body(title="t"), silent=True, high_priority=True, display="x.0").collapse_id is None
+    assert "notification" not in fcm_message(Body(title="t"), silent=True, high_priority=True, display="x.0")["android"]
+    # A data-only body makes no notification just to carry a tag.
+    assert "notification" not in fcm_message(Body(extras={"k": "v"}), silent=False, high_priority=True, display="x.0")["android"]
+
+
+def test_display_id_is_per_message_and_entry_and_fits_apns():
+    assert display_id("m", 0) != display_id("m", 1) != display_id("n", 1)
+    long = display_id("x" * 100, 7)
+    assert len(long.encode()) <= 64 and long == display_id("x" * 100, 7) and long != display_id("x" * 100, 8)
