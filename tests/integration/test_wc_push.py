@@ -32,21 +32,13 @@ from shared.settings import load
 from shared.wc_push import client_key, tenant_app_id
 from tests.integration.conftest import apns_token, fcm_token
 from tests.unit.test_wc_push import client_jwt
+from tests.waiting import wait_for
 from workers import wc_push as handlers
 
 ADMIN_TOKEN = "wc-push-admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 #: Seconds a delivery may take to reach a simulator.
 DELIVERY_TIMEOUT = 30
-
-
-def eventually(check, *, timeout: float = DELIVERY_TIMEOUT, pause: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(pause)
 
 
 def encrypted(topic: str = "topic-1", blob: str = "ZW5jcnlwdGVk") -> dict:
@@ -162,7 +154,7 @@ def registered(wc: WcClient, kind: str, token: str, client_id: str | None = None
 
 def delivered(simulator, token: str, count: int = 1) -> int:
     """Wait until ``token`` got ``count`` pushes, then a little longer to catch extras; answer the count."""
-    eventually(lambda: simulator.delivered(token) >= count)
+    wait_for(lambda: simulator.delivered(token) >= count, timeout=DELIVERY_TIMEOUT, what=f"{count} pushes to {token[:12]}…")
     time.sleep(0.5)
     return simulator.delivered(token)
 
@@ -320,7 +312,7 @@ def test_dead_token_deletes_the_client(api, default_tenant, database):
         client = registered(wc, kind, token)
         assert wc.send(client, new_id(), encrypted()).status_code == 202
         key = client_key("default", client)
-        assert eventually(lambda key=key: database[collections.WCP_CLIENTS].find_one({"_id": key})["deleted"]), kind
+        wait_for(lambda key=key: database[collections.WCP_CLIENTS].find_one({"_id": key})["deleted"], timeout=DELIVERY_TIMEOUT, what=f"{kind} client deleted")
         assert wc.send(client, new_id(), encrypted()).status_code == 404
 
 
@@ -429,14 +421,14 @@ def test_tenant_management_needs_the_admin_token(admin, api):
     assert disabled.status_code == 403 and disabled.json()["errors"][0]["name"] == "TenantManagementDisabled"
 
 
-def eventually_suspended(admin, tenant: str) -> dict | None:
-    """``GET /tenants/<tenant>`` once it says suspended (None if it does not within the delivery timeout)."""
+def eventually_suspended(admin, tenant: str) -> dict:
+    """``GET /tenants/<tenant>`` once it says suspended (fails the test if it does not within the delivery timeout)."""
 
     def suspended():
         body = admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()
         return body if body["suspended"] else None
 
-    return eventually(suspended)
+    return wait_for(suspended, timeout=DELIVERY_TIMEOUT, what=f"tenant {tenant} suspended")
 
 
 def test_bad_credentials_suspend_the_provider_until_new_ones_arrive(stack, api, admin, apns_sim, fcm_sim):
