@@ -95,7 +95,8 @@ class _Connection(ASGIProtocol):
 
     def idle(self) -> bool:
         """Waiting for a next request that has not begun to arrive, with no call of the app running."""
-        return self._awaiting_request and not self._finishing_calls and not self._request_ready.is_set()
+        ready = self._request_ready  # None until the connection committed to HTTP/1
+        return self._awaiting_request and not self._finishing_calls and ready is not None and not ready.is_set()
 
     def close_idle(self) -> None:
         self._keepalive_timeout()
@@ -123,9 +124,13 @@ class PollWorker(ASGIWorker):
 
     def load_wsgi(self):
         self.wsgi = self.app.wsgi()
+        reader = getattr(self.wsgi, "extensions", {}).get("wc_bridge_poll")
+        if reader is not None and isinstance(self.wsgi.wsgi_app, wc_bridge.PollFastPath):
+            # The loop takes the WSGI fast path's place: a poll that reaches Flask is one whose read
+            # failed, for the route's own direct read to answer (not the same reader a second time).
+            self.wsgi.wsgi_app = self.wsgi.wsgi_app.app
         self.executor = ThreadPoolExecutor(max_workers=max(1, self.cfg.threads), thread_name_prefix="wsgi")
         fallback = WsgiBridge(self.wsgi, self.executor, self.cfg)
-        reader = getattr(self.wsgi, "extensions", {}).get("wc_bridge_poll")
         self.asgi = PollFrontend(reader, fallback) if reader is not None else fallback
 
     async def _serve(self):

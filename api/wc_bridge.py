@@ -20,9 +20,11 @@ reference), at most ``wc_bridge_max_payload_bytes``. Errors are JSON
 session or call, 413 a body over that limit.
 
 The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
-answered by :class:`PollFastPath` in front of Flask, through a per-process
-:class:`PollReader` that reads many pollers' ids in one query by ``_id`` with
-a projection and answers a read again for ``wc_bridge_poll_fresh_seconds``.
+answered in the event loop of the API's gunicorn worker (:mod:`api.poll_worker`;
+under another WSGI server by :class:`PollFastPath` in front of Flask), through a
+per-process :class:`PollReader` that reads many pollers' ids in one query by
+``_id`` with a projection and answers a read again for
+``wc_bridge_poll_fresh_seconds``.
 """
 from __future__ import annotations
 
@@ -710,8 +712,9 @@ class PollFastPath:
     the read, so these two are matched on the raw path here and read through
     the process's :class:`PollReader`; anything else, and any trouble (the
     database unreachable), falls through to the Flask app, which answers it
-    in the family's format. Under the API's own worker (:mod:`api.poll_worker`)
-    the polls are answered before they reach WSGI at all.
+    in the family's format. The API's own gunicorn worker (:mod:`api.poll_worker`)
+    answers the polls in its event loop instead and takes this middleware out;
+    it serves under any other WSGI server.
 
     Parameters:
       app: the Flask app's WSGI callable, for everything else.
