@@ -23,6 +23,7 @@ through this process is seen by the next poll (:func:`api.wc_bridge.forget_polle
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,6 +35,17 @@ from api.wsgi_bridge import WsgiBridge
 
 #: Seconds between two heartbeats to the gunicorn arbiter (and checks of the parent).
 HEARTBEAT_SECONDS = 1.0
+#: gunicorn's error page (gunicorn.util.write_error), for the refusals its HTTP server writes itself.
+ERROR_PAGE = """<html>
+  <head>
+    <title>{reason}</title>
+  </head>
+  <body>
+    <h1><p>{reason}</p></h1>
+    {message}
+  </body>
+</html>
+"""
 #: Connections accepted per wake-up of the listening socket (see _serve).
 ACCEPTS_PER_WAKEUP = 1
 #: Seconds between two looks for idle connections while the worker stops.
@@ -92,6 +104,16 @@ class _Connection(ASGIProtocol):
     def connection_lost(self, exc):
         self.worker.connections.discard(self)
         super().connection_lost(exc)
+
+    def _send_error_response(self, status, message, extra_headers=()):
+        """gunicorn's own refusals (414, 431, 400, 500 …) as its WSGI workers write them: an HTML page
+        (the API document says text/html), where its ASGI server writes plain text."""
+        reason = self._get_reason_phrase(status)
+        page = ERROR_PAGE.format(reason=html.escape(reason), message=html.escape(message if status < 500 else ""))
+        body = page.encode("latin-1", "replace")
+        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+        head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+        self._safe_write(head.encode("latin-1") + body)
 
     def idle(self) -> bool:
         """Waiting for a next request that has not begun to arrive, with no call of the app running."""
