@@ -168,6 +168,19 @@ def test_a_poll_sees_a_put_as_soon_as_the_put_was_answered(stack, connection):
         assert status == 200 and json.loads(body) == {"encryptionPayload": payload}, n
 
 
+def test_a_large_answer_read_slowly_arrives_whole_before_the_next_one(stack, connection):
+    """/openapi.json is far larger than the socket's buffers: the app's thread waits for the client, nothing is lost."""
+    session_id = session_with_details(stack)
+    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.send(request("GET", "/openapi.json") + request("GET", f"/session/{session_id}"))
+    time.sleep(1.0)  # the server fills the buffers and has to wait
+    status, headers, document = connection.answer()
+    assert status == 200 and len(document) > 100_000
+    assert json.loads(document)["paths"]
+    status, _, polled = connection.answer()
+    assert status == 200 and json.loads(polled) == {"encryptionPayload": PAYLOAD}
+
+
 # --- request bodies ---------------------------------------------------------------------------------
 
 def test_a_chunked_body_is_read(stack, connection):
