@@ -1,7 +1,9 @@
 """The Flask app factory: one blueprint per API family, configuration passed in.
 
-Served by gunicorn (``gunicorn 'api.app:create_app()'``); each gunicorn worker
-builds its own broker connection and MongoDB client after the fork.
+Served by gunicorn with the API's own worker class (``gunicorn --worker-class
+api.poll_worker.PollWorker 'api.app:create_app()'``: the WalletConnect polls in
+an event loop, Flask in threads); each gunicorn worker builds its own broker
+connection and MongoDB client after the fork.
 """
 from __future__ import annotations
 

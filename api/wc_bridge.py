@@ -20,12 +20,15 @@ reference), at most ``wc_bridge_max_payload_bytes``. Errors are JSON
 session or call, 413 a body over that limit.
 
 The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
-answered by :class:`PollFastPath` in front of Flask, through a per-process
-:class:`PollReader` that reads many pollers' ids in one query by ``_id`` with
-a projection and answers a read again for ``wc_bridge_poll_fresh_seconds``.
+answered in the event loop of the API's gunicorn worker (:mod:`api.poll_worker`;
+under another WSGI server by :class:`PollFastPath` in front of Flask), through a
+per-process :class:`PollReader` that reads many pollers' ids in one query by
+``_id`` with a projection and answers a read again for
+``wc_bridge_poll_fresh_seconds``.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -492,6 +495,7 @@ def get_call_status(call_id: str):
 POLL_PROJECTION = {"payload": 1, "expires_at": 1, "deleted": 1}
 NO_CONTENT = ("204 No Content", [("Content-Type", EMPTY_TYPE), ("Content-Length", "0")])
 JSON_HEADERS = [("Content-Type", "application/json")]
+STATUS_LINES = {200: "200 OK", 204: NO_CONTENT[0]}
 #: Polled kinds: the path prefix and the collection each reads.
 SESSION, CALL_STATUS = "session", "call-status"
 POLLED = {SESSION: collections.WC_SESSIONS, CALL_STATUS: collections.WC_CALL_STATUS}
@@ -504,17 +508,31 @@ POLL_CACHE_KEEP_SECONDS = 10.0
 REFRESH_AT = 0.75
 #: Marks a cache entry that a write in this process made stale.
 STALE = object()
+#: What :meth:`PollReader.cached` answers when the id has no fresh read.
+MISSING = object()
 
 
 class _Slot:
-    """A poller's place in the next batch."""
+    """A poller's place in the next batch: an event for threads, futures for event loops."""
 
-    __slots__ = ("done", "doc", "error")
+    __slots__ = ("done", "doc", "error", "futures")
 
     def __init__(self):
         self.done = threading.Event()
         self.doc = None
         self.error = None
+        self.futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+
+def _settle(slots: list[tuple[asyncio.Future, _Slot]]) -> None:
+    """In the loop: hand a batch's reads to the futures of this loop's pollers."""
+    for future, slot in slots:
+        if future.done():
+            continue
+        if slot.error is not None:
+            future.set_exception(slot.error)
+        else:
+            future.set_result(slot.doc)
 
 
 class PollReader:
@@ -550,8 +568,8 @@ class PollReader:
         self.wanted = threading.Condition(self.lock)
         self.thread: threading.Thread | None = None
 
-    def get(self, kind: str, key: str) -> dict | None:
-        """The document (None when absent); raises the read's error, or TimeoutError."""
+    def cached(self, kind: str, key: str):
+        """The document if this process read it less than ``fresh_seconds`` ago (None when absent), else MISSING."""
         name = (kind, key)
         now = time.monotonic()
         entry = self.cache.get(name)
@@ -559,19 +577,42 @@ class PollReader:
             self.hot[name] = now
         if entry is not None and entry[1] is not STALE and now - entry[0] < self.fresh:
             return entry[1]
+        return MISSING
+
+    def get(self, kind: str, key: str) -> dict | None:
+        """The document (None when absent); raises the read's error, or TimeoutError."""
+        doc = self.cached(kind, key)
+        if doc is not MISSING:
+            return doc
         with self.lock:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="wc-poll-reader", daemon=True)
-                self.thread.start()
-            slot = self.pending.get(name)
-            if slot is None:
-                slot = self.pending[name] = _Slot()
-                self.wanted.notify()
+            slot = self._slot((kind, key))
         if not slot.done.wait(POLL_WAIT_SECONDS):
             raise TimeoutError("poll read")
         if slot.error is not None:
             raise slot.error
         return slot.doc
+
+    def read_soon(self, kind: str, key: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """A future of ``loop`` for the document, settled by the next batch (for an event loop, which must not wait).
+
+        Call it after :meth:`cached` answered MISSING; the future gets the
+        document (None when absent) or the read's error.
+        """
+        future = loop.create_future()
+        with self.lock:
+            self._slot((kind, key)).futures.append((loop, future))
+        return future
+
+    def _slot(self, name: tuple[str, str]) -> _Slot:
+        """The id's place in the next batch (with the lock held); starts the reading thread."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="wc-poll-reader", daemon=True)
+            self.thread.start()
+        slot = self.pending.get(name)
+        if slot is None:
+            slot = self.pending[name] = _Slot()
+            self.wanted.notify()
+        return slot
 
     def forget(self, kind: str, key: str) -> None:
         """A write through this process changed the document: the next poll reads it anew."""
@@ -620,9 +661,18 @@ class PollReader:
                             self.cache[name] = (started, docs.get(name))
                     if len(self.cache) > POLL_CACHE_SIZE:
                         self._prune(started)
+            settle: dict[asyncio.AbstractEventLoop, list] = {}
             for name, slot in batch.items():
                 slot.doc, slot.error = docs.get(name), error
                 slot.done.set()
+                # The batch left ``pending`` under the lock: no future joins the slot any more.
+                for loop, future in slot.futures:
+                    settle.setdefault(loop, []).append((future, slot))
+            for loop, slots in settle.items():
+                try:
+                    loop.call_soon_threadsafe(_settle, slots)
+                except RuntimeError:  # the loop closed (its worker is stopping): nobody waits
+                    pass
 
     def _prune(self, now: float) -> None:
         old = [name for name, (at, _) in self.cache.items() if now - at > POLL_CACHE_KEEP_SECONDS]
@@ -630,6 +680,28 @@ class PollReader:
             del self.cache[name]
         if len(self.cache) > POLL_CACHE_SIZE:
             self.cache.clear()
+
+
+def poll_target(path: str) -> tuple[str, str] | None:
+    """The polled kind and id of a GET's (percent-decoded) path, if it is one of the two polled routes."""
+    if path.startswith("/session/"):
+        kind, key = SESSION, path[9:]
+    elif path.startswith("/call-status/"):
+        kind, key = CALL_STATUS, path[13:]
+    else:
+        return None
+    if key and "/" not in key and len(key) <= MAX_ID_LENGTH:
+        return kind, key
+    return None
+
+
+def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of a poll's answer, as the Flask routes answer it."""
+    doc = live(doc)
+    if doc is None or doc.get("payload") is None:
+        return 204, NO_CONTENT[1], b""
+    body = orjson.dumps({"encryptionPayload": doc["payload"]})
+    return 200, [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
 
 class PollFastPath:
@@ -640,7 +712,9 @@ class PollFastPath:
     the read, so these two are matched on the raw path here and read through
     the process's :class:`PollReader`; anything else, and any trouble (the
     database unreachable), falls through to the Flask app, which answers it
-    in the family's format.
+    in the family's format. The API's own gunicorn worker (:mod:`api.poll_worker`)
+    answers the polls in its event loop instead and takes this middleware out;
+    it serves under any other WSGI server.
 
     Parameters:
       app: the Flask app's WSGI callable, for everything else.
@@ -652,25 +726,16 @@ class PollFastPath:
         self.reader = reader
 
     def __call__(self, environ, start_response):
-        if environ["REQUEST_METHOD"] == "GET":
-            path = environ["PATH_INFO"]
-            kind = key = None
-            if path.startswith("/session/"):
-                kind, key = SESSION, path[9:]
-            elif path.startswith("/call-status/"):
-                kind, key = CALL_STATUS, path[13:]
-            if key and "/" not in key and len(key) <= MAX_ID_LENGTH:
-                try:
-                    doc = live(self.reader.get(kind, key))
-                except Exception:  # noqa: BLE001 - Flask's direct read answers it, in the family's format
-                    return self.app(environ, start_response)
-                if doc is None or doc.get("payload") is None:
-                    start_response(*NO_CONTENT)
-                    return [b""]
-                body = orjson.dumps({"encryptionPayload": doc["payload"]})
-                start_response("200 OK", [*JSON_HEADERS, ("Content-Length", str(len(body)))])
-                return [body]
-        return self.app(environ, start_response)
+        target = poll_target(environ["PATH_INFO"]) if environ["REQUEST_METHOD"] == "GET" else None
+        if target is None:
+            return self.app(environ, start_response)
+        try:
+            doc = self.reader.get(*target)
+        except Exception:  # noqa: BLE001 - Flask's direct read answers it, in the family's format
+            return self.app(environ, start_response)
+        status, headers, body = poll_answer(doc)
+        start_response(STATUS_LINES[status], headers)
+        return [body]
 
 
 def install(app, services_: Services) -> None:

@@ -36,6 +36,8 @@ WORKER_GROUPS = {
 
 #: Seconds gunicorn keeps an idle client connection open.
 API_KEEP_ALIVE_SECONDS = 75
+#: The API's gunicorn worker: WalletConnect polls in an event loop, Flask in ``api_threads`` threads.
+API_WORKER_CLASS = "api.poll_worker.PollWorker"
 
 
 def free_port() -> int:
@@ -253,7 +255,7 @@ class Stack:
                 str(VENV_BIN / "gunicorn"),
                 "--bind", f"127.0.0.1:{port}",
                 "--workers", str(self.api_workers),
-                "--worker-class", "gthread",
+                "--worker-class", API_WORKER_CLASS,
                 "--threads", str(self.api_threads),
                 # Longer than clients' idle pooled connections usually live: with gunicorn's
                 # default (2 s) a client reusing a connection the server just closed gets
