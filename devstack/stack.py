@@ -262,6 +262,9 @@ class Stack:
                 # "Remote end closed connection without response".
                 "--keep-alive", str(API_KEEP_ALIVE_SECONDS),
                 "--access-logfile", "-" if not self.log_to_files else str(self.var_dir / "logs" / f"{name}-access.log"),
+                # gunicorn ≥ 25 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+                # stacks running side by side (tests, faults, fuzz, bench) would take each other's.
+                "--no-control-socket",
                 "api.app:create_app()",
             ],
             env=env,
