@@ -11,6 +11,7 @@ import argparse
 import time
 
 from bench.campaign import measure_campaign
+from bench.client import measure_clients
 from bench.harness import bench_stack
 from bench.limit import measure_limit
 from bench.pipeline import measure_e2e, measure_ingest, measure_sync
@@ -29,10 +30,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every figure")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None,
-                        help="figure groups to run: limit e2e ingest sync campaign wc_poll dedupe")
+                        help="figure groups to run: client limit e2e ingest sync campaign wc_poll dedupe")
     args = parser.parse_args()
     quick = args.quick
-    groups = set(args.only or ["limit", "e2e", "ingest", "sync", "campaign", "wc_poll", "dedupe"])
+    groups = set(args.only or ["client", "limit", "e2e", "ingest", "sync", "campaign", "wc_poll", "dedupe"])
     devices = 5_000 if quick else 50_000
     campaign_sizes = (10_000, 50_000) if quick else (100_000, 1_000_000)
     started = time.time()
@@ -40,6 +41,9 @@ def main() -> None:
     figures: dict = {}
     try:
         stack.start()
+        if "client" in groups:
+            for name, value in measure_clients(stack, requests=2_000 if quick else 10_000, rounds=args.repeats).items():
+                emit(name, value)
         if "limit" in groups:
             limit = measure_limit(stack, notifications=devices, processes=stack.worker_processes, repeats=args.repeats)
             figures.update(limit)

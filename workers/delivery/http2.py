@@ -398,7 +398,9 @@ class Http2Pool:
         """A connection with a free stream, if the pool need not (or cannot) open another; else None."""
         best, best_free = None, 0
         for connection in self.connections:
-            free = connection.free_streams
+            if connection.closed or connection.draining:
+                continue
+            free = connection.max_streams - len(connection.streams)  # free_streams, without a property call per request
             if free > best_free:
                 best, best_free = connection, free
         # Spread the load: past half its streams, a connection shares with a new one while the pool may open one.
