@@ -167,7 +167,7 @@ def measure_clients(stack: Stack, *, requests: int = 10_000, concurrency: int = 
                 samples[name].append((elapsed, cpu))
     figures = {}
     for name, runs in samples.items():
-        label = re.sub(r"\W", "_", name)
+        label = re.sub(r"\W", "_", name.rpartition(":")[2])
         figures[f"{label}_cpu_us_per_request"] = median([cpu / requests * 1e6 for _, cpu in runs])
         figures[f"{label}_per_s"] = median([requests / elapsed for elapsed, _ in runs])
     # The target: the project's CPU per request at most a quarter of aioapns's.

@@ -214,6 +214,8 @@ class Http2Connection(asyncio.Protocol):
                 self.h2.send_data(stream_id, body, end_stream=True)
         except ngh2.NGH2Error as error:
             self.draining = True  # stream ids spent, or the session is shutting down
+            if not self.streams:
+                self.close()
             raise TransportError(f"HTTP/2 error: {error!r}") from error
         self.requests_started += 1
         if self.requests_started >= MAX_REQUESTS_PER_CONNECTION:
