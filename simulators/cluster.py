@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 30
 #: Seconds serving processes get to stop after SIGTERM.
 STOP_TIMEOUT_SECONDS = 5
+#: Seconds the coordinator waits, after a serving process went away, for the stop signal that may explain it.
+EXIT_GRACE_SECONDS = 1.0
 
 #: Makes a simulator for a recorder; answers (provider handler, node control).
 SimulatorFactory = Callable[[Recorder], tuple[Callable, NodeControl]]
@@ -161,7 +163,9 @@ class _Serving:
 
             channel = Channel(reader, writer, handle)
             await channel.serve()
-            if not stopping.is_set():
+            try:  # a stop signals the whole process group: the serving processes may go first
+                await asyncio.wait_for(stop_signal.wait(), EXIT_GRACE_SECONDS)
+            except TimeoutError:
                 log.error("a serving process of the %s simulator went away; stopping", name)
                 stopping.set()
 
@@ -169,7 +173,7 @@ class _Serving:
             await asyncio.gather(*(node.channel.request({"op": "control", "request": request}) for node in nodes if node.channel is not origin))
             return True
 
-        stopping = asyncio.Event()
+        stopping, stop_signal = asyncio.Event(), _stop_signal()
         hub_server = await asyncio.start_unix_server(connected, socket_path)
         argv = [sys.executable, "-m", f"simulators.{name}", *sys.argv[1:], "--worker-socket", socket_path]
         workers = [subprocess.Popen(argv) for _ in range(self.args.processes)]
@@ -180,12 +184,12 @@ class _Serving:
             control_server = await serve(control.handle, self.args.host, self.args.control_port)
             print(f"{name} simulator ready on {self.args.host}:{self.args.port} (control {self.args.control_port}, "
                   f"{self.args.processes} processes)", flush=True)
-            stop = asyncio.ensure_future(_stopped())
+            stop = asyncio.ensure_future(stop_signal.wait())
             broken = asyncio.ensure_future(stopping.wait())
             await asyncio.wait([stop, broken], return_when=asyncio.FIRST_COMPLETED)
             stopping.set()
             control_server.close()
-            if broken.done() and not stop.done():
+            if not stop.done():
                 raise SystemExit(1)
         finally:
             stopping.set()
@@ -202,10 +206,15 @@ class _Serving:
             os.rmdir(directory)
 
 
-async def _stopped() -> None:
-    """Wait for SIGINT or SIGTERM."""
+def _stop_signal() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _stopped() -> None:
+    """Wait for SIGINT or SIGTERM."""
+    await _stop_signal().wait()
