@@ -26,6 +26,7 @@ its answer goes out. Control port: see simulators/control.py, plus
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 import urllib.parse
@@ -77,6 +78,9 @@ class FcmSimulator:
         self.accounts: dict[str, tuple[str, object]] = {}  # client email -> (project id, public key)
         self.access_tokens: dict[str, tuple[str, float]] = {}  # token -> (project id, expiry)
         self.tokens_issued = 0
+        # Message names as FCM's ("0:<number>%<hex>"): unique per process without a random draw per answer.
+        self.message_ids = itertools.count(1)
+        self.message_ids_suffix = secrets.token_hex(8)
 
     def add_account(self, request: Request) -> Response:
         data = request.json() or {}
@@ -159,7 +163,7 @@ class FcmSimulator:
         return response
 
     def _delivered(self, project_id: str, message: dict, token: str) -> Response:
-        return Response.json(200, {"name": f"projects/{project_id}/messages/{secrets.token_hex(8)}"},
+        return Response.json(200, {"name": f"projects/{project_id}/messages/0:{next(self.message_ids)}%{self.message_ids_suffix}"},
                              on_written=self.recorder.deliverer(token, notification_tag(message)))
 
     def _refusal(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission) -> Response | None:
@@ -172,7 +176,8 @@ class FcmSimulator:
             return fcm_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", "THIRD_PARTY_AUTH_ERROR")
         if granted[0] != project_id:
             return fcm_error(403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH")
-        if len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+        # The body holds the message: only a body over the limit can hold a message over it (saves a dump per request).
+        if len(request.body) > MAX_MESSAGE_BYTES and len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
             return fcm_error(400, "INVALID_ARGUMENT", "Message is too big", "INVALID_ARGUMENT")
         android = message.get("android") or {}
         if android.get("priority") not in (None, "high", "normal", "HIGH", "NORMAL"):

@@ -109,9 +109,12 @@ def _structure_refusal(message) -> Response | None:
     collapse_key = android.get("collapse_key")
     if collapse_key is not None and not (isinstance(collapse_key, int) and -1 <= collapse_key <= 100):
         return hms_answer(400, BAD_FIELD, "Illegal field: message.android.collapse_key")
-    if len(orjson.dumps({k: v for k, v in message.items() if k != "token"})) > MAX_MESSAGE_BYTES:
-        return hms_answer(400, *TOO_LARGE)
     return None
+
+
+def _too_large(body: bytes, message: dict) -> bool:
+    """Whether the message without its tokens is over the limit (only a body over it can hold one: no dump per request)."""
+    return len(body) > MAX_MESSAGE_BYTES and len(orjson.dumps({k: v for k, v in message.items() if k != "token"})) > MAX_MESSAGE_BYTES
 
 
 class HmsSimulator:
@@ -235,6 +238,8 @@ class HmsSimulator:
         refusal = _structure_refusal(body["message"])
         if refusal is not None:
             return refusal
+        if _too_large(request.body, body["message"]):
+            return hms_answer(400, *TOO_LARGE)
         if admitted and admitted[0][1] is not None:
             return hms_answer(503, "81000001", "flow control, retry later")
         for token, (attempt, _retry_after) in zip(tokens, admitted, strict=True):
