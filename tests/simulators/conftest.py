@@ -22,6 +22,8 @@ from workers.delivery.http2 import Http2Connection
 
 #: Seconds a simulator may take to say "ready".
 READY_SECONDS = 30
+#: Connections a test opens at most to reach every serving process.
+MAX_CONNECTIONS = 64
 
 
 @dataclass
@@ -47,8 +49,15 @@ class Simulator:
         return context
 
     async def connections(self, count: int) -> list[Http2Connection]:
-        """``count`` HTTP/2 connections of the delivery workers' own kind (SO_REUSEPORT spreads them over the processes)."""
-        return [await Http2Connection.open("127.0.0.1", self.port, self.context()) for _ in range(count)]
+        """``count`` HTTP/2 connections of the delivery workers' own kind (SO_REUSEPORT spreads them over the processes).
+
+        Asked for several, with several processes, more are opened (up to ``MAX_CONNECTIONS``) while they all sit on one
+        (the kernel picks by address hash), so a test across processes never depends on the draw.
+        """
+        opened = [await Http2Connection.open("127.0.0.1", self.port, self.context()) for _ in range(count)]
+        while count > 1 and len(self.get("/stats")["processes"]) > 1 and len(_busy(self)) < 2 and len(opened) < MAX_CONNECTIONS:
+            opened.append(await Http2Connection.open("127.0.0.1", self.port, self.context()))
+        return opened
 
 
 @contextmanager
@@ -92,7 +101,11 @@ def apns_headers(credentials, token: str, **extra: str) -> tuple[str, list[tuple
     return f"/3/device/{token}", headers
 
 
+def _busy(simulator: Simulator) -> list[dict]:
+    return [p for p in simulator.get("/stats")["processes"] if p["connections"]]
+
+
 def spread(simulator: Simulator, connections: list) -> None:
     """Assert the connections reached more than one serving process (else the test proves nothing)."""
-    busy = [p for p in simulator.get("/stats")["processes"] if p["connections"]]
+    busy = _busy(simulator)
     assert len(busy) > 1, f"every connection landed on one process: {busy}"

@@ -69,7 +69,7 @@ def send_burst(fcm, credentials, count: int, *, connections: int = 4) -> list:
         def body() -> bytes:
             return orjson.dumps({"message": {"token": "fcm-" + secrets.token_hex(8), "data": {"k": "v"}}})
 
-        answers = await asyncio.gather(*(opened[i % connections].request("POST", path, headers, body(), 10) for i in range(count)))
+        answers = await asyncio.gather(*(opened[i % len(opened)].request("POST", path, headers, body(), 10) for i in range(count)))
         for connection in opened:
             connection.close()
         return answers

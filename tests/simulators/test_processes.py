@@ -30,7 +30,7 @@ def apns(tmp_path_factory, credentials):
 
 
 def send_on_each(apns, credentials, device: str, *, collapse_id: str | None = None, sequential: bool = False) -> list[int]:
-    """One request for ``device`` on each of CONNECTIONS new connections; answers the statuses in order."""
+    """One request for ``device`` on each of (at least) CONNECTIONS new connections; answers the statuses in order."""
 
     async def main() -> list[int]:
         connections = await apns.connections(CONNECTIONS)
@@ -50,13 +50,15 @@ def send_on_each(apns, credentials, device: str, *, collapse_id: str | None = No
 
 def test_counts_and_shown_are_summed_over_processes_and_a_collapse_id_shows_once(apns, credentials):
     collapsed, plain = token(), token()
-    assert send_on_each(apns, credentials, collapsed, collapse_id="message-1.0") == [200] * CONNECTIONS
-    assert send_on_each(apns, credentials, plain) == [200] * CONNECTIONS
+    first = send_on_each(apns, credentials, collapsed, collapse_id="message-1.0")
+    second = send_on_each(apns, credentials, plain)
+    assert set(first) == set(second) == {200}
+    n, m = len(first), len(second)
     # Delivered on both processes; the device presented one notification for the one collapse id.
-    assert apns.get(f"/counts/{collapsed}") == {"delivered": CONNECTIONS, "attempts": CONNECTIONS, "shown": 1}
-    assert apns.get(f"/counts/{plain}") == {"delivered": CONNECTIONS, "attempts": CONNECTIONS, "shown": CONNECTIONS}
+    assert apns.get(f"/counts/{collapsed}") == {"delivered": n, "attempts": n, "shown": 1}
+    assert apns.get(f"/counts/{plain}") == {"delivered": m, "attempts": m, "shown": m}
     counts = apns.get("/counts")
-    assert counts["delivered"][collapsed] == CONNECTIONS and counts["shown"][plain] == CONNECTIONS
+    assert counts["delivered"][collapsed] == n and counts["shown"][plain] == m
     stats = apns.get("/stats")
     assert len(stats["processes"]) == 2
     assert stats["attempts_total"] == sum(p["attempts_total"] for p in stats["processes"])
@@ -65,8 +67,9 @@ def test_counts_and_shown_are_summed_over_processes_and_a_collapse_id_shows_once
 def test_behaviour_tokens_count_attempts_over_all_processes(apns, credentials):
     # f5033…: 503 for the token's first 3 attempts anywhere, then 200, whichever process serves them.
     statuses = send_on_each(apns, credentials, token("f5033"), sequential=True)
-    assert statuses == [503, 503, 503] + [200] * (CONNECTIONS - 3)
-    assert send_on_each(apns, credentials, token("f4292"), sequential=True) == [429, 429] + [200] * (CONNECTIONS - 2)
+    assert statuses == [503, 503, 503] + [200] * (len(statuses) - 3)
+    statuses = send_on_each(apns, credentials, token("f4292"), sequential=True)
+    assert statuses == [429, 429] + [200] * (len(statuses) - 2)
 
 
 def test_received_gathers_every_process_latest_last(apns, credentials):
@@ -82,11 +85,11 @@ def test_unavailable_reaches_every_process_and_reset_clears_them_all(apns, crede
     answer = apns.post("/faults", {"unavailable_seconds": 30})
     assert answer.status_code == 200
     try:
-        assert send_on_each(apns, credentials, token()) == [503] * CONNECTIONS
+        assert set(send_on_each(apns, credentials, token())) == {503}
     finally:
         assert apns.post("/reset").status_code == 200
     assert apns.get("/stats")["attempts_total"] == 0  # every process's counts forgotten
-    assert send_on_each(apns, credentials, token()) == [200] * CONNECTIONS  # and the fault with them
+    assert set(send_on_each(apns, credentials, token())) == {200}  # and the fault with them
 
 
 def test_goaway_reaches_every_connection_of_every_process(apns, credentials):
@@ -136,5 +139,5 @@ def test_an_access_token_issued_by_one_process_works_on_all(tmp_path):
                 connection.close()
             return [a.status for a in answers]
 
-        assert asyncio.run(main()) == [200] * CONNECTIONS
+        assert set(asyncio.run(main())) == {200}
         assert fcm.get("/stats")["access_tokens_issued"] == 1
