@@ -15,6 +15,7 @@ from bench.client import measure_clients
 from bench.harness import bench_stack
 from bench.limit import measure_limit
 from bench.pipeline import measure_e2e, measure_ingest, measure_sync
+from bench.simulators import measure_ceiling
 from bench.wc_bridge import measure as measure_wc_bridge
 from bench.wc_push import measure_dedupe
 
@@ -30,10 +31,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every figure")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None,
-                        help="figure groups to run: client limit e2e ingest sync campaign wc_poll dedupe")
+                        help="figure groups to run: client limit e2e ingest sync campaign wc_poll dedupe simulators")
     args = parser.parse_args()
     quick = args.quick
-    groups = set(args.only or ["client", "limit", "e2e", "ingest", "sync", "campaign", "wc_poll", "dedupe"])
+    groups = set(args.only or ["client", "limit", "e2e", "ingest", "sync", "campaign", "wc_poll", "dedupe", "simulators"])
     devices = 5_000 if quick else 50_000
     campaign_sizes = (10_000, 50_000) if quick else (100_000, 1_000_000)
     started = time.time()
@@ -80,9 +81,16 @@ def main() -> None:
             dedupe = measure_dedupe(stack, clients=20 if quick else 100)
             emit("dedupe_sends_per_s", dedupe["dedupe_sends_per_s"])
             emit("dedupe_repeats_delivered", dedupe["dedupe_repeats_delivered"])
+        if "simulators" in groups:
+            # Simulators of their own (not the stack's), so nothing else loads them.
+            for name, value in measure_ceiling(count=5_000 if quick else 30_000).items():
+                figures[name] = value
+                emit(name, value)
         # The ratio lines.
         if "limit_per_s" in figures and "e2e_per_s" in figures:
             emit("ratio_e2e_to_limit", figures["e2e_per_s"] / figures["limit_per_s"])
+        if "limit_per_s" in figures and "simulator_ceiling_per_s" in figures:
+            emit("ratio_simulator_ceiling_to_limit", figures["simulator_ceiling_per_s"] / figures["limit_per_s"])
         if "campaign_rss_ratio" in figures:
             emit("ratio_campaign_rss_large_to_small", figures["campaign_rss_ratio"])
         emit("bench_seconds", time.time() - started)

@@ -34,6 +34,11 @@ WORKER_GROUPS = {
 }
 
 
+#: Serving processes per provider simulator: measured on 2 cores (simulators/README.md, ``python -m bench.simulators``).
+SIMULATOR_PROCESSES = 2
+#: Provider simulators: module, provider port field, control port field (in ``Ports``).
+SIMULATORS = (("apns", "apns", "apns_control"), ("fcm", "fcm", "fcm_control"), ("hms", "hms", "hms_control"))
+
 #: Seconds gunicorn keeps an idle client connection open.
 API_KEEP_ALIVE_SECONDS = 75
 #: The API's gunicorn worker: WalletConnect polls in an event loop, Flask in ``api_threads`` threads.
@@ -83,10 +88,12 @@ class Ports:
     apns_control: int = 8445
     fcm: int = 8444
     fcm_control: int = 8446
+    hms: int = 8447
+    hms_control: int = 8448
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in range(8)))
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Stack:
       worker_processes / worker_threads: Dramatiq's ``--processes`` / ``--threads`` per group.
       api_workers / api_threads: gunicorn's workers and threads.
       log_to_files: send each process's output to ``var_dir/logs`` (else inherit the terminal).
+      simulator_processes: serving processes of each provider simulator (``--processes``).
+      simulator_latency_ms: each simulator's answer latency (``--latency-ms``).
     """
 
     var_dir: Path
@@ -112,6 +121,8 @@ class Stack:
     api_workers: int = 2
     api_threads: int = 8
     log_to_files: bool = True
+    simulator_processes: int = SIMULATOR_PROCESSES
+    simulator_latency_ms: float = 0.0
     processes: dict = field(default_factory=dict)
     #: Port of each worker group's Prometheus /metrics (Dramatiq's middleware); a free one when not given.
     worker_metrics_ports: dict = field(default_factory=dict)
@@ -200,17 +211,14 @@ class Stack:
         wait_until(lambda: port_open(self.ports.mongo), what="nx-27017")
 
     def start_simulators(self) -> None:
-        python = sys.executable
-        self._spawn(
-            "apns-simulator",
-            [python, "-m", "simulators.apns", "--port", str(self.ports.apns), "--control-port", str(self.ports.apns_control), "--cert-dir", str(self.cert_dir)],
-            ready_line="ready",
-        )
-        self._spawn(
-            "fcm-simulator",
-            [python, "-m", "simulators.fcm", "--port", str(self.ports.fcm), "--control-port", str(self.ports.fcm_control), "--cert-dir", str(self.cert_dir)],
-            ready_line="ready",
-        )
+        for module, port, control in SIMULATORS:
+            self._spawn(
+                f"{module}-simulator",
+                [sys.executable, "-m", f"simulators.{module}", "--port", str(getattr(self.ports, port)),
+                 "--control-port", str(getattr(self.ports, control)), "--cert-dir", str(self.cert_dir),
+                 "--processes", str(self.simulator_processes), "--latency-ms", str(self.simulator_latency_ms)],
+                ready_line="ready",
+            )
 
     def worker_argv(self, group: str) -> list[str]:
         queues = [commands.queue_name_for_prefix(self.queue_prefix, q) for q in WORKER_GROUPS[group]]
