@@ -171,8 +171,9 @@ class Http2Connection(asyncio.Protocol):
             raise TransportError(f"connect to {host}:{port} failed: {error!r}") from error
         ssl_object = connection.transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-            connection.close()
-            raise TransportError(f"{host}:{port} did not negotiate HTTP/2")
+            error = TransportError(f"{host}:{port} did not negotiate HTTP/2")
+            connection._lost(error)  # closed without a GOAWAY: the server does not speak HTTP/2 here
+            raise error
         try:
             await asyncio.wait_for(asyncio.shield(connection.settings_received), CONNECT_TIMEOUT_SECONDS)
         except TimeoutError as error:
@@ -189,12 +190,6 @@ class Http2Connection(asyncio.Protocol):
     # --- state -------------------------------------------------------------------------------
 
     @property
-    def free_streams(self) -> int:
-        if self.closed or self.draining:
-            return 0
-        return self.max_streams - len(self.streams)
-
-    @property
     def usable(self) -> bool:
         return not self.closed and not self.draining
 
@@ -203,8 +198,8 @@ class Http2Connection(asyncio.Protocol):
     def start(self, headers: Headers, body: bytes) -> asyncio.Future:
         """Start one request (``headers`` with the pseudo-headers first); answer the future of its :class:`Answer`.
 
-        The caller checked :attr:`free_streams`. The request leaves with the
-        others started in this event-loop turn.
+        The caller checked that the connection is usable and has a free stream.
+        The request leaves with the others started in this event-loop turn.
         """
         try:
             stream_id = self.h2.send_request(headers, end_stream=not body)
@@ -402,7 +397,7 @@ class Http2Pool:
         for connection in self.connections:
             if connection.closed or connection.draining:
                 continue
-            free = connection.max_streams - len(connection.streams)  # free_streams, without a property call per request
+            free = connection.max_streams - len(connection.streams)
             if free > best_free:
                 best, best_free = connection, free
         # Spread the load: past half its streams, a connection shares with a new one while the pool may open one.
