@@ -28,7 +28,7 @@ h2load:
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq chromium
+test: venv rabbitmq chromium h2load
 	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv

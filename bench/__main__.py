@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from bench import baseline
 from bench.campaign import measure_campaign
 from bench.figures import comparison_lines, line
-from bench.harness import bench_stack, delete_queues, medians
+from bench.harness import bench_stack, discard, medians
 from bench.http_rate import HttpBench
 from bench.limit import measure_limit
 from bench.pipeline import E2eBench, measure_ingest, measure_sync
@@ -172,11 +172,7 @@ def main() -> None:
         emit([line("bench_seconds", time.time() - started)])
     finally:
         for stack in stacks:
-            stack.stop_all()
-            delete_queues(stack)
-            # The database file of a full run is gigabytes; its logs stay for reading.
-            for data_file in stack.var_dir.glob("mongo.db*"):
-                data_file.unlink()
+            discard(stack)
 
 
 if __name__ == "__main__":

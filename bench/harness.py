@@ -141,6 +141,20 @@ def _each_queue(stack: Stack, method: str, suffix: str) -> None:
         requests.request(method, f"{url}/{quote(name, safe='')}{suffix}", auth=auth, timeout=30).raise_for_status()
 
 
+def discard(stack: Stack) -> None:
+    """End a benchmark's stack: kill its processes (nothing of it is kept), delete its queues and its database file.
+
+    SIGKILL, not a graceful stop: Dramatiq's workers take up to the stop timeout each, which on a
+    busy machine added half a minute per stack to every run. The logs stay for reading.
+    """
+    for name in reversed(list(stack.processes)):
+        stack.stop(name, kill=True)
+    delete_queues(stack)
+    # The database file of a full run is gigabytes.
+    for data_file in stack.var_dir.glob("mongo.db*"):
+        data_file.unlink()
+
+
 def purge_queues(stack: Stack) -> None:
     """Empty every queue of the stack (what the stopped workers left)."""
     _each_queue(stack, "DELETE", "/contents")
