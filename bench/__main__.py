@@ -148,6 +148,7 @@ def main() -> None:
         for stack in stacks:
             stack.start()
         for group in groups:
+            group_started = time.time()
             results = run_group(group, stacks, code, sizes, args.repeats)
             emit(comparison_lines(results[0], results[1] if code else None))
             current.update(results[0])
@@ -158,6 +159,8 @@ def main() -> None:
                 emit(comparison_lines(large, None))
                 small_rss, large_rss = campaign_rss(results[0], sizes.campaign_small), campaign_rss(large, sizes.campaign_large)
                 current["ratio_campaign_rss_large_to_small"] = max(large_rss[g] / small_rss[g] for g in large_rss)
+            # What each group costs of make bench's time budget.
+            emit([line(f"bench_seconds_{group}", time.time() - group_started)])
         # The ratio lines of figures from two groups.
         derived: dict = {}
         if "limit_per_s" in current and "e2e_per_s" in current:
