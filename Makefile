@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults fuzz bench bench-selftest lint rabbitmq chromium h2load venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium h2load venv clean
 
 venv: $(STAMP)
 

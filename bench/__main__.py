@@ -112,7 +112,9 @@ def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | Non
     if group == "limit":
         options = {"notifications": sizes.limit, "processes": stacks[0].worker_processes, "repeats": repeats}
         results = [measure_limit(stacks[0], **options)]
-        return results + [code.measure_limit(stacks[1], **options)] if code else results
+        if code:  # the ref's own clients, run from its worktree
+            results.append(code.measure_limit(stacks[1], **options))
+        return results
     if group == "e2e":
         return interleaved([E2eBench(stack, devices=sizes.devices) for stack in stacks], repeats)
     if group == "ingest":
