@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium h2load venv clean
 
 venv: $(STAMP)
 
@@ -22,10 +22,13 @@ rabbitmq:
 chromium:
 	scripts/ensure-chromium.sh
 
+h2load:
+	scripts/ensure-h2load.sh
+
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq chromium
+test: venv rabbitmq chromium h2load
 	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv
@@ -39,8 +42,12 @@ faults: venv rabbitmq
 fuzz: venv rabbitmq
 	$(PY) -m pytest tests/fuzz -s
 
-bench: venv rabbitmq
-	$(PY) -m bench
+# The side-by-side baseline: the last commit before the round of work that the figures judge
+# (its API and workers from a worktree under var/baseline/). `make bench BENCH_BASELINE=` runs without one.
+BENCH_BASELINE ?= b71ba48
+
+bench: venv rabbitmq h2load
+	$(PY) -m bench $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 lint: venv
 	$(VENV)/bin/ruff check .
