@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium node-deps venv clean
 
 venv: $(STAMP)
 
@@ -22,10 +22,14 @@ rabbitmq:
 chromium:
 	scripts/ensure-chromium.sh
 
+# The npm packages of the SDK tests (tests/node), pinned by its package-lock.json: `npm ci` when missing or changed.
+node-deps:
+	scripts/ensure-node-deps.sh
+
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq chromium
+test: venv rabbitmq chromium node-deps
 	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv
