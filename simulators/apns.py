@@ -12,7 +12,7 @@ certificate's topic is used. Neither → ``403 MissingProviderToken``.
 Answers as Apple documents (status, ``{"reason": …}``, ``apns-id``), and by the
 device token's prefix, so a test says what it expects by the tokens it uses:
 
-  dead…   410 Unregistered (with timestamp)      bad0…  400 BadDeviceToken
+  dead…   410 Unregistered (timestamp: its first 410)  bad0…  400 BadDeviceToken
   70c0…   400 DeviceTokenNotForTopic             f503N… 503 for the first N attempts, then 200
   f500N…  500 for the first N attempts (N: one digit)           f429N… 429 TooManyRequests for the first N attempts
   de1aN…  answer 200 after N seconds             anything else (64 hex): 200
@@ -133,7 +133,9 @@ class ApnsSimulator:
                             on_written=self.recorder.deliverer(token, request.headers.get("apns-collapse-id")))
         body = {"reason": reason}
         if status == 410:
-            body["timestamp"] = int(time.time() * 1000)
+            # When the token stopped being valid: fixed at its first 410, so an app that registers it again later
+            # has a registration newer than the timestamp (which the provider must keep).
+            body["timestamp"] = self.recorder.invalid_since.setdefault(token, int(time.time() * 1000))
         return Response.json(status, body, [("apns-id", apns_id)])
 
     def _refuse(self, status: int, reason: str, apns_id: str) -> Response:

@@ -68,6 +68,8 @@ class Recorder:
         self.first_at: float | None = None
         self.last_delivered_at: float | None = None
         self.unavailable_until = 0.0
+        #: APNs: per dead token, when it was first answered 410 (ms): Apple's ``timestamp``, the same on every answer.
+        self.invalid_since: dict[str, int] = {}
 
     def attempt(self, token: str) -> int:
         """Count an attempt; answer its number for this token (1 for the first)."""

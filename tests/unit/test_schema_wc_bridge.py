@@ -23,8 +23,6 @@ from workers import wc_bridge as workers
 PAYLOAD = {"data": "5f2a", "hmac": "9c1e", "iv": "00ff"}
 SESSION = "3f1e0d2c-0000-4000-8000-000000000001"
 CALL = "3f1e0d2c-0000-4000-8000-000000000002"
-#: When the fake's call expires.
-LATER = datetime.now(UTC) + timedelta(hours=1)
 
 
 class FakeServices:
@@ -36,7 +34,8 @@ class FakeServices:
         self.published: list[tuple[str, dict]] = []
         self.docs = {
             collections.WC_SESSIONS: {SESSION: {"_id": SESSION, "deleted": False, "payload": None, "push": None}},
-            collections.WC_CALLS: {CALL: {"_id": CALL, "session_id": SESSION, "payload": PAYLOAD, "expires_at": LATER}},
+            collections.WC_CALLS: {CALL: {"_id": CALL, "session_id": SESSION, "payload": PAYLOAD,
+                                     "expires_at": datetime.now(UTC) + timedelta(hours=1)}},
         }
 
     def find_one(self, collection, query, projection=None):
