@@ -11,6 +11,7 @@ import pytest
 
 from shared import db as collections
 from tests.integration.conftest import apns_token, fcm_token, register
+from tests.waiting import wait_for
 
 #: HMS credentials as Huawei issues them (project and client ids are numbers, the secret 64 hex characters).
 HMS = {"projectId": "101234567", "clientId": "107654321", "clientSecret": "5ec7e7" * 10 + "abcd"}
@@ -167,3 +168,20 @@ def test_a_registration_written_after_the_410_timestamp_is_not_deactivated_by_it
     assert second["result"]["apns"] == {"sent": 0, "pending": 0, "failed": 1, "total": 1}
     assert apns_sim.counts(dead)["attempts"] == 2
     assert database[collections.DEVICES].find_one(device)["active"] in (True, 1)
+
+
+def test_a_campaign_reaches_the_delivered_providers_and_skips_hms_devices(api, new_app, apns_sim):
+    app_id = new_app()
+    gina = user()
+    ios = apns_token()
+    register(api, app_id, ios, "apns", gina)
+    register(api, app_id, "hms-token-" + uuid.uuid4().hex, "hms", gina)
+    campaign_id = api.ok("/push/campaign/create", {"appId": app_id, "message": {"title": "Campaign"}})["responseObject"]["id"]
+    api.ok(f"/push/campaign/{campaign_id}/user/add", [gina], method="PUT")
+
+    api.ok(f"/push/campaign/send/live/{campaign_id}")
+
+    done = wait_for(lambda: (d := api.get(f"/push/campaign/{campaign_id}/detail").json()["responseObject"])["sent"] and d,
+                    what="campaign sent")
+    assert done["progress"]["total"] == 1 and done["progress"]["sent"] == 1
+    assert apns_sim.delivered(ios) == 1
