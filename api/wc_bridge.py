@@ -130,20 +130,26 @@ def live(doc: dict | None, at: datetime | None = None) -> dict | None:
 
 
 def stored_payload(doc: dict, at: datetime | None = None) -> dict:
-    """A stored payload with the reference's TTL fields: ``expires`` (ms since the epoch) and ``ttlInSeconds``."""
-    expires = stored_date(doc[collections.EXPIRES_AT])
-    left = (expires - (at or now())).total_seconds()
-    return {"encryptionPayload": doc["payload"], "expires": int(expires.timestamp() * 1000), "ttlInSeconds": max(0, math.ceil(left))}
+    """A stored payload with the reference's TTL fields: ``expires`` (ms since the epoch) and ``ttlInSeconds``
+    (whole seconds left, rounded up: 0 once ``expires_at`` has passed, exactly when :func:`live` says expired)."""
+    expires = stored_date(doc[collections.EXPIRES_AT]).timestamp()
+    left = expires - (at.timestamp() if at is not None else time.time())
+    return {"encryptionPayload": doc["payload"], "expires": int(expires * 1000), "ttlInSeconds": max(0, math.ceil(left))}
 
 
-def payload_answer(doc: dict, at: datetime | None = None) -> dict:
-    """The answer to a read of one stored payload (a session, a call, a call status), in both forms.
+def payload_answer(doc: dict | None, at: datetime | None = None) -> dict | None:
+    """The answer to a read of one stored payload (a session, a call, a call status), in both forms; None when
+    there is nothing to answer (no document, deleted, expired, or no payload yet).
 
     The seed's top-level ``encryptionPayload`` and the reference's ``data``
     wrapper (what the ``walletconnect`` SDK reads), each with the TTL fields.
     Every route and the poll path (:func:`poll_answer`) answer through here.
     """
+    if doc is None or doc.get("deleted") or doc.get("payload") is None:
+        return None
     stored = stored_payload(doc, at)
+    if stored["ttlInSeconds"] == 0:  # expired: the one date parse serves the expiry check and the answer
+        return None
     return {**stored, "data": stored}
 
 
@@ -398,10 +404,8 @@ def new_session():
              path=SESSION_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_session(session_id: str):
     """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
-    session = live_session(session_id, {"payload": 1})
-    if session is None or session.get("payload") is None:
-        return empty(204)
-    return json_response(payload_answer(session))
+    answer = payload_answer(live_session(session_id, {"payload": 1}))
+    return empty(204) if answer is None else json_response(answer)
 
 
 @blueprint.put("/session/<session_id>")
@@ -545,9 +549,8 @@ def get_call_status(call_id: str):
     status = None
     if len(call_id) <= MAX_ID_LENGTH:
         status = live(services().find_one(collections.WC_CALL_STATUS, {"_id": call_id}, {"payload": 1, "expires_at": 1}))
-    if status is None:
-        return empty(204)
-    return json_response(payload_answer(status))
+    answer = payload_answer(status)
+    return empty(204) if answer is None else json_response(answer)
 
 
 # --- the polling fast path ------------------------------------------------------------------------
@@ -758,11 +761,10 @@ def poll_target(path: str) -> tuple[str, str] | None:
 
 def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and body of a poll's answer, as the Flask routes answer it."""
-    at = now()
-    doc = live(doc, at)
-    if doc is None or doc.get("payload") is None:
+    answer = payload_answer(doc)
+    if answer is None:
         return 204, NO_CONTENT[1], b""
-    body = orjson.dumps(payload_answer(doc, at))
+    body = orjson.dumps(answer)
     return 200, [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
 

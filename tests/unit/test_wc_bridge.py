@@ -60,6 +60,10 @@ def test_a_stored_payload_is_answered_at_the_top_and_in_data_with_its_ttl_fields
     assert api.payload_answer(doc, NOW) == {**stored, "data": stored}
     # nx-27017 answers a date written by $set as a naive string; a passed expiry is 0 seconds left.
     assert api.stored_payload({"payload": "p", "expires_at": "2029-12-31 23:59:59.000000"}, NOW)["ttlInSeconds"] == 0
+    # Nothing to answer: expired (as live() says), deleted, no payload yet, no document.
+    for gone in ({"payload": "p", "expires_at": NOW}, {**doc, "deleted": True}, {**doc, "payload": None}, None):
+        assert api.payload_answer(gone, NOW) is None
+    assert api.payload_answer({"payload": "p", "expires_at": NOW + timedelta(microseconds=1)}, NOW)["ttlInSeconds"] == 1
 
 
 def test_an_empty_webhook_is_no_webhook():
