@@ -266,19 +266,19 @@ def test_a_tenant_jwt_manages_the_tenant_its_sub_names_and_no_other(make_client)
 
 @pytest.mark.parametrize(
     ("headers", "name"),
-    [
-        (tenant_jwt("acme", exp_in=-3600), "ExpiredJwt"),
-        (tenant_jwt("acme", exp_in=None), "InvalidJwt"),
-        (tenant_jwt("acme", secret="another-secret-" + "y" * 17), "InvalidJwt"),
-        (tenant_jwt(""), "InvalidJwt"),
-        ({"Authorization": "Bearer a.b.c"}, "InvalidJwt"),
-        ({"Authorization": "Bearer not-a-jwt"}, "InvalidAdminToken"),
+    [  # made when the test runs: a JWT made at collection could expire before its test
+        (lambda: tenant_jwt("acme", exp_in=-3600), "ExpiredJwt"),
+        (lambda: tenant_jwt("acme", exp_in=None), "InvalidJwt"),
+        (lambda: tenant_jwt("acme", secret="another-secret-" + "y" * 17), "InvalidJwt"),
+        (lambda: tenant_jwt(""), "InvalidJwt"),
+        (lambda: {"Authorization": "Bearer a.b.c"}, "InvalidJwt"),
+        (lambda: {"Authorization": "Bearer not-a-jwt"}, "InvalidAdminToken"),
     ],
 )
 def test_a_bad_tenant_jwt_is_a_401_naming_the_header(make_client, headers, name):
     _, client, fake = make_client(wc_push_tenant_jwt_secret=JWT_SECRET)
     fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
-    failure(client.get("/tenants/acme", headers=headers), 401, name, "Authorization", "header")
+    failure(client.get("/tenants/acme", headers=headers()), 401, name, "Authorization", "header")
 
 
 def test_without_a_secret_a_tenant_jwt_is_not_taken(make_client):
