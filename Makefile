@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium h2load venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium h2load node-deps venv clean
 
 venv: $(STAMP)
 
@@ -25,10 +25,14 @@ chromium:
 h2load:
 	scripts/ensure-h2load.sh
 
+# The npm packages of the SDK tests (tests/node), pinned by its package-lock.json: `npm ci` when missing or changed.
+node-deps:
+	scripts/ensure-node-deps.sh
+
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq chromium h2load
+test: venv rabbitmq chromium h2load node-deps
 	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv
