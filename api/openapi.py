@@ -234,6 +234,8 @@ def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, 
     result: dict = {"operationId": operation_id, "summary": spec.summary, "tags": spec.tags or [tag]}
     if spec.description:
         result["description"] = spec.description
+    if spec.deprecated:
+        result["deprecated"] = True
     parameters = _parameters(spec, rule, settings)
     if parameters:
         result["parameters"] = parameters

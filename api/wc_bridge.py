@@ -19,6 +19,15 @@ reference), at most ``wc_bridge_max_payload_bytes``. Errors are JSON
 ``{"message", "field"?}``: 400 names the field, 404 an unknown or expired
 session or call, 413 a body over that limit.
 
+Answers carry both forms where they don't conflict (README "Compatibility with
+the reference servers"): a stored payload is answered as the seed's top-level
+``encryptionPayload`` and, as the reference and its SDK (``walletconnect``
+0.7.28, which reads ``response.data``) have it, inside ``data``; both with the
+reference's TTL fields ``expires`` (ms since the epoch) and ``ttlInSeconds``
+(:func:`payload_answer`, the one place both the Flask routes and the poll
+path render an answer). ``"webhook": ""`` is no webhook. ``GET /hello`` and
+``GET /info`` answer as the reference does.
+
 The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
 answered in the event loop of the API's gunicorn worker (:mod:`api.poll_worker`;
 under another WSGI server by :class:`PollFastPath` in front of Flask), through a
@@ -42,6 +51,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api import schema as s
 from api.errors import ApiError, bad_request, not_found
+from api.powerauth import VERSION
 from api.services import Services
 from shared import commands
 from shared import db as collections
@@ -66,6 +76,9 @@ PUSH_TITLE = "WalletConnect"
 PUSH_BODY = "New call request"
 #: Content type of the answers without a body (200 to a write, 204 to a poll with nothing yet).
 EMPTY_TYPE = "text/plain"
+#: What ``GET /info`` names (the reference answers its own name, repository and version).
+BRIDGE_NAME = "WalletConnect Bridge Server"
+BRIDGE_REPOSITORY = "push-server"
 
 blueprint = Blueprint("wc_bridge", __name__)
 
@@ -114,6 +127,30 @@ def live(doc: dict | None, at: datetime | None = None) -> dict | None:
     if expires is not None and stored_date(expires) <= (at or now()):
         return None
     return doc
+
+
+def stored_payload(doc: dict, at: datetime | None = None) -> dict:
+    """A stored payload with the reference's TTL fields: ``expires`` (ms since the epoch) and ``ttlInSeconds``
+    (whole seconds left, rounded up: 0 once ``expires_at`` has passed, exactly when :func:`live` says expired)."""
+    expires = stored_date(doc[collections.EXPIRES_AT]).timestamp()
+    left = expires - (at.timestamp() if at is not None else time.time())
+    return {"encryptionPayload": doc["payload"], "expires": int(expires * 1000), "ttlInSeconds": max(0, math.ceil(left))}
+
+
+def payload_answer(doc: dict | None, at: datetime | None = None) -> dict | None:
+    """The answer to a read of one stored payload (a session, a call, a call status), in both forms; None when
+    there is nothing to answer (no document, deleted, expired, or no payload yet).
+
+    The seed's top-level ``encryptionPayload`` and the reference's ``data``
+    wrapper (what the ``walletconnect`` SDK reads), each with the TTL fields.
+    Every route and the poll path (:func:`poll_answer`) answer through here.
+    """
+    if doc is None or doc.get("deleted") or doc.get("payload") is None:
+        return None
+    stored = stored_payload(doc, at)
+    if stored["ttlInSeconds"] == 0:  # expired: the one date parse serves the expiry check and the answer
+        return None
+    return {**stored, "data": stored}
 
 
 def live_session(session_id: str, projection: dict | None = None) -> dict | None:
@@ -200,8 +237,10 @@ def unstorable(value) -> str | None:
     return None
 
 
-def http_url(value: str) -> str | None:
-    """The problem with a webhook URL, if any (a Str check)."""
+def webhook_url(value: str) -> str | None:
+    """The problem with a webhook URL, if any (a Str check); the empty string is "no webhook"."""
+    if value == "":
+        return None
     try:
         url = urlsplit(value)
         ok = url.scheme in ("http", "https") and bool(url.hostname)
@@ -219,17 +258,25 @@ PUSH = s.Obj(
         "type": s.Str(required=True, description="apns or fcm (also apn, ios, android) push through this server's "
                                                  "send pipeline when there is no webhook; any other value is kept"),
         "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, description="The wallet's push token"),
-        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, format="uri", check=http_url,
+        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
                          description="http(s) URL POSTed {sessionId, callId, pushType, pushToken, dappName} on each call "
-                                     "request; its host must be allowed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS)"),
+                                     "request; its host must be allowed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS). "
+                                     "Empty (as wallets send it): no webhook"),
     },
     description="How the wallet is told of a call request",
 )
 SESSION_UPDATE = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "push": PUSH})
 NEW_CALL = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "dappName": s.Str(description="Named in the wallet's push")})
 NEW_CALL_STATUS = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD})
-#: A stored payload as answered (an object or a string, as it was sent).
-PAYLOAD_ANSWER = s.Obj({"encryptionPayload": s.Json(required=True)})
+#: The TTL fields of an answer: when the data expires (ms since the epoch) and the seconds left.
+TTL_FIELDS = {
+    "expires": s.Int(required=True, description="When it expires: milliseconds since the epoch"),
+    "ttlInSeconds": s.Int(required=True, minimum=0, description="Seconds until it expires"),
+}
+#: A stored payload (an object or a string, as it was sent) with its TTL fields.
+STORED = {"encryptionPayload": s.Json(required=True, description="As the dapp or wallet sent it"), **TTL_FIELDS}
+#: A stored payload as answered: the seed's top-level form and the reference's ``data`` wrapper.
+PAYLOAD_ANSWER = s.Obj({**STORED, "data": s.Obj(STORED, required=True, description="The same (the reference's form)")})
 EMPTY = (EMPTY_TYPE, None)
 
 
@@ -246,7 +293,7 @@ def push_target(data: dict) -> dict | None:
 def _target(push: dict | None) -> dict | None:
     if push is None:
         return None
-    return {"type": push["type"], "token": push["token"], "webhook": push.get("webhook")}
+    return {"type": push["type"], "token": push["token"], "webhook": push.get("webhook") or None}
 
 
 def check_webhook_host(push: dict | None) -> None:
@@ -326,13 +373,30 @@ def call_ttl() -> float:
     return services().settings.wc_bridge_call_ttl_seconds
 
 
+@blueprint.get("/hello")
+@s.operation("Liveness line, as the reference answers it (text)", responses={200: [(EMPTY_TYPE, None)]})
+def hello():
+    return Response(f"Hello World, this is WalletConnect v{VERSION}", mimetype=EMPTY_TYPE)
+
+
+@blueprint.get("/info")
+@s.operation("The bridge's name and version, as the reference answers them",
+             responses={200: s.Obj({"name": s.Str(), "repository": s.Str(), "version": s.Str()})})
+def info():
+    return json_response({"name": BRIDGE_NAME, "repository": BRIDGE_REPOSITORY, "version": VERSION})
+
+
 @blueprint.post("/session/new")
-@s.operation("Create a session (the dapp)", responses={200: s.Obj({"sessionId": s.Str(required=True, format="uuid")})})
+@s.operation("Create a session (the dapp)",
+             responses={200: s.Obj({"sessionId": s.Str(required=True, format="uuid"), "expires": TTL_FIELDS["expires"]})})
 def new_session():
     session_id = str(uuid.uuid4())
-    services().write(command("wc.session.new", session_id=session_id, ttl_seconds=session_ttl()))
+    ttl = session_ttl()
+    created = command("wc.session.new", session_id=session_id, ttl_seconds=ttl)
+    services().write(created)
     forget_polled(SESSION, session_id)
-    return json_response({"sessionId": session_id})
+    # The SDK keeps ``expires`` (ms) with the session it saves; the worker stores the same instant.
+    return json_response({"sessionId": session_id, "expires": int((created["received_at"] / 1e9 + ttl) * 1000)})
 
 
 @blueprint.get("/session/<session_id>")
@@ -340,10 +404,8 @@ def new_session():
              path=SESSION_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_session(session_id: str):
     """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
-    session = live_session(session_id, {"payload": 1})
-    if session is None or session.get("payload") is None:
-        return empty(204)
-    return json_response({"encryptionPayload": session["payload"]})
+    answer = payload_answer(live_session(session_id, {"payload": 1}))
+    return empty(204) if answer is None else json_response(answer)
 
 
 @blueprint.put("/session/<session_id>")
@@ -447,20 +509,23 @@ def get_call(session_id: str, call_id: str):
     call = existing_call(call_id, {"payload": 1})
     if call["session_id"] != session_id:
         raise not_found(f"Call request not found or expired: {call_id}", field="callId", location="path")
-    return json_response({"encryptionPayload": call["payload"]})
+    return json_response(payload_answer(call))
 
 
 @blueprint.get("/session/<session_id>/calls")
 @s.operation("Every live call request of the session, by call id (the wallet)", path=SESSION_ID,
-             responses={200: s.Json(object_only=True, description="{callId: {encryptionPayload}}")})
+             responses={200: s.Json(object_only=True, description="{callId: {encryptionPayload, expires, ttlInSeconds}, …, "
+                                                                  "data: the same map} (call ids are UUIDs, never 'data')")})
 def get_calls(session_id: str):
+    """The seed's map of calls by id, and the same map under ``data`` (the reference's form, which the SDK reads)."""
     existing_session(session_id)
     svc = services()
     at = now()
     calls = svc.guarded_read(
         lambda: list(svc.db[collections.WC_CALLS].find({"session_id": session_id}, {"payload": 1, "expires_at": 1}))
     )
-    return json_response({call["_id"]: {"encryptionPayload": call["payload"]} for call in calls if live(call, at)})
+    by_id = {call["_id"]: stored_payload(call, at) for call in calls if live(call, at)}
+    return json_response({**by_id, "data": by_id})
 
 
 # --- call statuses --------------------------------------------------------------------------------
@@ -484,9 +549,8 @@ def get_call_status(call_id: str):
     status = None
     if len(call_id) <= MAX_ID_LENGTH:
         status = live(services().find_one(collections.WC_CALL_STATUS, {"_id": call_id}, {"payload": 1, "expires_at": 1}))
-    if status is None:
-        return empty(204)
-    return json_response({"encryptionPayload": status["payload"]})
+    answer = payload_answer(status)
+    return empty(204) if answer is None else json_response(answer)
 
 
 # --- the polling fast path ------------------------------------------------------------------------
@@ -697,10 +761,10 @@ def poll_target(path: str) -> tuple[str, str] | None:
 
 def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and body of a poll's answer, as the Flask routes answer it."""
-    doc = live(doc)
-    if doc is None or doc.get("payload") is None:
+    answer = payload_answer(doc)
+    if answer is None:
         return 204, NO_CONTENT[1], b""
-    body = orjson.dumps({"encryptionPayload": doc["payload"]})
+    body = orjson.dumps(answer)
     return 200, [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
 

@@ -6,6 +6,9 @@
 - **Relay signature on sends**: ``X-Ed25519-Signature`` (hex) over
   ``"<timestamp>.<body length in bytes>.<body>"`` with ``X-Ed25519-Timestamp``,
   checked against the relay's public key.
+- **Tenant JWT on tenant management**: ``Authorization: Bearer <jwt>``, HS256
+  with the server's secret, unexpired; its ``sub`` names the tenant it may
+  manage (the reference's cloud mode).
 
 Pure functions (no Flask): each raises :class:`AuthError` naming what is wrong.
 """
@@ -16,6 +19,7 @@ import binascii
 import json
 import time
 
+import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -161,3 +165,40 @@ def verify_relay_signature(public_key: Ed25519PublicKey, signature: str | None, 
         public_key.verify(raw, signed_message(timestamp, body))
     except InvalidSignature:
         raise AuthError("InvalidSignature", "the relay signature does not verify", SIGNATURE_HEADER) from None
+
+
+#: The tenant JWT's one algorithm (the reference's ``Validation::new(Algorithm::HS256)``).
+TENANT_JWT_ALGORITHM = "HS256"
+#: Claims a tenant JWT must carry (the reference's validation requires ``exp``; ``sub`` names the tenant).
+TENANT_JWT_CLAIMS = ("exp", "sub")
+
+
+def verify_tenant_jwt(authorization: str | None, secret: str) -> str:
+    """The tenant a management request's tenant JWT names (its ``sub``); raises :class:`AuthError` if it is not one.
+
+    ``authorization`` is the header: ``Bearer <jwt>`` or, as the reference
+    strips ``Bearer `` when present, the JWT alone. The JWT must be HS256 with
+    ``secret``, carry ``exp`` (not past, give or take the clock skew) and a
+    string ``sub``. Its audience is not checked: the tenant is what it scopes.
+    """
+    field = "Authorization"
+    token = (authorization or "").strip()
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    if not token:
+        raise AuthError("MissingJwt", "tenant management needs Authorization: Bearer <tenant JWT>", field)
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[TENANT_JWT_ALGORITHM],
+            options={"require": list(TENANT_JWT_CLAIMS), "verify_aud": False},
+            leeway=CLOCK_SKEW_SECONDS,
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("ExpiredJwt", "the tenant JWT has expired", field) from None
+    except jwt.InvalidTokenError as error:
+        raise AuthError("InvalidJwt", f"the tenant JWT is not valid: {error}", field) from None
+    if not claims["sub"]:  # PyJWT checked it is a string
+        raise AuthError("InvalidJwt", "the tenant JWT's sub must name a tenant", field)
+    return claims["sub"]

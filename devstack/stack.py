@@ -96,6 +96,21 @@ class Ports:
         return cls(*(free_port() for _ in range(8)))
 
 
+@dataclass(frozen=True)
+class Launch:
+    """A process's command line taken from other code than this tree's (a baseline ref's API or worker group).
+
+    Parameters:
+      argv: the command line, as that code would start it.
+      env: the variables that code sets on top of the environment (its ``PYTHONPATH``, its settings).
+      cwd: the directory it runs in (that code's root).
+    """
+
+    argv: list[str]
+    env: dict
+    cwd: Path
+
+
 @dataclass
 class Stack:
     """Starts and stops the project's processes.
@@ -110,6 +125,8 @@ class Stack:
       log_to_files: send each process's output to ``var_dir/logs`` (else inherit the terminal).
       simulator_processes: serving processes of each provider simulator (``--processes``).
       simulator_latency_ms: each simulator's answer latency (``--latency-ms``).
+      launches: process name (``api``, ``workers-<group>``) → :class:`Launch` started instead of this
+        tree's command; this stack's settings (ports, database, queues, CA file) still win.
     """
 
     var_dir: Path
@@ -126,6 +143,7 @@ class Stack:
     processes: dict = field(default_factory=dict)
     #: Port of each worker group's Prometheus /metrics (Dramatiq's middleware); a free one when not given.
     worker_metrics_ports: dict = field(default_factory=dict)
+    launches: dict = field(default_factory=dict)
 
     # --- settings ------------------------------------------------------------------------------
 
@@ -167,6 +185,10 @@ class Stack:
     # --- processes -----------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], *, ready_line: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        cwd, launched_env = ROOT, {}
+        launch = self.launches.get(name)
+        if launch is not None:
+            argv, cwd, launched_env = launch.argv, launch.cwd, launch.env
         self.var_dir.mkdir(parents=True, exist_ok=True)
         if self.log_to_files:
             (self.var_dir / "logs").mkdir(exist_ok=True)
@@ -175,8 +197,9 @@ class Stack:
             output = None
         process = subprocess.Popen(
             argv,
-            cwd=ROOT,
-            env={**self.process_env(), **(env or {})},
+            cwd=cwd,
+            # The launch's code and its own settings, then this stack's: its processes are the ones reached.
+            env={**self.process_env(), **launched_env, **self.settings_env(), **(env or {})},
             stdout=subprocess.PIPE if ready_line else output,
             stderr=output,
             start_new_session=True,
@@ -220,7 +243,16 @@ class Stack:
                 ready_line="ready",
             )
 
+    @property
+    def worker_groups(self) -> tuple[str, ...]:
+        """The worker groups this stack starts: the launched ones when launches name any, else this tree's."""
+        launched = tuple(name.removeprefix("workers-") for name in self.launches if name.startswith("workers-"))
+        return launched or tuple(WORKER_GROUPS)
+
     def worker_argv(self, group: str) -> list[str]:
+        launch = self.launches.get(f"workers-{group}")
+        if launch is not None:
+            return launch.argv
         queues = [commands.queue_name_for_prefix(self.queue_prefix, q) for q in WORKER_GROUPS[group]]
         return [
             str(VENV_BIN / "dramatiq"),
@@ -240,16 +272,17 @@ class Stack:
     def worker_metrics_url(self, group: str) -> str:
         return f"http://127.0.0.1:{self.worker_metrics_ports[group]}/metrics"
 
-    def start_workers(self, groups=tuple(WORKER_GROUPS)) -> None:
+    def start_workers(self, groups=None) -> None:
+        groups = self.worker_groups if groups is None else groups
         for group in groups:
-            # `make run` (the default ports): 9191, 9192, ... in WORKER_GROUPS order; tests: free ports.
-            default = 9191 + list(WORKER_GROUPS).index(group) if self.ports == Ports() else free_port()
+            # `make run` (the default ports): 9191, 9192, ... in group order; tests: free ports.
+            default = 9191 + list(self.worker_groups).index(group) if self.ports == Ports() else free_port()
             port = self.worker_metrics_ports.setdefault(group, default)
             env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_db": str(self.metrics_dir(group))}
             self._spawn(f"workers-{group}", self.worker_argv(group), env=env)
 
-    def stop_workers(self, groups=tuple(WORKER_GROUPS), *, kill: bool = False) -> None:
-        for group in groups:
+    def stop_workers(self, groups=None, *, kill: bool = False) -> None:
+        for group in self.worker_groups if groups is None else groups:
             self.stop(f"workers-{group}", kill=kill)
 
     def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:

@@ -124,6 +124,8 @@ class Settings:
     wc_push_relay_public_key: str = ""
     #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
     wc_push_default_app: str = ""
+    #: HS256 secret of the reference's tenant JWT on tenant management (its ``sub`` is the one tenant it manages); empty: none.
+    wc_push_tenant_jwt_secret: str = field(default="", repr=False)
 
     extra: dict = field(default_factory=dict)
 

@@ -12,7 +12,7 @@ certificate's topic is used. Neither → ``403 MissingProviderToken``.
 Answers as Apple documents (status, ``{"reason": …}``, ``apns-id``), and by the
 device token's prefix, so a test says what it expects by the tokens it uses:
 
-  dead…   410 Unregistered (with timestamp)      bad0…  400 BadDeviceToken
+  dead…   410 Unregistered (timestamp: its first 410)  bad0…  400 BadDeviceToken
   70c0…   400 DeviceTokenNotForTopic             f503N… 503 for the first N attempts, then 200
   f500N…  500 for the first N attempts (N: one digit)           f429N… 429 TooManyRequests for the first N attempts
   de1aN…  answer 200 after N seconds             anything else (64 hex): 200
@@ -161,17 +161,25 @@ class ApnsSimulator:
 
     async def _respond_after(self, delay: float, request: Request, token: str, apns_id: str, status: int, reason: str | None) -> Response:
         await asyncio.sleep(delay)
-        return self._response(request, token, apns_id, status, reason)
+        answer = self._response(request, token, apns_id, status, reason)
+        return answer if isinstance(answer, Response) else await answer
 
-    def _response(self, request: Request, token: str, apns_id: str, status: int, reason: str | None) -> Response:
+    def _response(self, request: Request, token: str, apns_id: str, status: int, reason: str | None) -> Response | Awaitable[Response]:
         self.recorder.keep(token, request, status, **auth_seen(request))
         if status == 200:
             return Response(200, b"", [("apns-id", apns_id)],
                             on_written=self.recorder.deliverer(token, request.headers.get("apns-collapse-id")))
-        body = {"reason": reason}
         if status == 410:
-            body["timestamp"] = int(time.time() * 1000)
-        return Response.json(status, body, [("apns-id", apns_id)])
+            # When the token stopped being valid: fixed at its first 410 (on any process), so an app that registers
+            # it again later has a registration newer than the timestamp (which the provider must keep).
+            since = self.recorder.invalid_since(token)
+            if isinstance(since, int):
+                return Response.json(410, {"reason": reason, "timestamp": since}, [("apns-id", apns_id)])
+            return self._gone_later(reason, apns_id, since)
+        return Response.json(status, {"reason": reason}, [("apns-id", apns_id)])
+
+    async def _gone_later(self, reason: str | None, apns_id: str, since: Awaitable[int]) -> Response:
+        return Response.json(410, {"reason": reason, "timestamp": await since}, [("apns-id", apns_id)])
 
     def _refuse(self, status: int, reason: str, apns_id: str) -> Response:
         return Response.json(status, {"reason": reason}, [("apns-id", apns_id)])

@@ -154,6 +154,8 @@ class _Serving:
                     hub.tally.apply(message["batch"])
                 elif op == "admit":
                     return list(hub.admit(message["token"], numbered=message["numbered"], quota_key=message["quota_key"]))
+                elif op == "invalid_since":
+                    return hub.invalid_since(message["token"])
                 elif op == "replicate":
                     return replicate(channel, message["request"])
                 elif op == "hello":

@@ -48,6 +48,9 @@ class Hub:
         retry_after = self.quota.take(quota_key) if quota_key is not None else None
         return attempt, retry_after
 
+    def invalid_since(self, token: str) -> int:
+        return self.tally.invalidated(token)
+
     def reset(self) -> None:
         self.tally.reset()
         self.quota.reset()
@@ -66,6 +69,9 @@ class LocalLedger:
 
     def deliver(self, token: str, collapse_id: str | None) -> None:
         self.hub.tally.deliver(token, collapse_id)
+
+    def invalid_since(self, token: str) -> int:
+        return self.hub.invalid_since(token)
 
     def flush(self) -> None:
         """Nothing waits: counts are the hub's at once."""
@@ -105,6 +111,10 @@ class RemoteLedger:
     async def _ask(self, token: str, numbered: bool, quota_key: str | None) -> Admission:
         attempt, retry_after = await self.channel.request({"op": "admit", "token": token, "numbered": numbered, "quota_key": quota_key})
         return attempt, retry_after
+
+    async def invalid_since(self, token: str) -> int:
+        """The token's first-410 time, held by the coordinator so every process answers the same."""
+        return await self.channel.request({"op": "invalid_since", "token": token})
 
     def deliver(self, token: str, collapse_id: str | None) -> None:
         self.delivered.append((token, collapse_id))

@@ -96,6 +96,10 @@ class Recorder:
         deliver = self.ledger.deliver
         return lambda: deliver(token, collapse_id)
 
+    def invalid_since(self, token: str) -> int | Awaitable[int]:
+        """When a dead token stopped being valid (ms), the same whichever process answers; an awaitable when asked of the hub."""
+        return self.ledger.invalid_since(token)
+
     def keep(self, token: str, request: Request, status: int, **extra) -> None:
         """Keep the request for ``/received`` (without its ``authorization``); ``extra`` adds what the simulator saw."""
         if status == 429:

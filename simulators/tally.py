@@ -30,6 +30,8 @@ class Tally:
         self.shown_total = 0
         self.first_at: float | None = None
         self.last_delivered_at: float | None = None
+        #: APNs: per dead token, when it was first answered 410 (ms): Apple's ``timestamp``, the same on every answer.
+        self.invalid_since: dict[str, int] = {}
 
     def attempt(self, token: str, *, at: float | None = None) -> int:
         """Count an attempt; answer its number for this token (1 for the first)."""
@@ -38,6 +40,10 @@ class Tally:
             self.first_at = at or time.time()
         self.attempts[token] += 1
         return self.attempts[token]
+
+    def invalidated(self, token: str) -> int:
+        """When ``token`` stopped being valid (ms): the time of its first 410, the same on every process's answer."""
+        return self.invalid_since.setdefault(token, int(time.time() * 1000))
 
     def deliver(self, token: str, collapse_id: str | None, *, at: float | None = None) -> None:
         """Count a 200 that went out, and what the device shows of it."""

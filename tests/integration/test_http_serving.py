@@ -130,7 +130,7 @@ def test_pipelined_polls_and_other_requests_on_one_connection_are_answered_in_or
     )
     answers = [connection.answer() for _ in range(5)]
     assert [status for status, _, _ in answers] == [200, 204, 200, 204, 200]
-    assert json.loads(answers[0][2]) == json.loads(answers[4][2]) == {"encryptionPayload": PAYLOAD}
+    assert json.loads(answers[0][2])["encryptionPayload"] == json.loads(answers[4][2])["encryptionPayload"] == PAYLOAD
     assert answers[2][2].startswith(b"OK")
     assert answers[1][2] == answers[3][2] == b""
 
@@ -165,7 +165,7 @@ def test_a_poll_sees_a_put_as_soon_as_the_put_was_answered(stack, connection):
         assert connection.answer()[0] == 200
         connection.send(request("GET", f"/session/{session_id}"))
         status, _, body = connection.answer()
-        assert status == 200 and json.loads(body) == {"encryptionPayload": payload}, n
+        assert status == 200 and json.loads(body)["encryptionPayload"] == payload, n
 
 
 def test_a_large_answer_read_slowly_arrives_whole_before_the_next_one(stack, connection):
@@ -178,7 +178,7 @@ def test_a_large_answer_read_slowly_arrives_whole_before_the_next_one(stack, con
     assert status == 200 and len(document) > 100_000
     assert json.loads(document)["paths"]
     status, _, polled = connection.answer()
-    assert status == 200 and json.loads(polled) == {"encryptionPayload": PAYLOAD}
+    assert status == 200 and json.loads(polled)["encryptionPayload"] == PAYLOAD
 
 
 # --- request bodies ---------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_a_chunked_body_is_read(stack, connection):
     connection.send(head.encode() + chunked + request("GET", f"/session/{session_id}"))
     assert connection.answer()[0] == 200
     status, _, polled = connection.answer()
-    assert status == 200 and json.loads(polled) == {"encryptionPayload": PAYLOAD}
+    assert status == 200 and json.loads(polled)["encryptionPayload"] == PAYLOAD
 
 
 def test_expect_100_continue_is_answered_before_the_body_is_sent(stack, connection):
@@ -203,7 +203,7 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(stack, connecti
     assert connection.answer()[0] == 100
     connection.send(body)
     assert connection.answer()[0] == 200
-    assert requests.get(f"{stack.api_url}/session/{session_id}", timeout=10).json() == {"encryptionPayload": PAYLOAD}
+    assert requests.get(f"{stack.api_url}/session/{session_id}", timeout=10).json()["encryptionPayload"] == PAYLOAD
 
 
 def test_head_answers_the_gets_headers_without_a_body(stack, connection):
@@ -270,4 +270,4 @@ def test_a_stop_finishes_the_request_in_flight_and_closes_idle_connections(stack
         idle.close()
         busy.close()
         stack.stop("api-stop")
-    assert requests.get(f"{stack.api_url}/session/{session_id}", timeout=10).json() == {"encryptionPayload": PAYLOAD}
+    assert requests.get(f"{stack.api_url}/session/{session_id}", timeout=10).json()["encryptionPayload"] == PAYLOAD

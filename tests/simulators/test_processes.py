@@ -141,3 +141,26 @@ def test_an_access_token_issued_by_one_process_works_on_all(tmp_path):
 
         assert set(asyncio.run(main())) == {200}
         assert fcm.get("/stats")["access_tokens_issued"] == 1
+
+
+def test_a_dead_tokens_410_timestamp_is_its_first_410_on_every_process(apns, credentials):
+    device = token("dead")
+
+    async def main() -> list[int]:
+        connections = await apns.connections(CONNECTIONS)
+        spread(apns, connections)
+        path, headers = apns_headers(credentials, device)
+        try:
+            answers = []
+            for connection in connections:
+                answer = await connection.request("POST", path, headers, PAYLOAD, 10)
+                assert answer.status == 410
+                answers.append(orjson.loads(answer.body)["timestamp"])
+                await asyncio.sleep(0.005)  # a later answer made "now" would carry a later time
+            return answers
+        finally:
+            for connection in connections:
+                connection.close()
+
+    timestamps = asyncio.run(main())
+    assert len(set(timestamps)) == 1

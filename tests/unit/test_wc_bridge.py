@@ -43,6 +43,34 @@ def test_expired_or_deleted_documents_read_as_absent(doc, alive):
     assert (api.live(doc, NOW) is not None) is alive
 
 
+# --- answers --------------------------------------------------------------------------------------
+
+def assert_payload_answer(answer: dict, payload, *, ttl_seconds: int) -> None:
+    """``answer`` is a stored payload in both forms, expiring in about ``ttl_seconds``."""
+    assert answer["data"] == {k: answer[k] for k in ("encryptionPayload", "expires", "ttlInSeconds")}
+    assert set(answer) == {"encryptionPayload", "expires", "ttlInSeconds", "data"}
+    assert answer["encryptionPayload"] == payload
+    assert ttl_seconds - 5 <= answer["ttlInSeconds"] <= ttl_seconds
+    assert abs(answer["expires"] / 1000 - time.time() - answer["ttlInSeconds"]) <= 2
+
+
+def test_a_stored_payload_is_answered_at_the_top_and_in_data_with_its_ttl_fields():
+    doc = {"payload": {"data": "d"}, "expires_at": NOW + timedelta(seconds=90, milliseconds=250)}
+    stored = {"encryptionPayload": {"data": "d"}, "expires": int(NOW.timestamp() * 1000) + 90_250, "ttlInSeconds": 91}
+    assert api.payload_answer(doc, NOW) == {**stored, "data": stored}
+    # nx-27017 answers a date written by $set as a naive string; a passed expiry is 0 seconds left.
+    assert api.stored_payload({"payload": "p", "expires_at": "2029-12-31 23:59:59.000000"}, NOW)["ttlInSeconds"] == 0
+    # Nothing to answer: expired (as live() says), deleted, no payload yet, no document.
+    for gone in ({"payload": "p", "expires_at": NOW}, {**doc, "deleted": True}, {**doc, "payload": None}, None):
+        assert api.payload_answer(gone, NOW) is None
+    assert api.payload_answer({"payload": "p", "expires_at": NOW + timedelta(microseconds=1)}, NOW)["ttlInSeconds"] == 1
+
+
+def test_an_empty_webhook_is_no_webhook():
+    push = api.push_target({"push": {"type": "fcm", "token": "t", "webhook": ""}})
+    assert push == {"type": "fcm", "token": "t", "webhook": None}
+
+
 # --- validation -----------------------------------------------------------------------------------
 
 def field_of(call) -> tuple[int, str | None]:
@@ -155,12 +183,12 @@ def fast_path(fresh_seconds: float = 0.0):
 @pytest.mark.parametrize(
     ("path", "status", "body"),
     [
-        ("/session/ready", "200 OK", {"encryptionPayload": {"data": "d"}}),
+        ("/session/ready", "200 OK", {"data": "d"}),
         ("/session/waiting", "204 No Content", None),
         ("/session/unknown", "204 No Content", None),
         ("/session/old", "204 No Content", None),
         ("/session/gone", "204 No Content", None),
-        ("/call-status/c1", "200 OK", {"encryptionPayload": "s"}),
+        ("/call-status/c1", "200 OK", "s"),
         ("/call-status/c2", "204 No Content", None),
     ],
 )
@@ -171,7 +199,8 @@ def test_polled_gets_are_answered_before_flask(path, status, body):
     if body is None:
         assert raw == b"" and headers["Content-Length"] == "0"
     else:
-        assert orjson.loads(raw) == body and headers["Content-Type"] == "application/json"
+        assert_payload_answer(orjson.loads(raw), body, ttl_seconds=3600)
+        assert headers["Content-Type"] == "application/json"
         assert headers["Content-Length"] == str(len(raw))
 
 

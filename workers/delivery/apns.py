@@ -155,15 +155,23 @@ class ApnsClient:
         answer = await self.pool.request(headers, request.payload)
         if answer.status == 200:
             return ProviderAnswer(status=200, provider_id=answer.headers.get("apns-id"))
+        reason, invalid_since = None, None
         try:
-            reason = orjson.loads(answer.body).get("reason") if answer.body else None
-        except (orjson.JSONDecodeError, AttributeError):
-            reason = None
+            error = orjson.loads(answer.body) if answer.body else {}
+        except orjson.JSONDecodeError:
+            error = {}
+        if isinstance(error, dict):
+            reason = error.get("reason")
+            stamp = error.get("timestamp")
+            # 410: when APNs last confirmed the token invalid (ms); a registration written later is a new one.
+            if answer.status == 410 and isinstance(stamp, int) and not isinstance(stamp, bool):
+                invalid_since = stamp
         return ProviderAnswer(
             status=answer.status,
             reason=reason or f"HTTP {answer.status}",
             retry_after=parse_retry_after(answer.headers.get("retry-after")),
             provider_id=answer.headers.get("apns-id"),
+            token_invalid_since=invalid_since,
         )
 
     async def close(self) -> None:
