@@ -40,6 +40,8 @@ RECEIVE_WINDOW = 1 << 24
 #: never ends pins its load to one server front-end however the provider balances.
 MAX_REQUESTS_PER_CONNECTION = 20_000
 CONNECT_TIMEOUT_SECONDS = 10.0
+#: Seconds a started request may wait for its answer when the opener names no timeout (the workers' default too).
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
 #: Streams a connection may open before the server's SETTINGS say how many it allows (RFC 9113's advice: 100).
 INITIAL_MAX_STREAMS = 100
 #: The largest stream count the pool believes in, whatever a server advertises ("unlimited" is 2^32 - 1).
@@ -152,7 +154,7 @@ class Http2Connection(asyncio.Protocol):
         self.failure: BaseException | None = None  # why the connection was lost, if it was
 
     @classmethod
-    async def open(cls, host: str, port: int, ssl_context: ssl.SSLContext, *, request_timeout: float,
+    async def open(cls, host: str, port: int, ssl_context: ssl.SSLContext, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
                    server_hostname: str | None = None, on_stream_freed=None) -> Http2Connection:
         authority = f"{host}:{port}" if port != 443 else host
         loop = asyncio.get_running_loop()
@@ -201,6 +203,23 @@ class Http2Connection(asyncio.Protocol):
         The caller checked that the connection is usable and has a free stream.
         The request leaves with the others started in this event-loop turn.
         """
+        return self._start(headers, body)[1]
+
+    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> Answer:
+        """One request with text headers and a timeout of its own, for callers that hold a connection, not a pool."""
+        if not self.usable:
+            raise TransportError("connection not usable")
+        block = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", self.authority), (b":path", path.encode()),
+                 *((name.encode(), value.encode()) for name, value in headers)]
+        stream_id, future = self._start(block, body)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as error:
+            self._cancel(stream_id, TransportError(f"no answer within {timeout}s"))
+            self._flush()
+            raise TransportError(f"no answer within {timeout}s") from error
+
+    def _start(self, headers: Headers, body: bytes) -> tuple[int, asyncio.Future]:
         try:
             stream_id = self.h2.send_request(headers, end_stream=not body)
             if body:
@@ -226,7 +245,7 @@ class Http2Connection(asyncio.Protocol):
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
-        return future
+        return stream_id, future
 
     def _expire(self) -> None:
         """Reset the streams past their deadline; re-arm for the next one still in flight."""
@@ -235,14 +254,20 @@ class Http2Connection(asyncio.Protocol):
         deadlines, streams = self.deadlines, self.streams
         while deadlines and (deadlines[0][1] not in streams or deadlines[0][0] <= now):
             _, stream_id = deadlines.popleft()
-            stream = streams.get(stream_id)
-            if stream is not None:
-                self._end_stream(stream_id, TransportError(f"no answer within {self.request_timeout}s"))
-                if not self.closed:
-                    self.h2.reset_stream(stream_id, ngh2.ErrorCode.CANCEL)
+            self._cancel(stream_id, TransportError(f"no answer within {self.request_timeout}s"))
         if deadlines:
             self.deadline_timer = self.loop.call_at(deadlines[0][0], self._expire)
         self._flush()
+
+    def _cancel(self, stream_id: int, error: TransportError) -> None:
+        """Fail a request still in flight and reset its stream (the connection serves on)."""
+        if stream_id in self.streams:
+            self._end_stream(stream_id, error)
+            if not self.closed:
+                try:
+                    self.h2.reset_stream(stream_id, ngh2.ErrorCode.CANCEL)
+                except ngh2.NGH2Error:
+                    pass  # the stream closed meanwhile
 
     def _end_stream(self, stream_id: int, error: Exception | None = None) -> None:
         stream = self.streams.pop(stream_id, None)
