@@ -218,3 +218,26 @@ def test_a_connection_is_retired_after_its_request_budget_without_failing_a_requ
     connections = asyncio.run(main())
     assert len(connections) >= 200 // 25
     assert max(c.requests_started for c in connections) <= 25
+
+
+def test_a_single_connections_request_times_out_alone_and_the_connection_serves_on(tmp_path):
+    async def handler(request):
+        if request.path == "/slow":
+            await asyncio.sleep(3)
+        return Response(200, b"ok")
+
+    async def main():
+        server, origin, context = await _serving(tmp_path, handler)
+        port = int(origin.rsplit(":", 1)[1])
+        connection = await http2.Http2Connection.open("127.0.0.1", port, context)
+        try:
+            with pytest.raises(TransportError, match="no answer within 0.3s"):
+                await connection.request("POST", "/slow", [("content-type", "application/json")], BODY, 0.3)
+            answer = await connection.request("POST", "/quick", [("content-type", "application/json")], BODY, 5)
+            return answer, len(connection.streams), connection.closed
+        finally:
+            connection.close()
+            server.close()
+
+    answer, streams, closed = asyncio.run(main())
+    assert (answer.status, answer.body, streams, closed) == (200, b"ok", 0, False)
