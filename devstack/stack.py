@@ -34,10 +34,12 @@ WORKER_GROUPS = {
 }
 
 
-#: Seconds gunicorn keeps an idle client connection open.
-API_KEEP_ALIVE_SECONDS = 75
-#: The API's gunicorn worker: WalletConnect polls in an event loop, Flask in ``api_threads`` threads.
-API_WORKER_CLASS = "api.poll_worker.PollWorker"
+#: Milliseconds granian gives a connection to send a request's headers (from the connection's start, or
+#: from the end of the previous answer): slow or silent clients are closed after it.
+API_HEADER_TIMEOUT_MS = 30_000
+#: Bytes granian buffers of one connection's request line and headers; a request whose line and
+#: headers do not fit is answered 431 and closed.
+API_HEADER_BUFFER_BYTES = 16 * 1024
 
 
 def free_port() -> int:
@@ -99,7 +101,8 @@ class Stack:
       queue_prefix: prefix of every queue (tests use a unique one on the shared broker).
       env: extra ``PUSH_*`` settings for the API and workers.
       worker_processes / worker_threads: Dramatiq's ``--processes`` / ``--threads`` per group.
-      api_workers / api_threads: gunicorn's workers and threads.
+      api_workers / api_threads: the API's processes (granian's workers) and Flask threads per process.
+      api_header_timeout_ms: granian's ``--http1-header-read-timeout``.
       log_to_files: send each process's output to ``var_dir/logs`` (else inherit the terminal).
     """
 
@@ -111,6 +114,7 @@ class Stack:
     worker_threads: int = 8
     api_workers: int = 2
     api_threads: int = 8
+    api_header_timeout_ms: int = API_HEADER_TIMEOUT_MS
     log_to_files: bool = True
     processes: dict = field(default_factory=dict)
     #: Port of each worker group's Prometheus /metrics (Dramatiq's middleware); a free one when not given.
@@ -245,27 +249,22 @@ class Stack:
             self.stop(f"workers-{group}", kill=kill)
 
     def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
-        """Start an API (gunicorn); answers its URL. Tests start a second one with other settings."""
+        """Start an API (granian, the RSGI app of api/rsgi.py); answers its URL. Tests start a second one with other settings."""
         port = port or self.ports.api
-        # gunicorn workers share their metrics through this directory (prometheus_client's multi-process mode).
-        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), **(env or {})}
+        # The API's processes share their metrics through this directory (prometheus_client's multi-process mode).
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), "PUSH_API_THREADS": str(self.api_threads), **(env or {})}
         self._spawn(
             name,
             [
-                str(VENV_BIN / "gunicorn"),
-                "--bind", f"127.0.0.1:{port}",
+                str(VENV_BIN / "granian"),
+                "--interface", "rsgi",
+                "--factory", "api.rsgi:create_app",
+                "--host", "127.0.0.1",
+                "--port", str(port),
                 "--workers", str(self.api_workers),
-                "--worker-class", API_WORKER_CLASS,
-                "--threads", str(self.api_threads),
-                # Longer than clients' idle pooled connections usually live: with gunicorn's
-                # default (2 s) a client reusing a connection the server just closed gets
-                # "Remote end closed connection without response".
-                "--keep-alive", str(API_KEEP_ALIVE_SECONDS),
-                "--access-logfile", "-" if not self.log_to_files else str(self.var_dir / "logs" / f"{name}-access.log"),
-                # gunicorn ≥ 25 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
-                # stacks running side by side (tests, faults, fuzz, bench) would take each other's.
-                "--no-control-socket",
-                "api.app:create_app()",
+                "--no-ws",
+                "--http1-header-read-timeout", str(self.api_header_timeout_ms),
+                "--http1-buffer-size", str(API_HEADER_BUFFER_BYTES),
             ],
             env=env,
         )
