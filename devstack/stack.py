@@ -34,12 +34,12 @@ WORKER_GROUPS = {
 }
 
 
-#: Milliseconds granian gives a connection to send a request's headers (from the connection's start, or
-#: from the end of the previous answer): slow or silent clients are closed after it.
+#: Milliseconds granian gives a connection to send a request's headers, from its start or from the end of
+#: the previous answer: slow or silent clients are closed after it, and so are idle keep-alive connections.
 API_HEADER_TIMEOUT_MS = 30_000
 #: Bytes granian buffers of one connection's request line and headers; a request whose line and
 #: headers do not fit is answered 431 and closed.
-API_HEADER_BUFFER_BYTES = 16 * 1024
+API_HEADER_BUFFER_BYTES = 8 * 1024
 
 
 def free_port() -> int:
@@ -248,7 +248,8 @@ class Stack:
         for group in groups:
             self.stop(f"workers-{group}", kill=kill)
 
-    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
+    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None,
+                  header_timeout_ms: int | None = None) -> str:
         """Start an API (granian, the RSGI app of api/rsgi.py); answers its URL. Tests start a second one with other settings."""
         port = port or self.ports.api
         # The API's processes share their metrics through this directory (prometheus_client's multi-process mode).
@@ -263,7 +264,10 @@ class Stack:
                 "--port", str(port),
                 "--workers", str(self.api_workers),
                 "--no-ws",
-                "--http1-header-read-timeout", str(self.api_header_timeout_ms),
+                # HTTP/1.1 only: with HTTP/2 detection on (granian's "auto"), a connection that sends
+                # nothing is never timed out (hyper-util starts no timer while it picks the protocol).
+                "--http", "1",
+                "--http1-header-read-timeout", str(header_timeout_ms or self.api_header_timeout_ms),
                 "--http1-buffer-size", str(API_HEADER_BUFFER_BYTES),
             ],
             env=env,
