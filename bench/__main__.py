@@ -14,6 +14,7 @@ from bench.campaign import measure_campaign
 from bench.harness import bench_stack
 from bench.limit import measure_limit
 from bench.pipeline import measure_e2e, measure_ingest, measure_sync
+from bench.sync_concurrent import measure as measure_sync_concurrent
 from bench.wc_bridge import measure as measure_wc_bridge
 from bench.wc_push import measure_dedupe
 
@@ -29,10 +30,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every figure")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None,
-                        help="figure groups to run: limit e2e ingest sync campaign wc_poll dedupe")
+                        help="figure groups to run: limit e2e ingest sync sync_concurrent campaign wc_poll dedupe")
     args = parser.parse_args()
     quick = args.quick
-    groups = set(args.only or ["limit", "e2e", "ingest", "sync", "campaign", "wc_poll", "dedupe"])
+    groups = set(args.only or ["limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "wc_poll", "dedupe"])
     devices = 5_000 if quick else 50_000
     campaign_sizes = (10_000, 50_000) if quick else (100_000, 1_000_000)
     started = time.time()
@@ -56,6 +57,9 @@ def main() -> None:
             emit("ingest_per_s", ingest["ingest_per_s"])
         if "sync" in groups:
             for name, value in measure_sync(stack).items():
+                emit(name, value)
+        if "sync_concurrent" in groups:
+            for name, value in measure_sync_concurrent(stack, seconds=5.0 if quick else 20.0).items():
                 emit(name, value)
         if "campaign" in groups:
             small, large = (measure_campaign(stack, users=n) for n in campaign_sizes)
