@@ -11,7 +11,7 @@
   is a 408.
 - **Rate limits on registration routes** (PowerAuth device create, WalletConnect
   client registration): a token bucket per client IP and one per API key, in
-  each gunicorn worker process (so a deployment's effective limit is the
+  each API process (granian worker; so a deployment's effective limit is the
   setting times its API processes). Over the limit: 429 with ``Retry-After``.
   No shared counter: a MongoDB counter would add a write to every
   registration; the per-process bucket costs a dict look-up.

@@ -93,7 +93,7 @@ class Settings:
     #: Largest serialised provider payload accepted by a send (APNs and FCM both allow 4 KB).
     max_apns_payload_bytes: int = 4096
     max_fcm_payload_bytes: int = 4096
-    #: Registration rate limits (token bucket per gunicorn worker process): requests per second and burst,
+    #: Registration rate limits (token bucket per API process): requests per second and burst,
     #: per client IP and per API key. 0: no limit.
     rate_limit_ip_per_second: float = 0.0
     rate_limit_ip_burst: int = 0
