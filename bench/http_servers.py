@@ -57,11 +57,6 @@ CANDIDATES = {
     "uvicorn-a2wsgi": lambda port: [str(VENV_BIN / "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
                                     "--no-access-log", "--factory", "bench.http_servers:a2wsgi_app"],
 }
-CANDIDATES["proto-rsgi"] = lambda port: [*GRANIAN, "--port", str(port), "--interface", "rsgi", "--factory", "api._proto_rsgi:create_app"]
-CANDIDATES["proto-rsgi-t2"] = lambda port: ["env", "PROTO_THREADS=2", *CANDIDATES["proto-rsgi"](port)]
-CANDIDATES["proto-rsgi-sw"] = lambda port: ["env", "PROTO_SWITCH=0.0005", *CANDIDATES["proto-rsgi"](port)]
-CANDIDATES["proto-rsgi-t32"] = lambda port: ["env", "PROTO_THREADS=32", *CANDIDATES["proto-rsgi"](port)]
-CANDIDATES["proto-asgi"] = lambda port: [*GRANIAN, "--port", str(port), "--interface", "asgi", "--factory", "api.asgi:create_app"]
 #: The API as the stack starts it (``Stack.start_api``).
 CHOSEN = "chosen"
 
