@@ -62,12 +62,24 @@ CHOSEN = "chosen"
 
 
 def a2wsgi_app():
-    """The Flask app as an ASGI app through a2wsgi (8 threads), for the ASGI servers."""
+    """The Flask app as an ASGI app through a2wsgi (8 threads), for the ASGI servers.
+
+    a2wsgi hands ``receive()`` to ``run_coroutine_threadsafe``, which takes only a coroutine, and
+    granian's ``receive()`` returns a future (every body then was a 500): it gets a coroutine here.
+    """
     from a2wsgi import WSGIMiddleware
 
     from api.app import create_app as create_flask_app
 
-    return WSGIMiddleware(create_flask_app(), workers=8)
+    inner = WSGIMiddleware(create_flask_app(), workers=8)
+
+    async def app(scope, receive, send):
+        async def receive_coroutine():
+            return await receive()
+
+        await inner(scope, receive_coroutine, send)
+
+    return app
 
 
 @dataclass
