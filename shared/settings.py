@@ -72,7 +72,7 @@ class Settings:
     api_threads: int = 8
     #: SYNCHRONOUS sends per API process that may wait for their outcome at once, each in a blocked thread of its own
     #: (added to ``api_threads``); one more answers at once with its counts so far, still pending.
-    api_sync_waiters: int = 256
+    api_sync_waiters: int = 512
     #: Seconds a request body may take to arrive in full (read before the request takes a thread); later: 408.
     api_body_timeout_seconds: float = 30.0
 
