@@ -3,23 +3,33 @@
 Each client keeps one keep-alive connection and sends SYNCHRONOUS single
 messages (``/push/message/send`` without ``mode``) one after the other, to a
 user with one device, for ``SECONDS``; an answer counts when every delivery
-has its outcome (``pending`` 0). Then ``BURST`` clients send one each at the
+has its outcome (``pending`` 0). Meanwhile ``GET /health`` is asked every
+``HEALTH_EVERY_SECONDS``: ``sync_concurrent_health_p99_ms`` is what the other
+routes get while the sends wait. Then ``BURST`` clients send one each at the
 same moment: ``sync_concurrent_500_answered`` is how many got their outcome.
 The clients are one asyncio process of raw HTTP/1.1 sockets (little CPU).
 
-Runnable alone: ``python -m bench.sync_concurrent [--clients N] [--seconds S]``.
+Runnable alone: ``python -m bench.sync_concurrent [--clients N] [--seconds S] [--ref REF --rounds N]``;
+``--ref`` measures the API of that git ref as well (its own ``devstack.stack`` starts it, on the same
+stack), interleaved with this tree's, round by round.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
+import subprocess
+import tempfile
 import time
 import uuid
+from dataclasses import replace
+from pathlib import Path
 
-from bench.harness import bench_stack, create_app, seed_devices
+from bench.harness import bench_stack, create_app, percentile, seed_devices
+from bench.http_servers import start_ref
 from bench.pipeline import tokens_for
-from devstack.stack import Stack
+from devstack.stack import ROOT, Stack
 
 #: Clients sending one SYNCHRONOUS send after the other.
 CLIENTS = 200
@@ -31,6 +41,8 @@ BURST = 500
 USERS = 200
 #: Seconds a client waits for one answer.
 ANSWER_TIMEOUT = 120.0
+#: Seconds between two ``GET /health`` while the clients send.
+HEALTH_EVERY_SECONDS = 0.1
 
 
 def send_request(host: str, app_id: str, user: str) -> bytes:
@@ -70,6 +82,21 @@ async def client(port: int, app_id: str, users: list[str], until: float, counts:
         writer.close()
 
 
+async def health(port: int, until: float, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
+            length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
+            await reader.readexactly(length)
+            latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(HEALTH_EVERY_SECONDS)
+    finally:
+        writer.close()
+
+
 async def burst(port: int, app_id: str, users: list[str], size: int) -> int:
     async def one(user: str) -> bool:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -91,16 +118,21 @@ def measure(stack: Stack, *, clients: int = CLIENTS, seconds: float = SECONDS, b
 
     async def main():
         counts = {"answered": 0, "other": 0}
+        latencies: list[float] = []
         started = time.monotonic()
-        await asyncio.gather(*(client(port, app_id, users[i:] + users[:i], started + seconds, counts) for i in range(clients)))
+        await asyncio.gather(
+            *(client(port, app_id, users[i:] + users[:i], started + seconds, counts) for i in range(clients)),
+            health(port, started + seconds, latencies),
+        )
         took = time.monotonic() - started
         answered = await burst(port, app_id, users, burst_size)
-        return counts, took, answered
+        return counts, took, answered, latencies
 
-    counts, took, answered = asyncio.run(main())
+    counts, took, answered, latencies = asyncio.run(main())
     return {
         "sync_concurrent_per_s": counts["answered"] / took,
         "sync_concurrent_not_delivered": counts["other"],
+        "sync_concurrent_health_p99_ms": percentile(latencies, 0.99),
         f"sync_concurrent_{burst_size}_answered": answered,
     }
 
@@ -110,14 +142,30 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--burst", type=int, default=BURST)
+    parser.add_argument("--ref", help="also measure the API of this git ref (e.g. the commit before a change)")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     stack = bench_stack()
+    tree = Path(tempfile.mkdtemp(prefix="bench-ref-")) / "tree"
+    ref = None
     try:
         stack.start()
-        for name, value in measure(stack, clients=args.clients, seconds=args.seconds, burst_size=args.burst).items():
-            print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}", flush=True)
+        targets = {"": stack}
+        if args.ref:
+            ref = start_ref(stack, args.ref, tree)
+            targets[f"ref_{args.ref}_"] = ref_stack = copy.copy(stack)
+            ref_stack.ports = replace(stack.ports, api=int(ref.url.rsplit(":", 1)[1]))
+        for _ in range(args.rounds):
+            for prefix, target in targets.items():
+                for name, value in measure(target, clients=args.clients, seconds=args.seconds, burst_size=args.burst).items():
+                    print(f"{prefix}{name}: {value:.1f}" if isinstance(value, float) else f"{prefix}{name}: {value}", flush=True)
     finally:
+        if ref is not None:
+            ref.process.stdin.close()
+            ref.process.wait(30)
         stack.stop_all()
+        if tree.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
 if __name__ == "__main__":
