@@ -121,7 +121,6 @@ class ApiFront:
             # PEP 3333: the path's bytes as latin-1 (granian hands it percent-decoded, as UTF-8 text).
             "PATH_INFO": path.encode("utf-8", "surrogateescape").decode("latin-1"),
             "QUERY_STRING": query,
-            "RAW_URI": f"{path}?{query}" if query else path,
             "SERVER_NAME": server_host.strip("[]"),
             "SERVER_PORT": server_port,
             "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
