@@ -7,7 +7,7 @@ consumers, publish/deliver/ack rates, per project queue and its Dramatiq delay
 answer, a passive declare over AMQP still gives ready messages and consumers.
 
 ``prometheus_client`` is imported inside functions only: in multi-process mode
-(gunicorn workers, Dramatiq worker processes) it must be imported after
+(the API's granian workers, Dramatiq worker processes) it must be imported after
 ``PROMETHEUS_MULTIPROC_DIR`` is set, which Dramatiq's Prometheus middleware
 does at process boot. Metric objects are made on first use for the same reason.
 Recording a metric never raises into the caller.
@@ -434,7 +434,7 @@ class QueueCollector:
 
 
 def exposition(settings: Settings, db=None) -> tuple[bytes, str]:
-    """The API's ``/metrics``: this process's (or, multi-process, every gunicorn worker's) metrics and the queue gauges."""
+    """The API's ``/metrics``: this process's (or, multi-process, every API process's) metrics and the queue gauges."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     directory = multiprocess_dir()

@@ -68,6 +68,13 @@ class Settings:
     api_sync_wait_seconds: float = 30.0
     #: Largest accepted request body, bytes.
     api_max_body_bytes: int = 16 * 1024 * 1024
+    #: Threads per API process that Flask runs in (each request once its body is in).
+    api_threads: int = 8
+    #: SYNCHRONOUS sends per API process that may wait for their outcome at once, each in a blocked thread of its own
+    #: (added to ``api_threads``); one more answers at once with its counts so far, still pending.
+    api_sync_waiters: int = 512
+    #: Seconds a request body may take to arrive in full (read before the request takes a thread); later: 408.
+    api_body_timeout_seconds: float = 30.0
 
     #: Auth (README "Auth and limits"): require API keys. Off for ``make run``'s demo and the test stack, on in docker-compose.
     auth_enabled: bool = False
@@ -86,7 +93,7 @@ class Settings:
     #: Largest serialised provider payload accepted by a send (APNs and FCM both allow 4 KB).
     max_apns_payload_bytes: int = 4096
     max_fcm_payload_bytes: int = 4096
-    #: Registration rate limits (token bucket per gunicorn worker process): requests per second and burst,
+    #: Registration rate limits (token bucket per API process): requests per second and burst,
     #: per client IP and per API key. 0: no limit.
     rate_limit_ip_per_second: float = 0.0
     rate_limit_ip_burst: int = 0
