@@ -41,9 +41,9 @@ CLIENT_RETRY_PAUSE = 1.0
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
 
 
-def queue_depths(prefix: str) -> dict[str, int]:
-    """Messages per queue of the stack, ready and unacknowledged (RabbitMQ management API)."""
-    management = load().rabbitmq_management_url
+def queue_depths(prefix: str, management: str | None = None) -> dict[str, int]:
+    """Messages per queue of the stack, ready and unacknowledged (RabbitMQ management API; the machine's by default)."""
+    management = management or load().rabbitmq_management_url
     depths = {}
     for name in queue_names(prefix):
         answer = requests.get(f"{management}/api/queues/%2F/{quote(name, safe='')}", timeout=10)
@@ -61,11 +61,20 @@ wait_for = partial(waiting.wait_for, every=0.5)
 
 
 class FaultRun:
-    """One scenario's app, devices, send and counts."""
+    """One scenario's app, devices, send and counts.
 
-    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES):
+    Parameters:
+      stack: the running stack.
+      name: the scenario's (in the printed counts).
+      devices: how many devices, one notification each.
+      management: the RabbitMQ management API the queue depths are read from, or a callable answering
+        one (a cluster's live node); the machine's by default.
+    """
+
+    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES, management=None):
         self.stack = stack
         self.name = name
+        self.management = management
         self.db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=3000)["push"]
         self.app_id = f"faults-{uuid.uuid4().hex[:8]}"
         self.apns_control = f"http://127.0.0.1:{stack.ports.apns_control}"
@@ -284,7 +293,7 @@ class FaultRun:
         prefix = self.stack.queue_prefix
 
         def queues_empty():
-            depths = queue_depths(prefix)
+            depths = queue_depths(prefix, self.management() if callable(self.management) else self.management)
             last["queues"] = depths
             return not any(depths.values())
 
