@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker
 
+from ops.queue_type import declaration_arguments
 from shared import commands
 from shared.broker import (
     INFRASTRUCTURE_MAX_BACKOFF_MS,
@@ -113,3 +114,8 @@ def test_every_delay_stays_under_the_consumer_timeout():
         campaigns.CHECK_INTERVAL_SECONDS * 1000,
     ]
     assert max(delays_ms) < RABBITMQ_CONSUMER_TIMEOUT_MS / 2
+
+
+def test_the_switch_declares_each_queue_as_the_workers_broker_does():
+    for queue_type in ("classic", "quorum"):
+        assert declaration_arguments(queue_type, "p.deliver.fcm") == declarations(queue_type, "p.deliver.fcm")
