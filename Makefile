@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults faults-cluster fuzz bench lint rabbitmq chromium venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium venv clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,7 @@ faults: venv rabbitmq
 # The fault scenario on a 3-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh, quorum queues): a node
 # SIGKILLed mid-send and restarted. Out of CI (about 9 minutes with the cluster's boot, 6½ with it running);
 # it stops the cluster if it started it.
+.PHONY: faults-cluster
 faults-cluster: venv rabbitmq
 	$(PY) -m pytest tests/faults -s -m cluster -p no:cacheprovider --timeout 1200
 
