@@ -19,11 +19,11 @@ from shared.settings import load
 
 
 @contextmanager
-def running_stack(var_dir: Path, name: str, env: dict, *, ports: Ports | None = None) -> Iterator[Stack]:
+def running_stack(var_dir: Path, name: str, env: dict, *, ports: Ports | None = None, broker_url: str | None = None) -> Iterator[Stack]:
     """Start a stack named ``name`` (its queue prefix) with ``env`` settings; stop it and delete its queues after.
 
-    ``ports``: where it listens (free ones when not given). Its queues are deleted on the broker of
-    ``env``'s ``PUSH_AMQP_URL`` (the machine's RabbitMQ when it names none).
+    ``ports``: where it listens (free ones when not given). ``broker_url``: where its queues are
+    deleted (a cluster's nodes); the machine's RabbitMQ when not given.
     """
     prefix = f"{name}-{uuid.uuid4().hex[:8]}."
     stack = Stack(var_dir=var_dir, ports=ports or Ports.free(), queue_prefix=prefix, env=dict(env))
@@ -32,7 +32,7 @@ def running_stack(var_dir: Path, name: str, env: dict, *, ports: Ports | None = 
         yield stack
     finally:
         stack.stop_all()
-        delete_queues(prefix, amqp_url=env.get("PUSH_AMQP_URL"))
+        delete_queues(prefix, amqp_url=broker_url)
 
 
 def queue_names(prefix: str) -> list[str]:

@@ -50,7 +50,7 @@ def cluster_stack(tmp_path_factory, cluster):
         PUSH_RABBITMQ_QUEUE_TYPE="quorum",
         PUSH_RABBITMQ_MANAGEMENT_URL=cluster.management_url(1),
     )
-    with running_stack(tmp_path_factory.mktemp("faults-cluster-var"), "faults-cluster", env) as stack:
+    with running_stack(tmp_path_factory.mktemp("faults-cluster-var"), "faults-cluster", env, broker_url=cluster.amqp_urls) as stack:
         yield stack
 
 
