@@ -36,7 +36,7 @@ faults: venv rabbitmq
 	$(PY) -m pytest tests/faults -s -m "not cluster"
 
 # The fault scenario on a 3-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh, quorum queues): a node
-# SIGKILLed mid-send and restarted. Out of CI (about 9 minutes with the cluster's boot, 6½ with it running);
+# SIGKILLed mid-send and restarted. Out of CI (2-7 minutes, with the cluster's boot, as loaded as the machine is);
 # it stops the cluster if it started it.
 .PHONY: faults-cluster
 faults-cluster: venv rabbitmq
