@@ -234,6 +234,10 @@ class FaultRun:
     def wait_sent_at_least(self, n: int, *, timeout: float = 120) -> None:
         wait_for(lambda: self.states().get("sent", 0) >= n, timeout=timeout, what=f"{n} deliveries sent", every=0.2)
 
+    def wait_acknowledged_at_least(self, batches: int, *, timeout: float = 120) -> None:
+        """Wait until the API acknowledged ``batches`` batches: the rest of the send is still to come."""
+        wait_for(lambda: len(self.acknowledged) >= batches, timeout=timeout, what=f"{batches} batches acknowledged", every=0.05)
+
     # --- the end ----------------------------------------------------------------------------
 
     def finish(self, *, timeout: float = 240, allowed_repeats: set[str] | frozenset = frozenset(), forbidden_repeats: set[str] | frozenset = frozenset()) -> dict:
