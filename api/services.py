@@ -20,7 +20,7 @@ from api.errors import unavailable
 from api.outcome_waiter import OutcomeWaiter, WaiterFull
 from shared import commands
 from shared import db as collections
-from shared.broker import amqp_url_with_timeouts
+from shared.broker import connection_parameters
 from shared.commands import Publisher
 from shared.settings import Settings
 
@@ -158,9 +158,9 @@ class Services:
     # --- health -------------------------------------------------------------------------------
 
     def check_broker(self) -> bool:
-        """A live check: a fresh AMQP connection (fail-fast parameters) opened and closed."""
+        """A live check: a fresh AMQP connection (fail-fast parameters; any node of a cluster) opened and closed."""
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(amqp_url_with_timeouts(self.settings.amqp_url)))
+            connection = pika.BlockingConnection(connection_parameters(self.settings.amqp_url))
         except BROKER_ERRORS:
             return False
         try:

@@ -89,7 +89,10 @@ def expected_queues(settings: Settings) -> list[QueueStats]:
 
 
 def vhost_of(amqp_url: str) -> str:
-    path = urlsplit(amqp_url).path
+    """The virtual host of ``PUSH_AMQP_URL`` (a cluster's node URLs all name the same one: the first's)."""
+    from shared.broker import amqp_urls
+
+    path = urlsplit(amqp_urls(amqp_url)[0]).path
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
@@ -178,9 +181,9 @@ def _from_amqp(settings: Settings) -> list[QueueStats]:
     import pika
     import pika.exceptions
 
-    from shared.broker import amqp_url_with_timeouts
+    from shared.broker import connection_parameters
 
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url_with_timeouts(settings.amqp_url)))
+    connection = pika.BlockingConnection(connection_parameters(settings.amqp_url))
     try:
         channel = connection.channel()
         out = expected_queues(settings)

@@ -24,8 +24,10 @@ class Settings:
     #: MongoDB connection string; the database name is ``mongo_db``.
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     mongo_db: str = "push"
-    #: RabbitMQ connection URL (AMQP 0-9-1).
+    #: RabbitMQ connection URL (AMQP 0-9-1); a cluster's nodes as several URLs separated by ``;`` (README "Clusters").
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: Type of every queue the workers use (with its ``.DQ`` and ``.XQ``): ``classic`` or ``quorum`` (replicated, for a cluster).
+    rabbitmq_queue_type: str = "classic"
     #: RabbitMQ management API, for queue depth (``/admin/queues``, ``/metrics``, ``python -m ops.queues``).
     rabbitmq_management_url: str = "http://guest:guest@127.0.0.1:15672"
     #: Port of a worker process group's Prometheus ``/metrics`` (Dramatiq's Prometheus middleware); 0: none.
