@@ -29,11 +29,12 @@ path render an answer). ``"webhook": ""`` is no webhook. ``GET /hello`` and
 ``GET /info`` answer as the reference does.
 
 The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
-answered in the event loop of the API's gunicorn worker (:mod:`api.poll_worker`;
-under another WSGI server by :class:`PollFastPath` in front of Flask), through a
-per-process :class:`PollReader` that reads many pollers' ids in one query by
-``_id`` with a projection and answers a read again for
-``wc_bridge_poll_fresh_seconds``.
+answered one way, from a per-process :class:`PollReader` that reads many
+pollers' ids in one query by ``_id`` with a projection and answers a read
+again for ``wc_bridge_poll_fresh_seconds`` (:func:`poll_answer` builds the
+answer): in the event loop of the RSGI app (:mod:`api.rsgi`), and by the Flask
+routes when that read failed (their read then is the reader's again, and its
+failure a 503 in this family's format).
 """
 from __future__ import annotations
 
@@ -47,10 +48,9 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api import schema as s
-from api.errors import ApiError, bad_request, not_found
+from api.errors import ApiError, bad_request, not_found, unavailable
 from api.powerauth import VERSION
 from api.services import Services
 from shared import commands
@@ -69,8 +69,6 @@ MAX_ID_LENGTH = 256
 MAX_TOKEN_LENGTH = 4096
 #: Deepest nesting of an ``encryptionPayload`` (WalletConnect's is flat; MongoDB stores at most 100 levels).
 MAX_PAYLOAD_DEPTH = 32
-#: Bytes read at a time when a refused body is drained.
-DRAIN_CHUNK = 64 * 1024
 #: What the wallet's push says.
 PUSH_TITLE = "WalletConnect"
 PUSH_BODY = "New call request"
@@ -311,33 +309,18 @@ def check_webhook_host(push: dict | None) -> None:
 def read_body() -> None:
     """Read the JSON body of a route that takes one, before its schema validates it.
 
-    413 over ``wc_bridge_max_payload_bytes`` (the refused body is drained first,
-    up to the route's body limit, so the client gets the 413 rather than a
-    connection closed while it is still sending). The body is JSON whatever its
-    Content-Type, as in the reference; JSON that MongoDB or the answers could
-    not hold (a lone surrogate, NaN, nesting past what orjson reads) is a 400.
+    413 over ``wc_bridge_max_payload_bytes``. The body is already whole (the
+    RSGI app read it before Flask ran, chunked or not, so its length is known
+    and nothing is left to drain). It is JSON whatever its Content-Type, as in
+    the reference; JSON that MongoDB or the answers could not hold (a lone
+    surrogate, NaN, nesting past what orjson reads) is a 400.
     """
     spec = getattr(current_app.view_functions.get(request.endpoint), "openapi", None)
     if spec is None or spec.body is None:
         return
-    app_limit = request.max_content_length
     limit = services().settings.wc_bridge_max_payload_bytes
-    if app_limit is not None:
-        limit = min(limit, app_limit)
-    if request.content_length is not None and request.content_length > limit:
-        drain(request.stream, request.content_length)
-        raise payload_too_large(limit)
-    # A body without a declared length (chunked) is read to one byte past the limit (werkzeug stops
-    # there): more than the limit is a 413. The server ends such a stream, so the rest can be drained.
-    request.max_content_length = limit + 1
-    try:
-        raw = request.get_data(cache=True)
-        over = len(raw) > limit
-    except RequestEntityTooLarge:
-        over = True
-    if over:
-        if "wsgi.input_terminated" in request.environ:
-            drain(request.input_stream, app_limit or limit)
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
         raise payload_too_large(limit)
     try:
         orjson.loads(raw)
@@ -345,18 +328,6 @@ def read_body() -> None:
         request.get_json(force=True, silent=True)
     except (orjson.JSONDecodeError, RecursionError):
         raise bad_request("body", "must be a JSON object (Content-Type: application/json)") from None
-
-
-def drain(stream, most: int) -> None:
-    """Read and drop at most ``most`` bytes of the rest of a refused body."""
-    try:
-        while most > 0:
-            chunk = stream.read(min(DRAIN_CHUNK, most))
-            if not chunk:
-                return
-            most -= len(chunk)
-    except (HTTPException, OSError):
-        pass
 
 
 def payload_too_large(limit: int) -> ApiError:
@@ -403,9 +374,8 @@ def new_session():
 @s.operation("The wallet's session details: 204 until the wallet has put them, or when unknown or expired",
              path=SESSION_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_session(session_id: str):
-    """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
-    answer = payload_answer(live_session(session_id, {"payload": 1}))
-    return empty(204) if answer is None else json_response(answer)
+    """Short-polled by the dapp; answered in the event loop (api/rsgi.py) unless its read failed there."""
+    return polled(SESSION, session_id)
 
 
 @blueprint.put("/session/<session_id>")
@@ -545,21 +515,16 @@ def new_call_status(call_id: str):
 @s.operation("The wallet's answer to a call request: 204 until there is one, or when unknown or expired (the dapp)",
              path=CALL_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_call_status(call_id: str):
-    """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
-    status = None
-    if len(call_id) <= MAX_ID_LENGTH:
-        status = live(services().find_one(collections.WC_CALL_STATUS, {"_id": call_id}, {"payload": 1, "expires_at": 1}))
-    answer = payload_answer(status)
-    return empty(204) if answer is None else json_response(answer)
+    """Short-polled by the dapp; answered in the event loop (api/rsgi.py) unless its read failed there."""
+    return polled(CALL_STATUS, call_id)
 
 
 # --- the polling fast path ------------------------------------------------------------------------
 
 #: Projection of a polled document: what the answer and the expiry check need.
 POLL_PROJECTION = {"payload": 1, "expires_at": 1, "deleted": 1}
-NO_CONTENT = ("204 No Content", [("Content-Type", EMPTY_TYPE), ("Content-Length", "0")])
+NO_CONTENT_HEADERS = [("Content-Type", EMPTY_TYPE)]
 JSON_HEADERS = [("Content-Type", "application/json")]
-STATUS_LINES = {200: "200 OK", 204: NO_CONTENT[0]}
 #: Polled kinds: the path prefix and the collection each reads.
 SESSION, CALL_STATUS = "session", "call-status"
 POLLED = {SESSION: collections.WC_SESSIONS, CALL_STATUS: collections.WC_CALL_STATUS}
@@ -763,50 +728,26 @@ def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and body of a poll's answer, as the Flask routes answer it."""
     answer = payload_answer(doc)
     if answer is None:
-        return 204, NO_CONTENT[1], b""
+        return 204, NO_CONTENT_HEADERS, b""
     body = orjson.dumps(answer)
     return 200, [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
 
-class PollFastPath:
-    """WSGI middleware that answers the two short-polled GETs without Flask.
-
-    ``GET /session/<id>`` and ``GET /call-status/<id>`` are what every dapp
-    polls. Routing, the request object and the response object cost more than
-    the read, so these two are matched on the raw path here and read through
-    the process's :class:`PollReader`; anything else, and any trouble (the
-    database unreachable), falls through to the Flask app, which answers it
-    in the family's format. The API's own gunicorn worker (:mod:`api.poll_worker`)
-    answers the polls in its event loop instead and takes this middleware out;
-    it serves under any other WSGI server.
-
-    Parameters:
-      app: the Flask app's WSGI callable, for everything else.
-      reader: the process's poll reader.
-    """
-
-    def __init__(self, app, reader: PollReader):
-        self.app = app
-        self.reader = reader
-
-    def __call__(self, environ, start_response):
-        target = poll_target(environ["PATH_INFO"]) if environ["REQUEST_METHOD"] == "GET" else None
-        if target is None:
-            return self.app(environ, start_response)
+def polled(kind: str, key: str) -> Response:
+    """A poll answered by Flask: the reader's read (an id too long to exist is absent); failing, a 503."""
+    doc = None
+    if len(key) <= MAX_ID_LENGTH:
         try:
-            doc = self.reader.get(*target)
-        except Exception:  # noqa: BLE001 - Flask's direct read answers it, in the family's format
-            return self.app(environ, start_response)
-        status, headers, body = poll_answer(doc)
-        start_response(STATUS_LINES[status], headers)
-        return [body]
+            doc = current_app.extensions["wc_bridge_poll"].get(kind, key)
+        except Exception:  # noqa: BLE001 - the database unreachable or too slow
+            raise unavailable("the database") from None
+    status, headers, body = poll_answer(doc)
+    return Response(body, status=status, headers=headers)
 
 
 def install(app, services_: Services) -> None:
-    """Put the polling fast path in front of ``app``."""
-    reader = PollReader(services_.db, fresh_seconds=services_.settings.wc_bridge_poll_fresh_seconds)
-    app.extensions["wc_bridge_poll"] = reader
-    app.wsgi_app = PollFastPath(app.wsgi_app, reader)
+    """Give ``app`` its process's poll reader."""
+    app.extensions["wc_bridge_poll"] = PollReader(services_.db, fresh_seconds=services_.settings.wc_bridge_poll_fresh_seconds)
 
 
 def forget_polled(kind: str, key: str) -> None:

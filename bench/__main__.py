@@ -29,13 +29,14 @@ from bench.http_rate import HttpBench
 from bench.limit import measure_limit
 from bench.pipeline import E2eBench, measure_ingest, measure_sync
 from bench.simulators import measure_ceiling
+from bench.sync_concurrent import measure as measure_sync_concurrent
 from bench.wc_bridge import measure_visibility
 from bench.wc_bridge import seed as seed_sessions
 from bench.wc_push import measure_dedupe
 from devstack.stack import Stack
 
 #: Every figure group, in the order they run.
-GROUPS = ("client", "limit", "e2e", "ingest", "sync", "campaign", "http", "wc_poll", "dedupe", "simulators")
+GROUPS = ("client", "limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "http", "wc_poll", "dedupe", "simulators")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Sizes:
       campaign_small / campaign_large: users of the two campaigns (the baseline runs the small one).
       wc_poll_seconds: seconds the pollers load the API during write-to-visible.
       http_seconds: seconds of each h2load measurement.
+      sync_concurrent_seconds: seconds the concurrent SYNCHRONOUS senders send.
       dedupe_clients: WalletConnect clients of the dedupe run.
       simulator_requests: h2load requests against each simulator for its ceiling.
       client_requests: APNs sends per sender and round of the client group (bench/client.py).
@@ -61,6 +63,7 @@ class Sizes:
     campaign_large: int
     wc_poll_seconds: float
     http_seconds: float
+    sync_concurrent_seconds: float
     dedupe_clients: int
     simulator_requests: int
     client_requests: int = 10_000
@@ -69,9 +72,10 @@ class Sizes:
 # The limit sends 20,000 a run, not 50,000 as before the baseline: its sweep runs twice now, and
 # make bench must stay under 45 minutes on this machine (at ≈ 1,800/s a run still lasts ≈ 11 s).
 FULL = Sizes(devices=50_000, limit=20_000, ingest=80_000, campaign_small=100_000, campaign_large=1_000_000,
-             wc_poll_seconds=15.0, http_seconds=10.0, dedupe_clients=100, simulator_requests=30_000)
+             wc_poll_seconds=15.0, http_seconds=10.0, sync_concurrent_seconds=20.0, dedupe_clients=100, simulator_requests=30_000)
 QUICK = Sizes(devices=5_000, limit=5_000, ingest=20_000, campaign_small=10_000, campaign_large=50_000,
-              wc_poll_seconds=5.0, http_seconds=3.0, dedupe_clients=20, simulator_requests=5_000, client_requests=2_000)
+              wc_poll_seconds=5.0, http_seconds=3.0, sync_concurrent_seconds=5.0, dedupe_clients=20, simulator_requests=5_000,
+              client_requests=2_000)
 
 
 def size_label(users: int) -> str:
@@ -132,6 +136,8 @@ def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | Non
         return [measure_ingest(stack, notifications=sizes.ingest, repeats=repeats) for stack in stacks]
     if group == "sync":
         return [measure_sync(stack) for stack in stacks]
+    if group == "sync_concurrent":
+        return [measure_sync_concurrent(stack, seconds=sizes.sync_concurrent_seconds) for stack in stacks]
     if group == "campaign":
         return [campaign_figures(stack, sizes.campaign_small) for stack in stacks]
     if group == "http":

@@ -8,7 +8,7 @@ group, with ``subprocess.Popen`` replaced by a recorder and the readiness
 waits skipped: nothing starts. Prints ``LAUNCHES <json>``: per process name
 (``api``, ``workers-<group>``) the argv, the variables the ref sets on top of
 the environment and the directory it would run in. So the ref's own set-up
-(gunicorn and its worker class today, another server later) is what runs.
+(gunicorn and its worker class at b71ba48, granian now) is what runs.
 
 ``... limit '<json>'``: the ref's ``bench.limit.measure_limit`` against the
 simulators at the JSON's ports; prints ``LIMIT <json>`` with its figures.

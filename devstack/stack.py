@@ -39,10 +39,12 @@ SIMULATOR_PROCESSES = 2
 #: Provider simulators: module, provider port field, control port field (in ``Ports``).
 SIMULATORS = (("apns", "apns", "apns_control"), ("fcm", "fcm", "fcm_control"), ("hms", "hms", "hms_control"))
 
-#: Seconds gunicorn keeps an idle client connection open.
-API_KEEP_ALIVE_SECONDS = 75
-#: The API's gunicorn worker: WalletConnect polls in an event loop, Flask in ``api_threads`` threads.
-API_WORKER_CLASS = "api.poll_worker.PollWorker"
+#: Milliseconds granian gives a connection to send a request's headers, from its start or from the end of
+#: the previous answer: slow or silent clients are closed after it, and so are idle keep-alive connections.
+API_HEADER_TIMEOUT_MS = 30_000
+#: Bytes granian buffers of one connection's request line and headers; a request whose line and
+#: headers do not fit is answered 431 and closed.
+API_HEADER_BUFFER_BYTES = 8 * 1024
 
 
 def free_port() -> int:
@@ -121,7 +123,8 @@ class Stack:
       queue_prefix: prefix of every queue (tests use a unique one on the shared broker).
       env: extra ``PUSH_*`` settings for the API and workers.
       worker_processes / worker_threads: Dramatiq's ``--processes`` / ``--threads`` per group.
-      api_workers / api_threads: gunicorn's workers and threads.
+      api_workers / api_threads: the API's processes (granian's workers) and Flask threads per process.
+      api_header_timeout_ms: granian's ``--http1-header-read-timeout``.
       log_to_files: send each process's output to ``var_dir/logs`` (else inherit the terminal).
       simulator_processes: serving processes of each provider simulator (``--processes``).
       simulator_latency_ms: each simulator's answer latency (``--latency-ms``).
@@ -137,6 +140,7 @@ class Stack:
     worker_threads: int = 8
     api_workers: int = 2
     api_threads: int = 8
+    api_header_timeout_ms: int = API_HEADER_TIMEOUT_MS
     log_to_files: bool = True
     simulator_processes: int = SIMULATOR_PROCESSES
     simulator_latency_ms: float = 0.0
@@ -285,28 +289,27 @@ class Stack:
         for group in self.worker_groups if groups is None else groups:
             self.stop(f"workers-{group}", kill=kill)
 
-    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
-        """Start an API (gunicorn); answers its URL. Tests start a second one with other settings."""
+    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None,
+                  header_timeout_ms: int | None = None) -> str:
+        """Start an API (granian, the RSGI app of api/rsgi.py); answers its URL. Tests start a second one with other settings."""
         port = port or self.ports.api
-        # gunicorn workers share their metrics through this directory (prometheus_client's multi-process mode).
-        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), **(env or {})}
+        # The API's processes share their metrics through this directory (prometheus_client's multi-process mode).
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), "PUSH_API_THREADS": str(self.api_threads), **(env or {})}
         self._spawn(
             name,
             [
-                str(VENV_BIN / "gunicorn"),
-                "--bind", f"127.0.0.1:{port}",
+                str(VENV_BIN / "granian"),
+                "--interface", "rsgi",
+                "--factory", "api.rsgi:create_app",
+                "--host", "127.0.0.1",
+                "--port", str(port),
                 "--workers", str(self.api_workers),
-                "--worker-class", API_WORKER_CLASS,
-                "--threads", str(self.api_threads),
-                # Longer than clients' idle pooled connections usually live: with gunicorn's
-                # default (2 s) a client reusing a connection the server just closed gets
-                # "Remote end closed connection without response".
-                "--keep-alive", str(API_KEEP_ALIVE_SECONDS),
-                "--access-logfile", "-" if not self.log_to_files else str(self.var_dir / "logs" / f"{name}-access.log"),
-                # gunicorn ≥ 25 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
-                # stacks running side by side (tests, faults, fuzz, bench) would take each other's.
-                "--no-control-socket",
-                "api.app:create_app()",
+                "--no-ws",
+                # HTTP/1.1 only: with HTTP/2 detection on (granian's "auto"), a connection that sends
+                # nothing is never timed out (hyper-util starts no timer while it picks the protocol).
+                "--http", "1",
+                "--http1-header-read-timeout", str(header_timeout_ms or self.api_header_timeout_ms),
+                "--http1-buffer-size", str(API_HEADER_BUFFER_BYTES),
             ],
             env=env,
         )

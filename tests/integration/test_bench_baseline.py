@@ -17,7 +17,7 @@ from bench.figures import comparison_lines
 from bench.harness import bench_stack, discard
 
 #: Tiny sizes: a few hundred notifications, one-second h2load runs.
-SIZES = Sizes(devices=300, limit=0, ingest=0, campaign_small=0, campaign_large=0, wc_poll_seconds=0, http_seconds=1.0, dedupe_clients=0, simulator_requests=0)
+SIZES = Sizes(devices=300, limit=0, ingest=0, campaign_small=0, campaign_large=0, wc_poll_seconds=0, http_seconds=1.0, sync_concurrent_seconds=0, dedupe_clients=0, simulator_requests=0)
 FIGURES = ("e2e_per_s", "cpu_us_per_notification", "db_cpu_us_per_notification", "server_cpu_us_per_notification",
            "wc_poll_get_per_s", "plain_route_per_s")
 

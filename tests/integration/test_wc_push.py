@@ -1,7 +1,7 @@
 """WalletConnect push server API end to end: API → RabbitMQ → workers → MongoDB → simulators.
 
 Tenant management and the authentication switches are settings of the API
-process; the session's gunicorn API runs with them off, so those tests drive
+process; the session's API runs with them off, so those tests drive
 an in-process API (same RabbitMQ, same database, same workers) built with
 them on.
 """
@@ -130,7 +130,7 @@ def default_tenant(stack, admin, apns_sim, fcm_sim):
 
 
 class WcClient:
-    """Calls of the WalletConnect push API on the session's gunicorn API, for one tenant (None: default)."""
+    """Calls of the WalletConnect push API on the session's API, for one tenant (None: default)."""
 
     def __init__(self, api, tenant: str | None = None):
         self.api = api

@@ -99,7 +99,7 @@ def test_the_probe_reads_todays_stack_as_a_baseline_of_head_would(tmp_path):
     found = probe(ROOT, str(VENV_BIN / "python"), options(tmp_path, ports))
     assert set(found) == {"api", "workers-core", "workers-deliver"}
     api = found["api"]["argv"]
-    assert api[0] == str(VENV_BIN / "gunicorn") and f"127.0.0.1:{ports.api}" in api and api[-1] == "api.app:create_app()"
+    assert api[0] == str(VENV_BIN / "granian") and "api.rsgi:create_app" in api and api[api.index("--port") + 1] == str(ports.api)
     assert found["workers-deliver"]["argv"][:2] == [str(VENV_BIN / "dramatiq"), "workers.main"]
     assert "bl-1.deliver.apns" in found["workers-deliver"]["argv"]
     assert found["api"]["env"]["PUSH_MONGO_URI"] == f"mongodb://127.0.0.1:{ports.mongo}"

@@ -206,19 +206,9 @@ def test_a_call_is_answered_with_its_payload(client):
     assert_payload_answer(answer.get_json(), PAYLOAD, ttl_seconds=3600)
 
 
-def test_the_polling_fast_paths_204_has_the_documented_content_type():
-    class NoDocs:
-        def find(self, query, projection=None):
-            return []
-
-    reader = api.PollReader({collections.WC_SESSIONS: NoDocs(), collections.WC_CALL_STATUS: NoDocs()}, fresh_seconds=0.0)
-    seen = {}
-
-    def start_response(status, headers):
-        seen["status"], seen["headers"] = status, dict(headers)
-
-    api.PollFastPath(None, reader)({"REQUEST_METHOD": "GET", "PATH_INFO": "/session/none"}, start_response)
-    assert seen["status"].startswith("204") and seen["headers"]["Content-Type"] == "text/plain"
+def test_a_polls_204_has_the_documented_content_type():
+    status, headers, _ = api.poll_answer(None)
+    assert status == 204 and dict(headers)["Content-Type"] == "text/plain"
 
 
 # --- the allow list ---------------------------------------------------------------------------------
