@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from bench import baseline
 from bench.campaign import measure_campaign
+from bench.client import measure_clients
 from bench.figures import comparison_lines, line
 from bench.harness import bench_stack, discard, medians
 from bench.http_rate import HttpBench
@@ -35,7 +36,7 @@ from bench.wc_push import measure_dedupe
 from devstack.stack import Stack
 
 #: Every figure group, in the order they run.
-GROUPS = ("limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "http", "wc_poll", "dedupe", "simulators")
+GROUPS = ("client", "limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "http", "wc_poll", "dedupe", "simulators")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Sizes:
       sync_concurrent_seconds: seconds the concurrent SYNCHRONOUS senders send.
       dedupe_clients: WalletConnect clients of the dedupe run.
       simulator_requests: h2load requests against each simulator for its ceiling.
+      client_requests: APNs sends per sender and round of the client group (bench/client.py).
     """
 
     devices: int
@@ -64,6 +66,7 @@ class Sizes:
     sync_concurrent_seconds: float
     dedupe_clients: int
     simulator_requests: int
+    client_requests: int = 10_000
 
 
 # The limit sends 20,000 a run, not 50,000 as before the baseline: its sweep runs twice now, and
@@ -71,7 +74,8 @@ class Sizes:
 FULL = Sizes(devices=50_000, limit=20_000, ingest=80_000, campaign_small=100_000, campaign_large=1_000_000,
              wc_poll_seconds=15.0, http_seconds=10.0, sync_concurrent_seconds=20.0, dedupe_clients=100, simulator_requests=30_000)
 QUICK = Sizes(devices=5_000, limit=5_000, ingest=20_000, campaign_small=10_000, campaign_large=50_000,
-              wc_poll_seconds=5.0, http_seconds=3.0, sync_concurrent_seconds=5.0, dedupe_clients=20, simulator_requests=5_000)
+              wc_poll_seconds=5.0, http_seconds=3.0, sync_concurrent_seconds=5.0, dedupe_clients=20, simulator_requests=5_000,
+              client_requests=2_000)
 
 
 def size_label(users: int) -> str:
@@ -115,6 +119,11 @@ def campaign_rss(figures: dict, users: int) -> dict[str, float]:
 
 def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
     """The group's figures on each stack (the current tree's first, then the baseline's)."""
+    if group == "client":
+        # The senders alone, against the current stack's APNs simulator; the ref's sender in the same rounds.
+        figures = measure_clients(stacks[0], requests=sizes.client_requests, rounds=repeats, ref=code.sha if code else None)
+        theirs = {name.replace(f"ref_{code.sha}_", "client_"): figures.pop(name) for name in list(figures) if name.startswith("ref_")} if code else None
+        return [figures] + ([theirs] if code else [])
     if group == "limit":
         options = {"notifications": sizes.limit, "processes": stacks[0].worker_processes, "repeats": repeats}
         results = [measure_limit(stacks[0], **options)]

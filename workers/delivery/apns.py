@@ -109,6 +109,10 @@ class ApnsClient:
         self.signer = signer
         self.topic = topic
         self.pool = Http2Pool(origin, ssl_context, connections=connections, request_timeout=request_timeout)
+        self._start = ((b":method", b"POST"), (b":scheme", b"https"), (b":authority", self.pool.authority))
+        #: The headers that stay the same from request to request, by (push type, priority), for the current provider token.
+        self._fixed: dict[tuple[str, int], tuple[tuple[bytes, bytes], ...]] = {}
+        self._fixed_token: str | None = None
         #: The answer to every send once the server refused the client certificate: these credentials
         #: cannot succeed, and new ones make a new client.
         self.refused: ProviderAnswer | None = None
@@ -125,37 +129,46 @@ class ApnsClient:
             return self.refused
         return answer
 
+    def _fixed_headers(self, push_type: str, priority: int) -> tuple[tuple[bytes, bytes], ...]:
+        """``authorization`` (token auth), ``apns-topic``, ``apns-push-type``, ``apns-priority``: built once per provider token."""
+        token = self.signer.token() if self.signer is not None else None
+        if token is not self._fixed_token:
+            self._fixed, self._fixed_token = {}, token
+        fixed = self._fixed.get((push_type, priority))
+        if fixed is None:
+            # Certificate auth: no authorization header; the TLS connection is the credential.
+            authorization = ((b"authorization", f"bearer {token}".encode()),) if token is not None else ()
+            topic = self.topic + (".voip" if push_type == "voip" else "")
+            fixed = (*authorization, (b"apns-topic", topic.encode()), (b"apns-push-type", push_type.encode()),
+                     (b"apns-priority", str(priority).encode()))
+            self._fixed[(push_type, priority)] = fixed
+        return fixed
+
     async def _send(self, request: ApnsRequest) -> ProviderAnswer:
-        # Certificate auth: no authorization header; the TLS connection is the credential.
-        headers = [("authorization", f"bearer {self.signer.token()}")] if self.signer is not None else []
-        headers += [
-            ("apns-topic", self.topic + (".voip" if request.push_type == "voip" else "")),
-            ("apns-push-type", request.push_type),
-            ("apns-priority", str(request.priority)),
-        ]
+        headers = [*self._start, (b":path", b"/3/device/" + request.token.encode()), *self._fixed_headers(request.push_type, request.priority)]
         if request.expiration is not None:
-            headers.append(("apns-expiration", str(request.expiration)))
+            headers.append((b"apns-expiration", str(request.expiration).encode()))
         if request.collapse_id:
-            headers.append(("apns-collapse-id", request.collapse_id))
+            headers.append((b"apns-collapse-id", request.collapse_id.encode()))
         if request.apns_id:
-            headers.append(("apns-id", request.apns_id))
-        answer = await self.pool.request("POST", f"/3/device/{request.token}", headers, request.payload)
+            headers.append((b"apns-id", request.apns_id.encode()))
+        answer = await self.pool.request(headers, request.payload)
+        if answer.status == 200:
+            return ProviderAnswer(status=200, provider_id=answer.headers.get("apns-id"))
         reason, invalid_since = None, None
-        if answer.status != 200:
-            try:
-                error = orjson.loads(answer.body) if answer.body else {}
-            except orjson.JSONDecodeError:
-                error = {}
-            if isinstance(error, dict):
-                reason = error.get("reason")
-                stamp = error.get("timestamp")
-                # 410: when APNs last confirmed the token invalid (ms); a registration written later is a new one.
-                if answer.status == 410 and isinstance(stamp, int) and not isinstance(stamp, bool):
-                    invalid_since = stamp
-            reason = reason or f"HTTP {answer.status}"
+        try:
+            error = orjson.loads(answer.body) if answer.body else {}
+        except orjson.JSONDecodeError:
+            error = {}
+        if isinstance(error, dict):
+            reason = error.get("reason")
+            stamp = error.get("timestamp")
+            # 410: when APNs last confirmed the token invalid (ms); a registration written later is a new one.
+            if answer.status == 410 and isinstance(stamp, int) and not isinstance(stamp, bool):
+                invalid_since = stamp
         return ProviderAnswer(
             status=answer.status,
-            reason=reason,
+            reason=reason or f"HTTP {answer.status}",
             retry_after=parse_retry_after(answer.headers.get("retry-after")),
             provider_id=answer.headers.get("apns-id"),
             token_invalid_since=invalid_since,

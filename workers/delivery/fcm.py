@@ -80,6 +80,9 @@ class FcmClient:
         self.path = f"/v1/projects/{project_id}/messages:send"
         self.auth = auth
         self.pool = Http2Pool(origin, ssl_context, connections=connections, request_timeout=request_timeout)
+        #: The whole header list for the current access token (it changes about once an hour).
+        self._headers: tuple[tuple[bytes, bytes], ...] = ()
+        self._headers_token: str | None = None
 
     async def send(self, body: bytes) -> ProviderAnswer:
         """Send one request body (``{"message": {...}}``, already serialised)."""
@@ -97,8 +100,13 @@ class FcmClient:
         except google.auth.exceptions.GoogleAuthError as error:
             # The token endpoint answered and refused the service account.
             return ProviderAnswer(status=401, reason=f"token endpoint refused: {error}")
-        headers = [("authorization", f"Bearer {token}"), ("content-type", "application/json")]
-        answer = await self.pool.request("POST", self.path, headers, body)
+        if token is not self._headers_token:
+            self._headers_token = token
+            self._headers = (
+                (b":method", b"POST"), (b":scheme", b"https"), (b":authority", self.pool.authority), (b":path", self.path.encode()),
+                (b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json"),
+            )
+        answer = await self.pool.request(self._headers, body)
         retry_after = parse_retry_after(answer.headers.get("retry-after"))
         if answer.status == 200:
             try:

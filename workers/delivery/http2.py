@@ -1,4 +1,4 @@
-"""An asyncio HTTP/2 client pool on the ``h2`` state machine, for the provider clients.
+"""An asyncio HTTP/2 client pool on libnghttp2 (through ``ngh2``), for the provider clients.
 
 One pool per provider endpoint and credentials holds a few TLS connections;
 each connection multiplexes requests up to the server's
@@ -9,34 +9,45 @@ streams; its streams the server did not process fail with
 are replaced on the next request. A server that refuses the TLS client
 certificate (its alert, during the handshake or, with TLS 1.3, right after it)
 fails the request with :class:`CertificateRefused`, not a plain transport error.
+
+Why nghttp2 (README "HTTP/2 stack"): framing, HPACK (the headers that repeat on
+every request, ``authorization`` among them, go as a few bytes of dynamic-table
+index), flow control and stream state run in C; what is left in Python is one
+call to start a request and one event to finish it. Each connection is an
+``asyncio.Protocol``: no reader task, no per-request timer (deadlines are kept
+in send order and one timer per connection serves them all), and the bytes of
+all requests started in one event-loop turn leave in one TLS write.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
+import ngh2
 
 log = logging.getLogger(__name__)
 
 #: Receive window we grant the server, per stream and for the connection.
 RECEIVE_WINDOW = 1 << 24
-READ_SIZE = 1 << 16
-#: Requests one connection carries before the pool replaces it. The h2 state machine
-#: remembers every closed stream id (``_closed_streams``), so a connection that lives
-#: forever grows forever (measured: +48 MB over a 1M-device campaign); stream ids also
-#: run out at 2^31.
+#: Requests one connection carries before the pool replaces it. nghttp2 frees a stream
+#: once it closes (the ``h2`` state machine before it kept every closed stream: +48 MB
+#: over a 1M-device campaign), but stream ids run out at 2^31, and a connection that
+#: never ends pins its load to one server front-end however the provider balances.
 MAX_REQUESTS_PER_CONNECTION = 20_000
 CONNECT_TIMEOUT_SECONDS = 10.0
-
+#: Seconds a started request may wait for its answer when the opener names no timeout (the workers' default too).
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
+#: Streams a connection may open before the server's SETTINGS say how many it allows (RFC 9113's advice: 100).
+INITIAL_MAX_STREAMS = 100
+#: The largest stream count the pool believes in, whatever a server advertises ("unlimited" is 2^32 - 1).
+MAX_STREAMS_CAP = 10_000
+#: Header blocks larger than this (before HPACK) are refused locally rather than sent.
+MAX_HEADER_BLOCK = 65_536
 
 #: TLS alerts (OpenSSL reasons) a server sends about the client's certificate: missing, unknown CA, expired, revoked…
 CERTIFICATE_ALERTS = frozenset(
@@ -51,6 +62,8 @@ CERTIFICATE_ALERTS = frozenset(
         "TLSV13_ALERT_CERTIFICATE_REQUIRED",
     }
 )
+
+Headers = Sequence[tuple[bytes, bytes]]
 
 
 class TransportError(Exception):
@@ -76,49 +89,81 @@ def _certificate_alert(error: BaseException | None) -> str | None:
 
 @dataclass
 class Answer:
+    """A server's answer to one request.
+
+    Attributes:
+      status: the HTTP status.
+      headers: the response headers (names lower case), pseudo-headers left out.
+      body: the response body.
+    """
+
     status: int
     headers: dict[str, str]
     body: bytes
 
 
 class _Stream:
+    """One request in flight: its future, and the answer as it arrives."""
+
     __slots__ = ("future", "status", "headers", "body")
 
     def __init__(self, future: asyncio.Future):
         self.future = future
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.body = bytearray()
+        self.body = b""
+
+    def answer(self) -> None:
+        if not self.future.done():
+            self.future.set_result(Answer(self.status, self.headers, self.body))
+
+    def fail(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
-class Http2Connection:
-    """One HTTP/2 connection: a reader task, a map of open streams, flow control for request bodies."""
+class Http2Connection(asyncio.Protocol):
+    """One HTTP/2 connection: the nghttp2 session, the streams in flight, their deadlines.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str):
-        self.reader, self.writer, self.authority = reader, writer, authority
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_inbound_headers=False)
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, h2.settings.SettingCodes.ENABLE_PUSH: 0}
-        )
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(RECEIVE_WINDOW)
+    Parameters:
+      authority: the ``:authority`` requests carry.
+      request_timeout: seconds a started request may wait for its answer.
+      on_stream_freed: called when a stream ends (a waiting request may take its place).
+    """
+
+    def __init__(self, *, authority: str, request_timeout: float, on_stream_freed=None):
+        self.authority = authority.encode()
+        self.request_timeout = request_timeout
+        self.on_stream_freed = on_stream_freed
+        self.loop = asyncio.get_running_loop()
+        config = ngh2.Configuration(peer_max_concurrent_streams=INITIAL_MAX_STREAMS, max_send_header_block_length=MAX_HEADER_BLOCK)
+        self.h2 = ngh2.Connection(ngh2.Role.CLIENT, config)
+        self.h2.initiate_connection({ngh2.Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, ngh2.Setting.ENABLE_PUSH: 0})
+        self.h2.set_local_window_size(RECEIVE_WINDOW)
+        self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
-        self.window_waiters: list[asyncio.Future] = []
+        #: (deadline, stream id) in the order requests started: with one timeout for all, also deadline order.
+        self.deadlines: deque[tuple[float, int]] = deque()
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.max_streams = INITIAL_MAX_STREAMS
         self.closed = False
-        self.draining = False  # GOAWAY received: no new streams
-        self.settings_received = asyncio.Event()
+        self.draining = False  # GOAWAY received, or past its request budget: no new streams
+        self.settings_received = self.loop.create_future()
         self.flush_scheduled = False
         self.requests_started = 0
         self.failure: BaseException | None = None  # why the connection was lost, if it was
-        self._flush()
-        self.reader_task = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def open(cls, host: str, port: int, ssl_context: ssl.SSLContext, server_hostname: str | None = None) -> Http2Connection:
+    async def open(cls, host: str, port: int, ssl_context: ssl.SSLContext, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
+                   server_hostname: str | None = None, on_stream_freed=None) -> Http2Connection:
+        authority = f"{host}:{port}" if port != 443 else host
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=server_hostname or host, limit=READ_SIZE),
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: cls(authority=authority, request_timeout=request_timeout, on_stream_freed=on_stream_freed),
+                    host, port, ssl=ssl_context, server_hostname=server_hostname or host,
+                ),
                 CONNECT_TIMEOUT_SECONDS,
             )
         except (OSError, TimeoutError, ssl.SSLError) as error:
@@ -126,13 +171,13 @@ class Http2Connection:
             if alert:
                 raise CertificateRefused(f"{host}:{port} refused the client certificate: {alert}", alert) from error
             raise TransportError(f"connect to {host}:{port} failed: {error!r}") from error
-        ssl_object = writer.get_extra_info("ssl_object")
+        ssl_object = connection.transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-            writer.close()
-            raise TransportError(f"{host}:{port} did not negotiate HTTP/2")
-        connection = cls(reader, writer, f"{host}:{port}" if port != 443 else host)
+            error = TransportError(f"{host}:{port} did not negotiate HTTP/2")
+            connection._lost(error)  # closed without a GOAWAY: the server does not speak HTTP/2 here
+            raise error
         try:
-            await asyncio.wait_for(connection.settings_received.wait(), CONNECT_TIMEOUT_SECONDS)
+            await asyncio.wait_for(asyncio.shield(connection.settings_received), CONNECT_TIMEOUT_SECONDS)
         except TimeoutError as error:
             connection.close()
             raise TransportError(f"{host}:{port} sent no HTTP/2 settings") from error
@@ -144,171 +189,197 @@ class Http2Connection:
             raise TransportError(f"{host}:{port} closed the connection before its HTTP/2 settings")
         return connection
 
-    @property
-    def max_streams(self) -> int:
-        return self.h2.remote_settings.max_concurrent_streams
-
-    @property
-    def free_streams(self) -> int:
-        if self.closed or self.draining:
-            return 0
-        return self.max_streams - len(self.streams)
+    # --- state -------------------------------------------------------------------------------
 
     @property
     def usable(self) -> bool:
         return not self.closed and not self.draining
 
-    def _retire_if_spent(self) -> None:
-        """Past its request budget: take no new streams; close once the last one is answered."""
-        if not self.draining and self.requests_started >= MAX_REQUESTS_PER_CONNECTION:
+    # --- requests ----------------------------------------------------------------------------
+
+    def start(self, headers: Headers, body: bytes) -> asyncio.Future:
+        """Start one request (``headers`` with the pseudo-headers first); answer the future of its :class:`Answer`.
+
+        The caller checked that the connection is usable and has a free stream.
+        The request leaves with the others started in this event-loop turn.
+        """
+        return self._start(headers, body)[1]
+
+    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> Answer:
+        """One request with text headers and a timeout of its own, for callers that hold a connection, not a pool."""
+        if not self.usable:
+            raise TransportError("connection not usable")
+        block = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", self.authority), (b":path", path.encode()),
+                 *((name.encode(), value.encode()) for name, value in headers)]
+        stream_id, future = self._start(block, body)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as error:
+            self._cancel(stream_id, TransportError(f"no answer within {timeout}s"))
+            self._flush()
+            raise TransportError(f"no answer within {timeout}s") from error
+
+    def _start(self, headers: Headers, body: bytes) -> tuple[int, asyncio.Future]:
+        try:
+            stream_id = self.h2.send_request(headers, end_stream=not body)
+            if body:
+                # nghttp2 queues what the server's flow-control window does not take yet, and
+                # sends it as WINDOW_UPDATEs arrive.
+                self.h2.send_data(stream_id, body, end_stream=True)
+        except ngh2.NGH2Error as error:
+            self.draining = True  # stream ids spent, or the session is shutting down
+            if not self.streams:
+                self.close()
+            raise TransportError(f"HTTP/2 error: {error!r}") from error
+        self.requests_started += 1
+        if self.requests_started >= MAX_REQUESTS_PER_CONNECTION:
             self.draining = True
-        if self.draining and not self.streams and not self.closed:
+        future = self.loop.create_future()
+        streams, deadlines = self.streams, self.deadlines
+        streams[stream_id] = _Stream(future)
+        while deadlines and deadlines[0][1] not in streams:
+            deadlines.popleft()  # answered: the queue stays about as long as the streams in flight
+        deadlines.append((self.loop.time() + self.request_timeout, stream_id))
+        if self.deadline_timer is None:
+            self.deadline_timer = self.loop.call_at(self.deadlines[0][0], self._expire)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return stream_id, future
+
+    def _expire(self) -> None:
+        """Reset the streams past their deadline; re-arm for the next one still in flight."""
+        self.deadline_timer = None
+        now = self.loop.time()
+        deadlines, streams = self.deadlines, self.streams
+        while deadlines and (deadlines[0][1] not in streams or deadlines[0][0] <= now):
+            _, stream_id = deadlines.popleft()
+            self._cancel(stream_id, TransportError(f"no answer within {self.request_timeout}s"))
+        if deadlines:
+            self.deadline_timer = self.loop.call_at(deadlines[0][0], self._expire)
+        self._flush()
+
+    def _cancel(self, stream_id: int, error: TransportError) -> None:
+        """Fail a request still in flight and reset its stream (the connection serves on)."""
+        if stream_id in self.streams:
+            self._end_stream(stream_id, error)
+            if not self.closed:
+                try:
+                    self.h2.reset_stream(stream_id, ngh2.ErrorCode.CANCEL)
+                except ngh2.NGH2Error:
+                    pass  # the stream closed meanwhile
+
+    def _end_stream(self, stream_id: int, error: Exception | None = None) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if error is None:
+            stream.answer()
+        else:
+            stream.fail(error)
+        if self.draining and not self.streams:
             self.close()
+        if self.on_stream_freed is not None:
+            self.on_stream_freed()
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.h2.receive_data(data)
+        except ngh2.NGH2Error as error:
+            log.warning("HTTP/2 protocol error from %s: %r", self.authority.decode(), error)
+            self._flush()
+            self._lost(TransportError(f"HTTP/2 protocol error from {self.authority.decode()}: {error!r}"))
+            return
+        streams = self.streams
+        for event in self.h2.events():
+            kind = type(event)
+            if kind is ngh2.ResponseReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    headers = event.headers
+                    stream.status = int(headers[0][1])  # :status, the only response pseudo-header, comes first
+                    stream.headers = {name.decode(): value.decode() for name, value in headers[1:]}
+                    if event.end_stream:
+                        self._end_stream(event.stream_id)
+            elif kind is ngh2.DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body += event.data
+                    if event.end_stream:
+                        self._end_stream(event.stream_id)
+            elif kind is ngh2.TrailersReceived:
+                if event.stream_id in streams:
+                    self._end_stream(event.stream_id)  # trailers end the stream; the answer is complete
+            elif kind is ngh2.StreamClosed or kind is ngh2.StreamReset:
+                if event.stream_id in streams:
+                    self._end_stream(event.stream_id, TransportError(f"stream reset (error {event.error_code})"))
+            elif kind is ngh2.SettingsReceived:
+                self.max_streams = min(self.h2.remote_settings[ngh2.Setting.MAX_CONCURRENT_STREAMS], MAX_STREAMS_CAP)
+                if not self.settings_received.done():
+                    self.settings_received.set_result(None)
+                if self.on_stream_freed is not None:
+                    self.on_stream_freed()
+            elif kind is ngh2.GoAwayReceived:
+                self._goaway(event.last_stream_id)
+            elif kind is ngh2.ConnectionClosed:
+                self._lost(TransportError(f"connection to {self.authority.decode()} closed by the server (error {event.error_code})"))
+                return
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.failure = exc
+        if exc is not None:
+            log.info("connection to %s lost: %r", self.authority.decode(), exc)
+        self._lost(TransportError(f"connection to {self.authority.decode()} closed"))
+
+    def _goaway(self, last_stream_id: int) -> None:
+        """The server processes no stream above ``last_stream_id``: those fail (retryable), the others finish."""
+        self.draining = True
+        for stream_id in [s for s in self.streams if s > last_stream_id]:
+            self._end_stream(stream_id, TransportError("GOAWAY: stream not processed by the server"))
+        if not self.streams:
+            self.close()
+
+    def _lost(self, error: Exception) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.fail(error)
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
+        self.deadlines.clear()
+        if not self.settings_received.done():
+            self.settings_received.set_result(None)
+        if self.transport is not None:
+            self.transport.close()
+        if self.on_stream_freed is not None:
+            self.on_stream_freed()
 
     def _flush(self) -> None:
         self.flush_scheduled = False
+        if self.transport is None or self.transport.is_closing():
+            return
         data = self.h2.data_to_send()
-        if data and not self.closed:
-            self.writer.write(data)
-
-    def _schedule_flush(self) -> None:
-        """Write once per event-loop turn: requests started together leave in one TLS write."""
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> Answer:
-        if not self.usable:
-            raise TransportError("connection not usable")
-        stream_id = self.h2.get_next_available_stream_id()
-        self.requests_started += 1
-        future = asyncio.get_running_loop().create_future()
-        self.streams[stream_id] = _Stream(future)
-        request_headers = [(":method", method), (":scheme", "https"), (":authority", self.authority), (":path", path), *headers]
-        try:
-            self.h2.send_headers(stream_id, request_headers, end_stream=not body)
-            if body:
-                await self._send_body(stream_id, body)
-            self._schedule_flush()
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError as error:
-            self._reset(stream_id)
-            raise TransportError(f"no answer within {timeout}s") from error
-        except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError) as error:
-            self.streams.pop(stream_id, None)
-            raise TransportError(f"HTTP/2 error: {error!r}") from error
-        finally:
-            self.streams.pop(stream_id, None)
-            self._retire_if_spent()
-
-    async def _send_body(self, stream_id: int, body: bytes) -> None:
-        view = memoryview(body)
-        while view:
-            window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
-            if window <= 0:
-                waiter = asyncio.get_running_loop().create_future()
-                self.window_waiters.append(waiter)
-                self._flush()
-                await waiter
-                if self.closed:
-                    raise TransportError("connection closed while sending")
-                continue
-            chunk, view = view[:window], view[window:]
-            self.h2.send_data(stream_id, bytes(chunk), end_stream=not view)
-
-    def _reset(self, stream_id: int) -> None:
-        self.streams.pop(stream_id, None)
-        if not self.closed:
-            try:
-                self.h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
-                self._flush()
-            except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
-                pass
-
-    async def _read_loop(self) -> None:
-        try:
-            while not self.closed:
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    break
-                try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError as error:
-                    log.warning("HTTP/2 protocol error from %s: %r", self.authority, error)
-                    break
-                for event in events:
-                    self._on_event(event)
-                self._flush()
-        except (OSError, ssl.SSLError) as error:
-            self.failure = error
-            log.info("connection to %s lost: %r", self.authority, error)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._fail_all(TransportError(f"connection to {self.authority} closed"))
-
-    def _on_event(self, event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.headers = dict(event.headers)
-                stream.status = int(stream.headers.get(":status", 0))
-        elif isinstance(event, h2.events.DataReceived):
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                stream.body.extend(event.data)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None and not stream.future.done():
-                stream.future.set_result(Answer(stream.status, stream.headers, bytes(stream.body)))
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None and not stream.future.done():
-                stream.future.set_exception(TransportError(f"stream reset by server (error {event.error_code})"))
-        elif isinstance(event, h2.events.WindowUpdated):
-            self._wake_window_waiters()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.settings_received.set()
-            self._wake_window_waiters()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.draining = True
-            last = event.last_stream_id if event.last_stream_id is not None else 0
-            for stream_id in [s for s in self.streams if s > last]:
-                stream = self.streams.pop(stream_id)
-                if not stream.future.done():
-                    stream.future.set_exception(TransportError("GOAWAY: stream not processed by the server"))
-            if not self.streams:
-                self.close()
-
-    def _wake_window_waiters(self) -> None:
-        waiters, self.window_waiters = self.window_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _fail_all(self, error: Exception) -> None:
-        self.closed = True
-        for stream in self.streams.values():
-            if not stream.future.done():
-                stream.future.set_exception(error)
-        self.streams.clear()
-        self._wake_window_waiters()
-        self.settings_received.set()
-        try:
-            self.writer.close()
-        except (OSError, RuntimeError):
-            pass
+        if data:
+            self.transport.write(data)
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            try:
-                self.h2.close_connection()
-                self.writer.write(self.h2.data_to_send())
-            except (h2.exceptions.ProtocolError, OSError, RuntimeError):
-                pass
-            self.reader_task.cancel()
+        """Say GOAWAY and close; requests still in flight fail."""
+        if self.closed:
+            return
+        try:
+            self.h2.terminate_connection()
+        except ngh2.NGH2Error:
+            pass
+        self._flush()
+        self._lost(TransportError(f"connection to {self.authority.decode()} closed"))
 
 
 class Http2Pool:
@@ -316,9 +387,9 @@ class Http2Pool:
 
     Parameters:
       origin: ``https://host[:port]``.
-      ssl_context: TLS settings (ALPN ``h2`` is set here).
+      ssl_context: TLS settings (ALPN ``h2`` must be among its protocols).
       connections: the most connections the pool opens.
-      request_timeout: seconds a request may wait for its answer.
+      request_timeout: seconds a request may wait for its answer once started.
     """
 
     def __init__(self, origin: str, ssl_context: ssl.SSLContext, *, connections: int = 2, request_timeout: float = 10.0):
@@ -330,47 +401,84 @@ class Http2Pool:
         self.request_timeout = request_timeout
         self.connections: list[Http2Connection] = []
         self.opening = 0
-        self.changed = asyncio.Condition()
+        #: Requests waiting for a free stream or a new connection, woken one per freed stream.
+        self.waiters: deque[asyncio.Future] = deque()
         self.closed = False
 
-    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> Answer:
-        connection = await self._acquire()
-        try:
-            return await connection.request(method, path, headers, body, self.request_timeout)
-        finally:
-            async with self.changed:
-                self.changed.notify()
+    @property
+    def authority(self) -> bytes:
+        return (f"{self.host}:{self.port}" if self.port != 443 else self.host).encode()
+
+    async def request(self, headers: Headers, body: bytes = b"") -> Answer:
+        """Send one request: ``headers`` are the whole header list, pseudo-headers first (see :meth:`authority`)."""
+        connection = self._pick()
+        if connection is None:
+            connection = await self._acquire()
+        return await connection.start(headers, body)
+
+    def _pick(self) -> Http2Connection | None:
+        """A connection with a free stream, if the pool need not (or cannot) open another; else None."""
+        best, best_free = None, 0
+        for connection in self.connections:
+            if connection.closed or connection.draining:
+                continue
+            free = connection.max_streams - len(connection.streams)
+            if free > best_free:
+                best, best_free = connection, free
+        # Spread the load: past half its streams, a connection shares with a new one while the pool may open one.
+        if best is not None and (best_free > best.max_streams // 2 or self._full()):
+            return best
+        return None
 
     async def _acquire(self) -> Http2Connection:
-        async with self.changed:
-            while True:
-                if self.closed:
-                    raise TransportError("pool closed")
-                self.connections = [c for c in self.connections if not c.closed]
-                best = max(self.connections, key=lambda c: c.free_streams, default=None)
-                if best is not None and best.free_streams > 0 and (best.free_streams > best.max_streams // 2 or self._full()):
-                    return best
-                if not self._full():
-                    self.opening += 1
-                    break
-                await self.changed.wait()
+        while True:
+            if self.closed:
+                raise TransportError("pool closed")
+            self.connections = [c for c in self.connections if not c.closed]
+            connection = self._pick()
+            if connection is not None:
+                return connection
+            if not self._full():
+                return await self._open()
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+
+    async def _open(self) -> Http2Connection:
+        self.opening += 1
         try:
-            connection = await Http2Connection.open(self.host, self.port, self.ssl_context)
+            connection = await Http2Connection.open(
+                self.host, self.port, self.ssl_context, request_timeout=self.request_timeout, on_stream_freed=self._wake_one
+            )
         finally:
-            async with self.changed:
-                self.opening -= 1
-                self.changed.notify_all()
-        async with self.changed:
-            self.connections.append(connection)
-            self.changed.notify_all()
+            self.opening -= 1
+            self._wake_all()  # a new connection's streams, or a failed opening another may retry
+        if self.closed:
+            connection.close()
+            raise TransportError("pool closed")
+        self.connections.append(connection)
         return connection
 
     def _full(self) -> bool:
-        usable = [c for c in self.connections if c.usable]
-        return len(usable) + self.opening >= self.size
+        usable = sum(1 for c in self.connections if c.usable)
+        return usable + self.opening >= self.size
+
+    def _wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        waiters, self.waiters = self.waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def close(self) -> None:
         self.closed = True
         for connection in self.connections:
             connection.close()
         self.connections = []
+        self._wake_all()
