@@ -7,7 +7,7 @@ threads while it did: 16 threads and 0.2 s of waiting capped the API at 80
 such sends a second. Now a waiting request blocks its own thread on an event
 (the RSGI app's pool has ``api_sync_waiters`` threads for them besides
 ``api_threads``), and one thread of the process reads the counts of every
-outstanding message that is due with one call (``counts_many``:
+outstanding message that is due (or nearly due) with one call (``counts_many``:
 :meth:`api.services.Services.message_counts_many`), waking each request whose
 message is done, failed or out of time. A message is read again after 2 ms,
 then after pauses doubling to 20 ms, as one request's own poll was.
@@ -27,6 +27,9 @@ FIRST_CHECK_SECONDS = 0.002
 LONGEST_CHECK_SECONDS = 0.02
 #: Most message ids read in one call (a larger set is read in several).
 IDS_PER_READ = 500
+#: A round also reads the messages due within this fraction of the longest pause: reading one a little early
+#: costs nothing, and it keeps messages that arrived a few milliseconds apart in one read instead of one each.
+COALESCE_FRACTION = 0.5
 
 
 class WaiterFull(Exception):
@@ -113,7 +116,9 @@ class OutcomeWaiter:
                 while not self.waiting:
                     self.wanted.wait()
                 now = time.monotonic()
-                due = [i for i, m in self.waiting.items() if m.due <= now]
+                horizon = now + self.longest * COALESCE_FRACTION
+                due = [i for i, m in self.waiting.items() if m.due <= horizon] if any(
+                    m.due <= now for m in self.waiting.values()) else []
                 if not due:
                     pause = min(m.due for m in self.waiting.values()) - now
                     self.wanted.wait(pause)
