@@ -27,6 +27,7 @@ from shared import commands
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
+from shared.outbound import OutboundRefused
 from shared.payload import Body
 
 #: Platform names accepted and the provider each maps to (aliases of the older API).
@@ -614,6 +615,10 @@ def set_fcm():
         load_pem_private_key(account["private_key"].encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise bad_request(prefix + "privateKeyBase64", "the service account's private_key is not a PEM key") from None
+    try:
+        services().outbound.check(account["token_uri"], at_intake=True)
+    except OutboundRefused as refused:
+        raise bad_request(prefix + "privateKeyBase64", f"the service account's token_uri is not allowed: {refused}") from None
     project_id = data.get("projectId") or account.get("project_id")
     if not isinstance(project_id, str) or not project_id.strip():
         raise bad_request(prefix + "projectId", "is required")

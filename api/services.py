@@ -9,6 +9,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import dramatiq
 import pika
@@ -21,6 +22,7 @@ from shared import commands
 from shared import db as collections
 from shared.broker import amqp_url_with_timeouts
 from shared.commands import Publisher
+from shared.outbound import OutboundPolicy
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,11 @@ class Services:
     @property
     def publisher(self) -> Publisher:
         return Publisher(self.broker, self.settings)
+
+    @cached_property
+    def outbound(self) -> OutboundPolicy:
+        """What URLs given to the server may reach (webhooks, token endpoints): shared/outbound.py."""
+        return OutboundPolicy.from_settings(self.settings)
 
     # --- publishing ---------------------------------------------------------------------------
 

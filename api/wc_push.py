@@ -54,6 +54,7 @@ from api.wc_push_auth import (
 )
 from shared import db as collections
 from shared.commands import command
+from shared.outbound import OutboundRefused
 from shared.wc_payload import LEGACY, RAW, Notification, PayloadError, decode_cleartext, raw_message_id
 from shared.wc_push import CLIENT_NOT_FOUND, CLIENT_TYPES, INVALID, RAW_ONLY, REPEAT, tenant_app_id
 
@@ -731,6 +732,10 @@ def update_fcm_v1(tenant_id: str):
         load_pem_private_key(account["private_key"].encode(), password=None)
     except (ValueError, TypeError):
         raise fail(400, "BadFcmV1Credentials", "the service account's private_key is not a PEM key", field="credentials") from None
+    try:
+        services().outbound.check(account["token_uri"], at_intake=True)
+    except OutboundRefused as refused:
+        raise fail(400, "BadFcmV1Credentials", f"the service account's token_uri is not allowed: {refused}", field="credentials") from None
     return set_provider(tenant, "fcm", {"project_id": account["project_id"], "service_account": account})
 
 

@@ -33,12 +33,11 @@ def demo_credentials(stack: Stack) -> AppCredentials:
 def main() -> int:
     # The demo app also serves the WalletConnect routes: pushes to wallets (v1 bridge) and the push
     # server's routes without a tenant. On nx-27017 the bridge's TTL indexes slow every read (README).
-    # Bridge webhooks go only to this machine.
+    # URLs given to the server (bridge webhooks, token_uri) reach public addresses and the FCM simulator (devstack).
     demo_env = {
         "PUSH_WC_BRIDGE_PUSH_APP_ID": DEMO_APP,
         "PUSH_WC_PUSH_DEFAULT_APP": DEMO_APP,
         "PUSH_WC_BRIDGE_TTL_INDEXES": "0",
-        "PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
     }
     stack = Stack(var_dir=Path(ROOT / "var"), log_to_files=False, env=demo_env)
     stopping = False

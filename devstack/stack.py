@@ -136,6 +136,8 @@ class Stack:
 
     def settings_env(self) -> dict:
         """The ``PUSH_*`` variables every project process of this stack gets."""
+        # The FCM simulator is its service accounts' token_uri: an outbound target on loopback, so allow-listed.
+        allowed = ",".join(filter(None, [f"127.0.0.1:{self.ports.fcm}", self.env.get("PUSH_OUTBOUND_ALLOWED_TARGETS")]))
         return {
             "PUSH_MONGO_URI": self.mongo_uri,
             "PUSH_QUEUE_PREFIX": self.queue_prefix,
@@ -144,6 +146,7 @@ class Stack:
             "PUSH_FCM_URL": f"https://127.0.0.1:{self.ports.fcm}",
             "PUSH_PROVIDER_CA_FILE": str(self.ca_file),
             **self.env,
+            "PUSH_OUTBOUND_ALLOWED_TARGETS": allowed,
         }
 
     def process_env(self) -> dict:

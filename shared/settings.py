@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from urllib.parse import urlsplit
 
 #: Every environment variable of the project starts with this.
 ENV_PREFIX = "PUSH_"
@@ -106,10 +105,6 @@ class Settings:
     wc_bridge_ttl_indexes: bool = True
     #: Seconds one webhook POST may take.
     wc_bridge_webhook_timeout_seconds: float = 10.0
-    #: WalletConnect v1 bridge: host names a session's ``push.webhook`` may point at, comma-separated
-    #: (case-insensitive); empty: any host. The API refuses another host (400 ``push.webhook``) and the
-    #: webhook worker records a push to one as failed without sending it.
-    wc_bridge_webhook_allowed_hosts: str = ""
     #: Seconds a polled session or call status read by one API process answers its pollers again
     #: (reads are batched per process; a write through that process is visible to it at once).
     wc_bridge_poll_fresh_seconds: float = 0.05
@@ -125,19 +120,13 @@ class Settings:
     #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
     wc_push_default_app: str = ""
 
+    #: Outbound requests to URLs someone gave the server (webhooks, token_uri): ``host:port`` targets that may resolve to
+    #: loopback or private addresses (every other target must resolve to a public one), comma-separated (shared/outbound.py).
+    outbound_allowed_targets: str = ""
+    #: Outbound requests reach only the targets of ``outbound_allowed_targets``.
+    outbound_allowed_only: bool = False
+
     extra: dict = field(default_factory=dict)
-
-
-def webhook_host_allowed(settings: Settings, url: str) -> bool:
-    """Whether ``url``'s host is in ``wc_bridge_webhook_allowed_hosts`` (every host is when that is empty)."""
-    allowed = {h.strip().strip("[]").rstrip(".").lower() for h in settings.wc_bridge_webhook_allowed_hosts.split(",")} - {""}
-    if not allowed:
-        return True
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    return host is not None and host.rstrip(".") in allowed
 
 
 def _convert(raw: str, kind: type):

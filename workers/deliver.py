@@ -28,6 +28,7 @@ from pymongo.errors import ConnectionFailure
 from shared import db as collections
 from shared import metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
+from shared.outbound import OutboundPolicy
 from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds
 from shared.settings import Settings
 from workers import wc_push
@@ -159,6 +160,7 @@ class ProviderClients:
         self._clients: dict[tuple, object] = {}
         self._ssl_context = ssl.create_default_context(cafile=settings.provider_ca_file or None)
         self._ssl_context.set_alpn_protocols(["h2"])
+        self._outbound = OutboundPolicy.from_settings(settings)
 
     def apns(self, app: dict, environment: str | None) -> ApnsClient:
         credentials = app["apns"]
@@ -196,7 +198,9 @@ class ProviderClients:
         key = ("fcm", app["_id"], None, app["fcm_ts"])
         client = self._clients.get(key)
         if client is None:
-            auth = FcmAuth(service_account_info=credentials["service_account"], ca_file=self.settings.provider_ca_file or None)
+            auth = FcmAuth(
+                service_account_info=credentials["service_account"], outbound=self._outbound, ca_file=self.settings.provider_ca_file or None
+            )
             client = FcmClient(
                 origin=self.settings.fcm_url,
                 project_id=credentials["project_id"],

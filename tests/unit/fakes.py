@@ -7,6 +7,7 @@ that claims to test queueing, persistence or delivery runs on the real stack
 from __future__ import annotations
 
 from api.app import create_app
+from shared.outbound import OutboundPolicy
 from shared.settings import load
 
 
@@ -15,6 +16,7 @@ class FakeServices:
 
     def __init__(self, settings):
         self.settings = settings
+        self.outbound = OutboundPolicy.from_settings(settings)
         self.commands: list = []
         self.published: list = []
 
