@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push
+from api import admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
 from api.errors import ApiError
 from api.services import Services
 from shared.broker import make_broker
@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API. ``settings`` default to the environment's."""
     settings = settings or load()
+    wc_push_auth.check_settings(settings)  # a stack with API keys on refuses to run an open WalletConnect relay
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
+    app.extensions["push"].outbound  # noqa: B018 - parse the outbound allow-list now: a bad entry stops the start
     # Body size per route, registration rate limits, API keys (README "Auth and limits").
     app.before_request(limits.before_request)
     app.register_blueprint(powerauth.blueprint)

@@ -335,7 +335,8 @@ JWT_HEADERS = {"Authorization": s.Str(
 SIGNATURE_HEADERS = {
     SIGNATURE_HEADER: s.Str(max_length=None, description="Hex Ed25519 signature of '<timestamp>.<body length>.<body>' by the "
                                                          "relay, when PUSH_WC_PUSH_VALIDATE_SIGNATURES is on"),
-    TIMESTAMP_HEADER: s.Str(max_length=None, description="The timestamp the signature covers"),
+    TIMESTAMP_HEADER: s.Str(max_length=None, description="The Unix time (seconds) the signature covers; refused when more than "
+                                                         "PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS (300) from the server's"),
 }
 ADMIN_NOTE = "Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>; 403 while neither is set."
 
@@ -426,11 +427,7 @@ def register(tenant_id: str | None = None):
     if provider and tenant.app is not None and not tenant.app.get(provider):
         raise fail(400, "ProviderNotAvailable", f"the tenant has no {provider} credentials for type {kind}", field="type")
     svc = services()
-    if svc.settings.wc_push_validate_client_jwt:
-        try:
-            verify_client_jwt(request.headers.get("Authorization"), client_id)
-        except AuthError as error:
-            raise fail(401, error.name, error.description, field=error.field, location="header") from None
+    check_client_jwt(client_id)
     svc.write(
         command(
             "wcp.client.register", tenant_id=tenant.id, client_id=client_id, type=kind, token=token, always_raw=always_raw
@@ -441,12 +438,25 @@ def register(tenant_id: str | None = None):
 
 @blueprint.delete("/clients/<client_id>")
 @blueprint.delete("/<tenant_id>/clients/<client_id>")
-@operation("Unregister a client (unknown clients too: the answer is the same)", path=CLIENT_PATH, responses={200: OK})
+@operation("Unregister a client (unknown clients too: the answer is the same)", path=CLIENT_PATH, headers=JWT_HEADERS,
+           responses={200: OK})
 def unregister(client_id: str, tenant_id: str | None = None):
     path = s.path()
     tenant = tenant_for(path.get("tenant_id"))
-    services().write(command("wcp.client.delete", tenant_id=tenant.id, client_id=trim_did_key(path["client_id"])))
+    client_id = trim_did_key(path["client_id"])
+    check_client_jwt(client_id)
+    services().write(command("wcp.client.delete", tenant_id=tenant.id, client_id=client_id))
     return ok()
+
+
+def check_client_jwt(client_id: str) -> None:
+    """The relay client JWT issued by ``client_id`` (registering or unregistering it), when the setting asks for it."""
+    if not services().settings.wc_push_validate_client_jwt:
+        return
+    try:
+        verify_client_jwt(request.headers.get("Authorization"), client_id)
+    except AuthError as error:
+        raise fail(401, error.name, error.description, field=error.field, location="header") from None
 
 
 def parse_notification(data: dict) -> tuple[str, Notification]:
@@ -478,7 +488,8 @@ def check_relay_signature() -> None:
         raise fail(503, "RelayKeyNotConfigured", "signature checks are on but PUSH_WC_PUSH_RELAY_PUBLIC_KEY is not a valid key") from None
     try:
         verify_relay_signature(
-            key, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), request.get_data(cache=True)
+            key, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), request.get_data(cache=True),
+            max_age=settings.wc_push_signature_max_age_seconds,
         )
     except AuthError as error:
         raise fail(401, error.name, error.description, field=error.field, location="header") from None

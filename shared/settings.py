@@ -117,6 +117,10 @@ class Settings:
     wc_push_validate_signatures: bool = False
     #: The relay's Ed25519 public key, hex (32 bytes), checked when signatures are required.
     wc_push_relay_public_key: str = ""
+    #: Seconds a relay signature's ``X-Ed25519-Timestamp`` may be from this host's time (a captured send replays only within it).
+    wc_push_signature_max_age_seconds: float = 300.0
+    #: Let a stack with ``auth_enabled`` start with the client JWT or relay signature check off (an open relay).
+    wc_push_unauthenticated_allowed: bool = False
     #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
     wc_push_default_app: str = ""
 

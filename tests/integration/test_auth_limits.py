@@ -20,6 +20,8 @@ ADMIN_KEY = secrets.token_urlsafe(32)
 ADMIN = {"X-Api-Key": ADMIN_KEY}
 SECURED_ENV = {
     "PUSH_AUTH_ENABLED": "true",
+    # Keys and limits are tested here; the WalletConnect relay checks in test_wc_push.py.
+    "PUSH_WC_PUSH_UNAUTHENTICATED_ALLOWED": "true",
     "PUSH_ADMIN_KEY": ADMIN_KEY,
     "PUSH_AUTH_CACHE_SECONDS": "0.5",
     "PUSH_MAX_BATCH_MESSAGES": "5",

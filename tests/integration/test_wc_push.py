@@ -584,8 +584,16 @@ def test_client_jwt_and_relay_signature_when_switched_on(stack, default_tenant, 
     forged = {**good, "X-Ed25519-Signature": Ed25519PrivateKey.generate().sign(signed_message(timestamp, body)).hex()}
     assert client.post(f"/clients/{client_id}", data=body, content_type="application/json").status_code == 401
     assert client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=forged).status_code == 401
+    # Signed by the relay, but a replay of long ago or not a time at all: refused, nothing delivered.
+    for stale in ("1", "not-a-timestamp", str(int(time.time()) - 3600)):
+        replay = {"X-Ed25519-Timestamp": stale, "X-Ed25519-Signature": relay.sign(signed_message(stale, body)).hex()}
+        answer = client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=replay)
+        assert answer.status_code == 401 and answer.get_json()["fields"][0]["field"] == "X-Ed25519-Timestamp"
     assert client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=good).status_code == 202
     assert delivered(apns_sim, token) == 1
+    # Unregistering needs the client's own JWT.
+    assert client.delete(f"/clients/{client_id}").status_code == 401
+    assert client.delete(f"/clients/{client_id}", headers={"Authorization": f"Bearer {client_jwt(key)}"}).status_code == 200
 
 
 # --- worker handlers on the stack's database: orderings the HTTP tests cannot force -------------

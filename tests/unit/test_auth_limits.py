@@ -46,7 +46,8 @@ class FakeServices(fakes.FakeServices):
 @pytest.fixture
 def make_client():
     def make(**settings):
-        app, fake = fakes.app_with(FakeServices, **settings)
+        # Keys and limits are tested here; the WalletConnect relay checks (required with auth on) in test_wc_push.py.
+        app, fake = fakes.app_with(FakeServices, wc_push_unauthenticated_allowed=True, **settings)
         for app_id in ("app-a", "app-b"):
             fake.docs[(collections.APPS, app_id)] = {
                 "_id": app_id,
