@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
+from api import accepted, admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
 from api.errors import ApiError
 from api.services import Services
 from shared.broker import make_broker
@@ -28,7 +28,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     wc_push_auth.check_settings(settings)  # a stack with API keys on refuses to run an open WalletConnect relay
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
-    app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
+    app.extensions["push"] = Services(
+        settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings), on_unapplied=accepted.note
+    )
+    app.after_request(accepted.after_request)  # a confirmed write not seen applied is a 202, never a failure
     app.extensions["push"].outbound  # noqa: B018 - parse the outbound allow-list now: a bad entry stops the start
     # Body size per route, registration rate limits, API keys (README "Auth and limits").
     app.before_request(limits.before_request)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import platform as runtime
 from datetime import UTC, datetime
@@ -17,9 +16,9 @@ import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from api import auth, limits
+from api import auth, idempotency, limits
 from api import schema as sc
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
@@ -367,22 +366,13 @@ def parse_message(message: dict, prefix: str, default_priority: str, settings=No
     }
 
 
-#: A send's ``Idempotency-Key`` header: a client's retry of a request whose answer it lost (a 503 after
-#: RabbitMQ took the message, a timeout) carries the same key and becomes the same message, sent once.
-IDEMPOTENCY_HEADERS = {
-    "Idempotency-Key": sc.Str(max_length=256, no_spaces=True, description=(
-        "Optional. Requests of one app with the same key are one message (its id is derived from the key): "
-        "retry with the same key and body, and the devices get it once"))
-}
-
-
 def message_id(app_id: str) -> str | None:
-    """The message id a send's ``Idempotency-Key`` names (None without one): the same for the same app and key."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    key = sc.check(IDEMPOTENCY_HEADERS["Idempotency-Key"], key, "Idempotency-Key", location="header")
-    return hashlib.sha256(f"{app_id}\x00{key}".encode()).hexdigest()[:32]
+    """The message id a send's ``Idempotency-Key`` names (None without one): the same for the same app and key.
+
+    A client's retry of a send whose answer it lost (a timeout, a connection cut) carries the same key and
+    becomes the same message, sent once; the key with another body is a 422 (api/idempotency.py).
+    """
+    return idempotency.claim(services(), app_id)
 
 
 def _send(entries: list[dict], app: dict, mode: str) -> Response:
@@ -406,7 +396,7 @@ def result_object(counts: dict | None) -> dict:
 
 @blueprint.post("/push/message/send")
 @sc.operation("Send one message to a user's devices", body=wrapped({**SEND_OPTIONS, "message": MESSAGE}),
-              headers=IDEMPOTENCY_HEADERS, responses={200: SEND_ANSWER})
+              headers=idempotency.HEADERS, responses={200: SEND_ANSWER})
 def send_message():
     data = sc.body()
     app = existing_app(data)
@@ -424,7 +414,7 @@ def send_message():
          "batch": sc.List(MESSAGE, min_items=1, max_items=_max_batch, required=True)},
         example={"requestObject": {"appId": "demo", "mode": "ASYNCHRONOUS", "batch": [{"userId": "user-1", "body": {"title": "Hello"}}]}},
     ),
-    headers=IDEMPOTENCY_HEADERS,
+    headers=idempotency.HEADERS,
     responses={200: SEND_ANSWER},
 )
 def send_batch():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,6 +25,7 @@ from shared.broker import amqp_url_with_timeouts
 from shared.commands import Publisher
 from shared.outbound import OutboundPolicy
 from shared.settings import Settings
+from shared.write_order import WriteClock
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +59,26 @@ def poll(check, *, timeout: float):
 
 @dataclass
 class Services:
-    """The API's adapters: broker publisher, MongoDB, settings."""
+    """The API's adapters: broker publisher, MongoDB, settings.
+
+    Parameters:
+      settings, broker, db: the adapters.
+      on_unapplied: told the id of a write RabbitMQ confirmed that was not seen applied (the API answers it 202).
+    """
 
     settings: Settings
     broker: dramatiq.Broker
     db: Database
+    on_unapplied: Callable[[str], None] | None = None
 
     @property
     def publisher(self) -> Publisher:
         return Publisher(self.broker, self.settings)
+
+    @cached_property
+    def write_clock(self) -> WriteClock:
+        """Where writes get their order (shared/write_order.py): one counter in MongoDB, not this host's clock."""
+        return WriteClock(self.db)
 
     @cached_property
     def outbound(self) -> OutboundPolicy:
@@ -83,20 +96,27 @@ class Services:
             raise unavailable("the message broker") from None
 
     def write(self, command: dict) -> dict | None:
-        """Publish a write and wait (bounded) until a worker applied it: read-your-writes.
+        """Order a write, publish it, and wait (bounded) until a worker applied it: read-your-writes.
 
-        Answers the applied record (``{"_id", "at", "result"?}``), or None if it was
-        not applied in time; either way the write is durable.
+        The order is claimed from MongoDB first (unreachable: a 503, nothing published). Once RabbitMQ
+        confirmed the write it is durable and is never answered as failed: answers the applied record
+        (``{"_id", "at", "result"?}``), or None when it was not seen applied within the wait, MongoDB
+        being slow or unreachable (``on_unapplied`` is told; the API answers 202).
         """
+        command["order"] = self.guarded_read(self.write_clock.next)
         self.publish(commands.APPLY_WRITE, command)
-        applied = self.guarded_read(
-            lambda: poll(
+        try:
+            applied = poll(
                 lambda: self.db[collections.COMMANDS].find_one({"_id": command["id"]}),
                 timeout=self.settings.api_apply_wait_seconds,
             )
-        )
+        except pymongo.errors.PyMongoError as error:
+            log.warning("write %s is queued; MongoDB failed while waiting for it to apply: %s", command["id"], error)
+            applied = None
         if not applied:
-            log.warning("write %s not applied within %.1fs", command["id"], self.settings.api_apply_wait_seconds)
+            log.warning("write %s not seen applied within %.1fs (accepted)", command["id"], self.settings.api_apply_wait_seconds)
+            if self.on_unapplied is not None:
+                self.on_unapplied(command["id"])
         return applied
 
     # --- reading ------------------------------------------------------------------------------

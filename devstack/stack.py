@@ -235,17 +235,19 @@ class Stack:
     def worker_metrics_url(self, group: str) -> str:
         return f"http://127.0.0.1:{self.worker_metrics_ports[group]}/metrics"
 
-    def start_workers(self, groups=tuple(WORKER_GROUPS)) -> None:
+    def start_workers(self, groups=tuple(WORKER_GROUPS), *, suffix: str = "", env: dict | None = None) -> None:
+        """Start worker groups; tests start more groups on the same queues (``suffix`` names them) with other ``env``."""
         for group in groups:
             # `make run` (the default ports): 9191, 9192, ... in WORKER_GROUPS order; tests: free ports.
-            default = 9191 + list(WORKER_GROUPS).index(group) if self.ports == Ports() else free_port()
-            port = self.worker_metrics_ports.setdefault(group, default)
-            env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_db": str(self.metrics_dir(group))}
-            self._spawn(f"workers-{group}", self.worker_argv(group), env=env)
+            default = 9191 + list(WORKER_GROUPS).index(group) if self.ports == Ports() and not suffix else free_port()
+            port = self.worker_metrics_ports.setdefault(group + suffix, default)
+            group_env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1",
+                         "dramatiq_prom_db": str(self.metrics_dir(group + suffix)), **(env or {})}
+            self._spawn(f"workers-{group}{suffix}", self.worker_argv(group), env=group_env)
 
-    def stop_workers(self, groups=tuple(WORKER_GROUPS), *, kill: bool = False) -> None:
+    def stop_workers(self, groups=tuple(WORKER_GROUPS), *, kill: bool = False, suffix: str = "") -> None:
         for group in groups:
-            self.stop(f"workers-{group}", kill=kill)
+            self.stop(f"workers-{group}{suffix}", kill=kill)
 
     def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
         """Start an API (gunicorn); answers its URL. Tests start a second one with other settings."""

@@ -196,15 +196,18 @@ class OutboundPolicy:
     def check(self, url: str, *, at_intake: bool = False) -> Checked:
         """The address ``url`` may be requested at; raises :class:`OutboundRefused` saying why not.
 
-        At intake (the API validating a URL it will store) a name that cannot be
-        resolved right now for a reason other than "no such name" is let through:
-        the check is made again, for real, when the request is sent.
+        At intake (the API validating a URL it will store) a listed name is not
+        resolved, and a name that cannot be resolved right now for a reason other
+        than "no such name" is let through: the check is made again, for real,
+        when the request is sent.
         """
         target = parse(url)
         listed = (target.host, target.port) in self.allowed
         if not listed and self.allowed_only:
             raise OutboundRefused(f"{target.host}:{target.port} is not an allowed target on this server")
         literal = target.address
+        if listed and at_intake and literal is None:
+            return Checked(target, "")  # any address of a listed target will do: resolved when the request is sent
         if literal is not None:
             if not listed and blocked(literal):
                 raise OutboundRefused(f"{literal} is not a public address")

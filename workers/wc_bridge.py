@@ -1,8 +1,8 @@
 """The WalletConnect v1 bridge's side of the workers: its writes, and the webhook push to the wallet.
 
 Writes (sessions, call requests, call statuses) are applied like every other
-write (:func:`workers.writes.apply`): idempotent, last writer wins on the API's
-receive time ``ts``. Each document carries ``expires_at``, the API's receive
+write (:func:`workers.writes.apply`): idempotent, last writer wins on the
+write's order ``ts`` (shared/write_order.py). Each document carries ``expires_at``, the API's receive
 time plus the TTL the API put in the command, so a replayed command stores the
 same expiry; a TTL index on ``expires_at`` removes it from MongoDB, and the
 readers treat a passed ``expires_at`` as absent (TTL deletion is not instant).
@@ -43,6 +43,7 @@ from shared import db as collections
 from shared.commands import DELIVER_CHUNK_WEBHOOK, Publisher, new_id
 from shared.outbound import OutboundRefused, OutboundSession
 from shared.settings import Settings
+from shared.write_order import order_of
 from workers.writes import upsert_if_newer
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def new_session(db: Database, cmd: dict) -> None:
     upsert_if_newer(
         db[collections.WC_SESSIONS],
         cmd["session_id"],
-        cmd["received_at"],
+        order_of(cmd),
         {"payload": None, "push": None, "deleted": False, "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
     purge_expired_now_and_then(db)
@@ -93,13 +94,13 @@ def new_session(db: Database, cmd: dict) -> None:
 def update_session(db: Database, cmd: dict) -> None:
     """The wallet's session details and push target; a deleted session stays deleted."""
     db[collections.WC_SESSIONS].update_one(
-        {"_id": cmd["session_id"], "ts": {"$lt": cmd["received_at"]}, "deleted": False},
+        {"_id": cmd["session_id"], "ts": {"$lt": order_of(cmd)}, "deleted": False},
         {
             "$set": {
                 "payload": cmd["payload"],
                 "push": cmd.get("push"),
                 "expires_at": expires_at(cmd, cmd["ttl_seconds"]),
-                "ts": cmd["received_at"],
+                "ts": order_of(cmd),
             }
         },
     )
@@ -111,7 +112,7 @@ def delete_session(db: Database, cmd: dict) -> None:
     upsert_if_newer(
         db[collections.WC_SESSIONS],
         session_id,
-        cmd["received_at"],
+        order_of(cmd),
         {"payload": None, "push": None, "deleted": True, "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
     call_ids = [doc["_id"] for doc in db[collections.WC_CALLS].find({"session_id": session_id}, {"_id": 1})]
@@ -130,7 +131,7 @@ def new_call(db: Database, cmd: dict) -> None:
                 "dapp_name": cmd.get("dapp_name"),
                 "push": cmd.get("push"),
                 "created_at": _now(),
-                "ts": cmd["received_at"],
+                "ts": order_of(cmd),
                 "expires_at": expires_at(cmd, cmd["ttl_seconds"]),
             }
         )
@@ -142,7 +143,7 @@ def set_call_status(db: Database, cmd: dict) -> None:
     upsert_if_newer(
         db[collections.WC_CALL_STATUS],
         cmd["call_id"],
-        cmd["received_at"],
+        order_of(cmd),
         {"payload": cmd["payload"], "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
 

@@ -1,11 +1,13 @@
 """Apply write commands (apps, devices, activations) to MongoDB, idempotently.
 
 Each handler can run twice, or after a later command for the same entity, and
-still leave what the API acknowledged last: documents carry the API's receive
-time ``ts`` and a write only lands on a document whose ``ts`` is older (last
-writer wins). Deletes leave a tombstone (``deleted: True`` with its ``ts``) so a
-create that arrives late cannot bring a deleted device back; tombstones are
-purged by :func:`purge_tombstones` once no queued command can be older.
+still leave what the API acknowledged last: documents carry the order ``ts`` of
+the write that produced them (shared/write_order.py: claimed from MongoDB before
+the API answered, so no host clock can reorder two writes) and a write only
+lands on a document whose ``ts`` is lower (last writer wins). Deletes leave a
+tombstone (``deleted: True`` with its ``ts``) so a create that arrives late
+cannot bring a deleted device back; tombstones are purged by
+:func:`purge_tombstones` once no queued command can be older.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import REMOVED
+from shared.write_order import order_of
 
 #: How many times a read-modify-write of a device retries after losing a race.
 MAX_OPTIMISTIC_TRIES = 10
@@ -65,9 +68,9 @@ def set_app_provider(db: Database, cmd: dict) -> None:
     provider = cmd["provider"]
     ts_field = f"{provider}_ts"
     db[collections.APPS].update_one(
-        {"_id": cmd["app_id"], ts_field: {"$lt": cmd["received_at"]}},
+        {"_id": cmd["app_id"], ts_field: {"$lt": order_of(cmd)}},
         {
-            "$set": {provider: cmd["credentials"], ts_field: cmd["received_at"]},
+            "$set": {provider: cmd["credentials"], ts_field: order_of(cmd)},
             "$unset": {f"suspended.{provider}": ""},
         },
     )
@@ -81,7 +84,7 @@ def register_device(db: Database, cmd: dict) -> None:
     The lookup entries (``shared.device_lookup``) are added before the registration is
     written, so a crash in between leaves one entry too many, never one too few.
     """
-    ts = cmd["received_at"]
+    ts = order_of(cmd)
     activations = {activation: cmd.get("user_id") for activation in cmd["activation_ids"]}
     fields = {
         "app_id": cmd["app_id"],
@@ -122,16 +125,17 @@ def delete_device(db: Database, cmd: dict) -> None:
     _id = device_id(cmd["app_id"], cmd["token"])
     devices = db[collections.DEVICES]
     before = devices.find_one({"_id": _id}, lookup.FIELDS)
+    ts = order_of(cmd)
     stored = upsert_if_newer(
         devices,
         _id,
-        cmd["received_at"],
+        ts,
         {"deleted": True, "app_id": cmd["app_id"], "token": cmd["token"], "updated_at": _now()},
         on_insert={"activations": {}, "activation_ids": [], "user_ids": []},
     )
     if stored and before:
         # A tombstone holds no user; it keeps its activations until purged.
-        lookup.prune(db, {**before, "ts": cmd["received_at"], "deleted": True}, users=before.get("user_ids") or ())
+        lookup.prune(db, {**before, "ts": ts, "deleted": True}, users=before.get("user_ids") or ())
 
 
 def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: int, *, keep: str | None = None) -> None:
@@ -173,11 +177,9 @@ def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: 
 
 def update_activation_status(db: Database, cmd: dict) -> None:
     """Record an activation's status; REMOVED also takes it off its registrations."""
-    stored = upsert_if_newer(
-        db[collections.ACTIVATIONS], cmd["activation_id"], cmd["received_at"], {"status": cmd["status"]}
-    )
+    stored = upsert_if_newer(db[collections.ACTIVATIONS], cmd["activation_id"], order_of(cmd), {"status": cmd["status"]})
     if stored and cmd["status"] == REMOVED:
-        detach_activation(db, None, cmd["activation_id"], cmd["received_at"])
+        detach_activation(db, None, cmd["activation_id"], order_of(cmd))
 
 
 def mark_dead_tokens(db: Database, device_ids: list[str], reason: str) -> None:

@@ -8,6 +8,8 @@ import json
 
 import jsonschema
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from api import openapi
 from api.app import create_app
@@ -272,6 +274,12 @@ def test_fcm_v1_form(admin):
     failure(client.post("/tenants/acme/fcm_v1", headers=ADMIN, data={"credentials": (io.BytesIO(b"{}"), "sa.json")}),
             400, "BadFcmV1Credentials", "credentials")
     failure(client.post("/tenants/nobody/fcm_v1", headers=ADMIN, data={"credentials": "{}"}), 404, "TenantNotFound")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    internal = {"client_email": "x@y", "private_key": key, "project_id": "p", "token_uri": "http://169.254.169.254/token"}
+    body = failure(client.post("/tenants/acme/fcm_v1", headers=ADMIN, data={"credentials": json.dumps(internal)}),
+                   400, "BadFcmV1Credentials", "credentials")
+    assert "token_uri is not allowed" in body["errors"][0]["description"]
     assert fake.commands == []
 
 
