@@ -208,7 +208,8 @@ STATUS = sc.Obj(
 
 @blueprint.get("/push/service/status")
 @sc.operation(
-    "Service status: up when RabbitMQ and MongoDB are reachable",
+    "Service status: up when RabbitMQ is reachable and MongoDB takes a write (live checks reused for "
+    "PUSH_HEALTH_CHECK_CACHE_SECONDS per API process)",
     responses={
         200: answer(STATUS),
         503: sc.Obj({"status": sc.Str(enum=["ERROR"]), "responseObject": sc.Obj({"code": TEXT, "message": TEXT, **STATUS.properties})}),
@@ -216,7 +217,7 @@ STATUS = sc.Obj(
 )
 def service_status():
     svc = services()
-    rabbitmq, mongodb = svc.check_broker(), svc.check_database()
+    rabbitmq, mongodb = svc.health()
     details = {
         "applicationName": APPLICATION_NAME,
         "applicationDisplayName": APPLICATION_DISPLAY_NAME,
@@ -305,7 +306,10 @@ def update_status():
     data = sc.body()
     activation = data["activationId"]
     _require_activation(activation)
-    services().write(command("activation.status", activation_id=activation, status=data["activationStatus"]))
+    # An app's key sets the status for its app only; the admin key (or auth off) for every app (shared/activation_status.py).
+    principal = auth.current()
+    app_id = None if principal.is_admin else principal.app_id
+    services().write(command("activation.status", activation_id=activation, status=data["activationStatus"], app_id=app_id))
     return ok()
 
 

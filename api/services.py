@@ -6,10 +6,12 @@ results into HTTP.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 
 import dramatiq
@@ -41,6 +43,10 @@ COUNT_BY_FIND_UP_TO = 50
 #: Final states counted as failed in PowerAuth's result.
 FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
 
+#: Seconds the database check may take before MongoDB counts as down (a server that cannot write hangs writers).
+DATABASE_CHECK_SECONDS = 3.0
+#: The document the database check writes.
+HEALTH_PROBE_ID = "api-status"
 #: Exceptions that mean the broker could not confirm a message.
 BROKER_ERRORS = (dramatiq.errors.BrokerConnectionError, pika.exceptions.AMQPError, OSError)
 
@@ -167,6 +173,14 @@ class Services:
 
     # --- health -------------------------------------------------------------------------------
 
+    @cached_property
+    def health_checks(self) -> HealthChecks:
+        return HealthChecks(self.check_broker, self.check_database, cache_seconds=self.settings.health_check_cache_seconds)
+
+    def health(self) -> tuple[bool, bool]:
+        """(RabbitMQ up, MongoDB writable), from a live check at most ``health_check_cache_seconds`` old."""
+        return self.health_checks.answer()
+
     def check_broker(self) -> bool:
         """A live check: a fresh AMQP connection (fail-fast parameters) opened and closed."""
         try:
@@ -180,8 +194,41 @@ class Services:
         return True
 
     def check_database(self) -> bool:
+        """A live check that MongoDB takes a write (a reachable server that cannot write is down), bounded in time."""
         try:
-            self.db.command("ping")
+            with pymongo.timeout(DATABASE_CHECK_SECONDS):
+                self.db[collections.HEALTH].update_one(
+                    {"_id": HEALTH_PROBE_ID}, {"$set": {"at": datetime.now(UTC)}}, upsert=True
+                )
             return True
         except pymongo.errors.PyMongoError:
             return False
+
+
+class HealthChecks:
+    """Live checks shared by the status routes of one process: at most one run per ``cache_seconds``.
+
+    The status routes need no key (load balancers and probes call them), so an
+    answer is reused for ``cache_seconds`` and concurrent callers wait for the one
+    check in flight instead of each opening an AMQP connection and writing to MongoDB.
+
+    Parameters:
+      broker, database: the checks, each answering whether its dependency is up.
+      cache_seconds: how long one run's answer is reused.
+      clock: monotonic seconds.
+    """
+
+    def __init__(self, broker: Callable[[], bool], database: Callable[[], bool], *, cache_seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.broker = broker
+        self.database = database
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.last: tuple[float, tuple[bool, bool]] | None = None
+
+    def answer(self) -> tuple[bool, bool]:
+        with self.lock:
+            if self.last is None or self.clock() - self.last[0] >= self.cache_seconds:
+                self.last = (self.clock(), (self.broker(), self.database()))
+            return self.last[1]

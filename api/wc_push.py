@@ -390,7 +390,7 @@ def health():
     if s.query()["format"] != "json":
         return Response(f"OK, push-server v{VERSION}", mimetype="text/plain")
     svc = services()
-    rabbitmq, mongodb = svc.check_broker(), svc.check_database()
+    rabbitmq, mongodb = svc.health()
     settings = svc.settings
     body = {
         "status": "OK" if rabbitmq and mongodb else "FAILED",

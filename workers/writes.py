@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import REMOVED
@@ -176,10 +177,13 @@ def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: 
 
 
 def update_activation_status(db: Database, cmd: dict) -> None:
-    """Record an activation's status; REMOVED also takes it off its registrations."""
-    stored = upsert_if_newer(db[collections.ACTIVATIONS], cmd["activation_id"], order_of(cmd), {"status": cmd["status"]})
+    """Record an activation's status for the app whose key set it (none: every app); REMOVED also takes it off
+    that app's (every app's) registrations."""
+    app_id = cmd.get("app_id")
+    key = activation_status.status_key(app_id, cmd["activation_id"])
+    stored = upsert_if_newer(db[collections.ACTIVATIONS], key, order_of(cmd), {"status": cmd["status"], "app_id": app_id})
     if stored and cmd["status"] == REMOVED:
-        detach_activation(db, None, cmd["activation_id"], order_of(cmd))
+        detach_activation(db, app_id, cmd["activation_id"], order_of(cmd))
 
 
 def mark_dead_tokens(db: Database, device_ids: list[str], reason: str) -> None:

@@ -253,3 +253,31 @@ def test_key_writes_are_idempotent_in_any_order(stack):
     finally:
         db[collections.API_KEYS].delete_many({"_id": {"$in": [k1, k2]}})
         client.close()
+
+
+def personal_send(app_id: str, user: str) -> dict:
+    return {"appId": app_id, "message": {"userId": user, "attributes": {"personal": True}, "body": {"title": "personal"}}}
+
+
+def test_an_apps_key_sets_activation_status_for_its_own_app_only(secured, new_app, apns_sim):
+    """App A's key presetting BLOCKED for an activation does not block it for app B, which registers it later."""
+    app_a, app_b = new_app(), new_app()
+    key_a, key_b = secured.new_key(app_a), secured.new_key(app_b)
+    activation, token_a, token_b = f"act-{uuid.uuid4().hex[:8]}", apns_token(), apns_token()
+    status = {"activationId": activation, "activationStatus": "BLOCKED"}
+    assert secured.post("/push/device/status/update", status, headers=bearer(key_a)).status_code == 200
+    for app_id, key, token in ((app_a, key_a, token_a), (app_b, key_b, token_b)):
+        registration = {**device(app_id, token, user="u-act"), "activationId": activation}
+        assert secured.post("/push/device/create", registration, headers=bearer(key)).status_code == 200
+    for app_id, key, reached in ((app_a, key_a, 0), (app_b, key_b, 1)):
+        answer = secured.post("/push/message/send", personal_send(app_id, "u-act"), headers=bearer(key))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["responseObject"]["result"]["apns"]["total"] == reached, (app_id, answer.text)
+    assert (apns_sim.delivered(token_a), apns_sim.delivered(token_b)) == (0, 1)
+    # The admin's status applies to every app, and a newer app status overrides it again.
+    assert secured.post("/push/device/status/update", status, headers=ADMIN).status_code == 200
+    answer = secured.post("/push/message/send", personal_send(app_b, "u-act"), headers=bearer(key_b))
+    assert answer.json()["responseObject"]["result"]["apns"]["total"] == 0
+    active = {"activationId": activation, "activationStatus": "ACTIVE"}
+    assert secured.post("/push/device/status/update", active, headers=bearer(key_a)).status_code == 403  # B's device holds it
+    assert secured.post("/push/device/status/update", active, headers=bearer(key_b)).status_code == 403  # A's device holds it too

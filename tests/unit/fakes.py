@@ -30,11 +30,8 @@ class FakeServices:
     def guarded_read(self, read):
         return read()
 
-    def check_broker(self):
-        return True
-
-    def check_database(self):
-        return True
+    def health(self):
+        return True, True
 
     def message_counts(self, message_id):
         return None
