@@ -328,7 +328,10 @@ TENANT_DETAIL = s.Obj({
     "suspended_providers": s.Json(object_only=True, description="Reason by suspended provider"),
 })
 
-ADMIN_HEADERS = {"Authorization": s.Str(max_length=None, description="Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>")}
+ADMIN_HEADERS = {
+    "Authorization": s.Str(max_length=None, description="Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>"),
+    "X-Api-Key": s.Str(max_length=None, description="<PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, instead of Authorization"),
+}
 JWT_HEADERS = {"Authorization": s.Str(
     max_length=None, description="Bearer <relay client JWT issued by the client_id>, when PUSH_WC_PUSH_VALIDATE_CLIENT_JWT is on"
 )}
@@ -338,7 +341,8 @@ SIGNATURE_HEADERS = {
     TIMESTAMP_HEADER: s.Str(max_length=None, description="The Unix time (seconds) the signature covers; refused when more than "
                                                          "PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS (300) from the server's"),
 }
-ADMIN_NOTE = "Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>; 403 while neither is set."
+ADMIN_NOTE = ("Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY> (or X-Api-Key: <the same>); "
+              "403 while neither is set.")
 
 
 # --- tenants ------------------------------------------------------------------------------------
@@ -549,19 +553,25 @@ def method_not_allowed(**_):
 # --- tenant management --------------------------------------------------------------------------
 
 def require_admin() -> None:
-    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN`` or the server's admin key (``PUSH_ADMIN_KEY``)."""
+    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN`` or the server's admin key (``PUSH_ADMIN_KEY``),
+    as ``Authorization: Bearer <token>`` or ``X-Api-Key: <token>`` (as every admin route does)."""
     settings = services().settings
     if not settings.wc_push_admin_token and not settings.admin_key:
         raise fail(403, "TenantManagementDisabled", "tenant management is off: set PUSH_ADMIN_KEY or PUSH_WC_PUSH_ADMIN_TOKEN")
-    header = request.headers.get("Authorization")
-    if not header:
-        raise fail(401, "MissingAdminToken", "tenant management needs Authorization: Bearer <admin token>", field="Authorization", location="header")
-    scheme, _, given = header.partition(" ")
-    given = given.strip()
+    header, api_key = request.headers.get("Authorization"), request.headers.get("X-Api-Key")
+    field = "Authorization" if header or not api_key else "X-Api-Key"
+    if not header and not api_key:
+        raise fail(401, "MissingAdminToken", "tenant management needs Authorization: Bearer <admin token> or X-Api-Key: <admin token>",
+                   field=field, location="header")
+    if header:
+        scheme, _, given = header.partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+    else:
+        given = api_key.strip()
     token = settings.wc_push_admin_token
     valid = bool(token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
-    if scheme.lower() != "bearer" or not (valid or is_admin_key(given, settings.admin_key)):
-        raise fail(401, "InvalidAdminToken", "the admin token is not valid", field="Authorization", location="header")
+    if not given or not (valid or is_admin_key(given, settings.admin_key)):
+        raise fail(401, "InvalidAdminToken", "the admin token is not valid", field=field, location="header")
 
 
 def admin_operation(summary: str, **options) -> Callable:
