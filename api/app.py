@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from api import accepted, admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
 from api.errors import ApiError
 from api.services import Services
+from shared import sealed_credentials
 from shared.broker import make_broker
 from shared.db import connect
 from shared.settings import Settings, load
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the API. ``settings`` default to the environment's."""
     settings = settings or load()
     wc_push_auth.check_settings(settings)  # a stack with API keys on refuses to run an open WalletConnect relay
+    sealed_credentials.check_settings(settings)  # ... or to keep provider credentials in clear
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions["push"] = Services(

@@ -488,9 +488,9 @@ def _app_detail(app: dict) -> Response:
             "apnsKeyId": apns.get("key_id"),
             "apnsTeamId": apns.get("team_id"),
             "apnsEnvironment": apns.get("environment"),
-            "apnsPrivateKeyPresent": bool(apns.get("private_key")),
+            "apnsPrivateKeyPresent": bool(apns.get("private_key") or apns.get("sealed")),
             "fcmProjectId": fcm.get("project_id"),
-            "fcmPrivateKeyPresent": bool(fcm.get("service_account")),
+            "fcmPrivateKeyPresent": bool(fcm.get("service_account") or fcm.get("sealed")),
             "suspended": app.get("suspended", {}),
         }
     )
@@ -536,7 +536,9 @@ def _decode_base64(data: dict, key: str, prefix: str) -> bytes:
 
 
 def _set_provider(app: dict, provider: str, credentials: dict | None) -> Response:
-    services().write(command("app.provider", app_id=app["_id"], provider=provider, credentials=credentials))
+    svc = services()
+    sealed = svc.credential_keys.seal(app["_id"], provider, credentials)  # sealed before it crosses RabbitMQ
+    svc.write(command("app.provider", app_id=app["_id"], provider=provider, credentials=sealed))
     return ok()
 
 

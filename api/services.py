@@ -26,6 +26,7 @@ from shared import db as collections
 from shared.broker import amqp_url_with_timeouts
 from shared.commands import Publisher
 from shared.outbound import OutboundPolicy
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
 from shared.write_order import WriteClock
 
@@ -85,6 +86,11 @@ class Services:
     def write_clock(self) -> WriteClock:
         """Where writes get their order (shared/write_order.py): one counter in MongoDB, not this host's clock."""
         return WriteClock(self.db)
+
+    @cached_property
+    def credential_keys(self) -> CredentialKeys:
+        """The keys provider credentials are sealed with before they are published (shared/sealed_credentials.py)."""
+        return CredentialKeys.from_settings(self.settings)
 
     @cached_property
     def outbound(self) -> OutboundPolicy:

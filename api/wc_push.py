@@ -638,7 +638,9 @@ def as_text(value: str | bytes | None, field: str) -> str | None:
 
 
 def set_provider(tenant: Tenant, provider: str, credentials: dict | None) -> Response:
-    services().write(command("app.provider", app_id=tenant.app_id, provider=provider, credentials=credentials))
+    svc = services()
+    sealed = svc.credential_keys.seal(tenant.app_id, provider, credentials)  # sealed before it crosses RabbitMQ
+    svc.write(command("app.provider", app_id=tenant.app_id, provider=provider, credentials=sealed))
     return ok()
 
 

@@ -127,6 +127,12 @@ class Settings:
     #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
     wc_push_default_app: str = ""
 
+    #: Keys sealing provider credentials (shared/sealed_credentials.py): ``<key id>:<base64 of 32 bytes>``, comma-separated;
+    #: the first seals, all open. Empty: credentials in clear (refused at start-up with auth on, unless allowed below).
+    credential_keys: str = field(default="", repr=False)
+    #: Let a stack with ``auth_enabled`` start without ``credential_keys`` (credentials in clear in RabbitMQ and MongoDB).
+    credentials_unsealed_allowed: bool = False
+
     #: Outbound requests to URLs someone gave the server (webhooks, token_uri): ``host:port`` targets that may resolve to
     #: loopback or private addresses (every other target must resolve to a public one), comma-separated (shared/outbound.py).
     outbound_allowed_targets: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from shared.sealed_credentials import new_key_entry
 from tests.stacks import running_stack
 
 #: The app the document's examples name (``demo``, as in `make run`): with working credentials, the
@@ -19,6 +20,8 @@ FUZZ_APP = "demo"
 FUZZ_ADMIN_TOKEN = "fuzz-admin-token"
 
 FUZZ_SETTINGS = {
+    # Provider credentials sealed, as in production (shared/sealed_credentials.py).
+    "PUSH_CREDENTIAL_KEYS": new_key_entry(),
     "PUSH_WC_PUSH_ADMIN_TOKEN": FUZZ_ADMIN_TOKEN,
     "PUSH_AUTH_ENABLED": "false",
     "PUSH_OUTBOUND_ALLOWED_ONLY": "true",

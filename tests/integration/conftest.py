@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from shared.sealed_credentials import new_key_entry
 from tests.stacks import running_stack
 
 #: How many loopback ports the tests' own HTTP receivers (webhook targets) may take.
@@ -49,6 +50,8 @@ TEST_SETTINGS = {
     "PUSH_API_SYNC_WAIT_SECONDS": "60",
     # Small batches, so a test campaign of a few hundred users crosses several (and resumes mid-way).
     "PUSH_CAMPAIGN_USERS_PER_BATCH": "100",
+    # Provider credentials sealed, as in production (shared/sealed_credentials.py).
+    "PUSH_CREDENTIAL_KEYS": new_key_entry(),
     # Outbound requests (bridge webhooks) as in production (public addresses only), plus the tests' receivers.
     "PUSH_OUTBOUND_ALLOWED_TARGETS": ",".join(f"{host}:{port}" for port in RECEIVER_PORTS for host in ("127.0.0.1", "localhost")),
 }

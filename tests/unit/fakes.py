@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from api.app import create_app
 from shared.outbound import OutboundPolicy
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
 
 
@@ -17,6 +18,7 @@ class FakeServices:
     def __init__(self, settings):
         self.settings = settings
         self.outbound = OutboundPolicy.from_settings(settings)
+        self.credential_keys = CredentialKeys.from_settings(settings)
         self.commands: list = []
         self.published: list = []
 

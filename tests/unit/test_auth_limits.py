@@ -46,8 +46,9 @@ class FakeServices(fakes.FakeServices):
 @pytest.fixture
 def make_client():
     def make(**settings):
-        # Keys and limits are tested here; the WalletConnect relay checks (required with auth on) in test_wc_push.py.
-        app, fake = fakes.app_with(FakeServices, wc_push_unauthenticated_allowed=True, **settings)
+        # Keys and limits are tested here; what auth on requires besides (the WalletConnect relay checks, sealed
+        # credentials) in test_wc_push.py and test_sealed_credentials.py.
+        app, fake = fakes.app_with(FakeServices, wc_push_unauthenticated_allowed=True, credentials_unsealed_allowed=True, **settings)
         for app_id in ("app-a", "app-b"):
             fake.docs[(collections.APPS, app_id)] = {
                 "_id": app_id,

@@ -449,11 +449,11 @@ RELAY_KEY = "11" * 32
 )
 def test_a_stack_with_auth_on_refuses_to_start_with_an_open_walletconnect_relay(checks):
     with pytest.raises(ValueError, match="PUSH_WC_PUSH"):
-        create_app(load({}, auth_enabled=True, **checks))
+        create_app(load({}, auth_enabled=True, credentials_unsealed_allowed=True, **checks))
 
 
 def test_auth_on_starts_with_both_relay_checks_or_with_the_open_relay_asked_for_explicitly():
     create_app(load({}, auth_enabled=True, wc_push_validate_client_jwt=True, wc_push_validate_signatures=True,
-                    wc_push_relay_public_key=RELAY_KEY))
-    create_app(load({}, auth_enabled=True, wc_push_unauthenticated_allowed=True))
+                    wc_push_relay_public_key=RELAY_KEY, credentials_unsealed_allowed=True))
+    create_app(load({}, auth_enabled=True, wc_push_unauthenticated_allowed=True, credentials_unsealed_allowed=True))
     create_app(load({}))  # auth off (make run, the tests): no relay checks needed
