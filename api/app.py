@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import accepted, admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
+from api import accepted, admin_ops, audit, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
 from api.errors import ApiError
 from api.services import Services
 from shared import sealed_credentials
@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["push"] = Services(
         settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings), on_unapplied=accepted.note
     )
+    # after_request hooks run last-registered first: the audit entry records the final status.
+    app.after_request(audit.after_request)  # every admin action recorded (shared/audit.py)
     app.after_request(accepted.after_request)  # a confirmed write not seen applied is a 202, never a failure
     app.extensions["push"].outbound  # noqa: B018 - parse the outbound allow-list now: a bad entry stops the start
     # Body size per route, registration rate limits, API keys (README "Auth and limits").
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])
     app.register_blueprint(admin_ops.blueprint)
+    app.register_blueprint(audit.blueprint)
     admin_ops.install(app, app.extensions["push"])
     app.register_blueprint(openapi.blueprint)
 

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from api import schema as s
@@ -570,8 +570,10 @@ def require_admin() -> None:
         given = api_key.strip()
     token = settings.wc_push_admin_token
     valid = bool(token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
-    if not given or not (valid or is_admin_key(given, settings.admin_key)):
+    admin_key = is_admin_key(given, settings.admin_key) if given else False
+    if not given or not (valid or admin_key):
         raise fail(401, "InvalidAdminToken", "the admin token is not valid", field=field, location="header")
+    g.wc_push_admin = "admin" if admin_key else "wc-push-admin-token"  # who, for the audit log (api/audit.py)
 
 
 def admin_operation(summary: str, **options) -> Callable:

@@ -57,6 +57,8 @@ INBOX = "inbox_messages"
 
 #: API keys of apps: ``_id`` the key id, ``app_id``, ``hash`` (SHA-256 of the key), ``revoked_at``.
 API_KEYS = "api_keys"
+#: The audit log of admin actions (shared/audit.py): ``_id`` time-ordered, who, action, path, status, target.
+AUDIT_LOG = "audit_log"
 #: One document the API's status check writes (is MongoDB writable?).
 HEALTH = "health"
 #: ``Idempotency-Key`` uses: ``_id`` the id the key names, ``digest`` of the first request's body (api/idempotency.py).

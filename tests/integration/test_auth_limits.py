@@ -13,6 +13,7 @@ import requests
 
 from devstack.stack import free_port
 from shared import db as collections
+from tests import waiting
 from tests.integration.conftest import apns_token
 from workers import auth as key_writes
 
@@ -281,3 +282,29 @@ def test_an_apps_key_sets_activation_status_for_its_own_app_only(secured, new_ap
     active = {"activationId": activation, "activationStatus": "ACTIVE"}
     assert secured.post("/push/device/status/update", active, headers=bearer(key_a)).status_code == 403  # B's device holds it
     assert secured.post("/push/device/status/update", active, headers=bearer(key_b)).status_code == 403  # A's device holds it too
+
+
+def test_the_audit_log_names_who_did_what_and_only_the_admin_reads_it(secured, new_app):
+    app_id = new_app()
+    created = secured.post("/admin/app/keys", {"appId": app_id, "name": "audited"}, headers=ADMIN)
+    key, key_id = created.json()["responseObject"]["key"], created.json()["responseObject"]["keyId"]
+    assert secured.post("/admin/app/keys/revoke", {"appId": app_id, "keyId": key_id}, headers=ADMIN).status_code == 200
+    other_key = secured.new_key(app_id)
+    error_of(secured.post("/admin/app/create", {"appId": "audit-sneaky"}, headers=bearer(other_key)), 403)
+    error_of(secured.call("GET", "/admin/audit", headers=bearer(other_key)), 403)
+
+    def entries() -> list[dict]:
+        answer = secured.call("GET", "/admin/audit", headers=ADMIN, params={"limit": 50})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"]
+
+    wanted = {("POST /admin/app/keys", "admin", 200), ("POST /admin/app/keys/revoke", "admin", 200),
+              ("POST /admin/app/create", f"app:{app_id}:{other_key.split('_')[1]}", 403)}
+    def seen() -> set:
+        return {(e["action"], e["who"], e["status"]) for e in entries() if e["target"].get("appId") in (app_id, "audit-sneaky")}
+
+    waiting.wait_for(lambda: wanted <= seen(), timeout=30, what="the three audit entries")
+    revoke = next(e for e in entries() if e["action"] == "POST /admin/app/keys/revoke" and e["target"].get("keyId") == key_id)
+    assert revoke["target"] == {"appId": app_id, "keyId": key_id} and revoke["at"]
+    log_text = secured.call("GET", "/admin/audit", headers=ADMIN, params={"limit": 1000}).text
+    assert key not in log_text and other_key not in log_text and ADMIN_KEY not in log_text
