@@ -41,7 +41,7 @@ from tenacity import (
 
 from shared import db as collections
 from shared.commands import DELIVER_CHUNK_WEBHOOK, Publisher, new_id
-from shared.outbound import OutboundRefused, OutboundSession
+from shared.outbound import OutboundRefused, OutboundSession, parse
 from shared.settings import Settings
 from shared.write_order import order_of
 from workers.writes import upsert_if_newer
@@ -328,5 +328,15 @@ def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
             }
         )
     if state != SENT:
-        log.warning("webhook push %s to %s: %s after %d attempts (%s)", push_id, job["url"], state, attempts, attempt.error)
+        # The URL's origin only: its path or query may carry the wallet's token.
+        log.warning("webhook push %s to %s: %s after %d attempts (%s)", push_id, _origin(job["url"]), state, attempts, attempt.error)
     return state
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a webhook URL for a log line (or that it is not one)."""
+    try:
+        target = parse(url)
+    except OutboundRefused:
+        return "(an invalid URL)"
+    return f"{target.scheme}://{target.authority}"
