@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium faketime venv clean
 
 venv: $(STAMP)
 
@@ -22,10 +22,13 @@ rabbitmq:
 chromium:
 	scripts/ensure-chromium.sh
 
+faketime:
+	scripts/ensure-faketime.sh
+
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq chromium
+test: venv rabbitmq chromium faketime
 	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv

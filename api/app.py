@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.after_request(audit.after_request)  # every admin action recorded (shared/audit.py)
     app.after_request(accepted.after_request)  # a confirmed write not seen applied is a 202, never a failure
     app.extensions["push"].outbound  # noqa: B018 - parse the outbound allow-list now: a bad entry stops the start
-    # Body size per route, registration rate limits, API keys (README "Auth and limits").
+    # Body size per route, registration rate limits, API keys (README "Security").
     app.before_request(limits.before_request)
     app.register_blueprint(powerauth.blueprint)
     app.register_blueprint(auth.blueprint)

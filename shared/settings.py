@@ -71,7 +71,7 @@ class Settings:
     #: Seconds one live check of RabbitMQ and MongoDB answers the unauthenticated status routes again, per API process.
     health_check_cache_seconds: float = 2.0
 
-    #: Auth (README "Auth and limits"): require API keys. Off for ``make run``'s demo and the test stack, on in docker-compose.
+    #: Auth (README "Security"): require API keys. Off for ``make run``'s demo and the test stack, on in docker-compose.
     auth_enabled: bool = False
     #: The admin key (``/admin/…``, tenant management, key rotation); compared by SHA-256 digest. Empty: no admin key.
     admin_key: str = field(default="", repr=False)
