@@ -28,9 +28,10 @@ from api.app import create_app
 from api.wc_push_auth import did_key_for, signed_message
 from devstack.credentials import apns_certificate_p12, make_credentials, register_with_simulators
 from shared import db as collections
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
 from shared.wc_push import client_key, tenant_app_id
-from tests.integration.conftest import apns_token, fcm_token
+from tests.integration.conftest import TEST_SETTINGS, apns_token, fcm_token
 from tests.unit.test_wc_push import client_jwt
 from tests.waiting import wait_for
 from workers import wc_push as handlers
@@ -474,7 +475,9 @@ def test_certificate_tenant_delivers_with_the_client_certificate_and_no_token(st
 
     stored = database[collections.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
     assert stored["auth"] == "certificate" and "key_id" not in stored and stored["bundle"] == topic
-    assert "PRIVATE KEY" in stored["private_key"] and "CERTIFICATE" in stored["certificate"]
+    assert no_secrets(str(stored))  # sealed at rest (shared/sealed_credentials.py); opened where a client is built
+    opened = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"]).open(tenant_app_id(tenant), "apns", stored)
+    assert "PRIVATE KEY" in opened["private_key"] and "CERTIFICATE" in opened["certificate"]
     tenant_answer = admin.get(f"/tenants/{tenant}", headers=ADMIN)
     body = tenant_answer.get_json()
     assert body["apns_type"] == "certificate" and body["apns_topic"] == topic and body["suspended"] is False
