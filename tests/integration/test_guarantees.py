@@ -184,11 +184,11 @@ def test_broker_down_answers_503_and_loses_nothing_acknowledged(new_app, stack):
         for _ in range(5):
             create(apns_token())
         # Each API process reuses one live check for PUSH_HEALTH_CHECK_CACHE_SECONDS (2 s): DOWN within that.
-        status = waiting.wait_for(
-            lambda: (answer := requests.get(url + "/push/service/status", timeout=30)).status_code == 503 and answer,
-            timeout=10, what="status 503",
-        )
-        assert status.json()["responseObject"]["rabbitmq"] == "DOWN"
+        def status_when_down() -> dict | None:
+            answer = requests.get(url + "/push/service/status", timeout=30)
+            return answer.json()["responseObject"] if answer.status_code == 503 else None
+
+        assert waiting.wait_for(status_when_down, timeout=10, what="status 503")["rabbitmq"] == "DOWN"
         proxy.restore()
         for _ in range(5):
             create(apns_token())
