@@ -1,9 +1,8 @@
 """The Flask app factory: one blueprint per API family, configuration passed in.
 
-Served by gunicorn with the API's own worker class (``gunicorn --worker-class
-api.poll_worker.PollWorker 'api.app:create_app()'``: the WalletConnect polls in
-an event loop, Flask in threads); each gunicorn worker builds its own broker
-connection and MongoDB client after the fork.
+Served by granian through the RSGI app of :mod:`api.rsgi` (bodies read in its
+event loop, polls answered there, Flask in threads); each granian worker
+process builds its own app, broker connection and MongoDB client.
 """
 from __future__ import annotations
 

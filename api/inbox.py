@@ -196,9 +196,6 @@ def created_time(cmd: dict) -> datetime:
     },
     responses={
         200: sc.Obj({"status": sc.Str(enum=["OK"]), "responseObject": sc.List(SUMMARY), "page": sc.Int(), "size": sc.Int()}),
-        # Many long application ids make a URL longer than the HTTP server's request line (gunicorn: 4094 bytes):
-        # its own 414 page answers, before the API sees the request.
-        414: ("text/html", None),
     },
 )
 def list_messages() -> Response:

@@ -4,12 +4,14 @@
   ``PUSH_API_MAX_BODY_BYTES`` (16 MB), credential uploads and inbox messages
   ``PUSH_API_MAX_MEDIUM_BODY_BYTES`` (512 KB), every other route
   ``PUSH_API_MAX_SMALL_BODY_BYTES`` (128 KB). A larger declared
-  ``Content-Length`` is a 413 before anything is read; a body without one is
-  read at most to the same limit (werkzeug's 413; under gunicorn, which does not
-  mark such a stream as terminated, werkzeug reads none of it).
+  ``Content-Length`` is a 413 before anything is read; a chunked body is read
+  by the ASGI app (:mod:`api.asgi`) to at most one byte past the route's limit
+  (:func:`body_limit_of`) and reaches Flask with that length, so it is the
+  same 413. A body that did not arrive within ``PUSH_API_BODY_TIMEOUT_SECONDS``
+  is a 408.
 - **Rate limits on registration routes** (PowerAuth device create, WalletConnect
   client registration): a token bucket per client IP and one per API key, in
-  each gunicorn worker process (so a deployment's effective limit is the
+  each API process (granian worker; so a deployment's effective limit is the
   setting times its API processes). Over the limit: 429 with ``Retry-After``.
   No shared counter: a MongoDB counter would add a write to every
   registration; the per-process bucket costs a dict look-up.
@@ -24,7 +26,8 @@ import threading
 import time
 
 import orjson
-from flask import current_app, request
+from flask import Flask, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from api import auth
 from api.errors import ApiError
@@ -46,6 +49,8 @@ MEDIUM_BODY_ENDPOINTS = frozenset(
 REGISTRATION_ENDPOINTS = frozenset({"powerauth.create_device", "powerauth.create_device_multi", "wc_push.register"})
 #: Most buckets one limiter keeps; idle (full) buckets are dropped beyond it.
 MAX_BUCKETS = 100_000
+#: WSGI environ key the ASGI app sets when a request's body did not arrive in time.
+BODY_TIMED_OUT = "push.body_timed_out"
 
 
 class TokenBuckets:
@@ -84,6 +89,18 @@ def body_limit(settings: Settings, endpoint: str | None) -> int:
     if endpoint in MEDIUM_BODY_ENDPOINTS:
         return settings.api_max_medium_body_bytes
     return min(settings.api_max_small_body_bytes, settings.api_max_body_bytes)
+
+
+def body_limit_of(app: Flask, method: str, path: str) -> int:
+    """The body limit of the route ``method path`` would reach (the smallest for an unknown route), before Flask runs."""
+    adapter = app.extensions.get("push.route_adapter")
+    if adapter is None:
+        adapter = app.extensions["push.route_adapter"] = app.url_map.bind("")
+    try:
+        endpoint, _ = adapter.match(path, method)
+    except HTTPException:  # not found, method not allowed, a redirect: none takes a body
+        endpoint = None
+    return body_limit(app.extensions["push"].settings, endpoint)
 
 
 def too_large(limit: int) -> ApiError:
@@ -125,6 +142,8 @@ def check_rate(settings: Settings, limiter: TokenBuckets | None, key: str | None
 
 def before_request() -> None:
     """The app's before_request hook: body size, per-IP rate, auth, per-key rate (unknown routes pass to their 404)."""
+    if request.environ.get(BODY_TIMED_OUT):
+        raise ApiError(408, "the request body did not arrive in time", field="body", code="ERROR_HTTP_408")
     if request.url_rule is None:
         return
     settings = current_app.extensions["push"].settings

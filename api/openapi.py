@@ -96,6 +96,15 @@ ERROR_SCHEMAS = {
 }
 ERROR_NAMES = {"powerauth": "PowerAuthError", "wc_bridge": "BridgeError", "wc_push": "WalletConnectPushError"}
 
+#: What the HTTP server (granian) itself answers before the API sees a request: request line and headers
+#: over its 8 KB buffer, or more than 100 headers. No body and no Content-Type; the connection is closed.
+SERVER_REFUSAL = {"description": "The HTTP server's own refusal: the request line and headers are over 8 KB, or more "
+                                 "than 100 headers; an empty body, and the connection is closed"}
+#: The 4XX answers' description; a request the HTTP server cannot parse is its own 400, with an empty body.
+CLIENT_ERROR = ("Invalid request, unknown resource, not authorised, or over a limit (the field at fault is named). "
+                "A request the HTTP server cannot parse (a malformed request line, header or Content-Length) is "
+                "answered 400 by the server itself, with an empty body, and the connection is closed")
+
 #: Werkzeug's ``<converter:name>`` in a rule.
 RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>[a-zA-Z_]+)(?:\([^>]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
 
@@ -236,6 +245,8 @@ def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, 
     result: dict = {"operationId": operation_id, "summary": spec.summary, "tags": spec.tags or [tag]}
     if spec.description:
         result["description"] = spec.description
+    if spec.deprecated:
+        result["deprecated"] = True
     parameters = _parameters(spec, rule, settings)
     if parameters:
         result["parameters"] = parameters
@@ -264,8 +275,8 @@ def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, 
             "headers": {accepted.COMMAND_ID_HEADER: {"schema": {"type": "string"}, "description": "The write's id"}},
         }
     error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_NAMES[family]}"}}}}
-    responses["4XX"] = {"description": "Invalid request, unknown resource, not authorised, or over a limit "
-                                       "(the field at fault is named)", **error}
+    responses["4XX"] = {"description": CLIENT_ERROR, **error}
+    responses["431"] = SERVER_REFUSAL
     # A route that declares its own 503 (a health check's answer) documents that one instead.
     responses.setdefault("503", {"description": "RabbitMQ or MongoDB unreachable: retry after Retry-After seconds",
                                  "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error})

@@ -1,8 +1,12 @@
 """The PowerAuth Push Server REST API: service status, devices, messages, apps.
 
 Request and response shapes follow seed 002 and the current reference
-(wultra/powerauth-push-server). Where the two differ both forms are accepted;
-the choices are listed in docs/api.md.
+(wultra/powerauth-push-server), as its clients call it. Where the two differ
+both forms are accepted; the choices are listed in the README ("Compatibility
+with the reference servers"). Platforms are apns, fcm and hms, with the older
+names ios, android and huawei as aliases. HMS credentials (``/admin/app/hms``)
+and HMS devices are stored; HMS delivery is not there yet (an HMS device is
+not sent to, and the send result counts it nowhere: ``hms`` reads 0).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import base64
 import binascii
 import json
 import platform as runtime
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -30,9 +35,9 @@ from shared.outbound import OutboundRefused
 from shared.payload import Body
 
 #: Platform names accepted and the provider each maps to (aliases of the older API).
-PLATFORMS = {"apns": "apns", "ios": "apns", "fcm": "fcm", "android": "fcm"}
-#: Platforms PowerAuth knows but this server does not deliver to.
-UNSUPPORTED_PLATFORMS = ("hms", "huawei")
+PLATFORMS = {"apns": "apns", "ios": "apns", "fcm": "fcm", "android": "fcm", "hms": "hms", "huawei": "hms"}
+#: The providers a send's result reports, each also under its older name (the seed's ios and android, and huawei).
+RESULT_ALIASES = {"apns": "ios", "fcm": "android", "hms": "huawei"}
 ENVIRONMENTS = {"development": "development", "production": "production"}
 PRIORITIES = {"high": "HIGH", "normal": "NORMAL"}
 MODES = {"synchronous": "SYNCHRONOUS", "asynchronous": "ASYNCHRONOUS"}
@@ -136,22 +141,13 @@ def wrapped(properties: dict, **options) -> sc.Wrapped:
 APP_REQUEST = wrapped({"appId": APP_ID})
 
 
-class Platform(sc.Choice):
-    """A device platform; one PowerAuth knows but this server does not deliver to is refused by name."""
-
-    def clean(self, value, path):
-        if isinstance(value, str) and value.lower() in UNSUPPORTED_PLATFORMS:
-            raise sc.Invalid(f"{value} is not supported by this server (apns, fcm)")
-        return super().clean(value, path)
-
-
 #: A device token: no white space; an APNs token must also be hexadecimal (checked against the platform).
 TOKEN = sc.Str(required=True, max_length=sc.MAX_TOKEN_LENGTH, no_spaces=True, description="The device's push token",
                example="0123456789abcdef" * 4)
 DEVICE = {
     "appId": APP_ID,
     "token": TOKEN,
-    "platform": Platform(PLATFORMS, required=True, description="apns (ios) or fcm (android)"),
+    "platform": sc.Choice(PLATFORMS, required=True, description="apns (ios), fcm (android) or hms (huawei)"),
     "environment": sc.Choice(ENVIRONMENTS, description="APNs environment of the token (default: the app's)"),
     "userId": sc.Str(),
 }
@@ -179,10 +175,11 @@ def _max_batch(settings) -> int:
 
 
 COUNTS = sc.Obj({k: sc.Int() for k in ("sent", "pending", "failed", "total")})
-RESULT = sc.Obj({"apns": COUNTS, "fcm": COUNTS, "ios": COUNTS, "android": COUNTS})
+RESULT = sc.Obj({name: COUNTS for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)})
 SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.values()))}))
-APP_SUMMARY = sc.Obj({"appId": TEXT, **{k: sc.Bool() for k in ("apns", "fcm", "hms", "ios", "android")}})
-APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool()})
+APP_SUMMARY = sc.Obj({"appId": TEXT, **{name: sc.Bool() for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)}})
+APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool(),
+                     "hmsProjectId": sc.Json(description="The HMS project, or null"), "hmsClientSecretPresent": sc.Bool()})
 
 
 def existing_app(data: dict, prefix: str = "requestObject.", *, location: str = "body") -> dict:
@@ -391,11 +388,15 @@ def _send(entries: list[dict], app: dict, mode: str) -> Response:
 
 
 def result_object(counts: dict | None) -> dict:
-    """PowerAuth's ``result``: counts under the current names (apns, fcm) and the seed's (ios, android)."""
+    """PowerAuth's ``result``: counts per provider (apns, fcm, hms) and under its older name (ios, android, huawei).
+
+    A provider the message did not reach, or that this server does not deliver to yet (hms), counts 0.
+    """
     empty = {"sent": 0, "pending": 0, "failed": 0, "total": 0}
     counts = counts or {}
-    apns, fcm = counts.get("apns", empty), counts.get("fcm", empty)
-    return {"apns": apns, "fcm": fcm, "ios": apns, "android": fcm}
+    result = {provider: counts.get(provider, empty) for provider in RESULT_ALIASES}
+    result.update({alias: result[provider] for provider, alias in RESULT_ALIASES.items()})
+    return result
 
 
 @blueprint.post("/push/message/send")
@@ -459,28 +460,40 @@ def message_detail(message_id: str):
 # --- apps ---------------------------------------------------------------------------------------
 
 def app_summary(app: dict) -> dict:
+    """An app in a list: which providers it has credentials for, under their names and their older ones."""
+    configured = {provider: bool(app.get(provider)) for provider in RESULT_ALIASES}
     return {
         "appId": app["_id"],
-        "apns": bool(app.get("apns")),
-        "fcm": bool(app.get("fcm")),
-        "hms": False,
-        "ios": bool(app.get("apns")),
-        "android": bool(app.get("fcm")),
+        **configured,
+        **{alias: configured[provider] for provider, alias in RESULT_ALIASES.items()},
         "suspended": app.get("suspended", {}),
     }
 
 
-@blueprint.route("/admin/app/list", methods=["GET", "POST"])
-@sc.operation("Applications, with the providers each has credentials for",
-              responses={200: answer(sc.Obj({"applicationList": sc.List(APP_SUMMARY)}))})
-def list_apps():
+APP_LIST = answer(sc.Obj({"applicationList": sc.List(APP_SUMMARY)}))
+
+
+def all_apps() -> list[dict]:
     svc = services()
-    apps = svc.guarded_read(lambda: list(svc.db[collections.APPS].find({}, collections.HIDDEN_CREDENTIALS).sort("_id", 1)))
-    return ok({"applicationList": [app_summary(a) for a in apps]})
+    return svc.guarded_read(lambda: list(svc.db[collections.APPS].find({}, collections.HIDDEN_CREDENTIALS).sort("_id", 1)))
+
+
+@blueprint.route("/admin/app/list", methods=["GET", "POST"])
+@sc.operation("Applications, with the providers each has credentials for", responses={200: APP_LIST})
+def list_apps():
+    return ok({"applicationList": [app_summary(a) for a in all_apps()]})
+
+
+@blueprint.route("/admin/app/unconfigured/list", methods=["GET", "POST"])
+@sc.operation("Applications not yet configured: without credentials for any provider (the reference lists the "
+              "PowerAuth server's applications it has no credentials for)", responses={200: APP_LIST})
+def list_unconfigured_apps():
+    summaries = [app_summary(a) for a in all_apps()]
+    return ok({"applicationList": [s for s in summaries if not any(s[provider] for provider in RESULT_ALIASES)]})
 
 
 def _app_detail(app: dict) -> Response:
-    apns, fcm = app.get("apns") or {}, app.get("fcm") or {}
+    apns, fcm, hms = app.get("apns") or {}, app.get("fcm") or {}, app.get("hms") or {}
     return ok(
         {
             "application": app_summary(app),
@@ -491,6 +504,8 @@ def _app_detail(app: dict) -> Response:
             "apnsPrivateKeyPresent": bool(apns.get("private_key") or apns.get("sealed")),
             "fcmProjectId": fcm.get("project_id"),
             "fcmPrivateKeyPresent": bool(fcm.get("service_account") or fcm.get("sealed")),
+            "hmsProjectId": hms.get("project_id"),
+            "hmsClientSecretPresent": bool(hms.get("client_secret") or hms.get("sealed")),
             "suspended": app.get("suspended", {}),
         }
     )
@@ -542,24 +557,54 @@ def _set_provider(app: dict, provider: str, credentials: dict | None) -> Respons
     return ok()
 
 
-@blueprint.route("/admin/app/apns", methods=["POST", "PUT"])
-@sc.operation(
-    "Set an application's APNs credentials (token key)",
-    body=wrapped(
-        {
-            "appId": APP_ID,
-            "bundle": sc.Str(required=True, description="The app's bundle id (the APNs topic)"),
-            "keyId": sc.Str(required=True, max_length=32),
-            "teamId": sc.Str(required=True, max_length=32),
-            "environment": sc.Choice(ENVIRONMENTS, default="production"),
-            "privateKeyBase64": sc.Str(required=True, max_length=MAX_CREDENTIAL, format="byte",
-                                       description="The .p8 token key (PEM), base64-encoded"),
-        }
-    ),
-    responses={200: OK},
+#: ``appId`` of a credentials removal in the query (the reference's ``DELETE /admin/app/<provider>?appId=…``).
+REMOVAL_QUERY = {"appId": sc.Id(description="The application's id (the reference's form; else requestObject.appId in the body)",
+                                example="demo")}
+
+
+def _removal(provider: str) -> Response:
+    """Remove ``provider``'s credentials of the app named in the query or, as older clients send it, the body."""
+    query, body = sc.query(), sc.body()
+    if query.get("appId") is not None:
+        app = existing_app(query, prefix="", location="query")
+    elif body is not None:
+        app = existing_app(body)
+    else:
+        raise bad_request("appId", "is required: ?appId=… (or a body {\"requestObject\": {\"appId\": …}})", location="query")
+    return _set_provider(app, provider, None)
+
+
+def removal_operation(provider: str) -> Callable:
+    """The declaration of ``DELETE /admin/app/<provider>`` (and ``POST …/remove``): the app id in the query or the body."""
+    return sc.operation(
+        f"Remove an application's {provider.upper()} credentials: ?appId=… with no body (the reference's form), "
+        "or the app id in the body",
+        query=REMOVAL_QUERY, body=APP_REQUEST, body_required=False, responses={200: OK},
+    )
+
+
+def deprecated_removal(provider: str) -> Callable:
+    """The declaration of a deprecated removal route (``/admin/app/ios/remove`` …): the app id in the body."""
+    return sc.operation(f"Remove an application's {provider.upper()} credentials (deprecated: DELETE /admin/app/{provider}?appId=…)",
+                        body=APP_REQUEST, responses={200: OK}, deprecated=True)
+
+
+# --- APNs ---
+
+APNS_CREDENTIALS = wrapped(
+    {
+        "appId": APP_ID,
+        "bundle": sc.Str(required=True, description="The app's bundle id (the APNs topic)"),
+        "keyId": sc.Str(required=True, max_length=32),
+        "teamId": sc.Str(required=True, max_length=32),
+        "environment": sc.Choice(ENVIRONMENTS, default="production"),
+        "privateKeyBase64": sc.Str(required=True, max_length=MAX_CREDENTIAL, format="byte",
+                                   description="The .p8 token key (PEM), base64-encoded"),
+    }
 )
-def set_apns():
-    data = sc.body()
+
+
+def _set_apns(data: dict) -> Response:
     prefix = "requestObject."
     app = existing_app(data)
     key_pem = _decode_base64(data, "privateKeyBase64", prefix)
@@ -580,21 +625,45 @@ def set_apns():
     return _set_provider(app, "apns", credentials)
 
 
-@blueprint.route("/admin/app/fcm", methods=["POST", "PUT"])
-@sc.operation(
-    "Set an application's FCM credentials (service account)",
-    body=wrapped(
-        {
-            "appId": APP_ID,
-            "projectId": sc.Str(description="Default: the service account's project_id"),
-            "privateKeyBase64": sc.Str(required=True, max_length=MAX_CREDENTIAL, format="byte",
-                                       description="The service account JSON, base64-encoded"),
-        }
-    ),
-    responses={200: OK},
+@blueprint.route("/admin/app/apns", methods=["POST", "PUT"])
+@sc.operation("Set an application's APNs credentials (token key)", body=APNS_CREDENTIALS, responses={200: OK})
+def set_apns():
+    return _set_apns(sc.body())
+
+
+@blueprint.route("/admin/app/ios/update", methods=["POST", "PUT"])
+@sc.operation("Set an application's APNs credentials (deprecated: POST /admin/app/apns)", body=APNS_CREDENTIALS,
+              responses={200: OK}, deprecated=True)
+def update_ios():
+    return _set_apns(sc.body())
+
+
+@blueprint.route("/admin/app/apns", methods=["DELETE"])
+@blueprint.route("/admin/app/apns/remove", methods=["POST"])
+@removal_operation("apns")
+def remove_apns():
+    return _removal("apns")
+
+
+@blueprint.route("/admin/app/ios/remove", methods=["POST", "DELETE"])
+@deprecated_removal("apns")
+def remove_ios():
+    return _set_provider(existing_app(sc.body()), "apns", None)
+
+
+# --- FCM ---
+
+FCM_CREDENTIALS = wrapped(
+    {
+        "appId": APP_ID,
+        "projectId": sc.Str(description="Default: the service account's project_id"),
+        "privateKeyBase64": sc.Str(required=True, max_length=MAX_CREDENTIAL, format="byte",
+                                   description="The service account JSON, base64-encoded"),
+    }
 )
-def set_fcm():
-    data = sc.body()
+
+
+def _set_fcm(data: dict) -> Response:
     prefix = "requestObject."
     app = existing_app(data)
     raw = _decode_base64(data, "privateKeyBase64", prefix)
@@ -621,15 +690,73 @@ def set_fcm():
     return _set_provider(app, "fcm", {"project_id": project_id, "service_account": account})
 
 
-@blueprint.route("/admin/app/apns", methods=["DELETE"])
-@blueprint.route("/admin/app/apns/remove", methods=["POST"])
-@sc.operation("Remove an application's APNs credentials", body=APP_REQUEST, responses={200: OK})
-def remove_apns():
-    return _set_provider(existing_app(sc.body()), "apns", None)
+@blueprint.route("/admin/app/fcm", methods=["POST", "PUT"])
+@sc.operation("Set an application's FCM credentials (service account)", body=FCM_CREDENTIALS, responses={200: OK})
+def set_fcm():
+    return _set_fcm(sc.body())
+
+
+@blueprint.route("/admin/app/android/update", methods=["POST", "PUT"])
+@sc.operation("Set an application's FCM credentials (deprecated: POST /admin/app/fcm)", body=FCM_CREDENTIALS,
+              responses={200: OK}, deprecated=True)
+def update_android():
+    return _set_fcm(sc.body())
 
 
 @blueprint.route("/admin/app/fcm", methods=["DELETE"])
 @blueprint.route("/admin/app/fcm/remove", methods=["POST"])
-@sc.operation("Remove an application's FCM credentials", body=APP_REQUEST, responses={200: OK})
+@removal_operation("fcm")
 def remove_fcm():
+    return _removal("fcm")
+
+
+@blueprint.route("/admin/app/android/remove", methods=["POST", "DELETE"])
+@deprecated_removal("fcm")
+def remove_android():
     return _set_provider(existing_app(sc.body()), "fcm", None)
+
+
+# --- HMS (stored for the HMS delivery; never answered) ---
+
+#: Longest HMS client secret accepted (Huawei's are 64 hex characters).
+MAX_HMS_SECRET = 1024
+HMS_CREDENTIALS = wrapped(
+    {
+        "appId": APP_ID,
+        "projectId": sc.Str(required=True, description="The HMS project id"),
+        "clientId": sc.Str(required=True, description="The HMS OAuth 2.0 client id"),
+        "clientSecret": sc.Str(required=True, max_length=MAX_HMS_SECRET, description="The HMS OAuth 2.0 client secret (never answered)"),
+    }
+)
+
+
+def _set_hms(data: dict) -> Response:
+    credentials = {"project_id": data["projectId"], "client_id": data["clientId"], "client_secret": data["clientSecret"]}
+    return _set_provider(existing_app(data), "hms", credentials)
+
+
+@blueprint.route("/admin/app/hms", methods=["POST", "PUT"])
+@sc.operation("Set an application's HMS (Huawei Push Kit) credentials: project, OAuth 2.0 client id and secret",
+              body=HMS_CREDENTIALS, responses={200: OK})
+def set_hms():
+    return _set_hms(sc.body())
+
+
+@blueprint.route("/admin/app/huawei/update", methods=["POST", "PUT"])
+@sc.operation("Set an application's HMS credentials (deprecated: POST /admin/app/hms)", body=HMS_CREDENTIALS,
+              responses={200: OK}, deprecated=True)
+def update_huawei():
+    return _set_hms(sc.body())
+
+
+@blueprint.route("/admin/app/hms", methods=["DELETE"])
+@blueprint.route("/admin/app/hms/remove", methods=["POST"])
+@removal_operation("hms")
+def remove_hms():
+    return _removal("hms")
+
+
+@blueprint.route("/admin/app/huawei/remove", methods=["POST", "DELETE"])
+@deprecated_removal("hms")
+def remove_huawei():
+    return _set_provider(existing_app(sc.body()), "hms", None)

@@ -494,6 +494,8 @@ class Operation:
     tags: list[str] = field(default_factory=list)
     #: Request headers, documented only (``in: header``, not required): the route's own authentication reads them.
     headers: dict[str, Field] = field(default_factory=dict)
+    #: A route kept for older clients: the document marks it deprecated (its summary names the route to use).
+    deprecated: bool = False
 
 
 def operation(summary: str, **options) -> Callable:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -21,9 +21,10 @@ import pymongo.errors
 from pymongo.database import Database
 
 from api.errors import unavailable
+from api.outcome_waiter import OutcomeWaiter, WaiterFull
 from shared import commands
 from shared import db as collections
-from shared.broker import amqp_url_with_timeouts
+from shared.broker import connection_parameters
 from shared.commands import Publisher
 from shared.outbound import OutboundPolicy
 from shared.sealed_credentials import CredentialKeys
@@ -66,17 +67,23 @@ def poll(check, *, timeout: float):
 
 @dataclass
 class Services:
-    """The API's adapters: broker publisher, MongoDB, settings.
+    """The API's adapters: broker publisher, MongoDB, settings; the process's outcome waiter.
 
     Parameters:
       settings, broker, db: the adapters.
       on_unapplied: told the id of a write RabbitMQ confirmed that was not seen applied (the API answers it 202).
+      waiter: the SYNCHRONOUS sends' outcome waiter (one per process; made here when not given).
     """
 
     settings: Settings
     broker: dramatiq.Broker
     db: Database
     on_unapplied: Callable[[str], None] | None = None
+    waiter: OutcomeWaiter | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.waiter is None:
+            self.waiter = OutcomeWaiter(self.message_counts_many, capacity=self.settings.api_sync_waiters)
 
     @property
     def publisher(self) -> Publisher:
@@ -145,7 +152,16 @@ class Services:
 
     def message_counts(self, message_id: str) -> dict | None:
         """Per platform ``{sent, pending, failed, total}`` of a message, or None before it is expanded."""
-        message = self.db[collections.MESSAGES].find_one({"_id": message_id}, {"expanded": 1, "totals": 1})
+        return self.message_counts_many([message_id])[message_id]
+
+    def message_counts_many(self, message_ids: list[str]) -> dict[str, dict | None]:
+        """:meth:`message_counts` of several messages: ``{id: counts | None}``, the messages read in one query by ``_id``."""
+        messages = {
+            m["_id"]: m for m in self.db[collections.MESSAGES].find({"_id": {"$in": list(message_ids)}}, {"expanded": 1, "totals": 1})
+        }
+        return {message_id: self._counts(message_id, messages.get(message_id)) for message_id in message_ids}
+
+    def _counts(self, message_id: str, message: dict | None) -> dict | None:
         if not message or not message.get("expanded"):
             return None
         counts = {platform: {"sent": 0, "pending": 0, "failed": 0, "total": total} for platform, total in message["totals"].items()}
@@ -166,16 +182,18 @@ class Services:
         return counts
 
     def wait_for_outcome(self, message_id: str) -> dict | None:
-        """Wait (bounded) until every delivery of the message has an outcome; answer the counts."""
-        last: dict = {}
+        """Wait (bounded) until every delivery of the message has an outcome; answer the counts.
 
-        def done():
-            counts = self.message_counts(message_id)
-            last["counts"] = counts
-            return counts is not None and all(c["pending"] == 0 for c in counts.values())
-
-        self.guarded_read(lambda: poll(done, timeout=self.settings.api_sync_wait_seconds))
-        return last.get("counts")
+        The wait blocks this thread on the process's :class:`~api.outcome_waiter.OutcomeWaiter`,
+        which reads every waiting message's counts together; with every waiting place taken,
+        it answers the counts as they are now (still pending), as a wait that ran out of time does.
+        """
+        try:
+            return self.guarded_read(lambda: self.waiter.wait(message_id, self.settings.api_sync_wait_seconds))
+        except WaiterFull:
+            log.warning("%d SYNCHRONOUS sends already wait in this process: %s answers without waiting",
+                        self.waiter.capacity, message_id)
+            return self.guarded_read(lambda: self.message_counts(message_id))
 
     # --- health -------------------------------------------------------------------------------
 
@@ -188,9 +206,9 @@ class Services:
         return self.health_checks.answer()
 
     def check_broker(self) -> bool:
-        """A live check: a fresh AMQP connection (fail-fast parameters) opened and closed."""
+        """A live check: a fresh AMQP connection (fail-fast parameters; any node of a cluster) opened and closed."""
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(amqp_url_with_timeouts(self.settings.amqp_url)))
+            connection = pika.BlockingConnection(connection_parameters(self.settings.amqp_url))
         except BROKER_ERRORS:
             return False
         try:

@@ -20,12 +20,22 @@ reference), at most ``wc_bridge_max_payload_bytes``. Errors are JSON
 ``{"message", "field"?}``: 400 names the field, 404 an unknown or expired
 session or call, 413 a body over that limit.
 
+Answers carry both forms where they don't conflict (README "Compatibility with
+the reference servers"): a stored payload is answered as the seed's top-level
+``encryptionPayload`` and, as the reference and its SDK (``walletconnect``
+0.7.28, which reads ``response.data``) have it, inside ``data``; both with the
+reference's TTL fields ``expires`` (ms since the epoch) and ``ttlInSeconds``
+(:func:`payload_answer`, the one place both the Flask routes and the poll
+path render an answer). ``"webhook": ""`` is no webhook. ``GET /hello`` and
+``GET /info`` answer as the reference does.
+
 The two short-polled GETs (``/session/<id>`` and ``/call-status/<id>``) are
-answered in the event loop of the API's gunicorn worker (:mod:`api.poll_worker`;
-under another WSGI server by :class:`PollFastPath` in front of Flask), through a
-per-process :class:`PollReader` that reads many pollers' ids in one query by
-``_id`` with a projection and answers a read again for
-``wc_bridge_poll_fresh_seconds``.
+answered one way, from a per-process :class:`PollReader` that reads many
+pollers' ids in one query by ``_id`` with a projection and answers a read
+again for ``wc_bridge_poll_fresh_seconds`` (:func:`poll_answer` builds the
+answer): in the event loop of the RSGI app (:mod:`api.rsgi`), and by the Flask
+routes when that read failed (their read then is the reader's again, and its
+failure a 503 in this family's format).
 """
 from __future__ import annotations
 
@@ -38,10 +48,10 @@ from datetime import UTC, datetime
 
 import orjson
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api import schema as s
-from api.errors import ApiError, bad_request, not_found
+from api.errors import ApiError, bad_request, not_found, unavailable
+from api.powerauth import VERSION
 from api.services import Services
 from shared import commands
 from shared import db as collections
@@ -59,13 +69,14 @@ MAX_ID_LENGTH = 256
 MAX_TOKEN_LENGTH = 4096
 #: Deepest nesting of an ``encryptionPayload`` (WalletConnect's is flat; MongoDB stores at most 100 levels).
 MAX_PAYLOAD_DEPTH = 32
-#: Bytes read at a time when a refused body is drained.
-DRAIN_CHUNK = 64 * 1024
 #: What the wallet's push says.
 PUSH_TITLE = "WalletConnect"
 PUSH_BODY = "New call request"
 #: Content type of the answers without a body (200 to a write, 204 to a poll with nothing yet).
 EMPTY_TYPE = "text/plain"
+#: What ``GET /info`` names (the reference answers its own name, repository and version).
+BRIDGE_NAME = "WalletConnect Bridge Server"
+BRIDGE_REPOSITORY = "push-server"
 
 blueprint = Blueprint("wc_bridge", __name__)
 
@@ -114,6 +125,30 @@ def live(doc: dict | None, at: datetime | None = None) -> dict | None:
     if expires is not None and stored_date(expires) <= (at or now()):
         return None
     return doc
+
+
+def stored_payload(doc: dict, at: datetime | None = None) -> dict:
+    """A stored payload with the reference's TTL fields: ``expires`` (ms since the epoch) and ``ttlInSeconds``
+    (whole seconds left, rounded up: 0 once ``expires_at`` has passed, exactly when :func:`live` says expired)."""
+    expires = stored_date(doc[collections.EXPIRES_AT]).timestamp()
+    left = expires - (at.timestamp() if at is not None else time.time())
+    return {"encryptionPayload": doc["payload"], "expires": int(expires * 1000), "ttlInSeconds": max(0, math.ceil(left))}
+
+
+def payload_answer(doc: dict | None, at: datetime | None = None) -> dict | None:
+    """The answer to a read of one stored payload (a session, a call, a call status), in both forms; None when
+    there is nothing to answer (no document, deleted, expired, or no payload yet).
+
+    The seed's top-level ``encryptionPayload`` and the reference's ``data``
+    wrapper (what the ``walletconnect`` SDK reads), each with the TTL fields.
+    Every route and the poll path (:func:`poll_answer`) answer through here.
+    """
+    if doc is None or doc.get("deleted") or doc.get("payload") is None:
+        return None
+    stored = stored_payload(doc, at)
+    if stored["ttlInSeconds"] == 0:  # expired: the one date parse serves the expiry check and the answer
+        return None
+    return {**stored, "data": stored}
 
 
 def live_session(session_id: str, projection: dict | None = None) -> dict | None:
@@ -200,8 +235,11 @@ def unstorable(value) -> str | None:
     return None
 
 
-def http_url(value: str) -> str | None:
-    """The problem with a webhook URL as requests would send it, if any (a Str check; the target is checked after)."""
+def webhook_url(value: str) -> str | None:
+    """The problem with a webhook URL as requests would send it, if any (a Str check; the target is checked after);
+    the empty string is "no webhook"."""
+    if value == "":
+        return None
     try:
         parse(value)
     except OutboundRefused as refused:
@@ -218,18 +256,26 @@ PUSH = s.Obj(
         "type": s.Str(required=True, description="apns or fcm (also apn, ios, android) push through this server's "
                                                  "send pipeline when there is no webhook; any other value is kept"),
         "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, description="The wallet's push token"),
-        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, format="uri", check=http_url,
+        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
                          description="http(s) URL POSTed {sessionId, callId, pushType, pushToken, dappName} on each call "
                                      "request; it must resolve to a public address, or be an allowed host:port "
-                                     "(PUSH_OUTBOUND_ALLOWED_TARGETS); no user name, no backslash"),
+                                     "(PUSH_OUTBOUND_ALLOWED_TARGETS); no user name, no backslash. Empty (as wallets send it): "
+                                     "no webhook"),
     },
     description="How the wallet is told of a call request",
 )
 SESSION_UPDATE = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "push": PUSH})
 NEW_CALL = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "dappName": s.Str(description="Named in the wallet's push")})
 NEW_CALL_STATUS = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD})
-#: A stored payload as answered (an object or a string, as it was sent).
-PAYLOAD_ANSWER = s.Obj({"encryptionPayload": s.Json(required=True)})
+#: The TTL fields of an answer: when the data expires (ms since the epoch) and the seconds left.
+TTL_FIELDS = {
+    "expires": s.Int(required=True, description="When it expires: milliseconds since the epoch"),
+    "ttlInSeconds": s.Int(required=True, minimum=0, description="Seconds until it expires"),
+}
+#: A stored payload (an object or a string, as it was sent) with its TTL fields.
+STORED = {"encryptionPayload": s.Json(required=True, description="As the dapp or wallet sent it"), **TTL_FIELDS}
+#: A stored payload as answered: the seed's top-level form and the reference's ``data`` wrapper.
+PAYLOAD_ANSWER = s.Obj({**STORED, "data": s.Obj(STORED, required=True, description="The same (the reference's form)")})
 EMPTY = (EMPTY_TYPE, None)
 
 
@@ -246,7 +292,7 @@ def push_target(data: dict) -> dict | None:
 def _target(push: dict | None) -> dict | None:
     if push is None:
         return None
-    return {"type": push["type"], "token": push["token"], "webhook": push.get("webhook")}
+    return {"type": push["type"], "token": push["token"], "webhook": push.get("webhook") or None}
 
 
 def check_webhook_host(push: dict | None) -> None:
@@ -265,33 +311,18 @@ def check_webhook_host(push: dict | None) -> None:
 def read_body() -> None:
     """Read the JSON body of a route that takes one, before its schema validates it.
 
-    413 over ``wc_bridge_max_payload_bytes`` (the refused body is drained first,
-    up to the route's body limit, so the client gets the 413 rather than a
-    connection closed while it is still sending). The body is JSON whatever its
-    Content-Type, as in the reference; JSON that MongoDB or the answers could
-    not hold (a lone surrogate, NaN, nesting past what orjson reads) is a 400.
+    413 over ``wc_bridge_max_payload_bytes``. The body is already whole (the
+    RSGI app read it before Flask ran, chunked or not, so its length is known
+    and nothing is left to drain). It is JSON whatever its Content-Type, as in
+    the reference; JSON that MongoDB or the answers could not hold (a lone
+    surrogate, NaN, nesting past what orjson reads) is a 400.
     """
     spec = getattr(current_app.view_functions.get(request.endpoint), "openapi", None)
     if spec is None or spec.body is None:
         return
-    app_limit = request.max_content_length
     limit = services().settings.wc_bridge_max_payload_bytes
-    if app_limit is not None:
-        limit = min(limit, app_limit)
-    if request.content_length is not None and request.content_length > limit:
-        drain(request.stream, request.content_length)
-        raise payload_too_large(limit)
-    # A body without a declared length (chunked) is read to one byte past the limit (werkzeug stops
-    # there): more than the limit is a 413. The server ends such a stream, so the rest can be drained.
-    request.max_content_length = limit + 1
-    try:
-        raw = request.get_data(cache=True)
-        over = len(raw) > limit
-    except RequestEntityTooLarge:
-        over = True
-    if over:
-        if "wsgi.input_terminated" in request.environ:
-            drain(request.input_stream, app_limit or limit)
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
         raise payload_too_large(limit)
     try:
         orjson.loads(raw)
@@ -299,18 +330,6 @@ def read_body() -> None:
         request.get_json(force=True, silent=True)
     except (orjson.JSONDecodeError, RecursionError):
         raise bad_request("body", "must be a JSON object (Content-Type: application/json)") from None
-
-
-def drain(stream, most: int) -> None:
-    """Read and drop at most ``most`` bytes of the rest of a refused body."""
-    try:
-        while most > 0:
-            chunk = stream.read(min(DRAIN_CHUNK, most))
-            if not chunk:
-                return
-            most -= len(chunk)
-    except (HTTPException, OSError):
-        pass
 
 
 def payload_too_large(limit: int) -> ApiError:
@@ -327,24 +346,38 @@ def call_ttl() -> float:
     return services().settings.wc_bridge_call_ttl_seconds
 
 
+@blueprint.get("/hello")
+@s.operation("Liveness line, as the reference answers it (text)", responses={200: [(EMPTY_TYPE, None)]})
+def hello():
+    return Response(f"Hello World, this is WalletConnect v{VERSION}", mimetype=EMPTY_TYPE)
+
+
+@blueprint.get("/info")
+@s.operation("The bridge's name and version, as the reference answers them",
+             responses={200: s.Obj({"name": s.Str(), "repository": s.Str(), "version": s.Str()})})
+def info():
+    return json_response({"name": BRIDGE_NAME, "repository": BRIDGE_REPOSITORY, "version": VERSION})
+
+
 @blueprint.post("/session/new")
-@s.operation("Create a session (the dapp)", responses={200: s.Obj({"sessionId": s.Str(required=True, format="uuid")})})
+@s.operation("Create a session (the dapp)",
+             responses={200: s.Obj({"sessionId": s.Str(required=True, format="uuid"), "expires": TTL_FIELDS["expires"]})})
 def new_session():
     session_id = str(uuid.uuid4())
-    services().write(command("wc.session.new", session_id=session_id, ttl_seconds=session_ttl()))
+    ttl = session_ttl()
+    created = command("wc.session.new", session_id=session_id, ttl_seconds=ttl)
+    services().write(created)
     forget_polled(SESSION, session_id)
-    return json_response({"sessionId": session_id})
+    # The SDK keeps ``expires`` (ms) with the session it saves; the worker stores the same instant.
+    return json_response({"sessionId": session_id, "expires": int((created["received_at"] / 1e9 + ttl) * 1000)})
 
 
 @blueprint.get("/session/<session_id>")
 @s.operation("The wallet's session details: 204 until the wallet has put them, or when unknown or expired",
              path=SESSION_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_session(session_id: str):
-    """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
-    session = live_session(session_id, {"payload": 1})
-    if session is None or session.get("payload") is None:
-        return empty(204)
-    return json_response({"encryptionPayload": session["payload"]})
+    """Short-polled by the dapp; answered in the event loop (api/rsgi.py) unless its read failed there."""
+    return polled(SESSION, session_id)
 
 
 @blueprint.put("/session/<session_id>")
@@ -448,20 +481,23 @@ def get_call(session_id: str, call_id: str):
     call = existing_call(call_id, {"payload": 1})
     if call["session_id"] != session_id:
         raise not_found(f"Call request not found or expired: {call_id}", field="callId", location="path")
-    return json_response({"encryptionPayload": call["payload"]})
+    return json_response(payload_answer(call))
 
 
 @blueprint.get("/session/<session_id>/calls")
 @s.operation("Every live call request of the session, by call id (the wallet)", path=SESSION_ID,
-             responses={200: s.Json(object_only=True, description="{callId: {encryptionPayload}}")})
+             responses={200: s.Json(object_only=True, description="{callId: {encryptionPayload, expires, ttlInSeconds}, …, "
+                                                                  "data: the same map} (call ids are UUIDs, never 'data')")})
 def get_calls(session_id: str):
+    """The seed's map of calls by id, and the same map under ``data`` (the reference's form, which the SDK reads)."""
     existing_session(session_id)
     svc = services()
     at = now()
     calls = svc.guarded_read(
         lambda: list(svc.db[collections.WC_CALLS].find({"session_id": session_id}, {"payload": 1, "expires_at": 1}))
     )
-    return json_response({call["_id"]: {"encryptionPayload": call["payload"]} for call in calls if live(call, at)})
+    by_id = {call["_id"]: stored_payload(call, at) for call in calls if live(call, at)}
+    return json_response({**by_id, "data": by_id})
 
 
 # --- call statuses --------------------------------------------------------------------------------
@@ -481,22 +517,16 @@ def new_call_status(call_id: str):
 @s.operation("The wallet's answer to a call request: 204 until there is one, or when unknown or expired (the dapp)",
              path=CALL_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_call_status(call_id: str):
-    """Short-polled by the dapp; normally answered by :class:`PollFastPath` before Flask sees it."""
-    status = None
-    if len(call_id) <= MAX_ID_LENGTH:
-        status = live(services().find_one(collections.WC_CALL_STATUS, {"_id": call_id}, {"payload": 1, "expires_at": 1}))
-    if status is None:
-        return empty(204)
-    return json_response({"encryptionPayload": status["payload"]})
+    """Short-polled by the dapp; answered in the event loop (api/rsgi.py) unless its read failed there."""
+    return polled(CALL_STATUS, call_id)
 
 
 # --- the polling fast path ------------------------------------------------------------------------
 
 #: Projection of a polled document: what the answer and the expiry check need.
 POLL_PROJECTION = {"payload": 1, "expires_at": 1, "deleted": 1}
-NO_CONTENT = ("204 No Content", [("Content-Type", EMPTY_TYPE), ("Content-Length", "0")])
+NO_CONTENT_HEADERS = [("Content-Type", EMPTY_TYPE)]
 JSON_HEADERS = [("Content-Type", "application/json")]
-STATUS_LINES = {200: "200 OK", 204: NO_CONTENT[0]}
 #: Polled kinds: the path prefix and the collection each reads.
 SESSION, CALL_STATUS = "session", "call-status"
 POLLED = {SESSION: collections.WC_SESSIONS, CALL_STATUS: collections.WC_CALL_STATUS}
@@ -698,52 +728,28 @@ def poll_target(path: str) -> tuple[str, str] | None:
 
 def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and body of a poll's answer, as the Flask routes answer it."""
-    doc = live(doc)
-    if doc is None or doc.get("payload") is None:
-        return 204, NO_CONTENT[1], b""
-    body = orjson.dumps({"encryptionPayload": doc["payload"]})
+    answer = payload_answer(doc)
+    if answer is None:
+        return 204, NO_CONTENT_HEADERS, b""
+    body = orjson.dumps(answer)
     return 200, [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
 
-class PollFastPath:
-    """WSGI middleware that answers the two short-polled GETs without Flask.
-
-    ``GET /session/<id>`` and ``GET /call-status/<id>`` are what every dapp
-    polls. Routing, the request object and the response object cost more than
-    the read, so these two are matched on the raw path here and read through
-    the process's :class:`PollReader`; anything else, and any trouble (the
-    database unreachable), falls through to the Flask app, which answers it
-    in the family's format. The API's own gunicorn worker (:mod:`api.poll_worker`)
-    answers the polls in its event loop instead and takes this middleware out;
-    it serves under any other WSGI server.
-
-    Parameters:
-      app: the Flask app's WSGI callable, for everything else.
-      reader: the process's poll reader.
-    """
-
-    def __init__(self, app, reader: PollReader):
-        self.app = app
-        self.reader = reader
-
-    def __call__(self, environ, start_response):
-        target = poll_target(environ["PATH_INFO"]) if environ["REQUEST_METHOD"] == "GET" else None
-        if target is None:
-            return self.app(environ, start_response)
+def polled(kind: str, key: str) -> Response:
+    """A poll answered by Flask: the reader's read (an id too long to exist is absent); failing, a 503."""
+    doc = None
+    if len(key) <= MAX_ID_LENGTH:
         try:
-            doc = self.reader.get(*target)
-        except Exception:  # noqa: BLE001 - Flask's direct read answers it, in the family's format
-            return self.app(environ, start_response)
-        status, headers, body = poll_answer(doc)
-        start_response(STATUS_LINES[status], headers)
-        return [body]
+            doc = current_app.extensions["wc_bridge_poll"].get(kind, key)
+        except Exception:  # noqa: BLE001 - the database unreachable or too slow
+            raise unavailable("the database") from None
+    status, headers, body = poll_answer(doc)
+    return Response(body, status=status, headers=headers)
 
 
 def install(app, services_: Services) -> None:
-    """Put the polling fast path in front of ``app``."""
-    reader = PollReader(services_.db, fresh_seconds=services_.settings.wc_bridge_poll_fresh_seconds)
-    app.extensions["wc_bridge_poll"] = reader
-    app.wsgi_app = PollFastPath(app.wsgi_app, reader)
+    """Give ``app`` its process's poll reader."""
+    app.extensions["wc_bridge_poll"] = PollReader(services_.db, fresh_seconds=services_.settings.wc_bridge_poll_fresh_seconds)
 
 
 def forget_polled(kind: str, key: str) -> None:

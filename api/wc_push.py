@@ -4,11 +4,16 @@ Routes, each also under ``/<tenant_id>/…`` for a tenant (without it: the defau
 
 - ``GET /health``: ``OK, push-server v<version>`` (``?format=json``: live checks too);
 - ``POST /clients`` registers ``{client_id, type, token, always_raw?}``; ``DELETE /clients/<id>`` unregisters;
-- ``POST /clients/<id>`` sends ``{id, payload: {topic, flags, blob}}`` or the raw form
-  ``{id?, raw: {topic, tag, message}}`` (also accepted as ``payload``): 202 the first
-  time an id reaches a client, 200 for a repeat (nothing is delivered);
+- ``POST /clients/<id>`` sends ``{id, payload: {topic, flags, blob}}`` or the raw form:
+  the relay's ``{topic, tag, message}`` at the top level (as the reference reads it),
+  also accepted as ``{id?, raw: {…}}`` and ``{id?, payload: {…}}``: 202 the first
+  time an id reaches a client, 200 for a repeat (nothing is delivered), and 202
+  for a client that is not (or no longer) registered, as the reference answers so
+  that the relay stops retrying (nothing is delivered);
 - ``POST /tenants``, ``GET|DELETE /tenants/<id>``, ``POST|DELETE /tenants/<id>/apns``
-  and ``/tenants/<id>/fcm_v1`` (multipart, as the reference): admin token required.
+  and ``/tenants/<id>/fcm_v1`` (multipart, as the reference): the admin token, or the
+  reference's tenant JWT for the one tenant its ``sub`` names. FCM v1 credentials are
+  proved at upload: a token is fetched from the service account's ``token_uri``.
 
 Answers: ``{"status": "OK"}``; failures ``{"status": "FAILED", "errors": [{name,
 description}], "fields": [{field, description, location}]}`` (``fields`` when an
@@ -41,6 +46,7 @@ from api.apns_certificates import CertificateError, decode_upload, parse_p12
 from api.auth import is_admin_key
 from api.errors import ApiError
 from api.powerauth import VERSION
+from api.service_accounts import ServiceAccountRefused, prove_service_account
 from api.services import Services
 from api.wc_push_auth import (
     DID_KEY_PREFIX,
@@ -51,12 +57,13 @@ from api.wc_push_auth import (
     trim_did_key,
     verify_client_jwt,
     verify_relay_signature,
+    verify_tenant_jwt,
 )
 from shared import db as collections
 from shared.commands import command
 from shared.outbound import OutboundRefused
 from shared.wc_payload import LEGACY, RAW, Notification, PayloadError, decode_cleartext, raw_message_id
-from shared.wc_push import CLIENT_NOT_FOUND, CLIENT_TYPES, INVALID, RAW_ONLY, REPEAT, tenant_app_id
+from shared.wc_push import CLIENT_TYPES, INVALID, RAW_ONLY, REPEAT, tenant_app_id
 
 blueprint = Blueprint("wc_push", __name__)
 
@@ -271,10 +278,13 @@ def raw_payload(**options) -> s.Obj:
 
 def _send_form(data: dict) -> int:
     """Which form a send body has: 0 ``{id, payload: {topic, flags, blob}}``, 1 ``{id?, raw: {topic, tag, message}}``,
-    2 ``{id?, payload: {topic, tag, message}}`` (a payload with ``message`` and no ``blob``)."""
+    2 ``{id?, payload: {topic, tag, message}}`` (a payload with ``message`` and no ``blob``), 3 the relay's
+    ``{topic, tag, message, id?}`` at the top level (no ``payload`` or ``raw``; the reference's form)."""
     if data.get("raw") is not None:
         return 1
     payload = data.get("payload")
+    if payload is None and "message" in data:
+        return 3
     return 2 if isinstance(payload, dict) and "message" in payload and "blob" not in payload else 0
 
 
@@ -286,6 +296,7 @@ SEND = Picked(
            "id": s.Str(required=True, description="The notification's id: a repeat to the same client is not delivered")}),
     s.Obj({"raw": raw_payload(required=True), "id": RAW_ID}),
     s.Obj({"payload": raw_payload(required=True), "id": RAW_ID}),
+    s.Obj({**raw_payload().properties, "id": RAW_ID}),
 )
 REGISTRATION = s.Obj({
     "client_id": client_id_field(required=True),
@@ -329,7 +340,9 @@ TENANT_DETAIL = s.Obj({
 })
 
 ADMIN_HEADERS = {
-    "Authorization": s.Str(max_length=None, description="Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>"),
+    "Authorization": s.Str(max_length=None, description=(
+        "Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, or Bearer <tenant JWT>: HS256 with "
+        "PUSH_WC_PUSH_TENANT_JWT_SECRET, exp required, sub = the one tenant it manages")),
     "X-Api-Key": s.Str(max_length=None, description="<PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, instead of Authorization"),
 }
 JWT_HEADERS = {"Authorization": s.Str(
@@ -341,8 +354,8 @@ SIGNATURE_HEADERS = {
     TIMESTAMP_HEADER: s.Str(max_length=None, description="The Unix time (seconds) the signature covers; refused when more than "
                                                          "PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS (300) from the server's"),
 }
-ADMIN_NOTE = ("Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY> (or X-Api-Key: <the same>); "
-              "403 while neither is set.")
+ADMIN_NOTE = ("Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY> (or X-Api-Key: <the same>), or a "
+              "tenant JWT whose sub is the tenant (403 for another tenant); 403 while none of the three is set.")
 
 
 # --- tenants ------------------------------------------------------------------------------------
@@ -403,7 +416,7 @@ def health():
         "mongodb": "UP" if mongodb else "DOWN",
         "flags": {
             "multitenant": True,
-            "tenant_management": bool(settings.wc_push_admin_token or settings.admin_key),
+            "tenant_management": bool(settings.wc_push_admin_token or settings.admin_key or settings.wc_push_tenant_jwt_secret),
             "validate_client_jwt": settings.wc_push_validate_client_jwt,
             "validate_signatures": settings.wc_push_validate_signatures,
         },
@@ -464,9 +477,9 @@ def check_client_jwt(client_id: str) -> None:
 
 
 def parse_notification(data: dict) -> tuple[str, Notification]:
-    """(notification id, notification) of a send body the schema cleaned (:data:`SEND`), in either form."""
+    """(notification id, notification) of a send body the schema cleaned (:data:`SEND`), in any of its forms."""
     raw = data.get("raw")
-    payload = raw if raw is not None else data["payload"]
+    payload = raw if raw is not None else data.get("payload", data)
     if raw is not None or "blob" not in payload:
         notification = Notification(form=RAW, topic=payload["topic"], tag=payload["tag"], message=payload["message"])
         return data.get("id") or raw_message_id(notification.message), notification
@@ -501,8 +514,9 @@ def check_relay_signature() -> None:
 
 @blueprint.post("/clients/<client_id>")
 @blueprint.post("/<tenant_id>/clients/<client_id>")
-@operation("Send a notification to a client: 202 the first time its id reaches the client, 200 for a repeat "
-           "(not delivered again)", path=CLIENT_PATH, body=SEND, headers=SIGNATURE_HEADERS, guard=check_relay_signature,
+@operation("Send a notification to a client: 202 the first time its id reaches the client (and, delivering nothing, "
+           "when no such client is registered, as the reference answers), 200 for a repeat (not delivered again); "
+           "the raw form also as the relay sends it, {topic, tag, message} at the top level", path=CLIENT_PATH, body=SEND, headers=SIGNATURE_HEADERS, guard=check_relay_signature,
            responses={200: OK, 202: OK})
 def send(client_id: str, tenant_id: str | None = None):
     svc = services()
@@ -525,17 +539,13 @@ def send(client_id: str, tenant_id: str | None = None):
     outcome = result.get("outcome")
     if outcome == REPEAT:
         return ok(200)
-    if outcome == CLIENT_NOT_FOUND:
-        raise client_not_found(client_id)
     if outcome == RAW_ONLY:
         raise raw_only()
     if outcome == INVALID:
         raise fail(400, "InvalidField", result.get("message", "payload not deliverable"), field=result.get("field", "payload"))
+    # New, or a client not (or no longer) registered: 202 either way, as the reference answers (reown-com/push-server
+    # issue 84), so that the relay stops retrying a send no client will take; the worker delivered nothing for the latter.
     return ok(202)
-
-
-def client_not_found(client_id: str) -> ApiError:
-    return fail(404, "ClientNotFound", f"client not found: {client_id}", field="client_id", location="path")
 
 
 def raw_only() -> ApiError:
@@ -553,27 +563,52 @@ def method_not_allowed(**_):
 # --- tenant management --------------------------------------------------------------------------
 
 def require_admin() -> None:
-    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN`` or the server's admin key (``PUSH_ADMIN_KEY``),
-    as ``Authorization: Bearer <token>`` or ``X-Api-Key: <token>`` (as every admin route does)."""
+    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN`` or the server's admin key (``PUSH_ADMIN_KEY``), as
+    ``Authorization: Bearer <token>`` or ``X-Api-Key: <token>`` (as every admin route does), or the reference's
+    tenant JWT (``PUSH_WC_PUSH_TENANT_JWT_SECRET``) for the one tenant it names."""
     settings = services().settings
-    if not settings.wc_push_admin_token and not settings.admin_key:
-        raise fail(403, "TenantManagementDisabled", "tenant management is off: set PUSH_ADMIN_KEY or PUSH_WC_PUSH_ADMIN_TOKEN")
+    if not settings.wc_push_admin_token and not settings.admin_key and not settings.wc_push_tenant_jwt_secret:
+        raise fail(403, "TenantManagementDisabled",
+                   "tenant management is off: set PUSH_ADMIN_KEY, PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_WC_PUSH_TENANT_JWT_SECRET")
     header, api_key = request.headers.get("Authorization"), request.headers.get("X-Api-Key")
     field = "Authorization" if header or not api_key else "X-Api-Key"
     if not header and not api_key:
         raise fail(401, "MissingAdminToken", "tenant management needs Authorization: Bearer <admin token> or X-Api-Key: <admin token>",
                    field=field, location="header")
-    if header:
-        scheme, _, given = header.partition(" ")
-        given = given.strip() if scheme.lower() == "bearer" else ""
-    else:
-        given = api_key.strip()
+    scheme, _, given = (header or "").partition(" ")
+    given = (given.strip() if scheme.lower() == "bearer" else "") if header else api_key.strip()
     token = settings.wc_push_admin_token
-    valid = bool(token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
-    admin_key = is_admin_key(given, settings.admin_key) if given else False
-    if not given or not (valid or admin_key):
-        raise fail(401, "InvalidAdminToken", "the admin token is not valid", field=field, location="header")
-    g.wc_push_admin = "admin" if admin_key else "wc-push-admin-token"  # who, for the audit log (api/audit.py)
+    valid = bool(given and token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
+    admin_key = bool(given) and is_admin_key(given, settings.admin_key)
+    if valid or admin_key:
+        g.wc_push_admin = "admin" if admin_key else "wc-push-admin-token"  # who, for the audit log (api/audit.py)
+        return
+    # Three dot-separated parts: a JWT (the reference takes it with or without "Bearer ").
+    if header and settings.wc_push_tenant_jwt_secret and (given or scheme).count(".") == 2:
+        g.wc_push_admin = f"tenant-jwt:{require_tenant_jwt(header, settings.wc_push_tenant_jwt_secret)}"
+        return
+    raise fail(401, "InvalidAdminToken", "the admin token is not valid", field=field, location="header")
+
+
+def require_tenant_jwt(header: str, secret: str) -> str:
+    """A tenant JWT manages the tenant its ``sub`` names and no other (403): the route's, or the one POST /tenants creates.
+
+    Answers that tenant."""
+    try:
+        tenant = verify_tenant_jwt(header, secret)
+    except AuthError as error:
+        raise fail(401, error.name, error.description, field=error.field, location="header") from None
+    managed = (request.view_args or {}).get("tenant_id")
+    if managed is None:
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:
+            body = None  # the route's validation answers it
+        managed = body.get("id") if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+    if managed is not None and managed != tenant:
+        raise fail(403, "Forbidden", f"the tenant JWT manages tenant {tenant!r} only, not {managed[:64]!r}",
+                   field="Authorization", location="header")
+    return tenant
 
 
 def admin_operation(summary: str, **options) -> Callable:
@@ -735,7 +770,8 @@ def certificate_credentials(fields: dict[str, str | bytes], topic: str | None) -
 
 
 @blueprint.post("/tenants/<tenant_id>/fcm_v1")
-@admin_operation("Set the tenant's FCM HTTP v1 service account", path=TENANT_PATH,
+@admin_operation("Set the tenant's FCM HTTP v1 service account, proved by fetching an access token from its token_uri "
+                 "(400 BadFcmV1Credentials when none comes)", path=TENANT_PATH,
                  form={"credentials": s.Binary(required=True, description="The service account JSON, as a file or text")},
                  responses={200: OK})
 def update_fcm_v1(tenant_id: str):
@@ -761,6 +797,11 @@ def update_fcm_v1(tenant_id: str):
         services().outbound.check(account["token_uri"], at_intake=True)
     except OutboundRefused as refused:
         raise fail(400, "BadFcmV1Credentials", f"the service account's token_uri is not allowed: {refused}", field="credentials") from None
+    try:
+        prove_service_account(account, services().settings, outbound=services().outbound)
+    except ServiceAccountRefused as refused:
+        raise fail(400, "BadFcmV1Credentials", f"no access token from the service account's token_uri: {refused}",
+                   field="credentials") from None
     return set_provider(tenant, "fcm", {"project_id": account["project_id"], "service_account": account})
 
 

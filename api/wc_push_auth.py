@@ -10,6 +10,9 @@
   does not look at the timestamp, so a captured send verified forever; here it
   must be Unix seconds within ``PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS`` of
   this host's clock (either way), which bounds a replay to that window.
+- **Tenant JWT on tenant management**: ``Authorization: Bearer <jwt>``, HS256
+  with the server's secret, unexpired; its ``sub`` names the tenant it may
+  manage (the reference's cloud mode).
 
 Pure functions (no Flask): each raises :class:`AuthError` naming what is wrong.
 :func:`check_settings` refuses, at start-up, a deployment with API keys on
@@ -22,6 +25,7 @@ import binascii
 import json
 import time
 
+import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -199,3 +203,40 @@ def check_settings(settings) -> None:
         relay_public_key(settings.wc_push_relay_public_key)
     except ValueError:
         raise ValueError("PUSH_WC_PUSH_VALIDATE_SIGNATURES is on but PUSH_WC_PUSH_RELAY_PUBLIC_KEY is not 32 bytes of hex") from None
+
+
+#: The tenant JWT's one algorithm (the reference's ``Validation::new(Algorithm::HS256)``).
+TENANT_JWT_ALGORITHM = "HS256"
+#: Claims a tenant JWT must carry (the reference's validation requires ``exp``; ``sub`` names the tenant).
+TENANT_JWT_CLAIMS = ("exp", "sub")
+
+
+def verify_tenant_jwt(authorization: str | None, secret: str) -> str:
+    """The tenant a management request's tenant JWT names (its ``sub``); raises :class:`AuthError` if it is not one.
+
+    ``authorization`` is the header: ``Bearer <jwt>`` or, as the reference
+    strips ``Bearer `` when present, the JWT alone. The JWT must be HS256 with
+    ``secret``, carry ``exp`` (not past, give or take the clock skew) and a
+    string ``sub``. Its audience is not checked: the tenant is what it scopes.
+    """
+    field = "Authorization"
+    token = (authorization or "").strip()
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    if not token:
+        raise AuthError("MissingJwt", "tenant management needs Authorization: Bearer <tenant JWT>", field)
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[TENANT_JWT_ALGORITHM],
+            options={"require": list(TENANT_JWT_CLAIMS), "verify_aud": False},
+            leeway=CLOCK_SKEW_SECONDS,
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("ExpiredJwt", "the tenant JWT has expired", field) from None
+    except jwt.InvalidTokenError as error:
+        raise AuthError("InvalidJwt", f"the tenant JWT is not valid: {error}", field) from None
+    if not claims["sub"]:  # PyJWT checked it is a string
+        raise AuthError("InvalidJwt", "the tenant JWT's sub must name a tenant", field)
+    return claims["sub"]

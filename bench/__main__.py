@@ -1,92 +1,200 @@
-"""``make bench``: every figure of the performance issue, in one run, as ``name: value`` lines.
+"""``make bench``: every figure of the performance issues, in one run, as ``name: value`` lines.
 
 All processes (API, workers, RabbitMQ, nx-27017, simulators) run on this
 machine. Each figure is the median of ``--repeats`` runs after a warm-up,
 except the campaigns (one run each, they are long). ``--quick`` shrinks the
 sizes for a smoke run; the figures in the README come from a full run.
+
+``--baseline <git ref>`` starts a second stack whose API and workers are that
+ref's (bench/baseline.py) beside today's nx-27017, simulators, seeding and
+load generators. Each group runs on the current tree's stack, then on the
+baseline's (the repeated groups e2e and http in interleaved rounds), and each
+figure's line is followed by ``baseline_<figure>`` and
+``ratio_<figure>_to_baseline`` (``n/a`` where the baseline has no such
+figure). The large campaign runs on the current tree only; the baseline is
+compared on the small one.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
+from bench import baseline
 from bench.campaign import measure_campaign
-from bench.harness import bench_stack
+from bench.figures import comparison_lines, line
+from bench.harness import bench_stack, discard, medians
+from bench.http_rate import HttpBench
 from bench.limit import measure_limit
-from bench.pipeline import measure_e2e, measure_ingest, measure_sync
-from bench.wc_bridge import measure as measure_wc_bridge
+from bench.pipeline import E2eBench, measure_ingest, measure_sync
+from bench.simulators import measure_ceiling
+from bench.sync_concurrent import measure as measure_sync_concurrent
+from bench.wc_bridge import measure_visibility
+from bench.wc_bridge import seed as seed_sessions
 from bench.wc_push import measure_dedupe
+from devstack.stack import Stack
+
+#: Every figure group, in the order they run.
+GROUPS = ("limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "http", "wc_poll", "dedupe", "simulators")
 
 
-def emit(name: str, value) -> None:
-    if isinstance(value, float):
-        value = f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
-    print(f"{name}: {value}", flush=True)
+@dataclass(frozen=True)
+class Sizes:
+    """How much each group sends.
+
+    Parameters:
+      devices: devices of the e2e run.
+      limit: notifications of each limit run (9 runs a stack: 3 concurrencies, 3 repeats).
+      ingest: notifications per ingest run.
+      campaign_small / campaign_large: users of the two campaigns (the baseline runs the small one).
+      wc_poll_seconds: seconds the pollers load the API during write-to-visible.
+      http_seconds: seconds of each h2load measurement.
+      sync_concurrent_seconds: seconds the concurrent SYNCHRONOUS senders send.
+      dedupe_clients: WalletConnect clients of the dedupe run.
+      simulator_requests: h2load requests against each simulator for its ceiling.
+    """
+
+    devices: int
+    limit: int
+    ingest: int
+    campaign_small: int
+    campaign_large: int
+    wc_poll_seconds: float
+    http_seconds: float
+    sync_concurrent_seconds: float
+    dedupe_clients: int
+    simulator_requests: int
+
+
+# The limit sends 20,000 a run, not 50,000 as before the baseline: its sweep runs twice now, and
+# make bench must stay under 45 minutes on this machine (at ≈ 1,800/s a run still lasts ≈ 11 s).
+FULL = Sizes(devices=50_000, limit=20_000, ingest=80_000, campaign_small=100_000, campaign_large=1_000_000,
+             wc_poll_seconds=15.0, http_seconds=10.0, sync_concurrent_seconds=20.0, dedupe_clients=100, simulator_requests=30_000)
+QUICK = Sizes(devices=5_000, limit=5_000, ingest=20_000, campaign_small=10_000, campaign_large=50_000,
+              wc_poll_seconds=5.0, http_seconds=3.0, sync_concurrent_seconds=5.0, dedupe_clients=20, simulator_requests=5_000)
+
+
+def size_label(users: int) -> str:
+    """``100k``, ``1m``: the campaign size in a figure's name."""
+    if users % 1_000_000 == 0:
+        return f"{users // 1_000_000}m"
+    if users % 1_000 == 0:
+        return f"{users // 1_000}k"
+    return str(users)
+
+
+def emit(lines: list[str]) -> None:
+    for text in lines:
+        print(text, flush=True)
+
+
+def interleaved(benches: list, repeats: int) -> list[dict]:
+    """Rounds of each stack in turn (current, baseline, current, …), so the shared machine's drift hits both alike."""
+    rounds: list[list[dict]] = [[] for _ in benches]
+    for _ in range(repeats):
+        for bench, mine in zip(benches, rounds, strict=True):
+            mine.append(bench.round())
+    return [medians(r) for r in rounds]
+
+
+def campaign_figures(stack: Stack, users: int) -> dict:
+    result = measure_campaign(stack, users=users)
+    label = size_label(users)
+    return {
+        f"campaign_{label}_s": result["seconds"],
+        f"campaign_{label}_per_s": result["per_s"],
+        **{f"campaign_rss_mb_{label}_{group}": mb for group, mb in result["rss_mb"].items()},
+    }
+
+
+def campaign_rss(figures: dict, users: int) -> dict[str, float]:
+    """Each worker group's peak RSS in :func:`campaign_figures`' figures for ``users``."""
+    prefix = f"campaign_rss_mb_{size_label(users)}_"
+    return {name[len(prefix):]: mb for name, mb in figures.items() if name.startswith(prefix)}
+
+
+def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
+    """The group's figures on each stack (the current tree's first, then the baseline's)."""
+    if group == "limit":
+        options = {"notifications": sizes.limit, "processes": stacks[0].worker_processes, "repeats": repeats}
+        results = [measure_limit(stacks[0], **options)]
+        if code:  # the ref's own clients, run from its worktree
+            results.append(code.measure_limit(stacks[1], **options))
+        return results
+    if group == "e2e":
+        return interleaved([E2eBench(stack, devices=sizes.devices) for stack in stacks], repeats)
+    if group == "ingest":
+        return [measure_ingest(stack, notifications=sizes.ingest, repeats=repeats) for stack in stacks]
+    if group == "sync":
+        return [measure_sync(stack) for stack in stacks]
+    if group == "sync_concurrent":
+        return [measure_sync_concurrent(stack, seconds=sizes.sync_concurrent_seconds) for stack in stacks]
+    if group == "campaign":
+        return [campaign_figures(stack, sizes.campaign_small) for stack in stacks]
+    if group == "http":
+        return interleaved([HttpBench(stack, duration=sizes.http_seconds) for stack in stacks], repeats)
+    if group == "wc_poll":
+        return [measure_visibility(stack, seed_sessions(stack), duration=sizes.wc_poll_seconds) for stack in stacks]
+    if group == "dedupe":
+        results = [measure_dedupe(stack, clients=sizes.dedupe_clients) for stack in stacks]
+        return [{name: r[name] for name in ("dedupe_sends_per_s", "dedupe_repeats_delivered")} for r in results]
+    if group == "simulators":
+        # Simulators of their own (not the stacks'), so nothing else loads them; they are today's for both stacks.
+        return [measure_ceiling(count=sizes.simulator_requests)] + ([{}] if code else [])
+    raise ValueError(group)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every figure")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="figure groups to run: limit e2e ingest sync campaign wc_poll dedupe")
+    parser.add_argument("--only", nargs="*", choices=GROUPS, default=None, help="figure groups to run (default: all)")
+    parser.add_argument("--baseline", metavar="REF", help="also measure this git ref's API and workers, side by side")
     args = parser.parse_args()
-    quick = args.quick
-    groups = set(args.only or ["limit", "e2e", "ingest", "sync", "campaign", "wc_poll", "dedupe"])
-    devices = 5_000 if quick else 50_000
-    campaign_sizes = (10_000, 50_000) if quick else (100_000, 1_000_000)
+    sizes = QUICK if args.quick else FULL
+    groups = [g for g in GROUPS if g in (args.only or GROUPS)]
     started = time.time()
-    stack = bench_stack()
-    figures: dict = {}
+    code = baseline.checkout(args.baseline) if args.baseline else None
+    stacks = [bench_stack()]
+    current: dict = {}
+    base: dict | None = {} if code else None
     try:
-        stack.start()
-        if "limit" in groups:
-            limit = measure_limit(stack, notifications=devices, processes=stack.worker_processes, repeats=args.repeats)
-            figures.update(limit)
-            emit("limit_per_s", limit["limit_per_s"])
-            emit("limit_concurrency", limit["limit_concurrency"])
-        if "e2e" in groups:
-            e2e = measure_e2e(stack, devices=devices, repeats=args.repeats)
-            figures.update(e2e)
-            emit("e2e_per_s", e2e["e2e_per_s"])
-            emit("cpu_us_per_notification", e2e["cpu_us_per_notification"])
-            emit("db_cpu_us_per_notification", e2e["db_cpu_us_per_notification"])
-        if "ingest" in groups:
-            ingest = measure_ingest(stack, notifications=20_000 if quick else 80_000, repeats=args.repeats)
-            emit("ingest_per_s", ingest["ingest_per_s"])
-        if "sync" in groups:
-            for name, value in measure_sync(stack).items():
-                emit(name, value)
-        if "campaign" in groups:
-            small, large = (measure_campaign(stack, users=n) for n in campaign_sizes)
-            label = {100_000: "100k", 1_000_000: "1m"}
-            emit(f"campaign_{label.get(campaign_sizes[1], campaign_sizes[1])}_s", large["seconds"])
-            emit(f"campaign_{label.get(campaign_sizes[1], campaign_sizes[1])}_per_s", large["per_s"])
-            for group in large["rss_mb"]:
-                emit(f"campaign_rss_mb_{label.get(campaign_sizes[0], campaign_sizes[0])}_{group}", small["rss_mb"][group])
-                emit(f"campaign_rss_mb_{label.get(campaign_sizes[1], campaign_sizes[1])}_{group}", large["rss_mb"][group])
-            figures["campaign_rss_ratio"] = max(large["rss_mb"][g] / small["rss_mb"][g] for g in large["rss_mb"])
-        if "wc_poll" in groups:
-            bridge = measure_wc_bridge(stack, duration=5.0 if quick else 15.0)
-            emit("wc_poll_get_per_s", bridge["polled_get_per_s"])
-            for name, value in bridge.items():
-                if name.startswith("write_to_visible"):
-                    emit(name, value)
-        if "dedupe" in groups:
-            dedupe = measure_dedupe(stack, clients=20 if quick else 100)
-            emit("dedupe_sends_per_s", dedupe["dedupe_sends_per_s"])
-            emit("dedupe_repeats_delivered", dedupe["dedupe_repeats_delivered"])
-        # The ratio lines.
-        if "limit_per_s" in figures and "e2e_per_s" in figures:
-            emit("ratio_e2e_to_limit", figures["e2e_per_s"] / figures["limit_per_s"])
-        if "campaign_rss_ratio" in figures:
-            emit("ratio_campaign_rss_large_to_small", figures["campaign_rss_ratio"])
-        emit("bench_seconds", time.time() - started)
+        if code:
+            stacks.append(baseline.baseline_stack(code))
+            print(f"baseline: {args.baseline} = {code.sha[:12]} ({code.root})", flush=True)
+        for stack in stacks:
+            stack.start()
+        for group in groups:
+            group_started = time.time()
+            results = run_group(group, stacks, code, sizes, args.repeats)
+            emit(comparison_lines(results[0], results[1] if code else None))
+            current.update(results[0])
+            if code:
+                base.update(results[1])
+            if group == "campaign":
+                large = campaign_figures(stacks[0], sizes.campaign_large)
+                emit(comparison_lines(large, None))
+                small_rss, large_rss = campaign_rss(results[0], sizes.campaign_small), campaign_rss(large, sizes.campaign_large)
+                current["ratio_campaign_rss_large_to_small"] = max(large_rss[g] / small_rss[g] for g in large_rss)
+            # What each group costs of make bench's time budget.
+            emit([line(f"bench_seconds_{group}", time.time() - group_started)])
+        # The ratio lines of figures from two groups.
+        derived: dict = {}
+        if "limit_per_s" in current and "e2e_per_s" in current:
+            derived["ratio_e2e_to_limit"] = current["e2e_per_s"] / current["limit_per_s"]
+        if "limit_per_s" in current and "simulator_ceiling_per_s" in current:
+            derived["ratio_simulator_ceiling_to_limit"] = current["simulator_ceiling_per_s"] / current["limit_per_s"]
+        base_derived = None
+        if code:
+            limit, e2e = base.get("limit_per_s"), base.get("e2e_per_s")
+            base_derived = {"ratio_e2e_to_limit": e2e / limit if limit and e2e else None, "ratio_simulator_ceiling_to_limit": None}
+        emit(comparison_lines(derived, base_derived, with_ratios=False))
+        if "ratio_campaign_rss_large_to_small" in current:
+            emit([line("ratio_campaign_rss_large_to_small", current["ratio_campaign_rss_large_to_small"])])
+        emit([line("bench_seconds", time.time() - started)])
     finally:
-        stack.stop_all()
-        # The database file of a full run is gigabytes; its logs stay for reading.
-        for data_file in stack.var_dir.glob("mongo.db*"):
-            data_file.unlink()
+        for stack in stacks:
+            discard(stack)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Devices are seeded straight into MongoDB; the users are added through the API
 in requests of 100,000 ids (as the reference server's users do), then
-send/live is timed until the campaign reads ``sent``. The worker processes are
-restarted before each run so their peak RSS (VmHWM) is that run's alone.
+send/live is timed until the simulators received every user's notification
+(their counters, not the database, so every code's layout is timed alike).
+The worker processes are restarted before each run so their peak RSS (VmHWM)
+is that run's alone.
 Runnable alone: ``python -m bench.campaign --users 100000``.
 """
 from __future__ import annotations
@@ -13,14 +15,17 @@ import secrets
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 
 import requests
 
-from bench.harness import bench_stack, create_app, database, group_pids, seed_devices
+from bench.delivered import delivered_total, wait_delivered
+from bench.figures import line
+from bench.harness import bench_stack, create_app, group_pids, seed_devices
 from devstack.stack import Stack
 
 USERS_PER_REQUEST = 100_000
+#: Seconds without a new delivery that fail a campaign (its expansion starts sending within seconds).
+STALL_SECONDS = 120.0
 
 
 def _add_users(stack: Stack, campaign_id: str, users: list[str]) -> None:
@@ -41,9 +46,9 @@ def _worker_pids(stack: Stack) -> dict[str, list[int]]:
 def _rss_mb(pid: int, field: str) -> float:
     try:
         with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
+            for entry in status:
+                if entry.startswith(field):
+                    return int(entry.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
@@ -81,26 +86,16 @@ def measure_campaign(stack: Stack, *, users: int) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started = time.perf_counter()
-    requests.post(f"{stack.api_url}/push/campaign/send/live/{campaign_id}", timeout=60).raise_for_status()
-    started_at = time.time()
-    campaigns = database(stack)["campaigns"]
-    # Poll the campaign document only (the detail's progress counts read every delivery).
-    while time.perf_counter() - started < 6 * 3600:
-        if campaigns.find_one({"_id": campaign_id, "sent": True}, {"_id": 1}):
-            break
-        time.sleep(1.0)
-    elapsed = time.perf_counter() - started
-    detail = requests.get(f"{stack.api_url}/push/campaign/{campaign_id}/detail", timeout=300).json()["responseObject"]
-    sent_at = detail["timestampSent"]
-    if sent_at:
-        elapsed = min(elapsed, datetime.fromisoformat(sent_at).replace(tzinfo=UTC).timestamp() - started_at)
-    stop.set()
-    sampler.join()
-    delivered = detail["progress"]["sent"]
-    if delivered != users:
-        raise RuntimeError(f"campaign to {users} users delivered {delivered}: {detail['progress']}")
-    return {"seconds": elapsed, "per_s": delivered / elapsed, "rss_mb": peak}
+    delivered_before = delivered_total(stack)
+    started = time.time()
+    try:
+        requests.post(f"{stack.api_url}/push/campaign/send/live/{campaign_id}", timeout=60).raise_for_status()
+        last = wait_delivered(stack, users, delivered_before=delivered_before, stall_seconds=STALL_SECONDS, what=f"campaign to {users:,} users")
+    finally:
+        stop.set()
+        sampler.join()
+    elapsed = last - started
+    return {"seconds": elapsed, "per_s": users / elapsed, "rss_mb": peak}
 
 
 def main() -> None:
@@ -111,10 +106,10 @@ def main() -> None:
     try:
         stack.start()
         result = measure_campaign(stack, users=args.users)
-        print(f"campaign_s: {result['seconds']:.1f}")
-        print(f"campaign_per_s: {result['per_s']:.1f}")
+        print(line("campaign_s", result["seconds"]))
+        print(line("campaign_per_s", result["per_s"]))
         for name, mb in result["rss_mb"].items():
-            print(f"campaign_rss_mb_{name}: {mb:.1f}")
+            print(line(f"campaign_rss_mb_{name}", mb))
     finally:
         stack.stop_all()
 

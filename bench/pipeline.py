@@ -11,23 +11,24 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pika
 import requests
 
+from bench.delivered import delivered_total, wait_delivered
+from bench.figures import line
 from bench.harness import (
     bench_stack,
     cpu_seconds,
     create_app,
-    database,
     database_pids,
     median,
+    medians,
     percentile,
     project_pids,
+    purge_queues,
+    rabbitmq_pid,
     seed_devices,
 )
-from devstack.stack import WORKER_GROUPS, Stack
-from shared.commands import queue_name_for_prefix
-from shared.settings import load
+from devstack.stack import Stack
 
 #: Messages per batch request, as high-volume senders post them.
 BATCH_SIZE = 1000
@@ -65,88 +66,56 @@ def post_batches(stack: Stack, app_id: str, users: list[str], *, senders: int = 
         return list(pool.map(post, batches))
 
 
-def simulators_delivered(stack: Stack) -> int:
-    """Sends both simulators have answered 200 so far (their control ports; no database read)."""
-    total = 0
-    for port in (stack.ports.apns_control, stack.ports.fcm_control):
-        total += requests.get(f"http://127.0.0.1:{port}/stats", timeout=10).json()["delivered_total"]
-    return total
+class E2eBench:
+    """The e2e figure on one stack: ``devices`` seeded devices, each :meth:`round` sends one notification to every one.
 
+    Parameters:
+      stack: a started stack (the current tree's or a baseline's).
+      devices: devices seeded (half APNs, half FCM, all deliverable).
 
-def wait_delivered(stack: Stack, message_ids: list[str], expected: int, *, delivered_before: int = 0, timeout: float = 900) -> float:
-    """Wait until every delivery of the messages has an outcome; answer the time of the last outcome.
-
-    Until the simulators have answered ``expected`` more sends than ``delivered_before``
-    (:func:`simulators_delivered` before the run), only their counters are
-    polled (cheap, off the database); then the deliveries are aggregated until all are
-    final. The aggregate reads every delivery: polled every 2 s from the start it was
-    about a tenth of nx-27017's CPU in the run it measures.
+    A round's figures: ``e2e_per_s`` (posted to last delivery, by the simulators'
+    counts), and CPU per delivered notification from /proc: ``cpu_us_per_notification``
+    (API + workers), ``db_cpu_us_per_notification`` (nx-27017) and
+    ``server_cpu_us_per_notification`` (API, workers, the machine's RabbitMQ and
+    nx-27017: everything the server runs; RabbitMQ also serves whatever else uses it).
     """
-    deliveries = database(stack)["deliveries"]
-    deadline = time.monotonic() + timeout
-    # A send the simulators did not take (a failure) is never counted there: after 10 s of no
-    # progress the database decides.
-    progress, moved_at = -1, time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - moved_at < 10:
-        delivered = simulators_delivered(stack) - delivered_before
-        if delivered >= expected:
-            break
-        if delivered != progress:
-            progress, moved_at = delivered, time.monotonic()
-        time.sleep(0.2)
-    while time.monotonic() < deadline:
-        rows = list(
-            deliveries.aggregate([{"$match": {"message_id": {"$in": message_ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}, "last": {"$max": "$at"}}}])
-        )
-        final = sum(r["n"] for r in rows if r["_id"] in ("sent", "failed", "dead_token", "expired", "dead_letter"))
-        if final >= expected:
-            return max(r["last"] or 0 for r in rows)
-        # The answer is the last outcome's recorded time, whenever it is looked at.
-        time.sleep(0.5)
-    raise TimeoutError(f"deliveries not final after {timeout}s")
 
+    def __init__(self, stack: Stack, *, devices: int):
+        self.stack = stack
+        self.app_id = create_app(stack, f"bench-e2e-{uuid.uuid4().hex[:6]}")
+        self.users, tokens, platforms = tokens_for(devices)
+        seed_devices(stack, self.app_id, self.users, tokens, platforms)
+        self.rabbitmq_pid = rabbitmq_pid()
+        self._run(self.users[: min(devices, 5 * BATCH_SIZE)])  # warm-up: connections, JWTs, OAuth tokens
 
-def e2e_run(stack: Stack, app_id: str, users: list[str]) -> dict:
-    pids, db_pids = project_pids(stack), database_pids(stack)
-    cpu_before, db_cpu_before = cpu_seconds(pids), cpu_seconds(db_pids)
-    delivered_before = simulators_delivered(stack)
-    start = time.time()
-    message_ids = post_batches(stack, app_id, users)
-    last = wait_delivered(stack, message_ids, len(users), delivered_before=delivered_before)
-    cpu_used = cpu_seconds(project_pids(stack)) - cpu_before
-    db_cpu_used = cpu_seconds(db_pids) - db_cpu_before
-    elapsed = last - start
-    return {"per_s": len(users) / elapsed, "cpu_us": cpu_used / len(users) * 1e6, "db_cpu_us": db_cpu_used / len(users) * 1e6}
+    def _run(self, users: list[str]) -> dict:
+        stack = self.stack
+        project, db = project_pids(stack), database_pids(stack)
+        broker = [self.rabbitmq_pid] if self.rabbitmq_pid else []
+        cpu_before, db_before, broker_before = cpu_seconds(project), cpu_seconds(db), cpu_seconds(broker)
+        delivered_before = delivered_total(stack)
+        start = time.time()
+        post_batches(stack, self.app_id, users)
+        last = wait_delivered(stack, len(users), delivered_before=delivered_before, what="e2e")
+        cpu_used = cpu_seconds(project_pids(stack)) - cpu_before
+        db_used = cpu_seconds(db) - db_before
+        broker_used = cpu_seconds(broker) - broker_before
+        per_notification = 1e6 / len(users)
+        return {
+            "e2e_per_s": len(users) / (last - start),
+            "cpu_us_per_notification": cpu_used * per_notification,
+            "db_cpu_us_per_notification": db_used * per_notification,
+            "server_cpu_us_per_notification": (cpu_used + db_used + broker_used) * per_notification if broker else None,
+        }
+
+    def round(self) -> dict:
+        return self._run(self.users)
 
 
 def measure_e2e(stack: Stack, *, devices: int, repeats: int = 3) -> dict:
-    """Median delivered/s of ``devices`` notifications posted as batches (after a warm-up run)."""
-    app_id = create_app(stack, f"bench-e2e-{uuid.uuid4().hex[:6]}")
-    users, tokens, platforms = tokens_for(devices)
-    seed_devices(stack, app_id, users, tokens, platforms)
-    e2e_run(stack, app_id, users[: min(devices, 5 * BATCH_SIZE)])  # warm-up: connections, JWTs, OAuth tokens
-    runs = [e2e_run(stack, app_id, users) for _ in range(repeats)]
-    return {
-        "e2e_per_s": median([r["per_s"] for r in runs]),
-        "cpu_us_per_notification": median([r["cpu_us"] for r in runs]),
-        "db_cpu_us_per_notification": median([r["db_cpu_us"] for r in runs]),
-    }
-
-
-def purge_queues(stack: Stack) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(load().amqp_url))
-    try:
-        channel = connection.channel()
-        for queues in WORKER_GROUPS.values():
-            for queue in queues:
-                name = queue_name_for_prefix(stack.queue_prefix, queue)
-                for suffix in ("", ".DQ", ".XQ"):
-                    try:
-                        channel.queue_purge(name + suffix)
-                    except pika.exceptions.ChannelClosedByBroker:
-                        channel = connection.channel()
-    finally:
-        connection.close()
+    """Median figures of ``repeats`` rounds of ``devices`` notifications posted as batches (after a warm-up run)."""
+    bench = E2eBench(stack, devices=devices)
+    return medians([bench.round() for _ in range(repeats)])
 
 
 def measure_ingest(stack: Stack, *, notifications: int = 80_000, repeats: int = 3) -> dict:
@@ -207,7 +176,7 @@ def main() -> None:
     try:
         stack.start()
         for name, value in measure_e2e(stack, devices=args.devices, repeats=args.repeats).items():
-            print(f"{name}: {value:.1f}", flush=True)
+            print(line(name, value), flush=True)
     finally:
         stack.stop_all()
 

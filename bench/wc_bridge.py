@@ -8,7 +8,8 @@ on the same machine.
 
 Write-to-visible: a PUT of the session, then GETs until one answers the new
 payload; the time from sending the PUT to that answer, p50 and p99, idle and
-under the pollers' load.
+under the pollers' load. ``make bench`` prints these (its ``wc_poll_get_per_s``
+is h2load's, bench/http_rate.py).
 
 Runnable alone: ``python -m bench.wc_bridge [--pollers N] [--duration S]``.
 """
@@ -124,14 +125,9 @@ def measure_write_to_visible(stack: Stack, *, samples: int = LATENCY_SAMPLES) ->
     return {"write_to_visible_p50_ms": percentile(latencies, 0.5), "write_to_visible_p99_ms": percentile(latencies, 0.99)}
 
 
-def measure(stack: Stack, *, pollers: int = POLLERS, duration: float = DURATION, processes: int = CLIENT_PROCESSES) -> dict:
-    paths = seed(stack)
-    figures = {}
-    idle = measure_write_to_visible(stack)
-    figures.update({f"{k}_idle": v for k, v in idle.items()})
-    polling = measure_polling(stack, paths, pollers=pollers, duration=duration, processes=processes)
-    figures["polled_get_per_s"] = polling["polled_get_per_s"]
-    figures["polled_statuses"] = polling["statuses"]
+def measure_visibility(stack: Stack, paths: list[str], *, pollers: int = POLLERS, duration: float = DURATION) -> dict:
+    """Write-to-visible p50/p99 idle, then under ``pollers`` polling for ``duration`` seconds."""
+    figures = {f"{k}_idle": v for k, v in measure_write_to_visible(stack).items()}
     with multiprocessing.Pool(1) as pool:
         load = pool.apply_async(_client, (("127.0.0.1", int(stack.api_url.rsplit(":", 1)[1]), paths, pollers, duration),))
         time.sleep(1.0)
@@ -139,6 +135,14 @@ def measure(stack: Stack, *, pollers: int = POLLERS, duration: float = DURATION,
         load.get()
     figures.update({f"{k}_under_{pollers}_pollers": v for k, v in busy.items()})
     return figures
+
+
+def measure(stack: Stack, *, pollers: int = POLLERS, duration: float = DURATION, processes: int = CLIENT_PROCESSES) -> dict:
+    """The polled GETs per second of these pollers, and the write-to-visible figures."""
+    paths = seed(stack)
+    figures = measure_visibility(stack, paths, pollers=pollers, duration=duration)
+    polling = measure_polling(stack, paths, pollers=pollers, duration=duration, processes=processes)
+    return {**figures, "polled_get_per_s": polling["polled_get_per_s"], "polled_statuses": polling["statuses"]}
 
 
 def main() -> None:

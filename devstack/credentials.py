@@ -2,12 +2,15 @@
 
 The APNs simulator verifies ES256 JWTs against the public keys it was told
 about, and takes client certificates its CA signed (:func:`apns_certificate_p12`);
-the FCM simulator issues OAuth tokens to the service accounts it knows.
+the FCM simulator issues OAuth tokens to the service accounts it knows; the
+HMS simulator issues OAuth tokens to the app credentials it knows
+(:func:`make_hms_credentials`, :func:`register_with_hms_simulator`).
 """
 from __future__ import annotations
 
 import base64
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +75,33 @@ def make_credentials(app_id: str, *, fcm_origin: str, key_id: str = "DEMOKEY001"
             "token_uri": f"{fcm_origin}/token",
         },
     )
+
+
+@dataclass(frozen=True)
+class HmsCredentials:
+    """An HMS (Huawei Push Kit) app's OAuth client and the project it sends for (PowerAuth's ``/admin/app/hms`` fields)."""
+
+    client_id: str
+    client_secret: str
+    project_id: str
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+    @classmethod
+    def from_json(cls, data: dict) -> HmsCredentials:
+        return cls(**data)
+
+
+def make_hms_credentials(app_id: str) -> HmsCredentials:
+    """New HMS credentials for ``app_id``: a numeric client id (as AppGallery Connect's app ids are) and a secret."""
+    return HmsCredentials(client_id=str(100_000_000 + secrets.randbelow(900_000_000)), client_secret=secrets.token_hex(32),
+                          project_id=f"{app_id}-hms-project")
+
+
+def register_with_hms_simulator(credentials: HmsCredentials, *, hms_control: str) -> None:
+    """Tell the HMS simulator these app credentials are genuine (its token endpoint then issues tokens for them)."""
+    requests.post(f"{hms_control}/apps", json=credentials.to_json(), timeout=SETUP_TIMEOUT_SECONDS).raise_for_status()
 
 
 def register_with_simulators(credentials: AppCredentials, *, apns_control: str, fcm_control: str) -> None:

@@ -34,10 +34,17 @@ WORKER_GROUPS = {
 }
 
 
-#: Seconds gunicorn keeps an idle client connection open.
-API_KEEP_ALIVE_SECONDS = 75
-#: The API's gunicorn worker: WalletConnect polls in an event loop, Flask in ``api_threads`` threads.
-API_WORKER_CLASS = "api.poll_worker.PollWorker"
+#: Serving processes per provider simulator: measured on 2 cores (simulators/README.md, ``python -m bench.simulators``).
+SIMULATOR_PROCESSES = 2
+#: Provider simulators: module, provider port field, control port field (in ``Ports``).
+SIMULATORS = (("apns", "apns", "apns_control"), ("fcm", "fcm", "fcm_control"), ("hms", "hms", "hms_control"))
+
+#: Milliseconds granian gives a connection to send a request's headers, from its start or from the end of
+#: the previous answer: slow or silent clients are closed after it, and so are idle keep-alive connections.
+API_HEADER_TIMEOUT_MS = 30_000
+#: Bytes granian buffers of one connection's request line and headers; a request whose line and
+#: headers do not fit is answered 431 and closed.
+API_HEADER_BUFFER_BYTES = 8 * 1024
 
 
 def free_port() -> int:
@@ -83,10 +90,27 @@ class Ports:
     apns_control: int = 8445
     fcm: int = 8444
     fcm_control: int = 8446
+    hms: int = 8447
+    hms_control: int = 8448
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in range(8)))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A process's command line taken from other code than this tree's (a baseline ref's API or worker group).
+
+    Parameters:
+      argv: the command line, as that code would start it.
+      env: the variables that code sets on top of the environment (its ``PYTHONPATH``, its settings).
+      cwd: the directory it runs in (that code's root).
+    """
+
+    argv: list[str]
+    env: dict
+    cwd: Path
 
 
 @dataclass
@@ -99,8 +123,13 @@ class Stack:
       queue_prefix: prefix of every queue (tests use a unique one on the shared broker).
       env: extra ``PUSH_*`` settings for the API and workers.
       worker_processes / worker_threads: Dramatiq's ``--processes`` / ``--threads`` per group.
-      api_workers / api_threads: gunicorn's workers and threads.
+      api_workers / api_threads: the API's processes (granian's workers) and Flask threads per process.
+      api_header_timeout_ms: granian's ``--http1-header-read-timeout``.
       log_to_files: send each process's output to ``var_dir/logs`` (else inherit the terminal).
+      simulator_processes: serving processes of each provider simulator (``--processes``).
+      simulator_latency_ms: each simulator's answer latency (``--latency-ms``).
+      launches: process name (``api``, ``workers-<group>``) → :class:`Launch` started instead of this
+        tree's command; this stack's settings (ports, database, queues, CA file) still win.
     """
 
     var_dir: Path
@@ -111,10 +140,14 @@ class Stack:
     worker_threads: int = 8
     api_workers: int = 2
     api_threads: int = 8
+    api_header_timeout_ms: int = API_HEADER_TIMEOUT_MS
     log_to_files: bool = True
+    simulator_processes: int = SIMULATOR_PROCESSES
+    simulator_latency_ms: float = 0.0
     processes: dict = field(default_factory=dict)
     #: Port of each worker group's Prometheus /metrics (Dramatiq's middleware); a free one when not given.
     worker_metrics_ports: dict = field(default_factory=dict)
+    launches: dict = field(default_factory=dict)
 
     # --- settings ------------------------------------------------------------------------------
 
@@ -159,6 +192,10 @@ class Stack:
     # --- processes -----------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], *, ready_line: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        cwd, launched_env = ROOT, {}
+        launch = self.launches.get(name)
+        if launch is not None:
+            argv, cwd, launched_env = launch.argv, launch.cwd, launch.env
         self.var_dir.mkdir(parents=True, exist_ok=True)
         if self.log_to_files:
             (self.var_dir / "logs").mkdir(exist_ok=True)
@@ -167,8 +204,9 @@ class Stack:
             output = None
         process = subprocess.Popen(
             argv,
-            cwd=ROOT,
-            env={**self.process_env(), **(env or {})},
+            cwd=cwd,
+            # The launch's code and its own settings, then this stack's: its processes are the ones reached.
+            env={**self.process_env(), **launched_env, **self.settings_env(), **(env or {})},
             stdout=subprocess.PIPE if ready_line else output,
             stderr=output,
             start_new_session=True,
@@ -203,19 +241,25 @@ class Stack:
         wait_until(lambda: port_open(self.ports.mongo), what="nx-27017")
 
     def start_simulators(self) -> None:
-        python = sys.executable
-        self._spawn(
-            "apns-simulator",
-            [python, "-m", "simulators.apns", "--port", str(self.ports.apns), "--control-port", str(self.ports.apns_control), "--cert-dir", str(self.cert_dir)],
-            ready_line="ready",
-        )
-        self._spawn(
-            "fcm-simulator",
-            [python, "-m", "simulators.fcm", "--port", str(self.ports.fcm), "--control-port", str(self.ports.fcm_control), "--cert-dir", str(self.cert_dir)],
-            ready_line="ready",
-        )
+        for module, port, control in SIMULATORS:
+            self._spawn(
+                f"{module}-simulator",
+                [sys.executable, "-m", f"simulators.{module}", "--port", str(getattr(self.ports, port)),
+                 "--control-port", str(getattr(self.ports, control)), "--cert-dir", str(self.cert_dir),
+                 "--processes", str(self.simulator_processes), "--latency-ms", str(self.simulator_latency_ms)],
+                ready_line="ready",
+            )
+
+    @property
+    def worker_groups(self) -> tuple[str, ...]:
+        """The worker groups this stack starts: the launched ones when launches name any, else this tree's."""
+        launched = tuple(name.removeprefix("workers-") for name in self.launches if name.startswith("workers-"))
+        return launched or tuple(WORKER_GROUPS)
 
     def worker_argv(self, group: str) -> list[str]:
+        launch = self.launches.get(f"workers-{group}")
+        if launch is not None:
+            return launch.argv
         queues = [commands.queue_name_for_prefix(self.queue_prefix, q) for q in WORKER_GROUPS[group]]
         return [
             str(VENV_BIN / "dramatiq"),
@@ -235,42 +279,42 @@ class Stack:
     def worker_metrics_url(self, group: str) -> str:
         return f"http://127.0.0.1:{self.worker_metrics_ports[group]}/metrics"
 
-    def start_workers(self, groups=tuple(WORKER_GROUPS), *, suffix: str = "", env: dict | None = None) -> None:
+    def start_workers(self, groups=None, *, suffix: str = "", env: dict | None = None) -> None:
         """Start worker groups; tests start more groups on the same queues (``suffix`` names them) with other ``env``."""
+        groups = self.worker_groups if groups is None else groups
         for group in groups:
-            # `make run` (the default ports): 9191, 9192, ... in WORKER_GROUPS order; tests: free ports.
-            default = 9191 + list(WORKER_GROUPS).index(group) if self.ports == Ports() and not suffix else free_port()
+            # `make run` (the default ports): 9191, 9192, ... in group order; tests: free ports.
+            default = 9191 + list(self.worker_groups).index(group) if self.ports == Ports() and not suffix else free_port()
             port = self.worker_metrics_ports.setdefault(group + suffix, default)
             group_env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1",
                          "dramatiq_prom_db": str(self.metrics_dir(group + suffix)), **(env or {})}
             self._spawn(f"workers-{group}{suffix}", self.worker_argv(group), env=group_env)
 
-    def stop_workers(self, groups=tuple(WORKER_GROUPS), *, kill: bool = False, suffix: str = "") -> None:
-        for group in groups:
+    def stop_workers(self, groups=None, *, kill: bool = False, suffix: str = "") -> None:
+        for group in self.worker_groups if groups is None else groups:
             self.stop(f"workers-{group}{suffix}", kill=kill)
 
-    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None) -> str:
-        """Start an API (gunicorn); answers its URL. Tests start a second one with other settings."""
+    def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None,
+                  header_timeout_ms: int | None = None) -> str:
+        """Start an API (granian, the RSGI app of api/rsgi.py); answers its URL. Tests start a second one with other settings."""
         port = port or self.ports.api
-        # gunicorn workers share their metrics through this directory (prometheus_client's multi-process mode).
-        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), **(env or {})}
+        # The API's processes share their metrics through this directory (prometheus_client's multi-process mode).
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir(name)), "PUSH_API_THREADS": str(self.api_threads), **(env or {})}
         self._spawn(
             name,
             [
-                str(VENV_BIN / "gunicorn"),
-                "--bind", f"127.0.0.1:{port}",
+                str(VENV_BIN / "granian"),
+                "--interface", "rsgi",
+                "--factory", "api.rsgi:create_app",
+                "--host", "127.0.0.1",
+                "--port", str(port),
                 "--workers", str(self.api_workers),
-                "--worker-class", API_WORKER_CLASS,
-                "--threads", str(self.api_threads),
-                # Longer than clients' idle pooled connections usually live: with gunicorn's
-                # default (2 s) a client reusing a connection the server just closed gets
-                # "Remote end closed connection without response".
-                "--keep-alive", str(API_KEEP_ALIVE_SECONDS),
-                "--access-logfile", "-" if not self.log_to_files else str(self.var_dir / "logs" / f"{name}-access.log"),
-                # gunicorn ≥ 25 opens a control socket at one path per user ($HOME/.gunicorn/gunicorn.ctl):
-                # stacks running side by side (tests, faults, fuzz, bench) would take each other's.
-                "--no-control-socket",
-                "api.app:create_app()",
+                "--no-ws",
+                # HTTP/1.1 only: with HTTP/2 detection on (granian's "auto"), a connection that sends
+                # nothing is never timed out (hyper-util starts no timer while it picks the protocol).
+                "--http", "1",
+                "--http1-header-read-timeout", str(header_timeout_ms or self.api_header_timeout_ms),
+                "--http1-buffer-size", str(API_HEADER_BUFFER_BYTES),
             ],
             env=env,
         )

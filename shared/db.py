@@ -22,9 +22,9 @@ from shared.settings import Settings
 SERVER_SELECTION_TIMEOUT_MS = 3000
 
 APPS = "apps"
-#: Projection of an app document without its provider secrets (APNs key and certificate, FCM service account, in
-#: clear or sealed: shared/sealed_credentials.py): what every read that answers a client uses.
-HIDDEN_CREDENTIALS = {"apns.private_key": 0, "apns.certificate": 0, "fcm.service_account": 0,
+#: Projection of an app document without its provider secrets (APNs key and certificate, FCM service account,
+#: HMS client secret; in clear or sealed: shared/sealed_credentials.py): what every read that answers a client uses.
+HIDDEN_CREDENTIALS = {"apns.private_key": 0, "apns.certificate": 0, "fcm.service_account": 0, "hms.client_secret": 0,
                       "apns.sealed": 0, "fcm.sealed": 0, "hms.sealed": 0}
 #: An app's ``apns.auth``: provider token (a .p8 key; documents without ``auth`` are this) or client certificate.
 APNS_TOKEN, APNS_CERTIFICATE = "token", "certificate"

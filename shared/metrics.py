@@ -7,7 +7,7 @@ consumers, publish/deliver/ack rates, per project queue and its Dramatiq delay
 answer, a passive declare over AMQP still gives ready messages and consumers.
 
 ``prometheus_client`` is imported inside functions only: in multi-process mode
-(gunicorn workers, Dramatiq worker processes) it must be imported after
+(the API's granian workers, Dramatiq worker processes) it must be imported after
 ``PROMETHEUS_MULTIPROC_DIR`` is set, which Dramatiq's Prometheus middleware
 does at process boot. Metric objects are made on first use for the same reason.
 Recording a metric never raises into the caller.
@@ -89,7 +89,10 @@ def expected_queues(settings: Settings) -> list[QueueStats]:
 
 
 def vhost_of(amqp_url: str) -> str:
-    path = urlsplit(amqp_url).path
+    """The virtual host of ``PUSH_AMQP_URL`` (a cluster's node URLs all name the same one: the first's)."""
+    from shared.broker import amqp_urls
+
+    path = urlsplit(amqp_urls(amqp_url)[0]).path
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
@@ -178,9 +181,9 @@ def _from_amqp(settings: Settings) -> list[QueueStats]:
     import pika
     import pika.exceptions
 
-    from shared.broker import amqp_url_with_timeouts
+    from shared.broker import connection_parameters
 
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url_with_timeouts(settings.amqp_url)))
+    connection = pika.BlockingConnection(connection_parameters(settings.amqp_url))
     try:
         channel = connection.channel()
         out = expected_queues(settings)
@@ -435,7 +438,7 @@ class QueueCollector:
 
 
 def exposition(settings: Settings, db=None) -> tuple[bytes, str]:
-    """The API's ``/metrics``: this process's (or, multi-process, every gunicorn worker's) metrics and the queue gauges."""
+    """The API's ``/metrics``: this process's (or, multi-process, every API process's) metrics and the queue gauges."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     directory = multiprocess_dir()

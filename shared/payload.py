@@ -11,10 +11,10 @@ Mapping (PowerAuth's "Push Message Payload Mapping"):
 | sound | aps.sound | android.notification.sound |
 | icon | (none on iOS) | android.notification.icon |
 | category | aps.category | android.notification.click_action |
-| collapseKey | apns-collapse-id header | android.collapse_key (and notification.tag) |
+| collapseKey | apns-collapse-id header and aps.thread-id (as the reference) | android.collapse_key (and notification.tag) |
 | (no collapseKey) | apns-collapse-id = the notification's ``display_id`` | android.notification.tag = ``display_id`` |
 | validUntil | apns-expiration header (epoch seconds) | android.ttl (seconds left, at send time) |
-| extras | keys at the payload's root | data (values as strings: FCM data is a string map) |
+| extras | keys at the payload's root; a key whose value is null is left out (as the reference: APNs may refuse the push) | data (values as strings: FCM data is a string map); a null value is left out too |
 | silent | aps.content-available=1, no alert; push type background, priority 5 | data-only message |
 | priority HIGH / NORMAL | apns-priority 10 / 5 | android.priority HIGH / NORMAL |
 | mutableContent | aps.mutable-content=1 | (none: FCM data messages reach the app) |
@@ -170,9 +170,10 @@ def apns_push(body: Body, *, silent: bool, high_priority: bool, display: str | N
         _put(aps, "badge", body.badge)
         _put(aps, "sound", body.sound)
     _put(aps, "category", body.category)
+    _put(aps, "thread-id", body.collapse_key)
     if body.mutable_content:
         aps["mutable-content"] = 1
-    root = dict(body.extras or {})
+    root = present_extras(body.extras)
     root["aps"] = aps
     expiration = int(body.valid_until.timestamp()) if body.valid_until else None
     return ApnsPush(
@@ -193,7 +194,7 @@ def fcm_message(body: Body, *, silent: bool, high_priority: bool, display: str |
     android: dict = {"priority": "HIGH" if high_priority else "NORMAL"}
     _put(android, "collapse_key", body.collapse_key)
     message: dict = {"android": android}
-    data = {key: value if isinstance(value, str) else orjson.dumps(value).decode() for key, value in (body.extras or {}).items()}
+    data = {key: value if isinstance(value, str) else orjson.dumps(value).decode() for key, value in present_extras(body.extras).items()}
     if data:
         message["data"] = data
     if not silent:
@@ -214,6 +215,12 @@ def fcm_message(body: Body, *, silent: bool, high_priority: bool, display: str |
                 notification["tag"] = display
             android["notification"] = notification
     return message
+
+
+def present_extras(extras: dict | None) -> dict:
+    """The extras without the keys whose value is null (the reference leaves them out of APNs payloads,
+    which a null custom key can make APNs refuse); nested nulls stay."""
+    return {key: value for key, value in (extras or {}).items() if value is not None}
 
 
 def fcm_ttl_seconds(valid_until: datetime | None, now: datetime) -> int:

@@ -23,8 +23,10 @@ class Settings:
     #: MongoDB connection string; the database name is ``mongo_db``.
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     mongo_db: str = "push"
-    #: RabbitMQ connection URL (AMQP 0-9-1).
+    #: RabbitMQ connection URL (AMQP 0-9-1); a cluster's nodes as several URLs separated by ``;`` (README "Clusters").
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: Type of every queue the workers use (with its ``.DQ`` and ``.XQ``): ``classic`` or ``quorum`` (replicated, for a cluster).
+    rabbitmq_queue_type: str = "classic"
     #: RabbitMQ management API, for queue depth (``/admin/queues``, ``/metrics``, ``python -m ops.queues``).
     rabbitmq_management_url: str = "http://guest:guest@127.0.0.1:15672"
     #: Port of a worker process group's Prometheus ``/metrics`` (Dramatiq's Prometheus middleware); 0: none.
@@ -67,6 +69,13 @@ class Settings:
     api_sync_wait_seconds: float = 30.0
     #: Largest accepted request body, bytes.
     api_max_body_bytes: int = 16 * 1024 * 1024
+    #: Threads per API process that Flask runs in (each request once its body is in).
+    api_threads: int = 8
+    #: SYNCHRONOUS sends per API process that may wait for their outcome at once, each in a blocked thread of its own
+    #: (added to ``api_threads``); one more answers at once with its counts so far, still pending.
+    api_sync_waiters: int = 512
+    #: Seconds a request body may take to arrive in full (read before the request takes a thread); later: 408.
+    api_body_timeout_seconds: float = 30.0
 
     #: Seconds one live check of RabbitMQ and MongoDB answers the unauthenticated status routes again, per API process.
     health_check_cache_seconds: float = 2.0
@@ -88,7 +97,7 @@ class Settings:
     #: Largest serialised provider payload accepted by a send (APNs and FCM both allow 4 KB).
     max_apns_payload_bytes: int = 4096
     max_fcm_payload_bytes: int = 4096
-    #: Registration rate limits (token bucket per gunicorn worker process): requests per second and burst,
+    #: Registration rate limits (token bucket per API process): requests per second and burst,
     #: per client IP and per API key. 0: no limit.
     rate_limit_ip_per_second: float = 0.0
     rate_limit_ip_burst: int = 0
@@ -126,6 +135,8 @@ class Settings:
     wc_push_unauthenticated_allowed: bool = False
     #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
     wc_push_default_app: str = ""
+    #: HS256 secret of the reference's tenant JWT on tenant management (its ``sub`` is the one tenant it manages); empty: none.
+    wc_push_tenant_jwt_secret: str = field(default="", repr=False)
 
     #: Keys sealing provider credentials (shared/sealed_credentials.py): ``<key id>:<base64 of 32 bytes>``, comma-separated;
     #: the first seals, all open. Empty: credentials in clear (refused at start-up with auth on, unless allowed below).

@@ -12,12 +12,16 @@ certificate's topic is used. Neither → ``403 MissingProviderToken``.
 Answers as Apple documents (status, ``{"reason": …}``, ``apns-id``), and by the
 device token's prefix, so a test says what it expects by the tokens it uses:
 
-  dead…   410 Unregistered (with timestamp)      bad0…  400 BadDeviceToken
+  dead…   410 Unregistered (timestamp: its first 410)  bad0…  400 BadDeviceToken
   70c0…   400 DeviceTokenNotForTopic             f503N… 503 for the first N attempts, then 200
   f500N…  500 for the first N attempts (N: one digit)           f429N… 429 TooManyRequests for the first N attempts
   de1aN…  answer 200 after N seconds             anything else (64 hex): 200
 
-Control port: see simulators/common.py, plus ``POST /keys`` {key_id, team_id, public_key_pem}.
+With a quota set (``--quota-per-second`` / ``--quota-per-minute``, or the control
+port's ``/settings``), requests of one ``apns-topic`` above it get
+``429 TooManyRequests`` (Apple sends no ``Retry-After``; neither does this).
+
+Control port: see simulators/control.py, plus ``POST /keys`` {key_id, team_id, public_key_pem}.
 """
 from __future__ import annotations
 
@@ -25,11 +29,16 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from simulators.common import Recorder, control_handler, number_after, parse_args, run
+from simulators.behaviour import number_after
+from simulators.cluster import parse_args, run
+from simulators.control import NodeControl
+from simulators.ledger import Admission
+from simulators.recorder import Recorder
 from simulators.server import Connections, Request, Response
 
 MAX_CONCURRENT_STREAMS = 1000
@@ -40,6 +49,8 @@ PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "filepr
 TOKEN_FORMAT = re.compile(r"^[0-9a-fA-F]{64}$")
 UUID_FORMAT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 FAILURE_PREFIXES = (("f503", 503, "ServiceUnavailable"), ("f500", 500, "InternalServerError"), ("f429", 429, "TooManyRequests"))
+#: Provider tokens whose verification is remembered (by the token's text) before the memory is cleared.
+VERIFIED_TOKENS = 10_000
 #: Topics a certificate for bundle id B covers: B, B.voip, B.complication (Apple's certificates list them).
 CERTIFICATE_TOPIC_SUFFIXES = ("", ".voip", ".complication")
 TOKEN, CERTIFICATE = "token", "certificate"
@@ -63,8 +74,14 @@ def auth_seen(request: Request) -> dict:
 
 
 class ApnsSimulator:
-    def __init__(self):
-        self.recorder = Recorder()
+    """The APNs provider API of one serving process.
+
+    Parameters:
+      recorder: where it counts and what it knows of faults (default: its own, in this process).
+    """
+
+    def __init__(self, *, recorder: Recorder | None = None):
+        self.recorder = recorder or Recorder()
         self.connections = Connections()
         self.keys: dict[str, tuple[str, object]] = {}  # key id -> (team id, public key)
         self.verified: dict[str, tuple[str, float] | str] = {}  # jwt -> (key id, iat) or refusal reason
@@ -80,6 +97,9 @@ class ApnsSimulator:
         self.verified.clear()
         return Response.json(200, {"ok": True})
 
+    def node_control(self) -> NodeControl:
+        return NodeControl(self.recorder, self.connections, routes={("POST", "/keys"): self.add_key})
+
     # --- provider ------------------------------------------------------------------------------
 
     def _auth_refusal(self, authorization: str | None) -> str | None:
@@ -89,7 +109,7 @@ class ApnsSimulator:
         known = self.verified.get(token)
         if known is None:
             known = self._verify(token)
-            if len(self.verified) > 10_000:
+            if len(self.verified) > VERIFIED_TOKENS:
                 self.verified.clear()
             self.verified[token] = known
         if isinstance(known, str):
@@ -116,30 +136,56 @@ class ApnsSimulator:
             return "InvalidProviderToken"
         return header["kid"], float(claims["iat"])
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
         apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
         if not request.path.startswith("/3/device/"):
             return self._refuse(404, "BadPath", apns_id)
         if request.method != "POST":
             return self._refuse(405, "MethodNotAllowed", apns_id)
         token = request.path[len("/3/device/"):]
-        attempt = self.recorder.attempt(token)
-        status, reason, delay = self._answer(request, token, attempt, apns_id)
+        numbered = any(number_after(token, prefix, digits=1) is not None for prefix, _status, _reason in FAILURE_PREFIXES)
+        admitted = self.recorder.admit(token, numbered=numbered, quota_key=request.headers.get("apns-topic") or "")
+        if isinstance(admitted, tuple):
+            return self._respond(request, token, apns_id, admitted)
+        return self._respond_later(request, token, apns_id, admitted)
+
+    async def _respond_later(self, request: Request, token: str, apns_id: str, admitted: Awaitable[Admission]) -> Response:
+        answer = self._respond(request, token, apns_id, await admitted)
+        return answer if isinstance(answer, Response) else await answer
+
+    def _respond(self, request: Request, token: str, apns_id: str, admitted: Admission) -> Response | Awaitable[Response]:
+        status, reason, delay = self._answer(request, token, admitted, apns_id)
         if delay:
-            await asyncio.sleep(delay)
+            return self._respond_after(delay, request, token, apns_id, status, reason)
+        return self._response(request, token, apns_id, status, reason)
+
+    async def _respond_after(self, delay: float, request: Request, token: str, apns_id: str, status: int, reason: str | None) -> Response:
+        await asyncio.sleep(delay)
+        answer = self._response(request, token, apns_id, status, reason)
+        return answer if isinstance(answer, Response) else await answer
+
+    def _response(self, request: Request, token: str, apns_id: str, status: int, reason: str | None) -> Response | Awaitable[Response]:
         self.recorder.keep(token, request, status, **auth_seen(request))
         if status == 200:
             return Response(200, b"", [("apns-id", apns_id)],
                             on_written=self.recorder.deliverer(token, request.headers.get("apns-collapse-id")))
-        body = {"reason": reason}
         if status == 410:
-            body["timestamp"] = int(time.time() * 1000)
-        return Response.json(status, body, [("apns-id", apns_id)])
+            # When the token stopped being valid: fixed at its first 410 (on any process), so an app that registers
+            # it again later has a registration newer than the timestamp (which the provider must keep).
+            since = self.recorder.invalid_since(token)
+            if isinstance(since, int):
+                return Response.json(410, {"reason": reason, "timestamp": since}, [("apns-id", apns_id)])
+            return self._gone_later(reason, apns_id, since)
+        return Response.json(status, {"reason": reason}, [("apns-id", apns_id)])
+
+    async def _gone_later(self, reason: str | None, apns_id: str, since: Awaitable[int]) -> Response:
+        return Response.json(410, {"reason": reason, "timestamp": await since}, [("apns-id", apns_id)])
 
     def _refuse(self, status: int, reason: str, apns_id: str) -> Response:
         return Response.json(status, {"reason": reason}, [("apns-id", apns_id)])
 
-    def _answer(self, request: Request, token: str, attempt: int, apns_id: str) -> tuple[int, str | None, float]:
+    def _answer(self, request: Request, token: str, admitted: Admission, apns_id: str) -> tuple[int, str | None, float]:
+        attempt, retry_after = admitted
         headers = request.headers
         if self.recorder.unavailable():
             return 503, "ServiceUnavailable", 0
@@ -169,6 +215,8 @@ class ApnsSimulator:
             return 413, "PayloadTooLarge", 0
         if not request.body:
             return 400, "PayloadEmpty", 0
+        if retry_after is not None:
+            return 429, "TooManyRequests", 0
         if token.startswith("dead"):
             return 410, "Unregistered", 0
         if token.startswith("bad0"):
@@ -183,12 +231,15 @@ class ApnsSimulator:
         return 200, None, float(delay or 0)
 
 
+def serving(recorder: Recorder) -> tuple:
+    """The provider handler and node control of one serving process."""
+    simulator = ApnsSimulator(recorder=recorder)
+    return simulator.handle, simulator.node_control()
+
+
 def main() -> None:
     args = parse_args("apns", 8443, 8445)
-    simulator = ApnsSimulator()
-    control = control_handler(simulator.recorder, simulator.connections, {("POST", "/keys"): simulator.add_key})
-    run("apns", args, simulator.handle, control, connections=simulator.connections, max_concurrent_streams=MAX_CONCURRENT_STREAMS,
-        client_certificates=True)
+    run("apns", args, serving, max_concurrent_streams=MAX_CONCURRENT_STREAMS, client_certificates=True)
 
 
 if __name__ == "__main__":

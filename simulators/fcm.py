@@ -13,23 +13,39 @@ Behaviour by registration token prefix:
   quotaN-        429 RESOURCE_EXHAUSTED / QUOTA_EXCEEDED with Retry-After: 1, first N attempts
   delayN-        200 after N seconds
 
-Control port: see simulators/common.py, plus ``POST /service-accounts`` {client_email, project_id, public_key_pem}.
+With a quota set (``--quota-per-second`` / ``--quota-per-minute``, or the control
+port's ``/settings``), a project's requests above it are answered as FCM
+answers an exhausted quota: 429 RESOURCE_EXHAUSTED with an FcmError detail
+``QUOTA_EXCEEDED`` and ``Retry-After`` (the whole seconds until the project may
+send again), for all the simulator's processes together.
+
+An access token issued by one serving process is known to all of them before
+its answer goes out. Control port: see simulators/control.py, plus
+``POST /service-accounts`` {client_email, project_id, public_key_pem}.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 import urllib.parse
+from collections.abc import Awaitable
 
 import jwt
 import orjson
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from simulators.common import Recorder, control_handler, number_after, parse_args, run
+from simulators.behaviour import number_after
+from simulators.cluster import parse_args, run
+from simulators.control import NodeControl
+from simulators.ledger import Admission
+from simulators.recorder import Recorder
 from simulators.server import Connections, Request, Response
 
 MAX_CONCURRENT_STREAMS = 100
+#: Internal control route: an access token another serving process issued.
+ACCESS_TOKEN_PATH = "/_access-tokens"
 MAX_MESSAGE_BYTES = 4096
 ACCESS_TOKEN_SECONDS = 3600
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -39,6 +55,8 @@ FAILURE_PREFIXES = (
     ("internal", 500, "INTERNAL", "INTERNAL", "Internal error encountered."),
     ("quota", 429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded for quota metric 'Send requests'."),
 )
+#: The message of FCM's 429 when a project's quota is spent.
+QUOTA_MESSAGE = FAILURE_PREFIXES[2][4]
 
 
 def fcm_error(status: int, grpc_status: str, message: str, error_code: str | None = None, extra_details=(), headers=None) -> Response:
@@ -48,12 +66,21 @@ def fcm_error(status: int, grpc_status: str, message: str, error_code: str | Non
 
 
 class FcmSimulator:
-    def __init__(self):
-        self.recorder = Recorder()
+    """The FCM HTTP v1 API and OAuth token endpoint of one serving process.
+
+    Parameters:
+      recorder: where it counts and what it knows of faults (default: its own, in this process).
+    """
+
+    def __init__(self, *, recorder: Recorder | None = None):
+        self.recorder = recorder or Recorder()
         self.connections = Connections()
         self.accounts: dict[str, tuple[str, object]] = {}  # client email -> (project id, public key)
         self.access_tokens: dict[str, tuple[str, float]] = {}  # token -> (project id, expiry)
         self.tokens_issued = 0
+        # Message names as FCM's ("0:<number>%<hex>"): unique per process without a random draw per answer.
+        self.message_ids = itertools.count(1)
+        self.message_ids_suffix = secrets.token_hex(8)
 
     def add_account(self, request: Request) -> Response:
         data = request.json() or {}
@@ -63,18 +90,24 @@ class FcmSimulator:
             return Response.json(400, {"error": f"bad service account: {error}"})
         return Response.json(200, {"ok": True})
 
-    def stats(self, request: Request) -> Response:
-        return Response.json(200, {**self.recorder.stats(), "access_tokens_issued": self.tokens_issued})
+    def add_access_token(self, request: Request) -> Response:
+        data = request.json()
+        self.access_tokens[data["token"]] = (data["project_id"], data["expires_at"])
+        return Response.json(200, {"ok": True})
 
-    async def handle(self, request: Request) -> Response:
+    def node_control(self) -> NodeControl:
+        routes = {("POST", "/service-accounts"): self.add_account, ("POST", ACCESS_TOKEN_PATH): self.add_access_token}
+        return NodeControl(self.recorder, self.connections, routes=routes, own_stats=lambda: {"access_tokens_issued": self.tokens_issued})
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path.split("?", 1)[0]
         if path == "/token" and request.method == "POST":
             return self._token(request)
         if path.startswith("/v1/projects/") and path.endswith("/messages:send") and request.method == "POST":
-            return await self._send(request, path[len("/v1/projects/"):-len("/messages:send")])
+            return self._send(request, path[len("/v1/projects/"):-len("/messages:send")])
         return fcm_error(404, "NOT_FOUND", f"Not found: {request.method} {path}")
 
-    def _token(self, request: Request) -> Response:
+    async def _token(self, request: Request) -> Response:
         form = urllib.parse.parse_qs(request.body.decode("utf-8", "replace"))
         assertion = (form.get("assertion") or [""])[0]
         if (form.get("grant_type") or [""])[0] != "urn:ietf:params:oauth:grant-type:jwt-bearer" or not assertion:
@@ -86,29 +119,55 @@ class FcmSimulator:
         except (KeyError, jwt.PyJWTError):
             return Response.json(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
         token = "ya29.sim-" + secrets.token_urlsafe(32)
-        self.access_tokens[token] = (project_id, time.time() + ACCESS_TOKEN_SECONDS)
+        expires_at = time.time() + ACCESS_TOKEN_SECONDS
+        self.access_tokens[token] = (project_id, expires_at)
         self.tokens_issued += 1
+        # Its next request may reach another serving process: they all know it before the client does.
+        await self.recorder.ledger.replicate({"method": "POST", "path": ACCESS_TOKEN_PATH,
+                                              "body": orjson.dumps({"token": token, "project_id": project_id, "expires_at": expires_at}).decode()})
         return Response.json(200, {"access_token": token, "expires_in": ACCESS_TOKEN_SECONDS, "token_type": "Bearer"})
 
-    async def _send(self, request: Request, project_id: str) -> Response:
+    def _send(self, request: Request, project_id: str) -> Response | Awaitable[Response]:
         try:
             message = orjson.loads(request.body)["message"]
             token = message["token"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return fcm_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.", "INVALID_ARGUMENT")
-        attempt = self.recorder.attempt(token)
-        response = self._refusal(request, project_id, message, token, attempt)
+        if not isinstance(token, str):
+            return fcm_error(400, "INVALID_ARGUMENT", "Invalid value at 'message.token'", "INVALID_ARGUMENT",
+                             [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.token"}]}])
+        numbered = any(number_after(token, prefix) is not None for prefix, *_rest in FAILURE_PREFIXES)
+        admitted = self.recorder.admit(token, numbered=numbered, quota_key=project_id)
+        if isinstance(admitted, tuple):
+            return self._respond(request, project_id, message, token, admitted)
+        return self._respond_later(request, project_id, message, token, admitted)
+
+    async def _respond_later(self, request: Request, project_id: str, message: dict, token: str, admitted: Awaitable[Admission]) -> Response:
+        answer = self._respond(request, project_id, message, token, await admitted)
+        return answer if isinstance(answer, Response) else await answer
+
+    def _respond(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission) -> Response | Awaitable[Response]:
+        response = self._refusal(request, project_id, message, token, admitted)
         if response is None:
             delay = number_after(token, "delay")
             if delay:
-                await asyncio.sleep(delay)
-            response = Response.json(
-                200, {"name": f"projects/{project_id}/messages/{secrets.token_hex(8)}"}, on_written=self.recorder.deliverer(token, notification_tag(message))
-            )
+                return self._deliver_after(delay, request, project_id, message, token)
+            response = self._delivered(project_id, message, token)
         self.recorder.keep(token, request, response.status)
         return response
 
-    def _refusal(self, request: Request, project_id: str, message: dict, token: str, attempt: int) -> Response | None:
+    async def _deliver_after(self, delay: float, request: Request, project_id: str, message: dict, token: str) -> Response:
+        await asyncio.sleep(delay)
+        response = self._delivered(project_id, message, token)
+        self.recorder.keep(token, request, response.status)
+        return response
+
+    def _delivered(self, project_id: str, message: dict, token: str) -> Response:
+        return Response.json(200, {"name": f"projects/{project_id}/messages/0:{next(self.message_ids)}%{self.message_ids_suffix}"},
+                             on_written=self.recorder.deliverer(token, notification_tag(message)))
+
+    def _refusal(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission) -> Response | None:
+        attempt, retry_after = admitted
         if self.recorder.unavailable():
             return fcm_error(503, "UNAVAILABLE", "The service is currently unavailable.", "UNAVAILABLE")
         authorization = request.headers.get("authorization", "")
@@ -117,7 +176,8 @@ class FcmSimulator:
             return fcm_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", "THIRD_PARTY_AUTH_ERROR")
         if granted[0] != project_id:
             return fcm_error(403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH")
-        if len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
+        # The body holds the message: only a body over the limit can hold a message over it (saves a dump per request).
+        if len(request.body) > MAX_MESSAGE_BYTES and len(orjson.dumps(message)) > MAX_MESSAGE_BYTES:
             return fcm_error(400, "INVALID_ARGUMENT", "Message is too big", "INVALID_ARGUMENT")
         android = message.get("android") or {}
         if android.get("priority") not in (None, "high", "normal", "HIGH", "NORMAL"):
@@ -127,6 +187,8 @@ class FcmSimulator:
         if ttl is not None and not (isinstance(ttl, str) and ttl.endswith("s")):
             return fcm_error(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'", "INVALID_ARGUMENT",
                              [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.android.ttl"}]}])
+        if retry_after is not None:
+            return fcm_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE, "QUOTA_EXCEEDED", headers=[("retry-after", str(retry_after))])
         if token.startswith("dead"):
             return fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")
         if token.startswith("invalid"):
@@ -148,14 +210,15 @@ def notification_tag(message: dict) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
+def serving(recorder: Recorder) -> tuple:
+    """The provider handler and node control of one serving process."""
+    simulator = FcmSimulator(recorder=recorder)
+    return simulator.handle, simulator.node_control()
+
+
 def main() -> None:
     args = parse_args("fcm", 8444, 8446)
-    simulator = FcmSimulator()
-    control = control_handler(
-        simulator.recorder, simulator.connections,
-        {("POST", "/service-accounts"): simulator.add_account, ("GET", "/stats"): simulator.stats},
-    )
-    run("fcm", args, simulator.handle, control, connections=simulator.connections, max_concurrent_streams=MAX_CONCURRENT_STREAMS)
+    run("fcm", args, serving, max_concurrent_streams=MAX_CONCURRENT_STREAMS)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,19 @@
 One protocol class serves both: after the TLS handshake it looks at ALPN and
 speaks HTTP/2 when the client chose ``h2``, HTTP/1.1 otherwise (the OAuth token
 endpoint is called by google-auth over HTTP/1.1; the control port is plain
-HTTP/1.1 without TLS). Handlers are coroutines ``handle(request) -> Response``.
-A response's ``on_written`` runs only when the response went out on a live
-connection, so a simulator counts a notification as delivered only if the
-client could have seen the answer.
+HTTP/1.1 without TLS). Handlers are ``handle(request)`` answering a :class:`Response`, or an awaitable
+of one when they must wait (a coordinator's answer, a delay): most answers need
+no task. A response's ``on_written`` runs only when the response went out on a
+live connection, so a simulator counts a notification as delivered only if the
+client could have seen the answer. Answers wait ``Connections.latency_seconds``
+(a WAN's round trip) on a timer, never blocking other streams. A TLS client
+that offers no ALPN but opens with the HTTP/2 preface is served HTTP/2 (aioapns
+does so).
+
+Per request, h2's own HPACK coder was the largest cost (Huffman-decoding the
+never-indexed provider token each time): connections use
+:mod:`simulators.hpack_codec` instead. Everything a loop turn answers goes out
+in one write.
 
 TLS is asyncio's, with one change (:class:`AlertingTlsProtocol`): a handshake the
 server refuses (a client certificate its CA did not sign) sends its TLS alert
@@ -29,15 +38,21 @@ import h2.exceptions
 import h2.settings
 import orjson
 
+from simulators.hpack_codec import CachingDecoder, LiteralEncoder
+
 log = logging.getLogger(__name__)
 
 #: Receive window granted to clients, per stream and for the connection.
 RECEIVE_WINDOW = 1 << 24
 #: Largest HTTP/1.1 request head or body accepted.
 MAX_HTTP1_REQUEST = 1 << 24
+#: What an HTTP/2 client sends first (RFC 9113 §3.4); seen on a connection without ALPN, it means HTTP/2.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: Seconds between a GOAWAY and closing the connection: streams already received are answered meanwhile.
+GOAWAY_CLOSE_SECONDS = 0.5
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     path: str
@@ -51,7 +66,7 @@ class Request:
         return orjson.loads(self.body) if self.body else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     status: int
     body: bytes = b""
@@ -63,14 +78,19 @@ class Response:
         return cls(status, orjson.dumps(data), [("content-type", "application/json"), *(headers or [])], on_written)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 class Connections:
-    """The live HTTP/2 connections of a server, so a fault can GOAWAY them all."""
+    """The live HTTP/2 connections of a server (so a fault can GOAWAY them all) and how long answers wait.
 
-    def __init__(self):
+    Parameters:
+      latency_seconds: time from a request's end to its answer (0: at once), for every stream.
+    """
+
+    def __init__(self, *, latency_seconds: float = 0.0):
         self.live: set[ServerProtocol] = set()
+        self.latency_seconds = latency_seconds
 
     def goaway_all(self) -> int:
         for protocol in list(self.live):
@@ -90,8 +110,10 @@ class ServerProtocol(asyncio.Protocol):
         self.streams: dict[int, tuple[dict, bytearray]] = {}
         self.waiting_window: dict[int, tuple[bytes, Callable | None]] = {}
         self.buffer = bytearray()
+        self.tls = False
         self.http1_busy = False
         self.flush_scheduled = False
+        self.receiving = False
         self.client_certificate: dict | None = None
 
     # --- connection --------------------------------------------------------------------------
@@ -101,21 +123,30 @@ class ServerProtocol(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.client_certificate = ssl_object.getpeercert() or None
+        self.tls = ssl_object is not None
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-            config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False)
-            self.h2 = h2.connection.H2Connection(config=config)
-            self.h2.local_settings = h2.settings.Settings(
-                client=False,
-                initial_values={
-                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
-                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW,
-                },
-            )
-            self.h2.initiate_connection()
-            self.h2.increment_flow_control_window(RECEIVE_WINDOW)
-            self._flush()
-            if self.connections is not None:
-                self.connections.live.add(self)
+            self._start_h2()
+
+    def _start_h2(self) -> None:
+        # Headers arrive as bytes and are decoded once here (h2's own pass builds a tuple object per header);
+        # the answers' headers are the simulators' own, lower-case and valid, so h2 need not check them again.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                                           normalize_inbound_headers=False, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.encoder, self.h2.decoder = LiteralEncoder(), CachingDecoder()
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW,
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(RECEIVE_WINDOW)
+        self._flush()
+        if self.connections is not None:
+            self.connections.live.add(self)
 
     def connection_lost(self, exc) -> None:
         if self.connections is not None:
@@ -130,14 +161,22 @@ class ServerProtocol(asyncio.Protocol):
             return
         self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
         self._flush()
-        asyncio.get_running_loop().call_later(0.5, self.transport.close)
+        asyncio.get_running_loop().call_later(GOAWAY_CLOSE_SECONDS, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self.h2 is not None:
             self._h2_received(data)
-        else:
-            self.buffer.extend(data)
-            self._http1_next()
+            return
+        self.buffer.extend(data)
+        if self.tls and self.buffer[: len(HTTP2_PREFACE)] == HTTP2_PREFACE[: len(self.buffer)]:
+            if len(self.buffer) < len(HTTP2_PREFACE):
+                return  # the rest of the preface is on its way
+            received = bytes(self.buffer)
+            self.buffer.clear()
+            self._start_h2()
+            self._h2_received(received)
+            return
+        self._http1_next()
 
     # --- HTTP/2 -------------------------------------------------------------------------------
 
@@ -154,6 +193,14 @@ class ServerProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _h2_received(self, data: bytes) -> None:
+        self.receiving = True
+        try:
+            self._h2_events(data)
+        finally:
+            self.receiving = False
+        self._flush()
+
+    def _h2_events(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -162,7 +209,8 @@ class ServerProtocol(asyncio.Protocol):
             return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
-                self.streams[event.stream_id] = (dict(event.headers), bytearray())
+                headers = {name.decode("utf-8", "replace"): value.decode("utf-8", "replace") for name, value in event.headers}
+                self.streams[event.stream_id] = (headers, bytearray())
                 if event.stream_ended:
                     self._dispatch(event.stream_id)
             elif isinstance(event, h2.events.DataReceived):
@@ -179,7 +227,6 @@ class ServerProtocol(asyncio.Protocol):
                 self._send_waiting()
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.transport.close()
-        self._flush()
 
     def _dispatch(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
@@ -187,10 +234,23 @@ class ServerProtocol(asyncio.Protocol):
             return
         headers, body = stream
         request = Request(headers.get(":method", ""), headers.get(":path", ""), headers, bytes(body), client_certificate=self.client_certificate)
-        asyncio.ensure_future(self._answer_h2(stream_id, request))
+        answer = self._handle(request)
+        if isinstance(answer, Response):
+            self._answer_h2_later(stream_id, answer)
+        else:
+            asyncio.ensure_future(self._await_h2(stream_id, answer))
 
-    async def _answer_h2(self, stream_id: int, request: Request) -> None:
-        response = await self._handle(request)
+    async def _await_h2(self, stream_id: int, answer: Awaitable[Response]) -> None:
+        self._answer_h2_later(stream_id, await self._awaited(answer))
+
+    def _answer_h2_later(self, stream_id: int, response: Response) -> None:
+        latency = self.connections.latency_seconds if self.connections is not None else 0.0
+        if latency > 0:
+            asyncio.get_running_loop().call_later(latency, self._answer_h2, stream_id, response)
+        else:
+            self._answer_h2(stream_id, response)
+
+    def _answer_h2(self, stream_id: int, response: Response) -> None:
         if stream_id not in self.streams or not self.alive():
             log.warning("stream %s gone before its answer (alive %s)", stream_id, self.alive())
             return  # reset by the client, or the connection went away meanwhile
@@ -205,7 +265,8 @@ class ServerProtocol(asyncio.Protocol):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as error:
             log.warning("answer on stream %s failed: %r", stream_id, error)
             return
-        self._schedule_flush()
+        if not self.receiving:  # an answer made while receiving goes out with the receive's own write
+            self._schedule_flush()
 
     def _send_body(self, stream_id: int, body: bytes, on_written) -> None:
         if self.h2.local_flow_control_window(stream_id) < len(body):
@@ -228,11 +289,18 @@ class ServerProtocol(asyncio.Protocol):
         if on_written is not None and self.alive():
             on_written()
 
-    async def _handle(self, request: Request) -> Response:
+    def _handle(self, request: Request) -> Response | Awaitable[Response]:
         try:
-            return await self.handler(request)
+            return self.handler(request)
         except Exception:  # noqa: BLE001 - a simulator bug must answer 500, not hang the stream
             log.exception("handler failed for %s %s", request.method, request.path)
+            return Response.json(500, {"reason": "InternalServerError"})
+
+    async def _awaited(self, answer: Awaitable[Response]) -> Response:
+        try:
+            return await answer
+        except Exception:  # noqa: BLE001 - a simulator bug must answer 500, not hang the stream
+            log.exception("handler failed")
             return Response.json(500, {"reason": "InternalServerError"})
 
     # --- HTTP/1.1 -----------------------------------------------------------------------------
@@ -268,7 +336,11 @@ class ServerProtocol(asyncio.Protocol):
         asyncio.ensure_future(self._answer_http1(request, headers))
 
     async def _answer_http1(self, request: Request, headers: dict) -> None:
-        response = await self._handle(request)
+        answer = self._handle(request)
+        response = answer if isinstance(answer, Response) else await self._awaited(answer)
+        latency = self.connections.latency_seconds if self.connections is not None else 0.0
+        if latency > 0:
+            await asyncio.sleep(latency)
         self.http1_busy = False
         if not self.alive():
             return
@@ -305,11 +377,12 @@ class AlertingTlsProtocol(sslproto.SSLProtocol):
 
 
 async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                max_concurrent_streams: int = 1000, connections: Connections | None = None) -> asyncio.Server:
+                max_concurrent_streams: int = 1000, connections: Connections | None = None, reuse_port: bool = False) -> asyncio.Server:
+    """Listen on ``host:port``; ``reuse_port`` lets several processes listen on one port (``SO_REUSEPORT``)."""
     loop = asyncio.get_running_loop()
 
     def protocol() -> asyncio.Protocol:
         served = ServerProtocol(handler, max_concurrent_streams=max_concurrent_streams, connections=connections)
         return served if ssl_context is None else AlertingTlsProtocol(loop, served, ssl_context)
 
-    return await loop.create_server(protocol, host, port, backlog=1024)
+    return await loop.create_server(protocol, host, port, backlog=1024, reuse_port=reuse_port or None)

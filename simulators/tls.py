@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Names the server certificate is valid for: local runs and docker-compose service names.
-SERVER_NAMES = ("localhost", "apns-simulator", "fcm-simulator", "simulators")
+SERVER_NAMES = ("localhost", "apns-simulator", "fcm-simulator", "hms-simulator", "simulators")
 SERVER_IPS = ("127.0.0.1", "::1")
 VALID_DAYS = 3650
 #: Validity of a client certificate (Apple's APNs certificates last a year).

@@ -13,21 +13,26 @@ from pathlib import Path
 import pika
 
 from devstack.stack import WORKER_GROUPS, Ports, Stack
+from shared.broker import connection_parameters
 from shared.commands import queue_name_for_prefix
 from shared.settings import load
 
 
 @contextmanager
-def running_stack(var_dir: Path, name: str, env: dict) -> Iterator[Stack]:
-    """Start a stack named ``name`` (its queue prefix) with ``env`` settings; stop it and delete its queues after."""
+def running_stack(var_dir: Path, name: str, env: dict, *, ports: Ports | None = None, broker_url: str | None = None) -> Iterator[Stack]:
+    """Start a stack named ``name`` (its queue prefix) with ``env`` settings; stop it and delete its queues after.
+
+    ``ports``: where it listens (free ones when not given). ``broker_url``: where its queues are
+    deleted (a cluster's nodes); the machine's RabbitMQ when not given.
+    """
     prefix = f"{name}-{uuid.uuid4().hex[:8]}."
-    stack = Stack(var_dir=var_dir, ports=Ports.free(), queue_prefix=prefix, env=dict(env))
+    stack = Stack(var_dir=var_dir, ports=ports or Ports.free(), queue_prefix=prefix, env=dict(env))
     try:
         stack.start()
         yield stack
     finally:
         stack.stop_all()
-        delete_queues(prefix)
+        delete_queues(prefix, amqp_url=broker_url)
 
 
 def queue_names(prefix: str) -> list[str]:
@@ -40,8 +45,8 @@ def queue_names(prefix: str) -> list[str]:
     ]
 
 
-def delete_queues(prefix: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(load().amqp_url))
+def delete_queues(prefix: str, *, amqp_url: str | None = None) -> None:
+    connection = pika.BlockingConnection(connection_parameters(amqp_url or load().amqp_url))
     try:
         channel = connection.channel()
         for name in queue_names(prefix):

@@ -145,6 +145,8 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
     by_platform: dict[str, dict[str, Delivery]] = {"apns": {}, "fcm": {}}
     held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1})
     for device in {d["_id"]: d for devices in held.values() for d in devices}.values():
+        if device["platform"] not in by_platform:
+            continue  # a provider this server does not deliver to yet (HMS): no delivery, counted nowhere
         delivery = Delivery(
             id=delivery_id(campaign_id, ENTRY, device["token"]),
             device_id=device["_id"],
@@ -152,7 +154,7 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
             entry=ENTRY,
             environment=device.get("environment"),
         )
-        by_platform.setdefault(device["platform"], {})[delivery.id] = delivery
+        by_platform[device["platform"]][delivery.id] = delivery
     now = time.time()
     for platform, deliveries in by_platform.items():
         if not deliveries:

@@ -79,6 +79,8 @@ class Result:
     reason: str | None = None
     retry_after: float | None = None
     outcome: Outcome | None = None
+    #: A dead token's invalidation time from the provider (APNs 410 ``timestamp``, ms), if it gave one.
+    token_invalid_since: int | None = None
 
 
 @dataclass
@@ -131,7 +133,9 @@ class Recorder:
                 action = self.entries[str(result.delivery.entry)].get("dead_token", DEACTIVATE_DEVICE)
                 dead.setdefault(action, []).append(result)
         for action, dead_results in dead.items():
-            DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token")
+            invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
+            DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
+                                       invalid_since=invalid_since)
         now = time.time()
         groups: dict[tuple[str, str | None], list[str]] = {}
         for result in results:
@@ -275,7 +279,8 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
             )
             reason = getattr(answer, "reason", None) if answer is not None else "transport error"
             if outcome in STATE_BY_OUTCOME:
-                result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome)
+                result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome,
+                                token_invalid_since=getattr(answer, "token_invalid_since", None))
             else:
                 result = Result(delivery, "retry", reason, retry_after=requeue_after)
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries

@@ -78,6 +78,8 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     deliveries = {"apns": [], "fcm": []}
     for entry_index, device in _targets(db, cmd["app_id"], entries):
         platform = device["platform"]
+        if platform not in deliveries:
+            continue  # a provider this server does not deliver to yet (HMS): no delivery, counted nowhere
         deliveries[platform].append(
             Delivery(
                 id=delivery_id(message_id, entry_index, device["token"]),

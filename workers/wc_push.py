@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from pymongo import ReturnDocument
@@ -42,7 +43,7 @@ from shared.wc_push import (
 )
 from shared.write_order import order_of
 from workers import expand
-from workers.writes import upsert_if_newer
+from workers.writes import upsert_if_newer, written_by
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,18 @@ def drop_pending(db: Database, key: str, reason: str) -> None:
         db[collections.WCP_NOTIFICATIONS].delete_many({"_id": {"$in": [d["_id"] for d in notifications]}})
 
 
-def delete_dead_clients(db: Database, device_ids: list[str], reason: str) -> None:
-    """A provider declared the token dead: delete the client, if it still has that token."""
+def delete_dead_clients(db: Database, device_ids: list[str], reason: str, *, invalid_since: Mapping[str, int] | None = None) -> None:
+    """A provider declared the token dead: delete the client, if it still has that token.
+
+    ``invalid_since`` (APNs 410 ``timestamp`` by device id): a client registered after it keeps its token
+    (:func:`workers.writes.written_by`).
+    """
+    invalid_since = invalid_since or {}
     for device in device_ids:
         key, _, token = device.rpartition(SEP)
+        stamp = invalid_since.get(device)
         db[collections.WCP_CLIENTS].update_one(
-            {"_id": key, "token": token, "deleted": False},
+            {"_id": key, "token": token, "deleted": False, **(written_by(stamp) if stamp is not None else {})},
             {"$set": {"deleted": True, "reason": f"dead token: {reason}", "updated_at": _now()}},
         )
 

@@ -12,8 +12,10 @@ cannot bring a deleted device back; tombstones are purged by
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -25,6 +27,8 @@ from shared.write_order import order_of
 
 #: How many times a read-modify-write of a device retries after losing a race.
 MAX_OPTIMISTIC_TRIES = 10
+#: Nanoseconds (a write's ``ts``) per millisecond (a provider's timestamp).
+NS_PER_MS = 1_000_000
 
 
 def device_id(app_id: str, token: str) -> str:
@@ -58,7 +62,7 @@ def upsert_if_newer(collection, _id: str, ts: int, fields: dict, *, on_insert: d
 def create_app(db: Database, cmd: dict) -> None:
     try:
         db[collections.APPS].insert_one(
-            {"_id": cmd["app_id"], "created_at": _now(), "apns_ts": 0, "fcm_ts": 0, "suspended": {}}
+            {"_id": cmd["app_id"], "created_at": _now(), "apns_ts": 0, "fcm_ts": 0, "hms_ts": 0, "suspended": {}}
         )
     except DuplicateKeyError:
         pass
@@ -68,6 +72,8 @@ def set_app_provider(db: Database, cmd: dict) -> None:
     """Set or remove (``credentials`` None) one provider's credentials; lifts its suspension."""
     provider = cmd["provider"]
     ts_field = f"{provider}_ts"
+    # An app created before a provider was known here (HMS) has no time for it yet: it starts at 0.
+    db[collections.APPS].update_one({"_id": cmd["app_id"], ts_field: {"$exists": False}}, {"$set": {ts_field: 0}})
     db[collections.APPS].update_one(
         {"_id": cmd["app_id"], ts_field: {"$lt": order_of(cmd)}},
         {
@@ -186,13 +192,32 @@ def update_activation_status(db: Database, cmd: dict) -> None:
         detach_activation(db, app_id, cmd["activation_id"], order_of(cmd))
 
 
-def mark_dead_tokens(db: Database, device_ids: list[str], reason: str) -> None:
-    """Deactivate registrations whose token the provider declared dead (a new create revives them)."""
-    if device_ids:
-        db[collections.DEVICES].update_many(
-            {"_id": {"$in": device_ids}},
-            {"$set": {"active": False, "dead_reason": reason, "updated_at": _now()}},
-        )
+def written_by(invalid_since_ms: int) -> dict:
+    """Filter of a registration written no later than a provider's invalidation time (ms since the epoch).
+
+    APNs answers 410 with the time it last confirmed the token invalid; a
+    registration the API received after that (its ``ts``, ns) is the app
+    registering the token again, which Apple says to keep sending to.
+    """
+    return {"ts": {"$lte": invalid_since_ms * NS_PER_MS}}
+
+
+def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invalid_since: Mapping[str, int] | None = None) -> None:
+    """Deactivate registrations whose token the provider declared dead (a new create revives them).
+
+    ``invalid_since``: by device id, when the provider says the token stopped
+    being valid (the APNs 410 ``timestamp``, ms): such a registration is
+    deactivated only if it was written no later than that (:func:`written_by`).
+    """
+    invalid_since = invalid_since or {}
+    update = {"$set": {"active": False, "dead_reason": reason, "updated_at": _now()}}
+    devices = db[collections.DEVICES]
+    unconditional = [device for device in device_ids if device not in invalid_since]
+    if unconditional:
+        devices.update_many({"_id": {"$in": unconditional}}, update)
+    stamped = [UpdateOne({"_id": device, **written_by(stamp)}, update) for device, stamp in invalid_since.items()]
+    if stamped:
+        devices.bulk_write(stamped, ordered=False)
 
 
 def purge_tombstones(db: Database, *, older_than_seconds: float) -> int:

@@ -41,9 +41,9 @@ CLIENT_RETRY_PAUSE = 1.0
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
 
 
-def queue_depths(prefix: str) -> dict[str, int]:
-    """Messages per queue of the stack, ready and unacknowledged (RabbitMQ management API)."""
-    management = load().rabbitmq_management_url
+def queue_depths(prefix: str, management: str | None = None) -> dict[str, int]:
+    """Messages per queue of the stack, ready and unacknowledged (RabbitMQ management API; the machine's by default)."""
+    management = management or load().rabbitmq_management_url
     depths = {}
     for name in queue_names(prefix):
         answer = requests.get(f"{management}/api/queues/%2F/{quote(name, safe='')}", timeout=10)
@@ -61,11 +61,20 @@ wait_for = partial(waiting.wait_for, every=0.5)
 
 
 class FaultRun:
-    """One scenario's app, devices, send and counts."""
+    """One scenario's app, devices, send and counts.
 
-    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES):
+    Parameters:
+      stack: the running stack.
+      name: the scenario's (in the printed counts).
+      devices: how many devices, one notification each.
+      management: the RabbitMQ management API the queue depths are read from, or a callable answering
+        one (a cluster's live node); the machine's by default.
+    """
+
+    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES, management=None):
         self.stack = stack
         self.name = name
+        self.management = management
         self.db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=3000)["push"]
         self.app_id = f"faults-{uuid.uuid4().hex[:8]}"
         self.apns_control = f"http://127.0.0.1:{stack.ports.apns_control}"
@@ -225,6 +234,10 @@ class FaultRun:
     def wait_sent_at_least(self, n: int, *, timeout: float = 120) -> None:
         wait_for(lambda: self.states().get("sent", 0) >= n, timeout=timeout, what=f"{n} deliveries sent", every=0.2)
 
+    def wait_acknowledged_at_least(self, batches: int, *, timeout: float = 120) -> None:
+        """Wait until the API acknowledged ``batches`` batches: the rest of the send is still to come."""
+        wait_for(lambda: len(self.acknowledged) >= batches, timeout=timeout, what=f"{batches} batches acknowledged", every=0.05)
+
     # --- the end ----------------------------------------------------------------------------
 
     def finish(self, *, timeout: float = 240, allowed_repeats: set[str] | frozenset = frozenset(), forbidden_repeats: set[str] | frozenset = frozenset()) -> dict:
@@ -284,7 +297,7 @@ class FaultRun:
         prefix = self.stack.queue_prefix
 
         def queues_empty():
-            depths = queue_depths(prefix)
+            depths = queue_depths(prefix, self.management() if callable(self.management) else self.management)
             last["queues"] = depths
             return not any(depths.values())
 

@@ -40,7 +40,6 @@ def test_missing_request_object(api):
         ({"token": "ab", "platform": "apns"}, "requestObject.appId"),
         ({"appId": "errors-app", "platform": "apns"}, "requestObject.token"),
         ({"appId": "errors-app", "token": "ab", "platform": "windows"}, "requestObject.platform"),
-        ({"appId": "errors-app", "token": "ab", "platform": "hms"}, "requestObject.platform"),
         ({"appId": "errors-app", "token": "not hex!", "platform": "apns"}, "requestObject.token"),
         ({"appId": "errors-app", "token": "ab", "platform": "apns", "activationId": 5}, "requestObject.activationId"),
         ({"appId": "no-such-app", "token": "ab", "platform": "apns"}, "requestObject.appId"),

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import subprocess
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pymongo
 import pytest
@@ -20,14 +23,22 @@ from shared.commands import APPLY_WRITE, DELIVER_CHUNK_WEBHOOK, Publisher, comma
 from shared.settings import load
 from tests import waiting
 from tests.integration.conftest import apns_token, fcm_token, take_receiver_port
+from tests.unit.test_wc_bridge import assert_payload_answer
 
 #: Seconds a push may take to reach the webhook or a simulator.
 PUSH_WAIT_SECONDS = 20
+#: The SDK flow's Node script and its npm packages (scripts/ensure-node-deps.sh installs them; `make test` runs it).
+SDK_FLOW = Path(__file__).resolve().parents[1] / "node" / "wc_v1_flow.mjs"
+#: Seconds the SDK flow may take (its listeners poll every 200 ms and give up after 30 s).
+SDK_FLOW_TIMEOUT = 120
 #: The short TTLs of the expiry tests' API (seconds).
 SHORT_SESSION_TTL = 4.0
 SHORT_CALL_TTL = 2.0
 
 PAYLOAD = {"data": "5f2a", "hmac": "9c1e", "iv": "00ff"}
+#: The stack's session and call TTLs (the defaults), seconds.
+SESSION_TTL = 86400
+CALL_TTL = 3600
 
 
 def eventually(check, *, timeout: float = PUSH_WAIT_SECONDS, what: str = "condition"):
@@ -178,13 +189,13 @@ def test_session_is_204_until_the_wallet_puts_its_details_then_200(bridge):
     answer = bridge.request("GET", f"/session/{session_id}")
     assert answer.status_code == 200
     assert answer.headers["Content-Type"].startswith("application/json")
-    assert answer.json() == {"encryptionPayload": PAYLOAD}
+    assert_payload_answer(answer.json(), PAYLOAD, ttl_seconds=SESSION_TTL)
 
 
 def test_a_second_put_replaces_the_session_details(bridge):
     session_id = bridge.wallet_session()
     assert bridge.put_session(session_id, payload={"data": "new", "hmac": "h", "iv": "i"}).status_code == 200
-    assert bridge.request("GET", f"/session/{session_id}").json() == {"encryptionPayload": {"data": "new", "hmac": "h", "iv": "i"}}
+    assert bridge.request("GET", f"/session/{session_id}").json()["encryptionPayload"] == {"data": "new", "hmac": "h", "iv": "i"}
 
 
 def test_deleted_session_is_gone_and_cannot_be_revived(bridge):
@@ -215,12 +226,13 @@ def test_call_request_is_stored_and_pushed_to_the_wallets_webhook(bridge, receiv
     assert record["attempts"] == 1 and record["last_status"] == 200
 
     answer = bridge.request("GET", f"/session/{session_id}/call/{call_id}")
-    assert answer.status_code == 200 and answer.json() == {"encryptionPayload": PAYLOAD}
+    assert answer.status_code == 200
+    assert_payload_answer(answer.json(), PAYLOAD, ttl_seconds=CALL_TTL)
 
 
 def test_all_calls_of_a_session_are_listed_by_id(bridge):
     session_id = bridge.wallet_session()
-    assert bridge.request("GET", f"/session/{session_id}/calls").json() == {}
+    assert bridge.request("GET", f"/session/{session_id}/calls").json() == {"data": {}}
     payloads = [{"data": f"call-{i}", "hmac": "h", "iv": "i"} for i in range(3)]
     call_ids = [bridge.new_call(session_id, payload, dapp_name=None) for payload in payloads]
     other = bridge.wallet_session()
@@ -229,7 +241,13 @@ def test_all_calls_of_a_session_are_listed_by_id(bridge):
     answer = bridge.request("GET", f"/session/{session_id}/calls")
 
     assert answer.status_code == 200
-    assert answer.json() == {call_id: {"encryptionPayload": payload} for call_id, payload in zip(call_ids, payloads, strict=True)}
+    calls = answer.json()
+    # The seed's map by call id, and the same map under the reference's "data" (call ids are UUIDs, never "data").
+    by_id = {call_id: calls[call_id] for call_id in call_ids}
+    assert calls == {**by_id, "data": by_id}
+    for call_id, payload in zip(call_ids, payloads, strict=True):
+        assert set(by_id[call_id]) == {"encryptionPayload", "expires", "ttlInSeconds"}
+        assert by_id[call_id]["encryptionPayload"] == payload and CALL_TTL - 60 < by_id[call_id]["ttlInSeconds"] <= CALL_TTL
     assert bridge.request("GET", f"/session/{other}/call/{call_ids[0]}").status_code == 404
 
 
@@ -243,7 +261,8 @@ def test_call_status_is_204_until_the_wallet_answers_then_200(bridge):
     assert answer.status_code == 200, answer.text
 
     answer = bridge.request("GET", f"/call-status/{call_id}")
-    assert answer.status_code == 200 and answer.json() == {"encryptionPayload": status}
+    assert answer.status_code == 200
+    assert_payload_answer(answer.json(), status, ttl_seconds=CALL_TTL)
 
 
 def test_webhook_failures_are_retried_with_backoff_and_recorded(bridge, receiver, database):
@@ -273,7 +292,7 @@ def test_a_failing_webhook_never_loses_the_call_request(bridge, receiver, databa
     )
     assert record["attempts"] >= 1 and "ConnectionError" in record["last_error"]
     for session_id, call_id in ((refused, refused_call), (unreachable, unreachable_call)):
-        assert bridge.request("GET", f"/session/{session_id}/call/{call_id}").json() == {"encryptionPayload": PAYLOAD}
+        assert bridge.request("GET", f"/session/{session_id}/call/{call_id}").json()["encryptionPayload"] == PAYLOAD
 
 
 def test_a_webhook_to_a_host_not_allowed_is_refused_and_nothing_is_stored(bridge, receiver, stack):
@@ -348,7 +367,7 @@ def test_a_body_without_a_json_content_type_is_still_read_as_json(bridge):
     session_id = bridge.new_session()
     answer = bridge.request("PUT", f"/session/{session_id}", data=json.dumps({"encryptionPayload": PAYLOAD}))
     assert answer.status_code == 200, answer.text
-    assert bridge.request("GET", f"/session/{session_id}").json() == {"encryptionPayload": PAYLOAD}
+    assert bridge.request("GET", f"/session/{session_id}").json()["encryptionPayload"] == PAYLOAD
 
 
 def test_session_writes_applied_out_of_order_end_as_the_api_acknowledged_them(bridge, database, publisher):
@@ -383,6 +402,59 @@ def test_apns_and_fcm_wallets_are_pushed_through_the_delivery_pipeline(push_brid
     assert fcm_message["data"] == {"sessionId": android_session, "callId": android_call}
 
 
+def test_an_empty_webhook_is_no_webhook_the_push_goes_through_the_pipeline(push_bridge, fcm_sim, receiver):
+    token = fcm_token()
+    session_id = push_bridge.new_session()
+    answer = push_bridge.put_session(session_id, push={"type": "fcm", "token": token, "webhook": ""})
+    assert answer.status_code == 200, answer.text
+    before = len(receiver.received)
+
+    call_id = push_bridge.new_call(session_id, dapp_name=None)
+
+    eventually(lambda: fcm_sim.delivered(token) == 1, what="FCM push")
+    assert fcm_sim.received(token)[-1]["body"]["message"]["data"] == {"sessionId": session_id, "callId": call_id}
+    assert len(receiver.received) == before
+
+
+def test_the_walletconnect_v1_sdk_runs_the_whole_flow_unchanged(push_bridge, fcm_sim):
+    """walletconnect@0.7.28 (the dapp) and js-walletconnect-core@0.7.28 (the wallet's Connector), as published on npm."""
+    node = shutil.which("node")
+    assert node, "Node 20 is needed: scripts/ensure-node-deps.sh installs it (make test runs it)"
+    assert (SDK_FLOW.parent / "node_modules" / "walletconnect").is_dir(), "run scripts/ensure-node-deps.sh (make test runs it)"
+    token = fcm_token()
+
+    flow = subprocess.run([node, str(SDK_FLOW), push_bridge.base_url, "fcm", token], capture_output=True, text=True,
+                          timeout=SDK_FLOW_TIMEOUT, check=False)
+
+    assert flow.returncode == 0, flow.stderr
+    summary = json.loads(flow.stdout.strip().splitlines()[-1])
+    assert summary["accounts"] == ["0x5fd8d8c4a1cd7c8e0f9e2a6f5a0c3b0d9e7a1b22"] and summary["result"] == "0x" + "ab" * 32
+    assert summary["resumed"] is True
+    # The wallet's push target got the call request, through the delivery pipeline, once.
+    eventually(lambda: fcm_sim.delivered(token) == 1, what="the wallet's FCM push")
+    data = fcm_sim.received(token)[-1]["body"]["message"]["data"]
+    assert data == {"sessionId": summary["sessionId"], "callId": summary["callId"], "dappName": "Example Dapp"}
+    time.sleep(0.5)
+    assert fcm_sim.delivered(token) == 1
+
+
+def test_hello_and_info_answer_as_the_reference(bridge):
+    hello = bridge.request("GET", "/hello")
+    assert hello.status_code == 200 and hello.headers["Content-Type"].startswith("text/plain")
+    assert hello.text.startswith("Hello World, this is WalletConnect v")
+    info = bridge.request("GET", "/info")
+    assert info.status_code == 200
+    assert set(info.json()) == {"name", "repository", "version"} and info.json()["name"] == "WalletConnect Bridge Server"
+
+
+def test_a_new_session_answers_when_it_expires(bridge):
+    before = time.time()
+    answer = bridge.request("POST", "/session/new")
+    assert answer.status_code == 200
+    expires = answer.json()["expires"] / 1000
+    assert before + SESSION_TTL - 5 <= expires <= time.time() + SESSION_TTL
+
+
 def test_without_a_push_target_the_call_is_stored_and_nothing_is_sent(push_bridge, receiver):
     session_id = push_bridge.wallet_session()
     before = len(receiver.received)
@@ -398,13 +470,13 @@ def test_call_data_expires_after_the_call_ttl(short_bridge, database):
     call_id = short_bridge.new_call(session_id)
     assert short_bridge.request("POST", f"/call-status/{call_id}/new", json={"encryptionPayload": PAYLOAD}).status_code == 200
     assert short_bridge.request("GET", f"/call-status/{call_id}").status_code == 200
-    assert short_bridge.request("GET", f"/session/{session_id}/calls").json() == {call_id: {"encryptionPayload": PAYLOAD}}
+    assert short_bridge.request("GET", f"/session/{session_id}/calls").json()[call_id]["encryptionPayload"] == PAYLOAD
 
     time.sleep(SHORT_CALL_TTL + 0.5)
 
     assert short_bridge.request("GET", f"/session/{session_id}/call/{call_id}").status_code == 404
     assert short_bridge.request("GET", f"/call-status/{call_id}").status_code == 204
-    assert short_bridge.request("GET", f"/session/{session_id}/calls").json() == {}
+    assert short_bridge.request("GET", f"/session/{session_id}/calls").json() == {"data": {}}
     assert short_bridge.request("POST", f"/call-status/{call_id}/new", json={"encryptionPayload": PAYLOAD}).status_code == 404
     # The TTL index removes them from MongoDB (nx-27017 when the collection is read).
     eventually(lambda: database[collections.WC_CALLS].find_one({"_id": call_id}) is None, timeout=90, what="call removed")

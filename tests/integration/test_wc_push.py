@@ -1,7 +1,7 @@
 """WalletConnect push server API end to end: API → RabbitMQ → workers → MongoDB → simulators.
 
 Tenant management and the authentication switches are settings of the API
-process; the session's gunicorn API runs with them off, so those tests drive
+process; the session's API runs with them off, so those tests drive
 an in-process API (same RabbitMQ, same database, same workers) built with
 them on.
 """
@@ -19,6 +19,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
+import jwt as pyjwt
 import pymongo
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,10 +28,11 @@ from api.apns_certificates import parse_p12
 from api.app import create_app
 from api.wc_push_auth import did_key_for, signed_message
 from devstack.credentials import apns_certificate_p12, make_credentials, register_with_simulators
+from devstack.stack import free_port
 from shared import db as collections
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
-from shared.wc_push import client_key, tenant_app_id
+from shared.wc_push import client_key, notification_key, tenant_app_id
 from tests.integration.conftest import TEST_SETTINGS, apns_token, fcm_token
 from tests.unit.test_wc_push import client_jwt
 from tests.waiting import wait_for
@@ -69,11 +71,11 @@ def database(stack):
     return pymongo.MongoClient(stack.mongo_uri, tz_aware=True)["push"]
 
 
-def upload_credentials(admin, tenant_id: str, credentials, *, apns: bool = True, fcm: bool = True) -> None:
+def upload_credentials(admin, tenant_id: str, credentials, *, apns: bool = True, fcm: bool = True, headers: dict = ADMIN) -> None:
     if apns:
         answer = admin.post(
             f"/tenants/{tenant_id}/apns",
-            headers=ADMIN,
+            headers=headers,
             content_type="multipart/form-data",
             data={
                 "apns_topic": credentials.bundle,
@@ -84,13 +86,17 @@ def upload_credentials(admin, tenant_id: str, credentials, *, apns: bool = True,
         )
         assert answer.status_code == 200, answer.get_data(as_text=True)
     if fcm:
-        answer = admin.post(
-            f"/tenants/{tenant_id}/fcm_v1",
-            headers=ADMIN,
-            content_type="multipart/form-data",
-            data={"credentials": (io.BytesIO(json.dumps(credentials.service_account).encode()), "service-account.json")},
-        )
+        answer = upload_service_account(admin, tenant_id, credentials.service_account, headers=headers)
         assert answer.status_code == 200, answer.get_data(as_text=True)
+
+
+def upload_service_account(admin, tenant_id: str, account: dict, *, headers: dict = ADMIN):
+    return admin.post(
+        f"/tenants/{tenant_id}/fcm_v1",
+        headers=headers,
+        content_type="multipart/form-data",
+        data={"credentials": (io.BytesIO(json.dumps(account).encode()), "service-account.json")},
+    )
 
 
 def simulator_credentials(stack, apns_sim, fcm_sim, name: str, *, register: bool = True):
@@ -125,7 +131,7 @@ def default_tenant(stack, admin, apns_sim, fcm_sim):
 
 
 class WcClient:
-    """Calls of the WalletConnect push API on the session's gunicorn API, for one tenant (None: default)."""
+    """Calls of the WalletConnect push API on the session's API, for one tenant (None: default)."""
 
     def __init__(self, api, tenant: str | None = None):
         self.api = api
@@ -245,6 +251,20 @@ def test_always_raw_client_takes_only_the_raw_form(api, default_tenant, fcm_sim)
     assert fcm_sim.received(token)[-1]["body"]["message"]["data"] == {"topic": "topic-raw", "tag": "4002", "message": "Y2lwaGVydGV4dA"}
 
 
+def test_the_relays_raw_form_at_the_top_level_reaches_an_always_raw_client(api, default_tenant, fcm_sim):
+    """The relay sends {topic, tag, message} unwrapped to always_raw clients, as the reference reads it."""
+    wc = WcClient(api)
+    token = fcm_token()
+    client = registered(wc, "fcm", token, always_raw=True)
+    raw = {"topic": "topic-relay", "tag": 4004, "message": "cmVsYXkgY2lwaGVydGV4dA"}
+    url = f"{api.base_url}/clients/{client}"
+    first = api.session.post(url, json=raw, timeout=60)
+    assert first.status_code == 202 and first.json() == {"status": "OK"}, first.text
+    assert api.session.post(url, json=raw, timeout=60).status_code == 200  # same message: same derived id
+    assert delivered(fcm_sim, token) == 1
+    assert fcm_sim.received(token)[-1]["body"]["message"]["data"] == {"topic": "topic-relay", "tag": "4004", "message": raw["message"]}
+
+
 def test_noop_client_accepts_and_dedupes_without_delivering(api, default_tenant):
     wc = WcClient(api)
     client = registered(wc, "noop", "noop-token")
@@ -253,15 +273,20 @@ def test_noop_client_accepts_and_dedupes_without_delivering(api, default_tenant)
     assert wc.send(client, notification_id, encrypted()).status_code == 200
 
 
-def test_send_to_unknown_or_unregistered_client_is_a_404(api, default_tenant):
+def test_send_to_unknown_or_unregistered_client_is_a_202_delivering_nothing(api, default_tenant, fcm_sim, database):
+    """As the reference answers (reown-com/push-server issue 84): the relay stops retrying; nothing is sent."""
     wc = WcClient(api)
     missing = wc.send("nobody-" + new_id(), new_id(), encrypted())
-    assert missing.status_code == 404 and missing.json()["errors"][0]["name"] == "ClientNotFound"
-    client = registered(wc, "fcm", fcm_token())
+    assert missing.status_code == 202 and missing.json() == {"status": "OK"}, missing.text
+    token = fcm_token()
+    client = registered(wc, "fcm", token)
     assert wc.unregister(client).json() == {"status": "OK"}
-    assert wc.send(client, new_id(), encrypted()).status_code == 404
-    registered(wc, "fcm", fcm_token(), client_id=client)
+    ignored = new_id()
+    assert wc.send(client, ignored, encrypted()).status_code == 202
+    assert database[collections.WCP_NOTIFICATIONS].find_one({"_id": notification_key("default", client, ignored)}) is None
+    registered(wc, "fcm", token, client_id=client)
     assert wc.send(client, new_id(), encrypted()).status_code == 202
+    assert delivered(fcm_sim, token) == 1
 
 
 def test_token_moves_to_the_new_client(api, default_tenant, apns_sim):
@@ -269,7 +294,7 @@ def test_token_moves_to_the_new_client(api, default_tenant, apns_sim):
     token = apns_token()
     old = registered(wc, "apns", token)
     new = registered(wc, "apns", token)
-    assert wc.send(old, new_id(), encrypted()).status_code == 404
+    assert wc.send(old, new_id(), encrypted()).status_code == 202  # no longer a client: nothing is sent
     assert wc.send(new, new_id(), encrypted()).status_code == 202
     assert delivered(apns_sim, token) == 1
 
@@ -307,14 +332,17 @@ def test_exactly_once_under_20_concurrent_senders_repeating_the_same_ids(api, de
         assert delivered(simulator, token, len(ids)) == len(ids), token
 
 
-def test_dead_token_deletes_the_client(api, default_tenant, database):
+def test_dead_token_deletes_the_client(api, default_tenant, database, apns_sim, fcm_sim):
     wc = WcClient(api)
-    for kind, token in (("apns", apns_token("dead")), ("fcm", fcm_token("dead"))):
+    for kind, token, simulator in (("apns", apns_token("dead"), apns_sim), ("fcm", fcm_token("dead"), fcm_sim)):
         client = registered(wc, kind, token)
         assert wc.send(client, new_id(), encrypted()).status_code == 202
         key = client_key("default", client)
         wait_for(lambda key=key: database[collections.WCP_CLIENTS].find_one({"_id": key})["deleted"], timeout=DELIVERY_TIMEOUT, what=f"{kind} client deleted")
-        assert wc.send(client, new_id(), encrypted()).status_code == 404
+        attempts = simulator.counts(token)["attempts"]
+        assert wc.send(client, new_id(), encrypted()).status_code == 202  # the client is gone: nothing more is tried
+        time.sleep(1.0)
+        assert simulator.counts(token)["attempts"] == attempts == 1
 
 
 def test_bad_requests_answer_the_envelope_never_a_500(api, default_tenant):
@@ -420,6 +448,64 @@ def test_tenant_management_needs_the_admin_token(admin, api):
     assert admin.post("/tenants", json={"id": "nope"}, headers={"Authorization": "Bearer guess"}).status_code == 401
     disabled = api.session.post(f"{api.base_url}/tenants", json={"id": "nope"}, timeout=30)
     assert disabled.status_code == 403 and disabled.json()["errors"][0]["name"] == "TenantManagementDisabled"
+
+
+#: The tenant JWT secret of the in-process API that takes tenant JWTs (HS256).
+TENANT_JWT_SECRET = "wc-push-tenant-jwt-" + secrets.token_hex(16)
+
+
+def tenant_jwt(sub: str) -> dict:
+    """``Authorization`` with the reference's tenant JWT (HS256, ``sub`` = the tenant, an hour to live)."""
+    token = pyjwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, TENANT_JWT_SECRET, algorithm="HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def jwt_admin(stack):
+    """An in-process API on the session's stack that takes tenant JWTs (and the admin token)."""
+    app = create_app(load(stack.settings_env(), wc_push_admin_token=ADMIN_TOKEN, wc_push_tenant_jwt_secret=TENANT_JWT_SECRET))
+    return app.test_client()
+
+
+def test_a_tenant_jwt_manages_the_tenant_its_sub_names_and_no_other(stack, api, jwt_admin, apns_sim, fcm_sim):
+    tenant, other = f"t-{uuid.uuid4().hex[:10]}", f"t-{uuid.uuid4().hex[:10]}"
+    assert jwt_admin.post("/tenants", json={"id": other}, headers=ADMIN).status_code == 200
+    own = tenant_jwt(tenant)
+    created = jwt_admin.post("/tenants", json={"id": tenant}, headers=own)
+    assert created.status_code == 200, created.get_data(as_text=True)
+    upload_credentials(jwt_admin, tenant, simulator_credentials(stack, apns_sim, fcm_sim, tenant), headers=own)
+    assert jwt_admin.get(f"/tenants/{tenant}", headers=own).get_json()["enabled_providers"] == ["apns", "apns-sandbox", "fcm", "fcm_v1", "noop"]
+
+    for method, path in (("get", f"/tenants/{other}"), ("delete", f"/tenants/{other}/apns"), ("delete", f"/tenants/{other}")):
+        refused = getattr(jwt_admin, method)(path, headers=own)
+        assert refused.status_code == 403 and refused.get_json()["errors"][0]["name"] == "Forbidden", (path, refused.get_data(as_text=True))
+    assert jwt_admin.post("/tenants", json={"id": f"t-{uuid.uuid4().hex[:10]}"}, headers=own).status_code == 403
+    assert jwt_admin.get(f"/tenants/{other}", headers=ADMIN).status_code == 200  # untouched
+
+    wc = WcClient(api, tenant)
+    token = apns_token()
+    assert wc.send(registered(wc, "apns", token), new_id(), encrypted()).status_code == 202
+    assert delivered(apns_sim, token) == 1
+
+
+def test_fcm_v1_credentials_are_proved_at_upload(stack, admin, apns_sim, fcm_sim):
+    """As the reference's tenant_update_fcm_v1_invalidated: a service account that gets no token is a 400, not stored."""
+    tenant = f"t-{uuid.uuid4().hex[:10]}"
+    assert admin.post("/tenants", json={"id": tenant}, headers=ADMIN).status_code == 200
+    unknown = simulator_credentials(stack, apns_sim, fcm_sim, tenant, register=False).service_account
+    unreachable = {**simulator_credentials(stack, apns_sim, fcm_sim, tenant).service_account,
+                   "token_uri": f"https://127.0.0.1:{free_port()}/token"}
+    for account, reason in ((unknown, "invalid_grant"), (unreachable, "")):
+        answer = upload_service_account(admin, tenant, account)
+        assert answer.status_code == 400, answer.get_data(as_text=True)
+        body = answer.get_json()
+        assert body["errors"][0]["name"] == "BadFcmV1Credentials" and reason in body["errors"][0]["description"]
+        assert [(f["field"], f["location"]) for f in body["fields"]] == [("credentials", "body")]
+        assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["fcm_project_id"] is None
+
+    proved = simulator_credentials(stack, apns_sim, fcm_sim, tenant).service_account
+    assert upload_service_account(admin, tenant, proved).status_code == 200
+    assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["fcm_project_id"] == proved["project_id"]
 
 
 def eventually_suspended(admin, tenant: str) -> dict:

@@ -37,6 +37,7 @@ def test_apns_alert_maps_every_field():
         "badge": 3,
         "sound": "default",
         "category": "balance-update",
+        "thread-id": "balance-update",
     }
     assert payload["_comment"] == "Any custom data." and payload["n"] == 5
     assert push.push_type == "alert" and push.priority == 10
@@ -47,8 +48,24 @@ def test_apns_alert_maps_every_field():
 def test_apns_silent_is_background_with_content_available_and_no_alert():
     push = apns_push(FULL, silent=True, high_priority=True)
     payload = orjson.loads(push.payload)
-    assert payload["aps"] == {"content-available": 1, "category": "balance-update"}
+    assert payload["aps"] == {"content-available": 1, "category": "balance-update", "thread-id": "balance-update"}
     assert push.push_type == "background" and push.priority == 5
+
+
+def test_the_collapse_key_is_also_the_apns_thread_id_as_the_reference_maps_it():
+    payload = orjson.loads(apns_push(Body(title="t", collapse_key="chat-42"), silent=False, high_priority=True).payload)
+    assert payload["aps"]["thread-id"] == "chat-42"
+    assert "thread-id" not in orjson.loads(apns_push(Body(title="t"), silent=False, high_priority=True, display="m.0").payload)["aps"]
+
+
+def test_null_extras_are_left_out_on_both_providers_nested_nulls_stay():
+    body = Body(title="t", extras={"gone": None, "kept": "v", "nested": {"inner": None}, "zero": 0, "empty": ""})
+    payload = orjson.loads(apns_push(body, silent=False, high_priority=True).payload)
+    assert "gone" not in payload and payload["kept"] == "v" and payload["nested"] == {"inner": None}
+    assert payload["zero"] == 0 and payload["empty"] == ""
+    data = fcm_message(body, silent=False, high_priority=True)["data"]
+    assert data == {"kept": "v", "nested": '{"inner":null}', "zero": "0", "empty": ""}
+    assert "data" not in fcm_message(Body(extras={"only": None}), silent=True, high_priority=True)
 
 
 def test_apns_normal_priority_is_5():

@@ -231,9 +231,11 @@ def test_extras_deeper_than_the_providers_encode_are_refused(client):
     assert fake.published == []
 
 
-def test_hms_is_refused_by_name(client):
-    http, _ = client
-    assert "HMS is not supported" in error_of(http.post("/push/device/create", json=wrapped(device(platform="HMS"))))
+@pytest.mark.parametrize("platform", ["hms", "HMS", "huawei"])
+def test_hms_and_its_alias_huawei_register_as_hms(client, platform):
+    http, fake = client
+    assert http.post("/push/device/create", json=wrapped(device(platform=platform, token="hms-token"))).status_code == 200
+    assert fake.commands[-1]["platform"] == "hms"
 
 
 def test_the_batch_size_is_the_setting(make_client):
@@ -392,6 +394,73 @@ def test_provider_credentials(make_client):
     assert http.post("/admin/app/fcm", json=wrapped({"appId": "app-a", "privateKeyBase64": account(**good, project_id="p")})).status_code == 200
     assert http.delete("/admin/app/fcm", json=wrapped({"appId": "app-a"})).status_code == 200
     assert fake.commands[-1]["credentials"] is None
+
+
+def test_credentials_are_removed_with_the_app_id_in_the_query_and_no_body(client):
+    http, fake = client
+    for provider in ("apns", "fcm", "hms"):
+        answer = http.delete(f"/admin/app/{provider}?appId=app-a")
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        assert (fake.commands[-1]["provider"], fake.commands[-1]["app_id"], fake.commands[-1]["credentials"]) == (provider, "app-a", None)
+    assert "appId: is required" in error_of(http.delete("/admin/app/apns"))
+    assert "Application not found: nobody (appId)" in error_of(http.delete("/admin/app/fcm?appId=nobody"))
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "provider"),
+    [("/admin/app/ios/remove", "post", "apns"), ("/admin/app/ios/remove", "delete", "apns"),
+     ("/admin/app/android/remove", "post", "fcm"), ("/admin/app/android/remove", "delete", "fcm"),
+     ("/admin/app/huawei/remove", "post", "hms"), ("/admin/app/huawei/remove", "delete", "hms"),
+     ("/admin/app/hms/remove", "post", "hms")],
+)
+def test_the_deprecated_removals_take_the_app_id_in_the_body(client, path, method, provider):
+    http, fake = client
+    assert getattr(http, method)(path, json=wrapped({"appId": "app-a"})).status_code == 200
+    assert (fake.commands[-1]["provider"], fake.commands[-1]["credentials"]) == (provider, None)
+    assert "requestObject" in error_of(getattr(http, method)(path, json={}))
+
+
+def test_hms_credentials_and_the_deprecated_update_routes(make_client):
+    _, http, fake = make_client(outbound_allowed_targets="oauth2.test:443")
+    hms = {"appId": "app-a", "projectId": "101", "clientId": "1010", "clientSecret": "s" * 64}
+    for path in ("/admin/app/hms", "/admin/app/huawei/update"):
+        assert http.post(path, json=wrapped(hms)).status_code == 200
+        assert fake.commands[-1]["provider"] == "hms"
+        assert fake.commands[-1]["credentials"] == {"project_id": "101", "client_id": "1010", "client_secret": "s" * 64}
+    for field in ("projectId", "clientId", "clientSecret"):
+        assert error_of(http.put("/admin/app/hms", json=wrapped({**hms, field: " "}))) == f"requestObject.{field}: must not be empty"
+    ec_pem = pem_base64(ec.generate_private_key(ec.SECP256R1()))
+    ios = {"appId": "app-a", "bundle": "com.a", "keyId": "K1", "teamId": "T1", "privateKeyBase64": ec_pem}
+    assert http.put("/admin/app/ios/update", json=wrapped(ios)).status_code == 200 and fake.commands[-1]["provider"] == "apns"
+    android = {"appId": "app-a", "projectId": "p", "privateKeyBase64": base64.b64encode(json.dumps({
+        "client_email": "x@y", "token_uri": "https://oauth2.test/token",
+        "private_key": base64.b64decode(pem_base64(rsa.generate_private_key(public_exponent=65537, key_size=2048))).decode(),
+    }).encode()).decode()}
+    assert http.post("/admin/app/android/update", json=wrapped(android)).status_code == 200 and fake.commands[-1]["provider"] == "fcm"
+
+
+def test_app_answers_report_hms_and_hide_its_secret(client):
+    http, fake = client
+    fake.app("app-h", hms={"project_id": "101", "client_id": "1010", "client_secret": "secret-" + "s" * 57})
+    fake.app("app-none")
+    detail = http.get("/admin/app/detail?appId=app-h").get_json()["responseObject"]
+    assert detail["application"]["hms"] is detail["application"]["huawei"] is True
+    assert detail["hmsProjectId"] == "101" and detail["hmsClientSecretPresent"] is True
+    assert "secret-" not in http.get("/admin/app/detail?appId=app-h").get_data(as_text=True)
+    unconfigured = http.get("/admin/app/unconfigured/list").get_json()["responseObject"]["applicationList"]
+    assert [a["appId"] for a in unconfigured] == ["app-a", "app-none"]
+
+
+def test_the_deprecated_routes_are_marked_in_the_document():
+    app = create_app(load({}))
+    paths = openapi.build(app, app.extensions["push"].settings)["paths"]
+    for path in ("/admin/app/ios/update", "/admin/app/android/update", "/admin/app/huawei/update"):
+        assert paths[path]["post"]["deprecated"] is True and paths[path]["put"]["deprecated"] is True
+    for path in ("/admin/app/ios/remove", "/admin/app/android/remove", "/admin/app/huawei/remove"):
+        assert paths[path]["delete"]["deprecated"] is True
+    assert "deprecated" not in paths["/admin/app/hms"]["post"]
+    delete = paths["/admin/app/apns"]["delete"]
+    assert [(p["name"], p["in"]) for p in delete["parameters"]] == [("appId", "query")] and delete["requestBody"]["required"] is False
 
 
 # --- answers match the document -------------------------------------------------------------------

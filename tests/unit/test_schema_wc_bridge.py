@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,6 +18,7 @@ from api.app import create_app
 from shared import db as collections
 from shared.outbound import OutboundPolicy, OutboundSession
 from shared.settings import load
+from tests.unit.test_wc_bridge import assert_payload_answer
 from workers import wc_bridge as workers
 
 PAYLOAD = {"data": "5f2a", "hmac": "9c1e", "iv": "00ff"}
@@ -34,7 +36,8 @@ class FakeServices:
         self.published: list[tuple[str, dict]] = []
         self.docs = {
             collections.WC_SESSIONS: {SESSION: {"_id": SESSION, "deleted": False, "payload": None, "push": None}},
-            collections.WC_CALLS: {CALL: {"_id": CALL, "session_id": SESSION, "payload": PAYLOAD}},
+            collections.WC_CALLS: {CALL: {"_id": CALL, "session_id": SESSION, "payload": PAYLOAD,
+                                     "expires_at": datetime.now(UTC) + timedelta(hours=1)}},
         }
 
     def find_one(self, collection, query, projection=None):
@@ -75,7 +78,7 @@ def error(answer, status: int) -> dict:
 
 def test_every_bridge_route_declares_its_operation(app):
     rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("wc_bridge.")]
-    assert len(rules) == 9
+    assert len(rules) == 11
     for rule in rules:
         assert getattr(app.view_functions[rule.endpoint], "openapi", None) is not None, rule.rule
 
@@ -201,22 +204,13 @@ def test_unknown_ids_answer_in_the_bridge_envelope(client):
 def test_a_call_is_answered_with_its_payload(client):
     http, _ = client
     answer = http.get(f"/session/{SESSION}/call/{CALL}")
-    assert answer.status_code == 200 and answer.get_json() == {"encryptionPayload": PAYLOAD}
+    assert answer.status_code == 200
+    assert_payload_answer(answer.get_json(), PAYLOAD, ttl_seconds=3600)
 
 
-def test_the_polling_fast_paths_204_has_the_documented_content_type():
-    class NoDocs:
-        def find(self, query, projection=None):
-            return []
-
-    reader = api.PollReader({collections.WC_SESSIONS: NoDocs(), collections.WC_CALL_STATUS: NoDocs()}, fresh_seconds=0.0)
-    seen = {}
-
-    def start_response(status, headers):
-        seen["status"], seen["headers"] = status, dict(headers)
-
-    api.PollFastPath(None, reader)({"REQUEST_METHOD": "GET", "PATH_INFO": "/session/none"}, start_response)
-    assert seen["status"].startswith("204") and seen["headers"]["Content-Type"] == "text/plain"
+def test_a_polls_204_has_the_documented_content_type():
+    status, headers, _ = api.poll_answer(None)
+    assert status == 204 and dict(headers)["Content-Type"] == "text/plain"
 
 
 class FakePushes:

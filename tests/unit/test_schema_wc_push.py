@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import jsonschema
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -89,7 +91,7 @@ def test_auth_headers_are_documented_as_optional_header_parameters(document):
 def test_send_documents_both_forms_and_both_success_statuses(document):
     send = document["paths"]["/{tenant_id}/clients/{client_id}"]["post"]
     forms = send["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
-    assert [sorted(form["required"]) for form in forms] == [["id", "payload"], ["raw"], ["payload"]]
+    assert [sorted(form["required"]) for form in forms] == [["id", "payload"], ["raw"], ["payload"], ["message", "tag", "topic"]]
     assert {"200", "202"} <= set(send["responses"])
 
 
@@ -234,6 +236,56 @@ def test_tenant_routes_check_the_admin_token_before_the_input(make_client):
     failure(client.get("/tenants/bad!id"), 401, "MissingAdminToken")
     failure(client.post("/tenants/bad!id/apns", data={"apns_topic": "x"}, headers={"Authorization": "Bearer no"}), 401)
     failure(client.get("/tenants/bad!id", headers=ADMIN), 400, "InvalidField", "tenant_id", "path")
+
+
+#: The tenant JWT secret of the JWT tests (HS256; 32 bytes, as PyJWT asks of an HMAC key).
+JWT_SECRET = "tenant-jwt-secret-" + "x" * 14
+
+
+def tenant_jwt(sub, *, secret: str = JWT_SECRET, exp_in: float | None = 300, **claims) -> dict:
+    """``Authorization: Bearer`` with the reference's tenant JWT for ``sub``."""
+    if exp_in is not None:
+        claims["exp"] = int(time.time() + exp_in)
+    return {"Authorization": "Bearer " + jwt.encode({"sub": sub, **claims}, secret, algorithm="HS256")}
+
+
+def test_a_tenant_jwt_manages_the_tenant_its_sub_names_and_no_other(make_client):
+    _, client, fake = make_client(wc_push_tenant_jwt_secret=JWT_SECRET)
+    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    fake.docs[(collections.APPS, "wcp:other")] = {"_id": "wcp:other", "apns": None, "fcm": None}
+    assert client.get("/tenants/acme", headers=tenant_jwt("acme")).status_code == 200
+    assert client.delete("/tenants/acme/apns", headers=tenant_jwt("acme", aud="authenticated")).status_code == 200
+    # As the reference reads it, also without "Bearer ".
+    assert client.get("/tenants/acme", headers={"Authorization": tenant_jwt("acme")["Authorization"][7:]}).status_code == 200
+    assert client.post("/tenants", json={"id": "newco"}, headers=tenant_jwt("newco")).status_code == 200
+    failure(client.get("/tenants/other", headers=tenant_jwt("acme")), 403, "Forbidden", "Authorization", "header")
+    failure(client.delete("/tenants/other", headers=tenant_jwt("acme")), 403, "Forbidden")
+    failure(client.post("/tenants", json={"id": "other"}, headers=tenant_jwt("acme")), 403, "Forbidden")
+    # Authenticated: a body without an id is the route's 400.
+    failure(client.post("/tenants", json={}, headers=tenant_jwt("acme")), 400, "EmptyField", "id")
+    assert [c["kind"] for c in fake.commands] == ["app.provider", "wcp.tenant.create"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [  # made when the test runs: a JWT made at collection could expire before its test
+        (lambda: tenant_jwt("acme", exp_in=-3600), "ExpiredJwt"),
+        (lambda: tenant_jwt("acme", exp_in=None), "InvalidJwt"),
+        (lambda: tenant_jwt("acme", secret="another-secret-" + "y" * 17), "InvalidJwt"),
+        (lambda: tenant_jwt(""), "InvalidJwt"),
+        (lambda: {"Authorization": "Bearer a.b.c"}, "InvalidJwt"),
+        (lambda: {"Authorization": "Bearer not-a-jwt"}, "InvalidAdminToken"),
+    ],
+)
+def test_a_bad_tenant_jwt_is_a_401_naming_the_header(make_client, headers, name):
+    _, client, fake = make_client(wc_push_tenant_jwt_secret=JWT_SECRET)
+    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    failure(client.get("/tenants/acme", headers=headers()), 401, name, "Authorization", "header")
+
+
+def test_without_a_secret_a_tenant_jwt_is_not_taken(make_client):
+    _, client, _ = make_client(wc_push_admin_token="s3cret")
+    failure(client.get("/tenants/acme", headers=tenant_jwt("acme")), 401, "InvalidAdminToken")
 
 
 def test_sends_check_the_relay_signature_before_the_input(make_client):

@@ -11,6 +11,7 @@ from shared.settings import load
 APNS = {"auth": "token", "bundle": "com.a", "key_id": "K1", "team_id": "T1", "environment": "production",
         "private_key": "-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n"}
 FCM = {"project_id": "p", "service_account": {"client_email": "x@y", "private_key": "FCM-SECRET", "token_uri": "https://t/token"}}
+HMS = {"project_id": "101", "client_id": "1010", "client_secret": "HMS-SECRET"}
 
 
 @pytest.fixture
@@ -19,12 +20,12 @@ def keys() -> CredentialKeys:
 
 
 def test_secrets_are_sealed_and_open_again_while_the_rest_stays_readable(keys):
-    for provider, credentials in (("apns", APNS), ("fcm", FCM)):
+    for provider, credentials in (("apns", APNS), ("fcm", FCM), ("hms", HMS)):
         sealed = keys.seal("app-a", provider, credentials)
         assert "SECRET" not in json.dumps(sealed)
         assert sealed[SEALED]["kid"] == keys.current
         assert {k: v for k, v in sealed.items() if k != SEALED} == {k: v for k, v in credentials.items()
-                                                                   if k not in ("private_key", "service_account")}
+                                                                   if k not in ("private_key", "service_account", "client_secret")}
         assert keys.open("app-a", provider, sealed) == credentials
 
 

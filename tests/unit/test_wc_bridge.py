@@ -43,6 +43,34 @@ def test_expired_or_deleted_documents_read_as_absent(doc, alive):
     assert (api.live(doc, NOW) is not None) is alive
 
 
+# --- answers --------------------------------------------------------------------------------------
+
+def assert_payload_answer(answer: dict, payload, *, ttl_seconds: int) -> None:
+    """``answer`` is a stored payload in both forms, expiring in about ``ttl_seconds``."""
+    assert answer["data"] == {k: answer[k] for k in ("encryptionPayload", "expires", "ttlInSeconds")}
+    assert set(answer) == {"encryptionPayload", "expires", "ttlInSeconds", "data"}
+    assert answer["encryptionPayload"] == payload
+    assert ttl_seconds - 5 <= answer["ttlInSeconds"] <= ttl_seconds
+    assert abs(answer["expires"] / 1000 - time.time() - answer["ttlInSeconds"]) <= 2
+
+
+def test_a_stored_payload_is_answered_at_the_top_and_in_data_with_its_ttl_fields():
+    doc = {"payload": {"data": "d"}, "expires_at": NOW + timedelta(seconds=90, milliseconds=250)}
+    stored = {"encryptionPayload": {"data": "d"}, "expires": int(NOW.timestamp() * 1000) + 90_250, "ttlInSeconds": 91}
+    assert api.payload_answer(doc, NOW) == {**stored, "data": stored}
+    # nx-27017 answers a date written by $set as a naive string; a passed expiry is 0 seconds left.
+    assert api.stored_payload({"payload": "p", "expires_at": "2029-12-31 23:59:59.000000"}, NOW)["ttlInSeconds"] == 0
+    # Nothing to answer: expired (as live() says), deleted, no payload yet, no document.
+    for gone in ({"payload": "p", "expires_at": NOW}, {**doc, "deleted": True}, {**doc, "payload": None}, None):
+        assert api.payload_answer(gone, NOW) is None
+    assert api.payload_answer({"payload": "p", "expires_at": NOW + timedelta(microseconds=1)}, NOW)["ttlInSeconds"] == 1
+
+
+def test_an_empty_webhook_is_no_webhook():
+    push = api.push_target({"push": {"type": "fcm", "token": "t", "webhook": ""}})
+    assert push == {"type": "fcm", "token": "t", "webhook": None}
+
+
 # --- validation -----------------------------------------------------------------------------------
 
 def field_of(call) -> tuple[int, str | None]:
@@ -114,16 +142,6 @@ class FakeDb(dict):
         return self[name]
 
 
-def call_wsgi(app, method: str, path: str):
-    seen = {}
-
-    def start_response(status, headers):
-        seen["status"], seen["headers"] = status, dict(headers)
-
-    body = b"".join(app({"REQUEST_METHOD": method, "PATH_INFO": path}, start_response))
-    return seen.get("status"), seen.get("headers"), body
-
-
 def polled_db(delay: float = 0.0) -> FakeDb:
     later = datetime.now(UTC) + timedelta(hours=1)
     db = FakeDb()
@@ -140,64 +158,57 @@ def polled_db(delay: float = 0.0) -> FakeDb:
     return db
 
 
-def fast_path(fresh_seconds: float = 0.0):
-    db = polled_db()
-    fallback = []
-
-    def flask_app(environ, start_response):
-        fallback.append(environ["PATH_INFO"])
-        start_response("418 Flask", [])
-        return [b"flask"]
-
-    return api.PollFastPath(flask_app, api.PollReader(db, fresh_seconds=fresh_seconds)), db, fallback
+def answer(path: str, db: FakeDb | None = None):
+    """A poll answered as the RSGI app answers it: the target of the path, the reader's read, the answer."""
+    reader = api.PollReader(db or polled_db(), fresh_seconds=0.0)
+    target = api.poll_target(path)
+    return api.poll_answer(reader.get(*target))
 
 
 @pytest.mark.parametrize(
     ("path", "status", "body"),
     [
-        ("/session/ready", "200 OK", {"encryptionPayload": {"data": "d"}}),
-        ("/session/waiting", "204 No Content", None),
-        ("/session/unknown", "204 No Content", None),
-        ("/session/old", "204 No Content", None),
-        ("/session/gone", "204 No Content", None),
-        ("/call-status/c1", "200 OK", {"encryptionPayload": "s"}),
-        ("/call-status/c2", "204 No Content", None),
+        ("/session/ready", 200, {"data": "d"}),
+        ("/session/waiting", 204, None),
+        ("/session/unknown", 204, None),
+        ("/session/old", 204, None),
+        ("/session/gone", 204, None),
+        ("/call-status/c1", 200, "s"),
+        ("/call-status/c2", 204, None),
     ],
 )
-def test_polled_gets_are_answered_before_flask(path, status, body):
-    app, db, fallback = fast_path()
-    got_status, headers, raw = call_wsgi(app, "GET", path)
-    assert got_status == status and not fallback
+def test_polls_are_answered_from_the_reader(path, status, body):
+    got_status, headers, raw = answer(path)
+    headers = dict(headers)
+    assert got_status == status
     if body is None:
-        assert raw == b"" and headers["Content-Length"] == "0"
+        # No Content-Length on a 204 (RFC 9110 section 8.6); the type the document gives.
+        assert raw == b"" and headers == {"Content-Type": "text/plain"}
     else:
-        assert orjson.loads(raw) == body and headers["Content-Type"] == "application/json"
+        assert_payload_answer(orjson.loads(raw), body, ttl_seconds=3600)
+        assert headers["Content-Type"] == "application/json"
         assert headers["Content-Length"] == str(len(raw))
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("PUT", "/session/ready"), ("GET", "/session/ready/calls"), ("GET", "/session/"), ("GET", "/push/service/status"), ("GET", "/session/" + "x" * 300)],
-)
-def test_everything_else_goes_to_flask(method, path):
-    app, _, fallback = fast_path()
-    assert call_wsgi(app, method, path)[0] == "418 Flask"
-    assert fallback == [path]
+@pytest.mark.parametrize("path", ["/session/ready/calls", "/session/", "/push/service/status", "/session/" + "x" * 300, "/call-status/c1/new"])
+def test_only_the_two_polled_routes_are_poll_targets(path):
+    assert api.poll_target(path) is None
 
 
-def test_a_failed_read_falls_through_to_flask():
-    app, db, fallback = fast_path()
+def test_a_failed_read_raises_for_the_route_to_answer():
+    db = polled_db()
 
     def broken(query, projection=None):
         raise ConnectionError("database down")
 
     db[collections.WC_SESSIONS].find = broken
-    assert call_wsgi(app, "GET", "/session/ready")[0] == "418 Flask"
+    with pytest.raises(ConnectionError):
+        api.PollReader(db, fresh_seconds=0.0).get(api.SESSION, "ready")
 
 
 def test_the_reader_reads_by_id_with_a_projection():
-    app, db, _ = fast_path()
-    call_wsgi(app, "GET", "/session/ready")
+    db = polled_db()
+    answer("/session/ready", db)
     assert db[collections.WC_SESSIONS].queries == [({"_id": {"$in": ["ready"]}}, api.POLL_PROJECTION)]
 
 

@@ -16,6 +16,7 @@ class ProviderAnswer:
       retry_after: seconds from a ``Retry-After`` header, if any.
       provider_id: ``apns-id`` or the FCM message name on success.
       token_field: FCM only: the error names ``message.token`` (a bad token, not a bad message).
+      token_invalid_since: APNs 410 only: its ``timestamp``, when the token stopped being valid (ms since the epoch).
     """
 
     status: int
@@ -23,6 +24,7 @@ class ProviderAnswer:
     retry_after: float | None = None
     provider_id: str | None = None
     token_field: bool = False
+    token_invalid_since: int | None = None
 
 
 def parse_retry_after(value: str | None) -> float | None:

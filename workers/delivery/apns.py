@@ -140,18 +140,25 @@ class ApnsClient:
         if request.apns_id:
             headers.append(("apns-id", request.apns_id))
         answer = await self.pool.request("POST", f"/3/device/{request.token}", headers, request.payload)
-        reason = None
+        reason, invalid_since = None, None
         if answer.status != 200:
             try:
-                reason = orjson.loads(answer.body).get("reason") if answer.body else None
-            except (orjson.JSONDecodeError, AttributeError):
-                reason = None
+                error = orjson.loads(answer.body) if answer.body else {}
+            except orjson.JSONDecodeError:
+                error = {}
+            if isinstance(error, dict):
+                reason = error.get("reason")
+                stamp = error.get("timestamp")
+                # 410: when APNs last confirmed the token invalid (ms); a registration written later is a new one.
+                if answer.status == 410 and isinstance(stamp, int) and not isinstance(stamp, bool):
+                    invalid_since = stamp
             reason = reason or f"HTTP {answer.status}"
         return ProviderAnswer(
             status=answer.status,
             reason=reason,
             retry_after=parse_retry_after(answer.headers.get("retry-after")),
             provider_id=answer.headers.get("apns-id"),
+            token_invalid_since=invalid_since,
         )
 
     async def close(self) -> None:
