@@ -86,6 +86,7 @@ def register_client(db: Database, cmd: dict) -> dict:
         "platform": platform,
         "environment": environment,
         "always_raw": bool(cmd.get("always_raw")),
+        "received_at": cmd["received_at"],  # compared with a provider's clock (workers.writes.written_by), never for order
         "deleted": False,
         "updated_at": _now(),
     }
@@ -176,10 +177,11 @@ def delete_dead_clients(db: Database, device_ids: list[str], reason: str, *, inv
     for device in device_ids:
         key, _, token = device.rpartition(SEP)
         stamp = invalid_since.get(device)
-        db[collections.WCP_CLIENTS].update_one(
-            {"_id": key, "token": token, "deleted": False, **(written_by(stamp) if stamp is not None else {})},
-            {"$set": {"deleted": True, "reason": f"dead token: {reason}", "updated_at": _now()}},
-        )
+        for when in written_by(stamp) if stamp is not None else [{}]:
+            db[collections.WCP_CLIENTS].update_one(
+                {"_id": key, "token": token, "deleted": False, **when},
+                {"$set": {"deleted": True, "reason": f"dead token: {reason}", "updated_at": _now()}},
+            )
 
 
 # --- notifications ------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ def register_device(db: Database, cmd: dict) -> None:
         "user_ids": [cmd["user_id"]] if cmd.get("user_id") else [],
         "deleted": False,
         "active": True,
+        "received_at": cmd["received_at"],  # compared with a provider's clock (written_by), never for order
         "updated_at": _now(),
     }
     _id = device_id(cmd["app_id"], cmd["token"])
@@ -192,14 +193,19 @@ def update_activation_status(db: Database, cmd: dict) -> None:
         detach_activation(db, app_id, cmd["activation_id"], order_of(cmd))
 
 
-def written_by(invalid_since_ms: int) -> dict:
-    """Filter of a registration written no later than a provider's invalidation time (ms since the epoch).
+def written_by(invalid_since_ms: int) -> list[dict]:
+    """Filters (either matches) of a registration written no later than a provider's invalidation time (ms since the epoch).
 
     APNs answers 410 with the time it last confirmed the token invalid; a
-    registration the API received after that (its ``ts``, ns) is the app
-    registering the token again, which Apple says to keep sending to.
+    registration the API received after that is the app registering the token
+    again, which Apple says to keep sending to. Compared with Apple's clock, so
+    by the API's receive time ``received_at`` (ns), not by the write order ``ts``
+    (which a host whose clock is ahead can move ahead: shared/write_order.py); a
+    registration stored before ``received_at`` was kept has its receive time as
+    ``ts``. Two filters, not one ``$or``: nx-27017 drops ``$or`` filters in bulk writes.
     """
-    return {"ts": {"$lte": invalid_since_ms * NS_PER_MS}}
+    since = invalid_since_ms * NS_PER_MS
+    return [{"received_at": {"$lte": since}}, {"received_at": {"$exists": False}, "ts": {"$lte": since}}]
 
 
 def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invalid_since: Mapping[str, int] | None = None) -> None:
@@ -215,7 +221,7 @@ def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invali
     unconditional = [device for device in device_ids if device not in invalid_since]
     if unconditional:
         devices.update_many({"_id": {"$in": unconditional}}, update)
-    stamped = [UpdateOne({"_id": device, **written_by(stamp)}, update) for device, stamp in invalid_since.items()]
+    stamped = [UpdateOne({"_id": device, **when}, update) for device, stamp in invalid_since.items() for when in written_by(stamp)]
     if stamped:
         devices.bulk_write(stamped, ordered=False)
 
