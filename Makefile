@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium h2load node-deps venv clean
+.PHONY: run test test-unit faults fuzz bench lint rabbitmq chromium faketime h2load node-deps venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ rabbitmq:
 chromium:
 	scripts/ensure-chromium.sh
 
+faketime:
+	scripts/ensure-faketime.sh
+
 h2load:
 	scripts/ensure-h2load.sh
 
@@ -32,7 +35,7 @@ node-deps:
 run: venv rabbitmq
 	$(PY) -m devstack.run
 
-test: venv rabbitmq chromium h2load node-deps
+test: venv rabbitmq chromium faketime h2load node-deps
 	$(PY) -m pytest --ignore=tests/faults --ignore=tests/fuzz
 
 test-unit: venv

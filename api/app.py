@@ -11,9 +11,10 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import admin_ops, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push
+from api import accepted, admin_ops, audit, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
 from api.errors import ApiError
 from api.services import Services
+from shared import sealed_credentials
 from shared.broker import make_broker
 from shared.db import connect
 from shared.settings import Settings, load
@@ -24,10 +25,18 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API. ``settings`` default to the environment's."""
     settings = settings or load()
+    wc_push_auth.check_settings(settings)  # a stack with API keys on refuses to run an open WalletConnect relay
+    sealed_credentials.check_settings(settings)  # ... or to keep provider credentials in clear
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
-    app.extensions["push"] = Services(settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings))
-    # Body size per route, registration rate limits, API keys (README "Auth and limits").
+    app.extensions["push"] = Services(
+        settings=settings, broker=make_broker(settings, set_global=False), db=connect(settings), on_unapplied=accepted.note
+    )
+    # after_request hooks run last-registered first: the audit entry records the final status.
+    app.after_request(audit.after_request)  # every admin action recorded (shared/audit.py)
+    app.after_request(accepted.after_request)  # a confirmed write not seen applied is a 202, never a failure
+    app.extensions["push"].outbound  # noqa: B018 - parse the outbound allow-list now: a bad entry stops the start
+    # Body size per route, registration rate limits, API keys (README "Security").
     app.before_request(limits.before_request)
     app.register_blueprint(powerauth.blueprint)
     app.register_blueprint(auth.blueprint)
@@ -37,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])
     app.register_blueprint(admin_ops.blueprint)
+    app.register_blueprint(audit.blueprint)
     admin_ops.install(app, app.extensions["push"])
     app.register_blueprint(openapi.blueprint)
 

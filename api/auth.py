@@ -184,9 +184,9 @@ def check_request() -> Principal:
     principal = authenticate(key)
     if principal is None:
         raise unauthorized("the API key is not valid")
+    g.principal = principal  # set before the refusal below, so the audit log names who was refused
     if needed == "admin" and not principal.is_admin:
         raise forbidden("this route needs the admin key")
-    g.principal = principal
     return principal
 
 

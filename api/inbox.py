@@ -8,7 +8,10 @@ count, ``GET /inbox/messages/detail`` and ``POST /inbox/messages/read`` one
 message's detail, ``POST /inbox/messages/read-all`` a bare OK.
 
 Writes go through the queue like every other write (the API waits for the
-worker, so a read that follows sees them); reads come straight from MongoDB.
+worker, so a read that follows sees them; a write not seen applied in time is
+answered 202 with what it will store, never as failed); reads come straight
+from MongoDB. A post with an ``Idempotency-Key`` is posted once however often
+it is retried (api/idempotency.py).
 Errors use PowerAuth's envelope: ``ERROR_APP_NOT_FOUND`` for an unknown app,
 ``ERROR_MESSAGE_NOT_FOUND`` for an unknown message, ``ERROR_GENERIC`` naming
 the field for bad input; all 400, as the reference answers them.
@@ -19,7 +22,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response
 
-from api import auth
+from api import auth, idempotency
 from api import schema as sc
 from api.errors import ApiError
 from api.powerauth import TEXT, answer, json_response, ok, render_error, services, wrapped
@@ -148,14 +151,18 @@ def existing_message(inbox_id: str) -> dict:
 # --- routes -------------------------------------------------------------------------------------
 
 @blueprint.post("/inbox/messages")
-@sc.operation("Post a message to a user's inbox in one or more apps", body=POST, responses={200: answer(DETAIL)})
+@sc.operation("Post a message to a user's inbox in one or more apps (a retry with the same Idempotency-Key posts it once)",
+              body=POST, headers=idempotency.HEADERS, responses={200: answer(DETAIL)})
 def post_message() -> Response:
     data = sc.body()
     app_ids = data["applications"]
     require_apps(app_ids, "requestObject.applications")
+    svc = services()
+    principal = auth.current()
+    inbox_id = idempotency.claim(svc, f"inbox\x00{principal.app_id or principal.kind}") or new_id()
     post = command(
         "inbox.post",
-        inbox_id=new_id(),
+        inbox_id=inbox_id,
         user_id=data["userId"],
         type=data["type"],
         subject=data["subject"],
@@ -163,11 +170,10 @@ def post_message() -> Response:
         body=data["body"],
         applications=app_ids,
     )
-    svc = services()
-    svc.write(post)
-    stored = svc.find_one(collections.INBOX, {"_id": post["inbox_id"]})
+    applied = svc.write(post)
+    stored = svc.find_one(collections.INBOX, {"_id": post["inbox_id"]}) if applied else None
     if stored is None:
-        # Not applied within the wait (the write is durable all the same): answer what will be stored.
+        # Not seen applied (a 202: the write is durable all the same): answer what will be stored.
         stored = {"_id": post["inbox_id"], "created_at": created_time(post), "read": False, "read_at": None, **post}
     return ok(detail_of(stored))
 
@@ -254,8 +260,11 @@ def read_message() -> Response:
     inbox_id = sc.body()["inboxId"]
     message = existing_message(inbox_id)
     if not message.get("read"):
-        services().write(command("inbox.read", inbox_id=inbox_id))
-        message = existing_message(inbox_id)
+        read = command("inbox.read", inbox_id=inbox_id)
+        if services().write(read):
+            message = existing_message(inbox_id)
+        else:  # not seen applied (a 202): answer what it will be
+            message = {**message, "read": True, "read_at": created_time(read)}
     return ok(detail_of(message))
 
 

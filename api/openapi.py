@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
-from api import auth
+from api import accepted, auth
 from api.schema import Field, Json, Obj, Operation, operation
 from shared.settings import Settings
 
@@ -29,6 +29,7 @@ FAMILY_OF_BLUEPRINT = {
     "inbox": "powerauth",
     "campaigns": "powerauth",
     "admin_ops": "powerauth",
+    "audit": "powerauth",
     "openapi": "powerauth",
     "wc_bridge": "wc_bridge",
     "wc_push": "wc_push",
@@ -39,6 +40,7 @@ TAG_OF_BLUEPRINT = {
     "inbox": "PowerAuth inbox",
     "campaigns": "PowerAuth campaigns",
     "admin_ops": "Admin: operations",
+    "audit": "Admin: audit log",
     "openapi": "Documentation",
     "wc_bridge": "WalletConnect v1 bridge",
     "wc_push": "WalletConnect push server",
@@ -265,6 +267,13 @@ def _operation(spec: Operation, rule, family: str, tag: str, operation_id: str, 
             media_type, field = answer if isinstance(answer, tuple) else ("application/json", answer)
             content.update(_content(field, media_type, settings))
         responses[str(status)] = {"description": "Success" if int(status) < 300 else "Answer", "content": content}
+    if method != "GET" and "200" in responses and "202" not in responses:
+        # A write RabbitMQ confirmed but not seen applied within the wait: the same answer, 202 (api/accepted.py).
+        responses["202"] = {
+            **responses["200"],
+            "description": "Accepted: queued durably but not yet seen applied (it will be); do not retry",
+            "headers": {accepted.COMMAND_ID_HEADER: {"schema": {"type": "string"}, "description": "The write's id"}},
+        }
     error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_NAMES[family]}"}}}}
     responses["4XX"] = {"description": CLIENT_ERROR, **error}
     responses["431"] = SERVER_REFUSAL

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import platform as runtime
 from collections.abc import Callable
@@ -22,9 +21,9 @@ import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
-from api import auth, limits
+from api import auth, idempotency, limits
 from api import schema as sc
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
@@ -32,6 +31,7 @@ from shared import commands
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
+from shared.outbound import OutboundRefused
 from shared.payload import Body
 
 #: Platform names accepted and the provider each maps to (aliases of the older API).
@@ -205,7 +205,8 @@ STATUS = sc.Obj(
 
 @blueprint.get("/push/service/status")
 @sc.operation(
-    "Service status: up when RabbitMQ and MongoDB are reachable",
+    "Service status: up when RabbitMQ is reachable and MongoDB takes a write (live checks reused for "
+    "PUSH_HEALTH_CHECK_CACHE_SECONDS per API process)",
     responses={
         200: answer(STATUS),
         503: sc.Obj({"status": sc.Str(enum=["ERROR"]), "responseObject": sc.Obj({"code": TEXT, "message": TEXT, **STATUS.properties})}),
@@ -213,7 +214,7 @@ STATUS = sc.Obj(
 )
 def service_status():
     svc = services()
-    rabbitmq, mongodb = svc.check_broker(), svc.check_database()
+    rabbitmq, mongodb = svc.health()
     details = {
         "applicationName": APPLICATION_NAME,
         "applicationDisplayName": APPLICATION_DISPLAY_NAME,
@@ -302,7 +303,10 @@ def update_status():
     data = sc.body()
     activation = data["activationId"]
     _require_activation(activation)
-    services().write(command("activation.status", activation_id=activation, status=data["activationStatus"]))
+    # An app's key sets the status for its app only; the admin key (or auth off) for every app (shared/activation_status.py).
+    principal = auth.current()
+    app_id = None if principal.is_admin else principal.app_id
+    services().write(command("activation.status", activation_id=activation, status=data["activationStatus"], app_id=app_id))
     return ok()
 
 
@@ -363,22 +367,13 @@ def parse_message(message: dict, prefix: str, default_priority: str, settings=No
     }
 
 
-#: A send's ``Idempotency-Key`` header: a client's retry of a request whose answer it lost (a 503 after
-#: RabbitMQ took the message, a timeout) carries the same key and becomes the same message, sent once.
-IDEMPOTENCY_HEADERS = {
-    "Idempotency-Key": sc.Str(max_length=256, no_spaces=True, description=(
-        "Optional. Requests of one app with the same key are one message (its id is derived from the key): "
-        "retry with the same key and body, and the devices get it once"))
-}
-
-
 def message_id(app_id: str) -> str | None:
-    """The message id a send's ``Idempotency-Key`` names (None without one): the same for the same app and key."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    key = sc.check(IDEMPOTENCY_HEADERS["Idempotency-Key"], key, "Idempotency-Key", location="header")
-    return hashlib.sha256(f"{app_id}\x00{key}".encode()).hexdigest()[:32]
+    """The message id a send's ``Idempotency-Key`` names (None without one): the same for the same app and key.
+
+    A client's retry of a send whose answer it lost (a timeout, a connection cut) carries the same key and
+    becomes the same message, sent once; the key with another body is a 422 (api/idempotency.py).
+    """
+    return idempotency.claim(services(), app_id)
 
 
 def _send(entries: list[dict], app: dict, mode: str) -> Response:
@@ -406,7 +401,7 @@ def result_object(counts: dict | None) -> dict:
 
 @blueprint.post("/push/message/send")
 @sc.operation("Send one message to a user's devices", body=wrapped({**SEND_OPTIONS, "message": MESSAGE}),
-              headers=IDEMPOTENCY_HEADERS, responses={200: SEND_ANSWER})
+              headers=idempotency.HEADERS, responses={200: SEND_ANSWER})
 def send_message():
     data = sc.body()
     app = existing_app(data)
@@ -424,7 +419,7 @@ def send_message():
          "batch": sc.List(MESSAGE, min_items=1, max_items=_max_batch, required=True)},
         example={"requestObject": {"appId": "demo", "mode": "ASYNCHRONOUS", "batch": [{"userId": "user-1", "body": {"title": "Hello"}}]}},
     ),
-    headers=IDEMPOTENCY_HEADERS,
+    headers=idempotency.HEADERS,
     responses={200: SEND_ANSWER},
 )
 def send_batch():
@@ -506,11 +501,11 @@ def _app_detail(app: dict) -> Response:
             "apnsKeyId": apns.get("key_id"),
             "apnsTeamId": apns.get("team_id"),
             "apnsEnvironment": apns.get("environment"),
-            "apnsPrivateKeyPresent": bool(apns.get("private_key")),
+            "apnsPrivateKeyPresent": bool(apns.get("private_key") or apns.get("sealed")),
             "fcmProjectId": fcm.get("project_id"),
-            "fcmPrivateKeyPresent": bool(fcm.get("service_account")),
+            "fcmPrivateKeyPresent": bool(fcm.get("service_account") or fcm.get("sealed")),
             "hmsProjectId": hms.get("project_id"),
-            "hmsClientSecretPresent": bool(hms.get("client_secret")),
+            "hmsClientSecretPresent": bool(hms.get("client_secret") or hms.get("sealed")),
             "suspended": app.get("suspended", {}),
         }
     )
@@ -556,7 +551,9 @@ def _decode_base64(data: dict, key: str, prefix: str) -> bytes:
 
 
 def _set_provider(app: dict, provider: str, credentials: dict | None) -> Response:
-    services().write(command("app.provider", app_id=app["_id"], provider=provider, credentials=credentials))
+    svc = services()
+    sealed = svc.credential_keys.seal(app["_id"], provider, credentials)  # sealed before it crosses RabbitMQ
+    svc.write(command("app.provider", app_id=app["_id"], provider=provider, credentials=sealed))
     return ok()
 
 
@@ -683,6 +680,10 @@ def _set_fcm(data: dict) -> Response:
         load_pem_private_key(account["private_key"].encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise bad_request(prefix + "privateKeyBase64", "the service account's private_key is not a PEM key") from None
+    try:
+        services().outbound.check(account["token_uri"], at_intake=True)
+    except OutboundRefused as refused:
+        raise bad_request(prefix + "privateKeyBase64", f"the service account's token_uri is not allowed: {refused}") from None
     project_id = data.get("projectId") or account.get("project_id")
     if not isinstance(project_id, str) or not project_id.strip():
         raise bad_request(prefix + "projectId", "is required")

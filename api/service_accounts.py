@@ -6,15 +6,17 @@ learns at upload, not at its first notification, that its key was revoked or
 belongs to no project. The token is fetched as delivery fetches it
 (workers/delivery/fcm.py ``FcmAuth``: google-auth's JWT-bearer grant,
 trusting ``provider_ca_file``). The ``token_uri`` comes from the uploader:
-:func:`prove_service_account` is the one place that request leaves the API.
+:func:`prove_service_account` is the one place that request leaves the API,
+and it goes through the outbound check (shared/outbound.py: public addresses or
+an allowed host:port, the checked address connected to, no redirect).
 """
 from __future__ import annotations
 
 import google.auth.exceptions
 import google.auth.transport.requests
-import requests
 from google.oauth2 import service_account
 
+from shared.outbound import OutboundPolicy, OutboundRefused, OutboundSession
 from shared.settings import Settings
 
 #: The scope delivery asks for (FCM HTTP v1).
@@ -30,10 +32,10 @@ class ServiceAccountRefused(Exception):
 
 
 class _TokenRequest(google.auth.transport.requests.Request):
-    """google-auth's requests transport, trusting ``ca_file`` on each call (``REQUESTS_CA_BUNDLE`` would win over a session's)."""
+    """google-auth's requests transport over an outbound session, trusting ``ca_file`` on each call."""
 
-    def __init__(self, ca_file: str | None):
-        super().__init__(requests.Session())
+    def __init__(self, ca_file: str | None, outbound: OutboundPolicy):
+        super().__init__(OutboundSession(outbound))
         self.ca_file = ca_file
 
     def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):
@@ -42,11 +44,13 @@ class _TokenRequest(google.auth.transport.requests.Request):
         return super().__call__(url, method=method, body=body, headers=headers, timeout=timeout or TOKEN_TIMEOUT_SECONDS, **kwargs)
 
 
-def prove_service_account(info: dict, settings: Settings) -> None:
+def prove_service_account(info: dict, settings: Settings, *, outbound: OutboundPolicy) -> None:
     """Fetch an access token with the service account ``info``; raise :class:`ServiceAccountRefused` when none comes."""
     try:
         credentials = service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
-        credentials.refresh(_TokenRequest(settings.provider_ca_file or None))
+        credentials.refresh(_TokenRequest(settings.provider_ca_file or None, outbound))
+    except OutboundRefused as refused:
+        raise ServiceAccountRefused(f"token_uri not allowed: {refused}") from None
     except (ValueError, google.auth.exceptions.GoogleAuthError) as error:
         reason = str(error) or type(error).__name__
         raise ServiceAccountRefused(reason[:MAX_REASON_LENGTH]) from None

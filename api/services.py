@@ -6,9 +6,13 @@ results into HTTP.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
 
 import dramatiq
 import pika
@@ -22,7 +26,10 @@ from shared import commands
 from shared import db as collections
 from shared.broker import connection_parameters
 from shared.commands import Publisher
+from shared.outbound import OutboundPolicy
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
+from shared.write_order import WriteClock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,10 @@ COUNT_BY_FIND_UP_TO = 50
 #: Final states counted as failed in PowerAuth's result.
 FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
 
+#: Seconds the database check may take before MongoDB counts as down (a server that cannot write hangs writers).
+DATABASE_CHECK_SECONDS = 3.0
+#: The document the database check writes.
+HEALTH_PROBE_ID = "api-status"
 #: Exceptions that mean the broker could not confirm a message.
 BROKER_ERRORS = (dramatiq.errors.BrokerConnectionError, pika.exceptions.AMQPError, OSError)
 
@@ -56,11 +67,18 @@ def poll(check, *, timeout: float):
 
 @dataclass
 class Services:
-    """The API's adapters: broker publisher, MongoDB, settings; the process's outcome waiter."""
+    """The API's adapters: broker publisher, MongoDB, settings; the process's outcome waiter.
+
+    Parameters:
+      settings, broker, db: the adapters.
+      on_unapplied: told the id of a write RabbitMQ confirmed that was not seen applied (the API answers it 202).
+      waiter: the SYNCHRONOUS sends' outcome waiter (one per process; made here when not given).
+    """
 
     settings: Settings
     broker: dramatiq.Broker
     db: Database
+    on_unapplied: Callable[[str], None] | None = None
     waiter: OutcomeWaiter | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -70,6 +88,21 @@ class Services:
     @property
     def publisher(self) -> Publisher:
         return Publisher(self.broker, self.settings)
+
+    @cached_property
+    def write_clock(self) -> WriteClock:
+        """Where writes get their order (shared/write_order.py): one counter in MongoDB, not this host's clock."""
+        return WriteClock(self.db)
+
+    @cached_property
+    def credential_keys(self) -> CredentialKeys:
+        """The keys provider credentials are sealed with before they are published (shared/sealed_credentials.py)."""
+        return CredentialKeys.from_settings(self.settings)
+
+    @cached_property
+    def outbound(self) -> OutboundPolicy:
+        """What URLs given to the server may reach (webhooks, token endpoints): shared/outbound.py."""
+        return OutboundPolicy.from_settings(self.settings)
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -82,20 +115,27 @@ class Services:
             raise unavailable("the message broker") from None
 
     def write(self, command: dict) -> dict | None:
-        """Publish a write and wait (bounded) until a worker applied it: read-your-writes.
+        """Order a write, publish it, and wait (bounded) until a worker applied it: read-your-writes.
 
-        Answers the applied record (``{"_id", "at", "result"?}``), or None if it was
-        not applied in time; either way the write is durable.
+        The order is claimed from MongoDB first (unreachable: a 503, nothing published). Once RabbitMQ
+        confirmed the write it is durable and is never answered as failed: answers the applied record
+        (``{"_id", "at", "result"?}``), or None when it was not seen applied within the wait, MongoDB
+        being slow or unreachable (``on_unapplied`` is told; the API answers 202).
         """
+        command["order"] = self.guarded_read(self.write_clock.next)
         self.publish(commands.APPLY_WRITE, command)
-        applied = self.guarded_read(
-            lambda: poll(
+        try:
+            applied = poll(
                 lambda: self.db[collections.COMMANDS].find_one({"_id": command["id"]}),
                 timeout=self.settings.api_apply_wait_seconds,
             )
-        )
+        except pymongo.errors.PyMongoError as error:
+            log.warning("write %s is queued; MongoDB failed while waiting for it to apply: %s", command["id"], error)
+            applied = None
         if not applied:
-            log.warning("write %s not applied within %.1fs", command["id"], self.settings.api_apply_wait_seconds)
+            log.warning("write %s not seen applied within %.1fs (accepted)", command["id"], self.settings.api_apply_wait_seconds)
+            if self.on_unapplied is not None:
+                self.on_unapplied(command["id"])
         return applied
 
     # --- reading ------------------------------------------------------------------------------
@@ -157,6 +197,14 @@ class Services:
 
     # --- health -------------------------------------------------------------------------------
 
+    @cached_property
+    def health_checks(self) -> HealthChecks:
+        return HealthChecks(self.check_broker, self.check_database, cache_seconds=self.settings.health_check_cache_seconds)
+
+    def health(self) -> tuple[bool, bool]:
+        """(RabbitMQ up, MongoDB writable), from a live check at most ``health_check_cache_seconds`` old."""
+        return self.health_checks.answer()
+
     def check_broker(self) -> bool:
         """A live check: a fresh AMQP connection (fail-fast parameters; any node of a cluster) opened and closed."""
         try:
@@ -170,8 +218,41 @@ class Services:
         return True
 
     def check_database(self) -> bool:
+        """A live check that MongoDB takes a write (a reachable server that cannot write is down), bounded in time."""
         try:
-            self.db.command("ping")
+            with pymongo.timeout(DATABASE_CHECK_SECONDS):
+                self.db[collections.HEALTH].update_one(
+                    {"_id": HEALTH_PROBE_ID}, {"$set": {"at": datetime.now(UTC)}}, upsert=True
+                )
             return True
         except pymongo.errors.PyMongoError:
             return False
+
+
+class HealthChecks:
+    """Live checks shared by the status routes of one process: at most one run per ``cache_seconds``.
+
+    The status routes need no key (load balancers and probes call them), so an
+    answer is reused for ``cache_seconds`` and concurrent callers wait for the one
+    check in flight instead of each opening an AMQP connection and writing to MongoDB.
+
+    Parameters:
+      broker, database: the checks, each answering whether its dependency is up.
+      cache_seconds: how long one run's answer is reused.
+      clock: monotonic seconds.
+    """
+
+    def __init__(self, broker: Callable[[], bool], database: Callable[[], bool], *, cache_seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.broker = broker
+        self.database = database
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.last: tuple[float, tuple[bool, bool]] | None = None
+
+    def answer(self) -> tuple[bool, bool]:
+        with self.lock:
+            if self.last is None or self.clock() - self.last[0] >= self.cache_seconds:
+                self.last = (self.clock(), (self.broker(), self.database()))
+            return self.last[1]

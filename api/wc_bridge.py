@@ -10,8 +10,9 @@ before MongoDB's TTL index has removed it.
 A call request notifies the wallet once it is stored: through its session's
 ``push.webhook`` (a POST on the ``deliver.webhook`` queue), or, for push type
 ``apns``/``fcm`` without a webhook, as a push through the normal send pipeline
-with the credentials of the app ``wc_bridge_push_app_id``. A webhook's host
-must be in ``wc_bridge_webhook_allowed_hosts`` when that is set.
+with the credentials of the app ``wc_bridge_push_app_id``. A webhook must pass
+the outbound check (shared/outbound.py: public addresses, or an allow-listed
+host and port).
 
 Requests are validated by the routes' schemas (api/schema.py, also the OpenAPI
 document). A JSON body is read here first, whatever its Content-Type (as the
@@ -44,7 +45,6 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, current_app, request
@@ -56,8 +56,8 @@ from api.services import Services
 from shared import commands
 from shared import db as collections
 from shared.commands import command
+from shared.outbound import OutboundRefused, parse
 from shared.payload import Body
-from shared.settings import webhook_host_allowed
 
 #: Path prefixes of this API family (its error format applies under them).
 PATH_PREFIXES = ("/session", "/call-status")
@@ -236,15 +236,15 @@ def unstorable(value) -> str | None:
 
 
 def webhook_url(value: str) -> str | None:
-    """The problem with a webhook URL, if any (a Str check); the empty string is "no webhook"."""
+    """The problem with a webhook URL as requests would send it, if any (a Str check; the target is checked after);
+    the empty string is "no webhook"."""
     if value == "":
         return None
     try:
-        url = urlsplit(value)
-        ok = url.scheme in ("http", "https") and bool(url.hostname)
-    except ValueError:
-        ok = False
-    return None if ok else "must be an http or https URL"
+        parse(value)
+    except OutboundRefused as refused:
+        return str(refused)
+    return None
 
 
 SESSION_ID = {"session_id": PathId(description="The session's id (answered by POST /session/new)")}
@@ -258,8 +258,9 @@ PUSH = s.Obj(
         "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, description="The wallet's push token"),
         "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
                          description="http(s) URL POSTed {sessionId, callId, pushType, pushToken, dappName} on each call "
-                                     "request; its host must be allowed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS). "
-                                     "Empty (as wallets send it): no webhook"),
+                                     "request; it must resolve to a public address, or be an allowed host:port "
+                                     "(PUSH_OUTBOUND_ALLOWED_TARGETS); no user name, no backslash. Empty (as wallets send it): "
+                                     "no webhook"),
     },
     description="How the wallet is told of a call request",
 )
@@ -295,12 +296,13 @@ def _target(push: dict | None) -> dict | None:
 
 
 def check_webhook_host(push: dict | None) -> None:
-    """400 naming ``push.webhook`` when its host is not in ``wc_bridge_webhook_allowed_hosts``."""
+    """400 naming ``push.webhook`` when the outbound check refuses it (shared/outbound.py)."""
     if push is None or push["webhook"] is None:
         return
-    if not webhook_host_allowed(services().settings, push["webhook"]):
-        host = urlsplit(push["webhook"]).hostname
-        raise bad_request("push.webhook", f"the host {host} is not allowed on this server")
+    try:
+        services().outbound.check(push["webhook"], at_intake=True)
+    except OutboundRefused as refused:
+        raise bad_request("push.webhook", f"not allowed on this server: {refused}") from None
 
 
 # --- request bodies -------------------------------------------------------------------------------

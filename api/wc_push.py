@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from api import schema as s
@@ -61,6 +61,7 @@ from api.wc_push_auth import (
 )
 from shared import db as collections
 from shared.commands import command
+from shared.outbound import OutboundRefused
 from shared.wc_payload import LEGACY, RAW, Notification, PayloadError, decode_cleartext, raw_message_id
 from shared.wc_push import CLIENT_TYPES, INVALID, RAW_ONLY, REPEAT, tenant_app_id
 
@@ -338,19 +339,23 @@ TENANT_DETAIL = s.Obj({
     "suspended_providers": s.Json(object_only=True, description="Reason by suspended provider"),
 })
 
-ADMIN_HEADERS = {"Authorization": s.Str(max_length=None, description=(
-    "Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, or Bearer <tenant JWT>: HS256 with "
-    "PUSH_WC_PUSH_TENANT_JWT_SECRET, exp required, sub = the one tenant it manages"))}
+ADMIN_HEADERS = {
+    "Authorization": s.Str(max_length=None, description=(
+        "Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, or Bearer <tenant JWT>: HS256 with "
+        "PUSH_WC_PUSH_TENANT_JWT_SECRET, exp required, sub = the one tenant it manages")),
+    "X-Api-Key": s.Str(max_length=None, description="<PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, instead of Authorization"),
+}
 JWT_HEADERS = {"Authorization": s.Str(
     max_length=None, description="Bearer <relay client JWT issued by the client_id>, when PUSH_WC_PUSH_VALIDATE_CLIENT_JWT is on"
 )}
 SIGNATURE_HEADERS = {
     SIGNATURE_HEADER: s.Str(max_length=None, description="Hex Ed25519 signature of '<timestamp>.<body length>.<body>' by the "
                                                          "relay, when PUSH_WC_PUSH_VALIDATE_SIGNATURES is on"),
-    TIMESTAMP_HEADER: s.Str(max_length=None, description="The timestamp the signature covers"),
+    TIMESTAMP_HEADER: s.Str(max_length=None, description="The Unix time (seconds) the signature covers; refused when more than "
+                                                         "PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS (300) from the server's"),
 }
-ADMIN_NOTE = ("Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, or a tenant JWT whose sub is "
-              "the tenant (403 for another tenant); 403 while none of the three is set.")
+ADMIN_NOTE = ("Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY> (or X-Api-Key: <the same>), or a "
+              "tenant JWT whose sub is the tenant (403 for another tenant); 403 while none of the three is set.")
 
 
 # --- tenants ------------------------------------------------------------------------------------
@@ -402,7 +407,7 @@ def health():
     if s.query()["format"] != "json":
         return Response(f"OK, push-server v{VERSION}", mimetype="text/plain")
     svc = services()
-    rabbitmq, mongodb = svc.check_broker(), svc.check_database()
+    rabbitmq, mongodb = svc.health()
     settings = svc.settings
     body = {
         "status": "OK" if rabbitmq and mongodb else "FAILED",
@@ -439,11 +444,7 @@ def register(tenant_id: str | None = None):
     if provider and tenant.app is not None and not tenant.app.get(provider):
         raise fail(400, "ProviderNotAvailable", f"the tenant has no {provider} credentials for type {kind}", field="type")
     svc = services()
-    if svc.settings.wc_push_validate_client_jwt:
-        try:
-            verify_client_jwt(request.headers.get("Authorization"), client_id)
-        except AuthError as error:
-            raise fail(401, error.name, error.description, field=error.field, location="header") from None
+    check_client_jwt(client_id)
     svc.write(
         command(
             "wcp.client.register", tenant_id=tenant.id, client_id=client_id, type=kind, token=token, always_raw=always_raw
@@ -454,12 +455,25 @@ def register(tenant_id: str | None = None):
 
 @blueprint.delete("/clients/<client_id>")
 @blueprint.delete("/<tenant_id>/clients/<client_id>")
-@operation("Unregister a client (unknown clients too: the answer is the same)", path=CLIENT_PATH, responses={200: OK})
+@operation("Unregister a client (unknown clients too: the answer is the same)", path=CLIENT_PATH, headers=JWT_HEADERS,
+           responses={200: OK})
 def unregister(client_id: str, tenant_id: str | None = None):
     path = s.path()
     tenant = tenant_for(path.get("tenant_id"))
-    services().write(command("wcp.client.delete", tenant_id=tenant.id, client_id=trim_did_key(path["client_id"])))
+    client_id = trim_did_key(path["client_id"])
+    check_client_jwt(client_id)
+    services().write(command("wcp.client.delete", tenant_id=tenant.id, client_id=client_id))
     return ok()
+
+
+def check_client_jwt(client_id: str) -> None:
+    """The relay client JWT issued by ``client_id`` (registering or unregistering it), when the setting asks for it."""
+    if not services().settings.wc_push_validate_client_jwt:
+        return
+    try:
+        verify_client_jwt(request.headers.get("Authorization"), client_id)
+    except AuthError as error:
+        raise fail(401, error.name, error.description, field=error.field, location="header") from None
 
 
 def parse_notification(data: dict) -> tuple[str, Notification]:
@@ -491,7 +505,8 @@ def check_relay_signature() -> None:
         raise fail(503, "RelayKeyNotConfigured", "signature checks are on but PUSH_WC_PUSH_RELAY_PUBLIC_KEY is not a valid key") from None
     try:
         verify_relay_signature(
-            key, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), request.get_data(cache=True)
+            key, request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), request.get_data(cache=True),
+            max_age=settings.wc_push_signature_max_age_seconds,
         )
     except AuthError as error:
         raise fail(401, error.name, error.description, field=error.field, location="header") from None
@@ -548,30 +563,37 @@ def method_not_allowed(**_):
 # --- tenant management --------------------------------------------------------------------------
 
 def require_admin() -> None:
-    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN``, the server's admin key (``PUSH_ADMIN_KEY``), or the
-    reference's tenant JWT (``PUSH_WC_PUSH_TENANT_JWT_SECRET``) for the one tenant it names."""
+    """Tenant management takes ``PUSH_WC_PUSH_ADMIN_TOKEN`` or the server's admin key (``PUSH_ADMIN_KEY``), as
+    ``Authorization: Bearer <token>`` or ``X-Api-Key: <token>`` (as every admin route does), or the reference's
+    tenant JWT (``PUSH_WC_PUSH_TENANT_JWT_SECRET``) for the one tenant it names."""
     settings = services().settings
     if not settings.wc_push_admin_token and not settings.admin_key and not settings.wc_push_tenant_jwt_secret:
         raise fail(403, "TenantManagementDisabled",
                    "tenant management is off: set PUSH_ADMIN_KEY, PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_WC_PUSH_TENANT_JWT_SECRET")
-    header = request.headers.get("Authorization")
-    if not header:
-        raise fail(401, "MissingAdminToken", "tenant management needs Authorization: Bearer <admin token>", field="Authorization", location="header")
-    scheme, _, given = header.partition(" ")
-    given = given.strip()
+    header, api_key = request.headers.get("Authorization"), request.headers.get("X-Api-Key")
+    field = "Authorization" if header or not api_key else "X-Api-Key"
+    if not header and not api_key:
+        raise fail(401, "MissingAdminToken", "tenant management needs Authorization: Bearer <admin token> or X-Api-Key: <admin token>",
+                   field=field, location="header")
+    scheme, _, given = (header or "").partition(" ")
+    given = (given.strip() if scheme.lower() == "bearer" else "") if header else api_key.strip()
     token = settings.wc_push_admin_token
-    valid = bool(token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
-    if scheme.lower() == "bearer" and (valid or is_admin_key(given, settings.admin_key)):
+    valid = bool(given and token) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(token.encode()).digest())
+    admin_key = bool(given) and is_admin_key(given, settings.admin_key)
+    if valid or admin_key:
+        g.wc_push_admin = "admin" if admin_key else "wc-push-admin-token"  # who, for the audit log (api/audit.py)
         return
     # Three dot-separated parts: a JWT (the reference takes it with or without "Bearer ").
-    if settings.wc_push_tenant_jwt_secret and (given or scheme).count(".") == 2:
-        require_tenant_jwt(header, settings.wc_push_tenant_jwt_secret)
+    if header and settings.wc_push_tenant_jwt_secret and (given or scheme).count(".") == 2:
+        g.wc_push_admin = f"tenant-jwt:{require_tenant_jwt(header, settings.wc_push_tenant_jwt_secret)}"
         return
-    raise fail(401, "InvalidAdminToken", "the admin token is not valid", field="Authorization", location="header")
+    raise fail(401, "InvalidAdminToken", "the admin token is not valid", field=field, location="header")
 
 
-def require_tenant_jwt(header: str, secret: str) -> None:
-    """A tenant JWT manages the tenant its ``sub`` names and no other (403): the route's, or the one POST /tenants creates."""
+def require_tenant_jwt(header: str, secret: str) -> str:
+    """A tenant JWT manages the tenant its ``sub`` names and no other (403): the route's, or the one POST /tenants creates.
+
+    Answers that tenant."""
     try:
         tenant = verify_tenant_jwt(header, secret)
     except AuthError as error:
@@ -586,6 +608,7 @@ def require_tenant_jwt(header: str, secret: str) -> None:
     if managed is not None and managed != tenant:
         raise fail(403, "Forbidden", f"the tenant JWT manages tenant {tenant!r} only, not {managed[:64]!r}",
                    field="Authorization", location="header")
+    return tenant
 
 
 def admin_operation(summary: str, **options) -> Callable:
@@ -652,7 +675,9 @@ def as_text(value: str | bytes | None, field: str) -> str | None:
 
 
 def set_provider(tenant: Tenant, provider: str, credentials: dict | None) -> Response:
-    services().write(command("app.provider", app_id=tenant.app_id, provider=provider, credentials=credentials))
+    svc = services()
+    sealed = svc.credential_keys.seal(tenant.app_id, provider, credentials)  # sealed before it crosses RabbitMQ
+    svc.write(command("app.provider", app_id=tenant.app_id, provider=provider, credentials=sealed))
     return ok()
 
 
@@ -769,7 +794,11 @@ def update_fcm_v1(tenant_id: str):
     except (ValueError, TypeError):
         raise fail(400, "BadFcmV1Credentials", "the service account's private_key is not a PEM key", field="credentials") from None
     try:
-        prove_service_account(account, services().settings)
+        services().outbound.check(account["token_uri"], at_intake=True)
+    except OutboundRefused as refused:
+        raise fail(400, "BadFcmV1Credentials", f"the service account's token_uri is not allowed: {refused}", field="credentials") from None
+    try:
+        prove_service_account(account, services().settings, outbound=services().outbound)
     except ServiceAccountRefused as refused:
         raise fail(400, "BadFcmV1Credentials", f"no access token from the service account's token_uri: {refused}",
                    field="credentials") from None

@@ -5,12 +5,18 @@
   ``client_id`` names: the issuer must be that client id.
 - **Relay signature on sends**: ``X-Ed25519-Signature`` (hex) over
   ``"<timestamp>.<body length in bytes>.<body>"`` with ``X-Ed25519-Timestamp``,
-  checked against the relay's public key.
+  checked against the relay's public key, as the reference signs it
+  (WalletConnect/push-server ``middleware/validate_signature.rs``). The reference
+  does not look at the timestamp, so a captured send verified forever; here it
+  must be Unix seconds within ``PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS`` of
+  this host's clock (either way), which bounds a replay to that window.
 - **Tenant JWT on tenant management**: ``Authorization: Bearer <jwt>``, HS256
   with the server's secret, unexpired; its ``sub`` names the tenant it may
   manage (the reference's cloud mode).
 
 Pure functions (no Flask): each raises :class:`AuthError` naming what is wrong.
+:func:`check_settings` refuses, at start-up, a deployment with API keys on
+whose WalletConnect push clients would be open (no JWT, no signature).
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 CLOCK_SKEW_SECONDS = 60
 SIGNATURE_HEADER = "X-Ed25519-Signature"
 TIMESTAMP_HEADER = "X-Ed25519-Timestamp"
+#: Longest timestamp header accepted (Unix seconds have 10 digits until the year 2286).
+MAX_TIMESTAMP_DIGITS = 12
 
 
 class AuthError(Exception):
@@ -149,14 +157,18 @@ def signed_message(timestamp: str, body: bytes) -> bytes:
     return f"{timestamp}.{len(body)}.".encode() + body
 
 
-def verify_relay_signature(public_key: Ed25519PublicKey, signature: str | None, timestamp: str | None, body: bytes) -> None:
-    """Check a send's relay signature headers against the body."""
+def verify_relay_signature(
+    public_key: Ed25519PublicKey, signature: str | None, timestamp: str | None, body: bytes, *, max_age: float, now: float | None = None
+) -> None:
+    """Check a send's relay signature headers against the body, and that its timestamp is within ``max_age`` seconds of now."""
     if signature is None and timestamp is None:
         raise AuthError("MissingAllSignatureHeader", f"sends must carry {SIGNATURE_HEADER} and {TIMESTAMP_HEADER}", SIGNATURE_HEADER)
     if signature is None:
         raise AuthError("MissingSignatureHeader", f"{SIGNATURE_HEADER} is missing", SIGNATURE_HEADER)
     if timestamp is None:
         raise AuthError("MissingTimestampHeader", f"{TIMESTAMP_HEADER} is missing", TIMESTAMP_HEADER)
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > MAX_TIMESTAMP_DIGITS:
+        raise AuthError("InvalidTimestamp", f"{TIMESTAMP_HEADER} must be Unix time in seconds", TIMESTAMP_HEADER)
     try:
         raw = bytes.fromhex(signature)
     except ValueError:
@@ -165,6 +177,32 @@ def verify_relay_signature(public_key: Ed25519PublicKey, signature: str | None, 
         public_key.verify(raw, signed_message(timestamp, body))
     except InvalidSignature:
         raise AuthError("InvalidSignature", "the relay signature does not verify", SIGNATURE_HEADER) from None
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > max_age:
+        raise AuthError(
+            "StaleTimestamp", f"{TIMESTAMP_HEADER} is more than {max_age:.0f} seconds from this server's time", TIMESTAMP_HEADER
+        )
+
+
+def check_settings(settings) -> None:
+    """Refuse to start (ValueError) a stack whose API keys are on while its WalletConnect push clients are open.
+
+    With auth on (a production deployment) both relay checks must be on, with a valid
+    relay key, unless ``PUSH_WC_PUSH_UNAUTHENTICATED_ALLOWED`` says the open relay is wanted.
+    """
+    if not settings.auth_enabled or settings.wc_push_unauthenticated_allowed:
+        return
+    off = [name for name, on in (("PUSH_WC_PUSH_VALIDATE_CLIENT_JWT", settings.wc_push_validate_client_jwt),
+                                 ("PUSH_WC_PUSH_VALIDATE_SIGNATURES", settings.wc_push_validate_signatures)) if not on]
+    if off:
+        raise ValueError(
+            f"PUSH_AUTH_ENABLED is on but {' and '.join(off)} {'is' if len(off) == 1 else 'are'} off: anyone could register, "
+            "take over or message WalletConnect push clients. Turn them on, or set PUSH_WC_PUSH_UNAUTHENTICATED_ALLOWED=true."
+        )
+    try:
+        relay_public_key(settings.wc_push_relay_public_key)
+    except ValueError:
+        raise ValueError("PUSH_WC_PUSH_VALIDATE_SIGNATURES is on but PUSH_WC_PUSH_RELAY_PUBLIC_KEY is not 32 bytes of hex") from None
 
 
 #: The tenant JWT's one algorithm (the reference's ``Validation::new(Algorithm::HS256)``).

@@ -15,6 +15,7 @@ import time
 from bench.harness import median
 from devstack.credentials import make_credentials, register_with_simulators
 from devstack.stack import Stack
+from shared.outbound import OutboundPolicy
 from shared.payload import Body, FcmTemplate, apns_push, fcm_message
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner
 from workers.delivery.fcm import FcmAuth, FcmClient
@@ -39,7 +40,8 @@ def _client_run(args: tuple) -> float:
         )
         fcm = FcmClient(
             origin=f"https://127.0.0.1:{stack_ports['fcm']}", project_id=credentials.project_id,
-            auth=FcmAuth(service_account_info=credentials.service_account, ca_file=ca_file), ssl_context=context, connections=connections,
+            auth=FcmAuth(service_account_info=credentials.service_account, ca_file=ca_file,
+                         outbound=OutboundPolicy.for_urls([credentials.service_account["token_uri"]])), ssl_context=context, connections=connections,
         )
         body = Body.from_json({"title": "limit", "body": "bare delivery"})
         push = apns_push(body, silent=False, high_priority=True)

@@ -35,6 +35,7 @@ import requests
 from bench.harness import cpu_seconds, group_pids, median
 from devstack.credentials import make_credentials, make_hms_credentials, register_with_hms_simulator
 from devstack.stack import ROOT, SIMULATOR_PROCESSES, free_port
+from shared.outbound import OutboundPolicy
 
 #: Connections h2load opens (several, so SO_REUSEPORT spreads them over the serving processes).
 H2LOAD_CONNECTIONS = 8
@@ -97,7 +98,8 @@ def _fcm_load(port: int, control: str, work: Path) -> list[str]:
         f"{control}/service-accounts", json={"client_email": credentials.service_account["client_email"],
                                              "project_id": credentials.project_id, "public_key_pem": credentials.fcm_public_pem},
         timeout=30).raise_for_status()
-    access = asyncio.run(FcmAuth(service_account_info=credentials.service_account, ca_file=str(work / "certs" / "ca.pem")).token())
+    access = asyncio.run(FcmAuth(service_account_info=credentials.service_account, ca_file=str(work / "certs" / "ca.pem"),
+                                 outbound=OutboundPolicy.for_urls([credentials.service_account["token_uri"]])).token())
     body = work / "fcm.json"
     body.write_bytes(orjson.dumps({"message": {"token": "ceiling-token", "android": {"priority": "high",
                                                                                       "notification": {"title": "ceiling", "tag": "m.0"}}}}))

@@ -7,6 +7,7 @@ examples work as written.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ import requests
 
 from devstack.credentials import AppCredentials, configure_app, make_credentials, register_with_simulators
 from devstack.stack import ROOT, Stack
+from shared.sealed_credentials import new_key_entry
 
 DEMO_APP = "demo"
 
@@ -30,17 +32,28 @@ def demo_credentials(stack: Stack) -> AppCredentials:
     return credentials
 
 
+def credential_keys(var_dir: Path) -> str:
+    """The key sealing the demo's provider credentials, made once and kept in var/credential-keys (the data outlives runs)."""
+    path = var_dir / "credential-keys"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_key_entry())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def main() -> int:
     # The demo app also serves the WalletConnect routes: pushes to wallets (v1 bridge) and the push
     # server's routes without a tenant. On nx-27017 the bridge's TTL indexes slow every read (README).
-    # Bridge webhooks go only to this machine.
+    # URLs given to the server (bridge webhooks, token_uri) reach public addresses and the FCM simulator (devstack).
     demo_env = {
         "PUSH_WC_BRIDGE_PUSH_APP_ID": DEMO_APP,
         "PUSH_WC_PUSH_DEFAULT_APP": DEMO_APP,
         "PUSH_WC_BRIDGE_TTL_INDEXES": "0",
-        "PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
     }
-    stack = Stack(var_dir=Path(ROOT / "var"), log_to_files=False, env=demo_env)
+    var_dir = Path(ROOT / "var")
+    demo_env["PUSH_CREDENTIAL_KEYS"] = os.environ.get("PUSH_CREDENTIAL_KEYS") or credential_keys(var_dir)
+    stack = Stack(var_dir=var_dir, log_to_files=False, env=demo_env)
     stopping = False
 
     def stop(*_):

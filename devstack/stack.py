@@ -169,6 +169,8 @@ class Stack:
 
     def settings_env(self) -> dict:
         """The ``PUSH_*`` variables every project process of this stack gets."""
+        # The FCM simulator is its service accounts' token_uri: an outbound target on loopback, so allow-listed.
+        allowed = ",".join(filter(None, [f"127.0.0.1:{self.ports.fcm}", self.env.get("PUSH_OUTBOUND_ALLOWED_TARGETS")]))
         return {
             "PUSH_MONGO_URI": self.mongo_uri,
             "PUSH_QUEUE_PREFIX": self.queue_prefix,
@@ -177,6 +179,7 @@ class Stack:
             "PUSH_FCM_URL": f"https://127.0.0.1:{self.ports.fcm}",
             "PUSH_PROVIDER_CA_FILE": str(self.ca_file),
             **self.env,
+            "PUSH_OUTBOUND_ALLOWED_TARGETS": allowed,
         }
 
     def process_env(self) -> dict:
@@ -276,18 +279,20 @@ class Stack:
     def worker_metrics_url(self, group: str) -> str:
         return f"http://127.0.0.1:{self.worker_metrics_ports[group]}/metrics"
 
-    def start_workers(self, groups=None) -> None:
+    def start_workers(self, groups=None, *, suffix: str = "", env: dict | None = None) -> None:
+        """Start worker groups; tests start more groups on the same queues (``suffix`` names them) with other ``env``."""
         groups = self.worker_groups if groups is None else groups
         for group in groups:
             # `make run` (the default ports): 9191, 9192, ... in group order; tests: free ports.
-            default = 9191 + list(self.worker_groups).index(group) if self.ports == Ports() else free_port()
-            port = self.worker_metrics_ports.setdefault(group, default)
-            env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_db": str(self.metrics_dir(group))}
-            self._spawn(f"workers-{group}", self.worker_argv(group), env=env)
+            default = 9191 + list(self.worker_groups).index(group) if self.ports == Ports() and not suffix else free_port()
+            port = self.worker_metrics_ports.setdefault(group + suffix, default)
+            group_env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1",
+                         "dramatiq_prom_db": str(self.metrics_dir(group + suffix)), **(env or {})}
+            self._spawn(f"workers-{group}{suffix}", self.worker_argv(group), env=group_env)
 
-    def stop_workers(self, groups=None, *, kill: bool = False) -> None:
+    def stop_workers(self, groups=None, *, kill: bool = False, suffix: str = "") -> None:
         for group in self.worker_groups if groups is None else groups:
-            self.stop(f"workers-{group}", kill=kill)
+            self.stop(f"workers-{group}{suffix}", kill=kill)
 
     def start_api(self, *, name: str = "api", port: int | None = None, env: dict | None = None,
                   header_timeout_ms: int | None = None) -> str:

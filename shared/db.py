@@ -23,8 +23,9 @@ SERVER_SELECTION_TIMEOUT_MS = 3000
 
 APPS = "apps"
 #: Projection of an app document without its provider secrets (APNs key and certificate, FCM service account,
-#: HMS client secret): what every read that answers a client uses.
-HIDDEN_CREDENTIALS = {"apns.private_key": 0, "apns.certificate": 0, "fcm.service_account": 0, "hms.client_secret": 0}
+#: HMS client secret; in clear or sealed: shared/sealed_credentials.py): what every read that answers a client uses.
+HIDDEN_CREDENTIALS = {"apns.private_key": 0, "apns.certificate": 0, "fcm.service_account": 0, "hms.client_secret": 0,
+                      "apns.sealed": 0, "fcm.sealed": 0, "hms.sealed": 0}
 #: An app's ``apns.auth``: provider token (a .p8 key; documents without ``auth`` are this) or client certificate.
 APNS_TOKEN, APNS_CERTIFICATE = "token", "certificate"
 DEVICES = "devices"
@@ -56,6 +57,12 @@ INBOX = "inbox_messages"
 
 #: API keys of apps: ``_id`` the key id, ``app_id``, ``hash`` (SHA-256 of the key), ``revoked_at``.
 API_KEYS = "api_keys"
+#: The audit log of admin actions (shared/audit.py): ``_id`` time-ordered, who, action, path, status, target.
+AUDIT_LOG = "audit_log"
+#: One document the API's status check writes (is MongoDB writable?).
+HEALTH = "health"
+#: ``Idempotency-Key`` uses: ``_id`` the id the key names, ``digest`` of the first request's body (api/idempotency.py).
+IDEMPOTENCY_KEYS = "idempotency_keys"
 
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {

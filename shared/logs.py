@@ -3,7 +3,8 @@
 JSON lines carry the ids that follow one notification through the pipeline:
 ``command_id`` (every API write or send; a send's command id is its
 ``message_id``), ``message_id`` (on the workers' chunk lines and delivery
-outcomes), ``delivery_id``, plus the queue and actor. The API logs each
+outcomes), ``delivery_id`` (its device token redacted: no log line holds a whole
+token, :func:`redacted_token`), plus the queue and actor. The API logs each
 enqueue (shared/metrics.py), the workers log each processed message
 (:class:`MessageLog`) and each delivery's outcome (DEBUG for ``sent``, INFO for
 the others).
@@ -53,6 +54,21 @@ def configure(log_format: str) -> None:
     formatter = JsonFormatter()
     for handler in root.handlers:
         handler.setFormatter(formatter)
+
+
+#: Characters of a device token a log line keeps (the rest is replaced): enough to tell tokens apart, not to use one.
+TOKEN_SHOWN = 6
+
+
+def redacted_token(token: str) -> str:
+    """A device token as log lines show it: its first characters and its length, never the whole token."""
+    return f"{token[:TOKEN_SHOWN]}…({len(token)})"
+
+
+def redacted_delivery_id(delivery_id: str) -> str:
+    """A delivery id (``<message>:<entry>:<token>``) with its token redacted, for log lines."""
+    parts = delivery_id.split(":", 2)
+    return ":".join([*parts[:2], redacted_token(parts[2])]) if len(parts) == 3 else redacted_token(delivery_id)
 
 
 def ids_of(args: tuple) -> dict:

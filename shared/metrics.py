@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 
-from shared import commands
+from shared import commands, logs
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -293,12 +293,13 @@ def record_result(
     """Count (and log) one delivery's outcome in this run (``state`` as recorded: sent, failed, dead_token, expired, retry)."""
     level = logging.DEBUG if state == "sent" else logging.INFO
     if delivery_id is not None and delivery_log.isEnabledFor(level):
+        shown = logs.redacted_delivery_id(delivery_id)  # a log line never holds a whole device token
         delivery_log.log(
             level,
             "delivery %s: %s",
-            delivery_id,
+            shown,
             state,
-            extra={"delivery_id": delivery_id, "message_id": delivery_id.split(":", 1)[0], "provider": provider, "app_id": app_id,
+            extra={"delivery_id": shown, "message_id": delivery_id.split(":", 1)[0], "provider": provider, "app_id": app_id,
                    "outcome": state, "reason": reason},
         )
     deliveries_counter().labels(provider, app_id, state).inc()

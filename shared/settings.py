@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from urllib.parse import urlsplit
 
 #: Every environment variable of the project starts with this.
 ENV_PREFIX = "PUSH_"
@@ -78,7 +77,10 @@ class Settings:
     #: Seconds a request body may take to arrive in full (read before the request takes a thread); later: 408.
     api_body_timeout_seconds: float = 30.0
 
-    #: Auth (README "Auth and limits"): require API keys. Off for ``make run``'s demo and the test stack, on in docker-compose.
+    #: Seconds one live check of RabbitMQ and MongoDB answers the unauthenticated status routes again, per API process.
+    health_check_cache_seconds: float = 2.0
+
+    #: Auth (README "Security"): require API keys. Off for ``make run``'s demo and the test stack, on in docker-compose.
     auth_enabled: bool = False
     #: The admin key (``/admin/…``, tenant management, key rotation); compared by SHA-256 digest. Empty: no admin key.
     admin_key: str = field(default="", repr=False)
@@ -115,10 +117,6 @@ class Settings:
     wc_bridge_ttl_indexes: bool = True
     #: Seconds one webhook POST may take.
     wc_bridge_webhook_timeout_seconds: float = 10.0
-    #: WalletConnect v1 bridge: host names a session's ``push.webhook`` may point at, comma-separated
-    #: (case-insensitive); empty: any host. The API refuses another host (400 ``push.webhook``) and the
-    #: webhook worker records a push to one as failed without sending it.
-    wc_bridge_webhook_allowed_hosts: str = ""
     #: Seconds a polled session or call status read by one API process answers its pollers again
     #: (reads are batched per process; a write through that process is visible to it at once).
     wc_bridge_poll_fresh_seconds: float = 0.05
@@ -131,24 +129,28 @@ class Settings:
     wc_push_validate_signatures: bool = False
     #: The relay's Ed25519 public key, hex (32 bytes), checked when signatures are required.
     wc_push_relay_public_key: str = ""
+    #: Seconds a relay signature's ``X-Ed25519-Timestamp`` may be from this host's time (a captured send replays only within it).
+    wc_push_signature_max_age_seconds: float = 300.0
+    #: Let a stack with ``auth_enabled`` start with the client JWT or relay signature check off (an open relay).
+    wc_push_unauthenticated_allowed: bool = False
     #: App (in the apps collection) whose credentials the routes without a tenant use; empty: tenant ``default``.
     wc_push_default_app: str = ""
     #: HS256 secret of the reference's tenant JWT on tenant management (its ``sub`` is the one tenant it manages); empty: none.
     wc_push_tenant_jwt_secret: str = field(default="", repr=False)
 
+    #: Keys sealing provider credentials (shared/sealed_credentials.py): ``<key id>:<base64 of 32 bytes>``, comma-separated;
+    #: the first seals, all open. Empty: credentials in clear (refused at start-up with auth on, unless allowed below).
+    credential_keys: str = field(default="", repr=False)
+    #: Let a stack with ``auth_enabled`` start without ``credential_keys`` (credentials in clear in RabbitMQ and MongoDB).
+    credentials_unsealed_allowed: bool = False
+
+    #: Outbound requests to URLs someone gave the server (webhooks, token_uri): ``host:port`` targets that may resolve to
+    #: loopback or private addresses (every other target must resolve to a public one), comma-separated (shared/outbound.py).
+    outbound_allowed_targets: str = ""
+    #: Outbound requests reach only the targets of ``outbound_allowed_targets``.
+    outbound_allowed_only: bool = False
+
     extra: dict = field(default_factory=dict)
-
-
-def webhook_host_allowed(settings: Settings, url: str) -> bool:
-    """Whether ``url``'s host is in ``wc_bridge_webhook_allowed_hosts`` (every host is when that is empty)."""
-    allowed = {h.strip().strip("[]").rstrip(".").lower() for h in settings.wc_bridge_webhook_allowed_hosts.split(",")} - {""}
-    if not allowed:
-        return True
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    return host is not None and host.rstrip(".") in allowed
 
 
 def _convert(raw: str, kind: type):

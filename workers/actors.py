@@ -6,11 +6,11 @@ time, so the queue names can carry the deployment's prefix from the settings.
 from __future__ import annotations
 
 import dramatiq
-import requests
 
-from shared import commands, device_lookup
+from shared import audit, commands, device_lookup
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
+from shared.outbound import OutboundPolicy, OutboundSession
 from shared.settings import Settings
 from workers import auth, campaigns, dead_letters, expand, inbox, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
@@ -19,6 +19,7 @@ from workers.delivery.retry import RetryPolicy
 #: Write handlers of every API family, by command kind (each family's module lists its own).
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
+    **audit.HANDLERS,
 }
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
@@ -81,7 +82,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     declare(deliver_apns, commands.DELIVER_CHUNK_APNS, max_retries=DELIVERY_MAX_RETRIES)
     declare(deliver_fcm, commands.DELIVER_CHUNK_FCM, max_retries=DELIVERY_MAX_RETRIES)
 
-    webhooks = wc_bridge.WebhookContext(db=db, publisher=publisher, settings=settings, session=requests.Session())
+    webhooks = wc_bridge.WebhookContext(db=db, publisher=publisher, settings=settings, session=OutboundSession(OutboundPolicy.from_settings(settings)))
 
     def deliver_webhook(job: dict) -> None:
         wc_bridge.deliver_webhook(webhooks, job)

@@ -28,7 +28,9 @@ from pymongo.errors import ConnectionFailure
 from shared import db as collections
 from shared import metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
+from shared.outbound import OutboundPolicy
 from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
 from workers import wc_push
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
@@ -163,6 +165,9 @@ class ProviderClients:
         self._clients: dict[tuple, object] = {}
         self._ssl_context = ssl.create_default_context(cafile=settings.provider_ca_file or None)
         self._ssl_context.set_alpn_protocols(["h2"])
+        self._outbound = OutboundPolicy.from_settings(settings)
+        #: Opens sealed credentials, only here, where a provider client is built (shared/sealed_credentials.py).
+        self.keys = CredentialKeys.from_settings(settings)
 
     def apns(self, app: dict, environment: str | None) -> ApnsClient:
         credentials = app["apns"]
@@ -170,6 +175,7 @@ class ProviderClients:
         key = ("apns", app["_id"], environment, app["apns_ts"])
         client = self._clients.get(key)
         if client is None:
+            credentials = self.keys.open(app["_id"], "apns", credentials)
             origin = (
                 self.settings.apns_development_url if environment == "development" else self.settings.apns_production_url
             )
@@ -200,7 +206,10 @@ class ProviderClients:
         key = ("fcm", app["_id"], None, app["fcm_ts"])
         client = self._clients.get(key)
         if client is None:
-            auth = FcmAuth(service_account_info=credentials["service_account"], ca_file=self.settings.provider_ca_file or None)
+            credentials = self.keys.open(app["_id"], "fcm", credentials)
+            auth = FcmAuth(
+                service_account_info=credentials["service_account"], outbound=self._outbound, ca_file=self.settings.provider_ca_file or None
+            )
             client = FcmClient(
                 origin=self.settings.fcm_url,
                 project_id=credentials["project_id"],
@@ -247,7 +256,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     app = await asyncio.to_thread(ctx.db[collections.APPS].find_one, {"_id": chunk["app_id"]})
     recorder = Recorder(ctx.db, claim, platform, chunk["entries"])
     work = [by_id[i] for i in mine]
-    unavailable = _provider_unavailable(app, platform)
+    unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
     if unavailable:
         for delivery in work:
             recorder.add(Result(delivery, "failed", unavailable))

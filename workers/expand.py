@@ -8,21 +8,20 @@ actors, which only take deliveries they can claim.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, Publisher
 
 #: MongoDB's duplicate-key error: an insert that already happened.
 DUPLICATE_KEY = 11000
-#: Activations looked up per query (``$in`` list length).
-ACTIVATIONS_PER_QUERY = 1000
 #: Delivery states that are final (the outcome is known and recorded).
 FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
 PENDING = "pending"
@@ -161,7 +160,7 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
         for device in devices_by_user.get(entry.get("user_id"), ())
         for activation in device["activations"]
     }
-    status = _activation_status(db, personal_activations)
+    status = activation_status.statuses(db, app_id, personal_activations)
     for index, entry in enumerate(entries):
         for device in devices_by_user.get(entry.get("user_id"), ()):
             activations = [a for a, user in device["activations"].items() if user == entry["user_id"]]
@@ -172,15 +171,6 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
             if entry.get("personal") and not any(status.get(a, ACTIVE) == ACTIVE for a in activations):
                 continue
             yield index, device
-
-
-def _activation_status(db: Database, activation_ids: Iterable[str]) -> dict[str, str]:
-    ids = sorted(activation_ids)
-    status = {}
-    for part in _parts(ids, ACTIVATIONS_PER_QUERY):
-        for doc in db[collections.ACTIVATIONS].find({"_id": {"$in": part}}, {"status": 1}):
-            status[doc["_id"]] = doc["status"]
-    return status
 
 
 def _parts(items: list, size: int) -> Iterator[list]:

@@ -3,9 +3,10 @@
 An inbox message's ``_id`` is made by the API, so posting it twice stores it
 once. Every time stored comes from the command (the API's receive time), never
 from the worker's clock, so a redelivered command writes the same values.
-``read-all`` marks only messages the API had received before it (``ts`` not
-newer than the command's): a message posted after a read-all was acknowledged
-stays unread whatever order the workers run the two in.
+``read-all`` marks only messages ordered before it (``ts``, the post's write
+order, not above the command's; shared/write_order.py): a message posted after
+a read-all was acknowledged stays unread whatever order the workers run the two
+in, and whatever the API hosts' clocks say.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
+from shared.write_order import order_of
 
 #: Most inbox messages marked read by one ``update_many`` (by ``_id``, the fast path on nx-27017).
 READ_ALL_CHUNK = 1000
@@ -39,7 +41,7 @@ def post_message(db: Database, cmd: dict) -> dict:
         "read": False,
         "created_at": received_time(cmd),
         "read_at": None,
-        "ts": cmd["received_at"],
+        "ts": order_of(cmd),
     }
     try:
         db[collections.INBOX].insert_one(message)
@@ -64,7 +66,7 @@ def read_all_messages(db: Database, cmd: dict) -> dict:
         "user_id": cmd["user_id"],
         "applications": {"$in": [cmd["app_id"]]},
         "read": False,
-        "ts": {"$lte": cmd["received_at"]},
+        "ts": {"$lte": order_of(cmd)},
     }
     ids = [doc["_id"] for doc in inbox.find(query, {"_id": 1})]
     read_at = received_time(cmd)

@@ -1,8 +1,8 @@
 """The WalletConnect v1 bridge's side of the workers: its writes, and the webhook push to the wallet.
 
 Writes (sessions, call requests, call statuses) are applied like every other
-write (:func:`workers.writes.apply`): idempotent, last writer wins on the API's
-receive time ``ts``. Each document carries ``expires_at``, the API's receive
+write (:func:`workers.writes.apply`): idempotent, last writer wins on the
+write's order ``ts`` (shared/write_order.py). Each document carries ``expires_at``, the API's receive
 time plus the TTL the API put in the command, so a replayed command stores the
 same expiry; a TTL index on ``expires_at`` removes it from MongoDB, and the
 readers treat a passed ``expires_at`` as absent (TTL deletion is not instant).
@@ -13,10 +13,11 @@ call_id, session_id, first_attempt_at, attempts}``. The actor claims it before i
 redelivered is sent once while its claim holds; it retries transient failures
 a few times in-process (tenacity, exponential backoff with jitter), then goes
 back to the queue with a delay, and gives up after ``delivery_max_age_seconds``
-with a dead letter. Every attempt's outcome is recorded on the push. A push whose
-URL's host is not in ``wc_bridge_webhook_allowed_hosts`` is recorded as failed
-and never sent (the API refuses such a webhook; this covers one queued before
-the setting changed). The call
+with a dead letter. Every attempt's outcome is recorded on the push. The POST
+goes through the outbound check (shared/outbound.py), made again when it is
+sent: a URL it refuses (a name that now resolves to a private address, one
+queued before the settings changed) is recorded as failed and nothing is sent;
+a redirect is not followed (its 3xx is recorded as the failure). The call
 request itself was stored before the push was published: a failed push never
 loses it.
 """
@@ -40,7 +41,9 @@ from tenacity import (
 
 from shared import db as collections
 from shared.commands import DELIVER_CHUNK_WEBHOOK, Publisher, new_id
-from shared.settings import Settings, webhook_host_allowed
+from shared.outbound import OutboundRefused, OutboundSession, parse
+from shared.settings import Settings
+from shared.write_order import order_of
 from workers.writes import upsert_if_newer
 
 log = logging.getLogger(__name__)
@@ -63,8 +66,8 @@ FAILED = "failed"
 DEAD_LETTER = "dead_letter"
 FINAL_STATES = (SENT, FAILED, DEAD_LETTER)
 CLAIMABLE = ("pending", "retry")
-#: The outcome recorded for a push whose webhook host is not in ``wc_bridge_webhook_allowed_hosts`` (not sent).
-HOST_NOT_ALLOWED = "the webhook's host is not allowed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS)"
+#: What the recorded error of a webhook the outbound check refused starts with (nothing was sent).
+REFUSED = "not sent: the webhook is not allowed on this server"
 
 
 def expires_at(cmd: dict, ttl_seconds: float) -> datetime:
@@ -82,7 +85,7 @@ def new_session(db: Database, cmd: dict) -> None:
     upsert_if_newer(
         db[collections.WC_SESSIONS],
         cmd["session_id"],
-        cmd["received_at"],
+        order_of(cmd),
         {"payload": None, "push": None, "deleted": False, "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
     purge_expired_now_and_then(db)
@@ -91,13 +94,13 @@ def new_session(db: Database, cmd: dict) -> None:
 def update_session(db: Database, cmd: dict) -> None:
     """The wallet's session details and push target; a deleted session stays deleted."""
     db[collections.WC_SESSIONS].update_one(
-        {"_id": cmd["session_id"], "ts": {"$lt": cmd["received_at"]}, "deleted": False},
+        {"_id": cmd["session_id"], "ts": {"$lt": order_of(cmd)}, "deleted": False},
         {
             "$set": {
                 "payload": cmd["payload"],
                 "push": cmd.get("push"),
                 "expires_at": expires_at(cmd, cmd["ttl_seconds"]),
-                "ts": cmd["received_at"],
+                "ts": order_of(cmd),
             }
         },
     )
@@ -109,7 +112,7 @@ def delete_session(db: Database, cmd: dict) -> None:
     upsert_if_newer(
         db[collections.WC_SESSIONS],
         session_id,
-        cmd["received_at"],
+        order_of(cmd),
         {"payload": None, "push": None, "deleted": True, "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
     call_ids = [doc["_id"] for doc in db[collections.WC_CALLS].find({"session_id": session_id}, {"_id": 1})]
@@ -128,7 +131,7 @@ def new_call(db: Database, cmd: dict) -> None:
                 "dapp_name": cmd.get("dapp_name"),
                 "push": cmd.get("push"),
                 "created_at": _now(),
-                "ts": cmd["received_at"],
+                "ts": order_of(cmd),
                 "expires_at": expires_at(cmd, cmd["ttl_seconds"]),
             }
         )
@@ -140,7 +143,7 @@ def set_call_status(db: Database, cmd: dict) -> None:
     upsert_if_newer(
         db[collections.WC_CALL_STATUS],
         cmd["call_id"],
-        cmd["received_at"],
+        order_of(cmd),
         {"payload": cmd["payload"], "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
 
@@ -187,10 +190,11 @@ def purge_expired(db: Database, now: datetime | None = None) -> int:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One POST's outcome: the HTTP status (None without an answer) and what went wrong, if anything."""
+    """One POST's outcome: the HTTP status (None without an answer), what went wrong, whether it was refused unsent."""
 
     status: int | None
     error: str | None = None
+    refused: bool = False
 
     @property
     def sent(self) -> bool:
@@ -198,6 +202,8 @@ class Attempt:
 
     @property
     def retryable(self) -> bool:
+        if self.refused:
+            return False
         return self.status is None or self.status >= 500 or self.status in WEBHOOK_RETRY_STATUSES
 
 
@@ -209,29 +215,25 @@ class WebhookContext:
       db: MongoDB.
       publisher: to put a push back on the queue with a delay.
       settings: timeouts, retry limits and ages.
-      session: the process's pooled HTTP session.
+      session: the process's pooled outbound session (shared/outbound.py: checked targets, no redirects).
     """
 
     db: Database
     publisher: Publisher
     settings: Settings
-    session: requests.Session
-
-    def __post_init__(self):
-        # With an allow list, a redirect is not followed (it could lead to any host): its 3xx is the answer.
-        if self.settings.wc_bridge_webhook_allowed_hosts.strip() and isinstance(self.session, requests.Session):
-            self.session.max_redirects = 0
+    session: OutboundSession
 
 
 def post_once(ctx: WebhookContext, url: str, body: dict) -> Attempt:
     try:
         answer = ctx.session.post(url, json=body, timeout=ctx.settings.wc_bridge_webhook_timeout_seconds)
-    except requests.TooManyRedirects as error:
-        status = error.response.status_code if error.response is not None else None
-        return Attempt(status, f"HTTP {status}: redirect not followed (PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS is set)")
+    except OutboundRefused as refused:
+        return Attempt(None, f"{REFUSED}: {refused}", refused=True)
     except requests.RequestException as error:
         return Attempt(None, f"{type(error).__name__}: {error}"[:500])
     answer.close()
+    if 300 <= answer.status_code < 400:
+        return Attempt(answer.status_code, f"HTTP {answer.status_code}: redirect not followed")
     return Attempt(answer.status_code, None if 200 <= answer.status_code < 300 else f"HTTP {answer.status_code}")
 
 
@@ -302,14 +304,8 @@ def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
         return None
 
     earlier = record.get("attempts", 0)
-    if not webhook_host_allowed(ctx.settings, job["url"]):
-        # The API refuses such a webhook; this catches one queued before the setting changed.
-        outcome = {"attempts": earlier, "last_status": None, "last_error": HOST_NOT_ALLOWED, "at": _now()}
-        pushes.update_one({"_id": push_id, "claim": claim}, {"$set": {"state": FAILED, **outcome}})
-        log.warning("webhook push %s to %s: %s", push_id, job["url"], HOST_NOT_ALLOWED)
-        return FAILED
     attempt, tries = post_with_retries(ctx, job["url"], job["body"], earlier_attempts=earlier)
-    attempts = earlier + tries
+    attempts = earlier + (0 if attempt.refused else tries)
     outcome = {"attempts": attempts, "last_status": attempt.status, "last_error": attempt.error, "at": _now()}
     if attempt.sent:
         state = SENT
@@ -332,5 +328,15 @@ def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
             }
         )
     if state != SENT:
-        log.warning("webhook push %s to %s: %s after %d attempts (%s)", push_id, job["url"], state, attempts, attempt.error)
+        # The URL's origin only: its path or query may carry the wallet's token.
+        log.warning("webhook push %s to %s: %s after %d attempts (%s)", push_id, _origin(job["url"]), state, attempts, attempt.error)
     return state
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a webhook URL for a log line (or that it is not one)."""
+    try:
+        target = parse(url)
+    except OutboundRefused:
+        return "(an invalid URL)"
+    return f"{target.scheme}://{target.authority}"

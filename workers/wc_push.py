@@ -1,7 +1,7 @@
 """Writes of the WalletConnect push server API: clients, tenants, and deduplicated notifications.
 
-Every handler is idempotent and ordered by the API's receive time (last writer
-wins, as in :mod:`workers.writes`):
+Every handler is idempotent and ordered by the write's order (last writer wins,
+as in :mod:`workers.writes`; shared/write_order.py):
 
 - a client is one document per (tenant, client id), tombstoned on unregister;
 - a token belongs to one client per tenant: a registration swaps the token's
@@ -41,6 +41,7 @@ from shared.wc_push import (
     notification_key,
     token_key,
 )
+from shared.write_order import order_of
 from workers import expand
 from workers.writes import upsert_if_newer, written_by
 
@@ -74,7 +75,7 @@ def bind(publisher: Publisher, *, chunk_size: int) -> None:
 
 def register_client(db: Database, cmd: dict) -> dict:
     """Create or update a client; the token leaves whichever client of the tenant held it before."""
-    ts, tenant, client, token = cmd["received_at"], cmd["tenant_id"], cmd["client_id"], cmd["token"]
+    ts, tenant, client, token = order_of(cmd), cmd["tenant_id"], cmd["client_id"], cmd["token"]
     platform, environment = CLIENT_TYPES[cmd["type"]]
     key = client_key(tenant, client)
     fields = {
@@ -85,6 +86,7 @@ def register_client(db: Database, cmd: dict) -> dict:
         "platform": platform,
         "environment": environment,
         "always_raw": bool(cmd.get("always_raw")),
+        "received_at": cmd["received_at"],  # compared with a provider's clock (workers.writes.written_by), never for order
         "deleted": False,
         "updated_at": _now(),
     }
@@ -138,7 +140,7 @@ def delete_client(db: Database, cmd: dict) -> dict:
     stored = upsert_if_newer(
         db[collections.WCP_CLIENTS],
         key,
-        cmd["received_at"],
+        order_of(cmd),
         {"deleted": True, "tenant_id": cmd["tenant_id"], "client_id": cmd["client_id"], "reason": "unregistered", "updated_at": _now()},
         on_insert={"token": None},
     )
@@ -175,10 +177,11 @@ def delete_dead_clients(db: Database, device_ids: list[str], reason: str, *, inv
     for device in device_ids:
         key, _, token = device.rpartition(SEP)
         stamp = invalid_since.get(device)
-        db[collections.WCP_CLIENTS].update_one(
-            {"_id": key, "token": token, "deleted": False, **(written_by(stamp) if stamp is not None else {})},
-            {"$set": {"deleted": True, "reason": f"dead token: {reason}", "updated_at": _now()}},
-        )
+        for when in written_by(stamp) if stamp is not None else [{}]:
+            db[collections.WCP_CLIENTS].update_one(
+                {"_id": key, "token": token, "deleted": False, **when},
+                {"$set": {"deleted": True, "reason": f"dead token: {reason}", "updated_at": _now()}},
+            )
 
 
 # --- notifications ------------------------------------------------------------------------------
@@ -271,7 +274,7 @@ def create_tenant(db: Database, cmd: dict) -> dict:
     stored = upsert_if_newer(
         db[collections.APPS],
         cmd["app_id"],
-        cmd["received_at"],
+        order_of(cmd),
         {"tenant_id": cmd["tenant_id"], "wc_push": True, "deleted": False},
         on_insert={"created_at": _now(), "apns": None, "fcm": None, "apns_ts": 0, "fcm_ts": 0, "suspended": {}},
     )
@@ -283,7 +286,7 @@ def delete_tenant(db: Database, cmd: dict) -> dict:
     stored = upsert_if_newer(
         db[collections.APPS],
         cmd["app_id"],
-        cmd["received_at"],
+        order_of(cmd),
         {"tenant_id": cmd["tenant_id"], "wc_push": True, "deleted": True, "apns": None, "fcm": None, "suspended": {}},
         on_insert={"created_at": _now(), "apns_ts": 0, "fcm_ts": 0},
     )

@@ -1,11 +1,13 @@
 """Apply write commands (apps, devices, activations) to MongoDB, idempotently.
 
 Each handler can run twice, or after a later command for the same entity, and
-still leave what the API acknowledged last: documents carry the API's receive
-time ``ts`` and a write only lands on a document whose ``ts`` is older (last
-writer wins). Deletes leave a tombstone (``deleted: True`` with its ``ts``) so a
-create that arrives late cannot bring a deleted device back; tombstones are
-purged by :func:`purge_tombstones` once no queued command can be older.
+still leave what the API acknowledged last: documents carry the order ``ts`` of
+the write that produced them (shared/write_order.py: claimed from MongoDB before
+the API answered, so no host clock can reorder two writes) and a write only
+lands on a document whose ``ts`` is lower (last writer wins). Deletes leave a
+tombstone (``deleted: True`` with its ``ts``) so a create that arrives late
+cannot bring a deleted device back; tombstones are purged by
+:func:`purge_tombstones` once no queued command can be older.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import REMOVED
+from shared.write_order import order_of
 
 #: How many times a read-modify-write of a device retries after losing a race.
 MAX_OPTIMISTIC_TRIES = 10
@@ -71,9 +75,9 @@ def set_app_provider(db: Database, cmd: dict) -> None:
     # An app created before a provider was known here (HMS) has no time for it yet: it starts at 0.
     db[collections.APPS].update_one({"_id": cmd["app_id"], ts_field: {"$exists": False}}, {"$set": {ts_field: 0}})
     db[collections.APPS].update_one(
-        {"_id": cmd["app_id"], ts_field: {"$lt": cmd["received_at"]}},
+        {"_id": cmd["app_id"], ts_field: {"$lt": order_of(cmd)}},
         {
-            "$set": {provider: cmd["credentials"], ts_field: cmd["received_at"]},
+            "$set": {provider: cmd["credentials"], ts_field: order_of(cmd)},
             "$unset": {f"suspended.{provider}": ""},
         },
     )
@@ -87,7 +91,7 @@ def register_device(db: Database, cmd: dict) -> None:
     The lookup entries (``shared.device_lookup``) are added before the registration is
     written, so a crash in between leaves one entry too many, never one too few.
     """
-    ts = cmd["received_at"]
+    ts = order_of(cmd)
     activations = {activation: cmd.get("user_id") for activation in cmd["activation_ids"]}
     fields = {
         "app_id": cmd["app_id"],
@@ -99,6 +103,7 @@ def register_device(db: Database, cmd: dict) -> None:
         "user_ids": [cmd["user_id"]] if cmd.get("user_id") else [],
         "deleted": False,
         "active": True,
+        "received_at": cmd["received_at"],  # compared with a provider's clock (written_by), never for order
         "updated_at": _now(),
     }
     _id = device_id(cmd["app_id"], cmd["token"])
@@ -128,16 +133,17 @@ def delete_device(db: Database, cmd: dict) -> None:
     _id = device_id(cmd["app_id"], cmd["token"])
     devices = db[collections.DEVICES]
     before = devices.find_one({"_id": _id}, lookup.FIELDS)
+    ts = order_of(cmd)
     stored = upsert_if_newer(
         devices,
         _id,
-        cmd["received_at"],
+        ts,
         {"deleted": True, "app_id": cmd["app_id"], "token": cmd["token"], "updated_at": _now()},
         on_insert={"activations": {}, "activation_ids": [], "user_ids": []},
     )
     if stored and before:
         # A tombstone holds no user; it keeps its activations until purged.
-        lookup.prune(db, {**before, "ts": cmd["received_at"], "deleted": True}, users=before.get("user_ids") or ())
+        lookup.prune(db, {**before, "ts": ts, "deleted": True}, users=before.get("user_ids") or ())
 
 
 def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: int, *, keep: str | None = None) -> None:
@@ -178,22 +184,28 @@ def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: 
 
 
 def update_activation_status(db: Database, cmd: dict) -> None:
-    """Record an activation's status; REMOVED also takes it off its registrations."""
-    stored = upsert_if_newer(
-        db[collections.ACTIVATIONS], cmd["activation_id"], cmd["received_at"], {"status": cmd["status"]}
-    )
+    """Record an activation's status for the app whose key set it (none: every app); REMOVED also takes it off
+    that app's (every app's) registrations."""
+    app_id = cmd.get("app_id")
+    key = activation_status.status_key(app_id, cmd["activation_id"])
+    stored = upsert_if_newer(db[collections.ACTIVATIONS], key, order_of(cmd), {"status": cmd["status"], "app_id": app_id})
     if stored and cmd["status"] == REMOVED:
-        detach_activation(db, None, cmd["activation_id"], cmd["received_at"])
+        detach_activation(db, app_id, cmd["activation_id"], order_of(cmd))
 
 
-def written_by(invalid_since_ms: int) -> dict:
-    """Filter of a registration written no later than a provider's invalidation time (ms since the epoch).
+def written_by(invalid_since_ms: int) -> list[dict]:
+    """Filters (either matches) of a registration written no later than a provider's invalidation time (ms since the epoch).
 
     APNs answers 410 with the time it last confirmed the token invalid; a
-    registration the API received after that (its ``ts``, ns) is the app
-    registering the token again, which Apple says to keep sending to.
+    registration the API received after that is the app registering the token
+    again, which Apple says to keep sending to. Compared with Apple's clock, so
+    by the API's receive time ``received_at`` (ns), not by the write order ``ts``
+    (which a host whose clock is ahead can move ahead: shared/write_order.py); a
+    registration stored before ``received_at`` was kept has its receive time as
+    ``ts``. Two filters, not one ``$or``: nx-27017 drops ``$or`` filters in bulk writes.
     """
-    return {"ts": {"$lte": invalid_since_ms * NS_PER_MS}}
+    since = invalid_since_ms * NS_PER_MS
+    return [{"received_at": {"$lte": since}}, {"received_at": {"$exists": False}, "ts": {"$lte": since}}]
 
 
 def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invalid_since: Mapping[str, int] | None = None) -> None:
@@ -209,7 +221,7 @@ def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invali
     unconditional = [device for device in device_ids if device not in invalid_since]
     if unconditional:
         devices.update_many({"_id": {"$in": unconditional}}, update)
-    stamped = [UpdateOne({"_id": device, **written_by(stamp)}, update) for device, stamp in invalid_since.items()]
+    stamped = [UpdateOne({"_id": device, **when}, update) for device, stamp in invalid_since.items() for when in written_by(stamp)]
     if stamped:
         devices.bulk_write(stamped, ordered=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.sealed_credentials import new_key_entry
 from shared.settings import load
 from tests.faults.harness import FaultRun
 from tests.integration.tcp_proxy import TcpProxy
@@ -16,6 +17,8 @@ from tests.stacks import running_stack
 
 #: Crash recovery quick enough for a test (the lease decides when a killed worker's claims are retried).
 FAULT_SETTINGS = {
+    # Provider credentials sealed, as in production (shared/sealed_credentials.py).
+    "PUSH_CREDENTIAL_KEYS": new_key_entry(),
     "PUSH_DELIVERY_LEASE_SECONDS": "4",
     "PUSH_API_SYNC_WAIT_SECONDS": "60",
     # A 30 s provider outage must not run into the re-enqueue backoff's longer waits.

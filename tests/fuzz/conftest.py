@@ -1,14 +1,15 @@
 """One real stack for the fuzz run: its own var dir, ports and queue prefix; its queues are deleted at the end.
 
 Auth is off so that the fuzzer reaches the handlers (tests/integration/test_auth_limits.py
-tries to get past auth); bridge webhooks may only go to 127.0.0.1, so nothing the fuzzer
-makes up is ever sent off this machine.
+tries to get past auth); outbound requests (bridge webhooks, token_uri) reach only the
+allow-listed FCM simulator, so nothing the fuzzer makes up is sent anywhere, nor even resolved.
 """
 from __future__ import annotations
 
 import pytest
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from shared.sealed_credentials import new_key_entry
 from tests.stacks import running_stack
 
 #: The app the document's examples name (``demo``, as in `make run`): with working credentials, the
@@ -19,9 +20,11 @@ FUZZ_APP = "demo"
 FUZZ_ADMIN_TOKEN = "fuzz-admin-token"
 
 FUZZ_SETTINGS = {
+    # Provider credentials sealed, as in production (shared/sealed_credentials.py).
+    "PUSH_CREDENTIAL_KEYS": new_key_entry(),
     "PUSH_WC_PUSH_ADMIN_TOKEN": FUZZ_ADMIN_TOKEN,
     "PUSH_AUTH_ENABLED": "false",
-    "PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "PUSH_OUTBOUND_ALLOWED_ONLY": "true",
     "PUSH_API_SYNC_WAIT_SECONDS": "5",
     "PUSH_WC_BRIDGE_PUSH_APP_ID": FUZZ_APP,
     "PUSH_WC_PUSH_DEFAULT_APP": FUZZ_APP,

@@ -7,13 +7,42 @@ the end.
 from __future__ import annotations
 
 import secrets
+import socket
 import uuid
 
 import pytest
 import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from shared.sealed_credentials import new_key_entry
 from tests.stacks import running_stack
+
+#: How many loopback ports the tests' own HTTP receivers (webhook targets) may take.
+RECEIVER_PORT_COUNT = 8
+
+
+def _reserve_ports(count: int) -> list[socket.socket]:
+    """Bound sockets holding free loopback ports until a receiver takes one (so no other process takes it first)."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+    return held
+
+
+_RESERVED = _reserve_ports(RECEIVER_PORT_COUNT)
+#: The receivers' ports: besides the FCM simulator, the only loopback targets outbound requests may reach.
+RECEIVER_PORTS = tuple(sock.getsockname()[1] for sock in _RESERVED)
+
+
+def take_receiver_port() -> int:
+    """A port of :data:`RECEIVER_PORTS` for a receiver to listen on (or to leave closed: an allowed, refusing target)."""
+    sock = _RESERVED.pop()
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
 
 #: Settings that make crash recovery quick enough for a test.
 TEST_SETTINGS = {
@@ -21,8 +50,10 @@ TEST_SETTINGS = {
     "PUSH_API_SYNC_WAIT_SECONDS": "60",
     # Small batches, so a test campaign of a few hundred users crosses several (and resumes mid-way).
     "PUSH_CAMPAIGN_USERS_PER_BATCH": "100",
-    # Bridge webhooks only to this machine (the tests' receiver).
-    "PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    # Provider credentials sealed, as in production (shared/sealed_credentials.py).
+    "PUSH_CREDENTIAL_KEYS": new_key_entry(),
+    # Outbound requests (bridge webhooks) as in production (public addresses only), plus the tests' receivers.
+    "PUSH_OUTBOUND_ALLOWED_TARGETS": ",".join(f"{host}:{port}" for port in RECEIVER_PORTS for host in ("127.0.0.1", "localhost")),
 }
 
 

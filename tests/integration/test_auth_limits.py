@@ -13,6 +13,7 @@ import requests
 
 from devstack.stack import free_port
 from shared import db as collections
+from tests import waiting
 from tests.integration.conftest import apns_token
 from workers import auth as key_writes
 
@@ -20,6 +21,8 @@ ADMIN_KEY = secrets.token_urlsafe(32)
 ADMIN = {"X-Api-Key": ADMIN_KEY}
 SECURED_ENV = {
     "PUSH_AUTH_ENABLED": "true",
+    # Keys and limits are tested here; the WalletConnect relay checks in test_wc_push.py.
+    "PUSH_WC_PUSH_UNAUTHENTICATED_ALLOWED": "true",
     "PUSH_ADMIN_KEY": ADMIN_KEY,
     "PUSH_AUTH_CACHE_SECONDS": "0.5",
     "PUSH_MAX_BATCH_MESSAGES": "5",
@@ -251,3 +254,57 @@ def test_key_writes_are_idempotent_in_any_order(stack):
     finally:
         db[collections.API_KEYS].delete_many({"_id": {"$in": [k1, k2]}})
         client.close()
+
+
+def personal_send(app_id: str, user: str) -> dict:
+    return {"appId": app_id, "message": {"userId": user, "attributes": {"personal": True}, "body": {"title": "personal"}}}
+
+
+def test_an_apps_key_sets_activation_status_for_its_own_app_only(secured, new_app, apns_sim):
+    """App A's key presetting BLOCKED for an activation does not block it for app B, which registers it later."""
+    app_a, app_b = new_app(), new_app()
+    key_a, key_b = secured.new_key(app_a), secured.new_key(app_b)
+    activation, token_a, token_b = f"act-{uuid.uuid4().hex[:8]}", apns_token(), apns_token()
+    status = {"activationId": activation, "activationStatus": "BLOCKED"}
+    assert secured.post("/push/device/status/update", status, headers=bearer(key_a)).status_code == 200
+    for app_id, key, token in ((app_a, key_a, token_a), (app_b, key_b, token_b)):
+        registration = {**device(app_id, token, user="u-act"), "activationId": activation}
+        assert secured.post("/push/device/create", registration, headers=bearer(key)).status_code == 200
+    for app_id, key, reached in ((app_a, key_a, 0), (app_b, key_b, 1)):
+        answer = secured.post("/push/message/send", personal_send(app_id, "u-act"), headers=bearer(key))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["responseObject"]["result"]["apns"]["total"] == reached, (app_id, answer.text)
+    assert (apns_sim.delivered(token_a), apns_sim.delivered(token_b)) == (0, 1)
+    # The admin's status applies to every app, and a newer app status overrides it again.
+    assert secured.post("/push/device/status/update", status, headers=ADMIN).status_code == 200
+    answer = secured.post("/push/message/send", personal_send(app_b, "u-act"), headers=bearer(key_b))
+    assert answer.json()["responseObject"]["result"]["apns"]["total"] == 0
+    active = {"activationId": activation, "activationStatus": "ACTIVE"}
+    assert secured.post("/push/device/status/update", active, headers=bearer(key_a)).status_code == 403  # B's device holds it
+    assert secured.post("/push/device/status/update", active, headers=bearer(key_b)).status_code == 403  # A's device holds it too
+
+
+def test_the_audit_log_names_who_did_what_and_only_the_admin_reads_it(secured, new_app):
+    app_id = new_app()
+    created = secured.post("/admin/app/keys", {"appId": app_id, "name": "audited"}, headers=ADMIN)
+    key, key_id = created.json()["responseObject"]["key"], created.json()["responseObject"]["keyId"]
+    assert secured.post("/admin/app/keys/revoke", {"appId": app_id, "keyId": key_id}, headers=ADMIN).status_code == 200
+    other_key = secured.new_key(app_id)
+    error_of(secured.post("/admin/app/create", {"appId": "audit-sneaky"}, headers=bearer(other_key)), 403)
+    error_of(secured.call("GET", "/admin/audit", headers=bearer(other_key)), 403)
+
+    def entries() -> list[dict]:
+        answer = secured.call("GET", "/admin/audit", headers=ADMIN, params={"limit": 50})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"]
+
+    wanted = {("POST /admin/app/keys", "admin", 200), ("POST /admin/app/keys/revoke", "admin", 200),
+              ("POST /admin/app/create", f"app:{app_id}:{other_key.split('_')[1]}", 403)}
+    def seen() -> set:
+        return {(e["action"], e["who"], e["status"]) for e in entries() if e["target"].get("appId") in (app_id, "audit-sneaky")}
+
+    waiting.wait_for(lambda: wanted <= seen(), timeout=30, what="the three audit entries")
+    revoke = next(e for e in entries() if e["action"] == "POST /admin/app/keys/revoke" and e["target"].get("keyId") == key_id)
+    assert revoke["target"] == {"appId": app_id, "keyId": key_id} and revoke["at"]
+    log_text = secured.call("GET", "/admin/audit", headers=ADMIN, params={"limit": 1000}).text
+    assert key not in log_text and other_key not in log_text and ADMIN_KEY not in log_text

@@ -183,8 +183,12 @@ def test_broker_down_answers_503_and_loses_nothing_acknowledged(new_app, stack):
         proxy.cut()
         for _ in range(5):
             create(apns_token())
-        status = requests.get(url + "/push/service/status", timeout=30)
-        assert status.status_code == 503 and status.json()["responseObject"]["rabbitmq"] == "DOWN"
+        # Each API process reuses one live check for PUSH_HEALTH_CHECK_CACHE_SECONDS (2 s): DOWN within that.
+        def status_when_down() -> dict | None:
+            answer = requests.get(url + "/push/service/status", timeout=30)
+            return answer.json()["responseObject"] if answer.status_code == 503 else None
+
+        assert waiting.wait_for(status_when_down, timeout=10, what="status 503")["rabbitmq"] == "DOWN"
         proxy.restore()
         for _ in range(5):
             create(apns_token())

@@ -171,7 +171,9 @@ def test_a_device_write_refused_by_a_stepped_down_primary_is_applied_on_retry(st
     answer = register(stack, app_id, token, "apns", "u-stepdown")
 
     assert rule.hits == 1
-    assert answer.status_code == 200, answer.text  # acknowledged once RabbitMQ had it: never answered as failed
+    # Acknowledged once RabbitMQ had it, never answered as failed: 202 (accepted, X-Command-Id), since the retry that
+    # applies it comes after the API's wait (api/accepted.py).
+    assert answer.status_code == 202 and answer.headers["X-Command-Id"], answer.text
     waiting.wait_for(lambda: db(stack)["devices"].find_one({"_id": f"{app_id}:{token}"}), timeout=90,
                      what="the device written by the retried command (Dramatiq's retry: 15-30 s)")
 

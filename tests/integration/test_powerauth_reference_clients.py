@@ -10,7 +10,8 @@ import pymongo
 import pytest
 
 from shared import db as collections
-from tests.integration.conftest import apns_token, fcm_token, register
+from shared.sealed_credentials import CredentialKeys
+from tests.integration.conftest import TEST_SETTINGS, apns_token, fcm_token, register
 from tests.waiting import wait_for
 
 #: HMS credentials as Huawei issues them (project and client ids are numbers, the secret 64 hex characters).
@@ -66,6 +67,9 @@ def test_the_deprecated_credential_routes_set_and_remove_each_provider(api, new_
     source = new_app()  # credentials the simulators know, uploaded again through the old routes
     app_id = bare_app(api)
     stored = database[collections.APPS].find_one({"_id": source})
+    # Sealed at rest (shared/sealed_credentials.py): opened with the stack's key to upload them again.
+    keys = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"])
+    stored = {**stored, "apns": keys.open(source, "apns", stored["apns"]), "fcm": keys.open(source, "fcm", stored["fcm"])}
     api.ok("/admin/app/ios/update", {"appId": app_id, "bundle": stored["apns"]["bundle"], "keyId": stored["apns"]["key_id"],
                                      "teamId": stored["apns"]["team_id"],
                                      "privateKeyBase64": base64.b64encode(stored["apns"]["private_key"].encode()).decode()}, method="PUT")
@@ -95,7 +99,9 @@ def test_hms_credentials_are_stored_and_never_answered(api, database):
     api.ok("/admin/app/hms", {"appId": app_id, **HMS})
 
     stored = database[collections.APPS].find_one({"_id": app_id})["hms"]
-    assert stored == {"project_id": HMS["projectId"], "client_id": HMS["clientId"], "client_secret": HMS["clientSecret"]}
+    assert HMS["clientSecret"] not in str(stored)  # sealed at rest (shared/sealed_credentials.py)
+    opened = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"]).open(app_id, "hms", stored)
+    assert opened == {"project_id": HMS["projectId"], "client_id": HMS["clientId"], "client_secret": HMS["clientSecret"]}
     answers = [api.post("/admin/app/detail", {"appId": app_id}).text, api.get("/admin/app/detail", appId=app_id).text,
                api.get("/admin/app/list").text, api.get("/admin/app/unconfigured/list").text]
     assert not any(HMS["clientSecret"] in text for text in answers)

@@ -22,7 +22,7 @@ from shared.broker import make_broker
 from shared.commands import APPLY_WRITE, DELIVER_CHUNK_WEBHOOK, Publisher, command
 from shared.settings import load
 from tests import waiting
-from tests.integration.conftest import apns_token, fcm_token
+from tests.integration.conftest import apns_token, fcm_token, take_receiver_port
 from tests.unit.test_wc_bridge import assert_payload_answer
 
 #: Seconds a push may take to reach the webhook or a simulator.
@@ -47,7 +47,7 @@ def eventually(check, *, timeout: float = PUSH_WAIT_SECONDS, what: str = "condit
 # --- a real webhook receiver ----------------------------------------------------------------------
 
 class WebhookReceiver:
-    """An HTTP server on 127.0.0.1 that records every POST; ``script`` sets the statuses a path answers."""
+    """An HTTP server on 127.0.0.1 (on an allow-listed port) that records every POST; ``script`` sets the statuses a path answers."""
 
     def __init__(self):
         self.received: list[tuple[str, dict]] = []
@@ -69,7 +69,7 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", take_receiver_port()), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
@@ -279,7 +279,8 @@ def test_webhook_failures_are_retried_with_backoff_and_recorded(bridge, receiver
 def test_a_failing_webhook_never_loses_the_call_request(bridge, receiver, database):
     receiver.script["/push/gone"] = [410]
     refused = bridge.wallet_session({"type": "fcm", "token": "tok", "webhook": receiver.url("/push/gone")})
-    unreachable = bridge.wallet_session({"type": "fcm", "token": "tok", "webhook": f"http://127.0.0.1:{free_port()}/push"})
+    # An allowed target where nothing listens: the connection is refused, a transient failure.
+    unreachable = bridge.wallet_session({"type": "fcm", "token": "tok", "webhook": f"http://127.0.0.1:{take_receiver_port()}/push"})
 
     refused_call = bridge.new_call(refused)
     unreachable_call = bridge.new_call(unreachable)
@@ -294,11 +295,11 @@ def test_a_failing_webhook_never_loses_the_call_request(bridge, receiver, databa
         assert bridge.request("GET", f"/session/{session_id}/call/{call_id}").json()["encryptionPayload"] == PAYLOAD
 
 
-def test_a_webhook_to_a_host_not_allowed_is_refused_and_nothing_is_stored(bridge, receiver):
+def test_a_webhook_to_a_host_not_allowed_is_refused_and_nothing_is_stored(bridge, receiver, stack):
     session_id = bridge.new_session()
-    # 127.0.0.2 is this machine too, but not in PUSH_WC_BRIDGE_WEBHOOK_ALLOWED_HOSTS (127.0.0.1,localhost).
+    # 127.0.0.2 is this machine too, but only 127.0.0.1 and localhost are allow-listed with the receiver's port.
     port = receiver.server.server_address[1]
-    for webhook in (f"http://127.0.0.2:{port}/push/other", "https://example.org/push"):
+    for webhook in (f"http://127.0.0.2:{port}/push/other", f"http://localhost:{stack.ports.apns_control}/reset"):
         answer = bridge.put_session(session_id, push={"type": "fcm", "token": "t", "webhook": webhook})
         body = assert_error(answer, 400, "push.webhook")
         assert "not allowed" in body["message"]
@@ -336,7 +337,7 @@ def test_the_worker_does_not_post_a_queued_webhook_whose_host_is_not_allowed(rec
     push_id = f"refused-{uuid.uuid4().hex}"
     job = {
         "id": push_id,
-        # Queued before the allow list was set, say: 127.0.0.2 is not in it (and the receiver does not listen there).
+        # Queued before the settings changed, say: 127.0.0.2 is loopback and not allow-listed (nor does the receiver listen there).
         "url": f"http://127.0.0.2:{receiver.server.server_address[1]}/push/refused",
         "body": {"callId": push_id},
         "call_id": push_id,

@@ -30,9 +30,10 @@ from api.wc_push_auth import did_key_for, signed_message
 from devstack.credentials import apns_certificate_p12, make_credentials, register_with_simulators
 from devstack.stack import free_port
 from shared import db as collections
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
 from shared.wc_push import client_key, notification_key, tenant_app_id
-from tests.integration.conftest import apns_token, fcm_token
+from tests.integration.conftest import TEST_SETTINGS, apns_token, fcm_token
 from tests.unit.test_wc_push import client_jwt
 from tests.waiting import wait_for
 from workers import wc_push as handlers
@@ -560,7 +561,9 @@ def test_certificate_tenant_delivers_with_the_client_certificate_and_no_token(st
 
     stored = database[collections.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
     assert stored["auth"] == "certificate" and "key_id" not in stored and stored["bundle"] == topic
-    assert "PRIVATE KEY" in stored["private_key"] and "CERTIFICATE" in stored["certificate"]
+    assert no_secrets(str(stored))  # sealed at rest (shared/sealed_credentials.py); opened where a client is built
+    opened = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"]).open(tenant_app_id(tenant), "apns", stored)
+    assert "PRIVATE KEY" in opened["private_key"] and "CERTIFICATE" in opened["certificate"]
     tenant_answer = admin.get(f"/tenants/{tenant}", headers=ADMIN)
     body = tenant_answer.get_json()
     assert body["apns_type"] == "certificate" and body["apns_topic"] == topic and body["suspended"] is False
@@ -670,8 +673,16 @@ def test_client_jwt_and_relay_signature_when_switched_on(stack, default_tenant, 
     forged = {**good, "X-Ed25519-Signature": Ed25519PrivateKey.generate().sign(signed_message(timestamp, body)).hex()}
     assert client.post(f"/clients/{client_id}", data=body, content_type="application/json").status_code == 401
     assert client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=forged).status_code == 401
+    # Signed by the relay, but a replay of long ago or not a time at all: refused, nothing delivered.
+    for stale in ("1", "not-a-timestamp", str(int(time.time()) - 3600)):
+        replay = {"X-Ed25519-Timestamp": stale, "X-Ed25519-Signature": relay.sign(signed_message(stale, body)).hex()}
+        answer = client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=replay)
+        assert answer.status_code == 401 and answer.get_json()["fields"][0]["field"] == "X-Ed25519-Timestamp"
     assert client.post(f"/clients/{client_id}", data=body, content_type="application/json", headers=good).status_code == 202
     assert delivered(apns_sim, token) == 1
+    # Unregistering needs the client's own JWT.
+    assert client.delete(f"/clients/{client_id}").status_code == 401
+    assert client.delete(f"/clients/{client_id}", headers={"Authorization": f"Bearer {client_jwt(key)}"}).status_code == 200
 
 
 # --- worker handlers on the stack's database: orderings the HTTP tests cannot force -------------

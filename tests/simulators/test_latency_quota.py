@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from devstack.credentials import make_credentials
+from shared.outbound import OutboundPolicy
 from tests.simulators.conftest import apns_headers, register_key, running, spread
 from workers.delivery.fcm import FcmAuth
 
@@ -59,7 +60,8 @@ def send_burst(fcm, credentials, count: int, *, connections: int = 4) -> list:
     """``count`` sends of one project at once over ``connections`` connections; answers the answers."""
 
     async def main():
-        access = await FcmAuth(service_account_info=credentials.service_account, ca_file=str(fcm.ca_file)).token()
+        access = await FcmAuth(service_account_info=credentials.service_account, ca_file=str(fcm.ca_file),
+                               outbound=OutboundPolicy.for_urls([credentials.service_account["token_uri"]])).token()
         opened = await fcm.connections(connections)
         if connections > 1:
             spread(fcm, opened)

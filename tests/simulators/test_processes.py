@@ -119,6 +119,7 @@ def test_bad_control_input_is_refused_naming_the_field(apns):
 
 def test_an_access_token_issued_by_one_process_works_on_all(tmp_path):
     from devstack.credentials import make_credentials  # noqa: PLC0415
+    from shared.outbound import OutboundPolicy  # noqa: PLC0415
     from workers.delivery.fcm import FcmAuth  # noqa: PLC0415
 
     with running("fcm", tmp_path, "--processes", "2") as fcm:
@@ -128,7 +129,8 @@ def test_an_access_token_issued_by_one_process_works_on_all(tmp_path):
                                               "public_key_pem": credentials.fcm_public_pem}).status_code == 200
 
         async def main() -> list[int]:
-            access = await FcmAuth(service_account_info=credentials.service_account, ca_file=str(fcm.ca_file)).token()
+            access = await FcmAuth(service_account_info=credentials.service_account, ca_file=str(fcm.ca_file),
+                                   outbound=OutboundPolicy.for_urls([credentials.service_account["token_uri"]])).token()
             connections = await fcm.connections(CONNECTIONS)
             spread(fcm, connections)
             headers = [("authorization", f"Bearer {access}"), ("content-type", "application/json")]

@@ -7,6 +7,9 @@ that claims to test queueing, persistence or delivery runs on the real stack
 from __future__ import annotations
 
 from api.app import create_app
+from shared import audit
+from shared.outbound import OutboundPolicy
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
 
 
@@ -15,24 +18,27 @@ class FakeServices:
 
     def __init__(self, settings):
         self.settings = settings
+        self.outbound = OutboundPolicy.from_settings(settings)
+        self.credential_keys = CredentialKeys.from_settings(settings)
         self.commands: list = []
         self.published: list = []
+        self.audited: list = []
 
     def write(self, command):
         self.commands.append(command)
         return {"_id": command["id"], "result": {}}
 
     def publish(self, actor, payload):
+        if payload.get("kind") == audit.RECORD:
+            self.audited.append(payload)  # the audit log's entry of an admin request, kept apart from the request's own writes
+            return
         self.published.append((actor, payload))
 
     def guarded_read(self, read):
         return read()
 
-    def check_broker(self):
-        return True
-
-    def check_database(self):
-        return True
+    def health(self):
+        return True, True
 
     def message_counts(self, message_id):
         return None

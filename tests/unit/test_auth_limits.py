@@ -46,7 +46,9 @@ class FakeServices(fakes.FakeServices):
 @pytest.fixture
 def make_client():
     def make(**settings):
-        app, fake = fakes.app_with(FakeServices, **settings)
+        # Keys and limits are tested here; what auth on requires besides (the WalletConnect relay checks, sealed
+        # credentials) in test_wc_push.py and test_sealed_credentials.py.
+        app, fake = fakes.app_with(FakeServices, wc_push_unauthenticated_allowed=True, credentials_unsealed_allowed=True, **settings)
         for app_id in ("app-a", "app-b"):
             fake.docs[(collections.APPS, app_id)] = {
                 "_id": app_id,
@@ -295,3 +297,34 @@ def test_secrets_stay_out_of_the_settings_repr():
     settings = load({"PUSH_ADMIN_KEY": "adm1n-secret", "PUSH_WC_PUSH_ADMIN_TOKEN": "wc-secret", "PUSH_AUTH_ENABLED": "true"})
     assert settings.auth_enabled and settings.admin_key == "adm1n-secret"
     assert "adm1n-secret" not in repr(settings) and "wc-secret" not in repr(settings)
+
+
+# --- the audit log of admin actions -----------------------------------------------------------------
+
+def test_admin_actions_are_audited_with_who_and_what_and_never_a_secret(secured):
+    import base64
+    import json as json_module
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    client, fake = secured
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    apns = {"appId": "app-a", "bundle": "com.a", "keyId": "K1", "teamId": "T1", "privateKeyBase64": base64.b64encode(pem).decode()}
+    assert client.post("/admin/app/apns", json={"requestObject": apns}, headers={"X-Api-Key": ADMIN_KEY}).status_code == 200
+    created = client.post("/admin/app/keys", json={"requestObject": {"appId": "app-a", "name": "ci"}}, headers={"X-Api-Key": ADMIN_KEY})
+    app_key = created.get_json()["responseObject"]["key"]
+    assert client.post("/admin/app/create", json={"requestObject": {"appId": "x"}}, headers={"X-Api-Key": app_key}).status_code == 403
+    assert client.get("/admin/app/detail?appId=app-a", headers={"X-Api-Key": ADMIN_KEY}).status_code == 200  # reads are not audited
+
+    entries = [(e["who"], e["action"], e["status"], e["target"]) for e in fake.audited]
+    key_id = created.get_json()["responseObject"]["keyId"]
+    assert entries == [
+        ("admin", "POST /admin/app/apns", 200, {"appId": "app-a", "keyId": "K1"}),
+        ("admin", "POST /admin/app/keys", 200, {"appId": "app-a", "name": "ci"}),
+        (f"app:app-a:{key_id}", "POST /admin/app/create", 403, {"appId": "x"}),
+    ]
+    written = json_module.dumps(fake.audited)
+    assert "PRIVATE KEY" not in written and apns["privateKeyBase64"] not in written and app_key not in written
+    assert ADMIN_KEY not in written

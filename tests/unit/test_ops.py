@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.queues import table
 from shared import commands, metrics
+from shared.logs import redacted_delivery_id, redacted_token
 from shared.settings import load
 
 
@@ -175,3 +176,11 @@ def test_prometheus_and_grafana_use_the_metrics_the_code_exports():
         for target in panel["targets"]:
             used |= set(re.findall(r"\b((?:push|dramatiq)_[a-z_]+)\b", target["expr"]))
     assert used and used <= exported, used - exported
+
+
+def test_log_lines_show_a_device_token_by_its_first_characters_only():
+    token = "4f1e2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7"
+    assert redacted_token(token) == "4f1e2a…(64)"
+    assert redacted_delivery_id(f"m1:0:{token}") == "m1:0:4f1e2a…(64)"
+    assert redacted_delivery_id("wcp\x00t\x00c:0:tok:with:colons") == "wcp\x00t\x00c:0:tok:wi…(15)"
+    assert token not in redacted_delivery_id(token)

@@ -369,8 +369,8 @@ def pem_base64(key) -> str:
     return base64.b64encode(pem).decode()
 
 
-def test_provider_credentials(client):
-    http, fake = client
+def test_provider_credentials(make_client):
+    _, http, fake = make_client(outbound_allowed_targets="oauth2.test:443")
     apns = {"appId": "app-a", "bundle": "com.a", "keyId": "K1", "teamId": "T1"}
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert "EC P-256" in error_of(http.post("/admin/app/apns", json=wrapped({**apns, "privateKeyBase64": pem_base64(rsa_key)})))
@@ -385,7 +385,10 @@ def test_provider_credentials(client):
 
     nested = base64.b64encode(b"[" * 40_000).decode()
     assert "privateKeyBase64" in error_of(http.post("/admin/app/fcm", json=wrapped({"appId": "app-a", "privateKeyBase64": nested})))
-    good = {"client_email": "x@y", "token_uri": "https://t", "private_key": base64.b64decode(pem_base64(rsa_key)).decode()}
+    good = {"client_email": "x@y", "token_uri": "https://oauth2.test/token", "private_key": base64.b64decode(pem_base64(rsa_key)).decode()}
+    for token_uri in ("http://169.254.169.254/computeMetadata/v1/token", "https://127.0.0.1:8446/token", "http://u:p@oauth2.test/"):
+        refused = http.post("/admin/app/fcm", json=wrapped({"appId": "app-a", "privateKeyBase64": account(**{**good, "token_uri": token_uri}, project_id="p")}))
+        assert error_of(refused).startswith("requestObject.privateKeyBase64: the service account's token_uri is not allowed")
     answer = http.post("/admin/app/fcm", json=wrapped({"appId": "app-a", "privateKeyBase64": account(**good, project_id=["p"])}))
     assert error_of(answer).startswith("requestObject.projectId:")
     assert http.post("/admin/app/fcm", json=wrapped({"appId": "app-a", "privateKeyBase64": account(**good, project_id="p")})).status_code == 200
@@ -417,8 +420,8 @@ def test_the_deprecated_removals_take_the_app_id_in_the_body(client, path, metho
     assert "requestObject" in error_of(getattr(http, method)(path, json={}))
 
 
-def test_hms_credentials_and_the_deprecated_update_routes(client):
-    http, fake = client
+def test_hms_credentials_and_the_deprecated_update_routes(make_client):
+    _, http, fake = make_client(outbound_allowed_targets="oauth2.test:443")
     hms = {"appId": "app-a", "projectId": "101", "clientId": "1010", "clientSecret": "s" * 64}
     for path in ("/admin/app/hms", "/admin/app/huawei/update"):
         assert http.post(path, json=wrapped(hms)).status_code == 200
@@ -430,7 +433,7 @@ def test_hms_credentials_and_the_deprecated_update_routes(client):
     ios = {"appId": "app-a", "bundle": "com.a", "keyId": "K1", "teamId": "T1", "privateKeyBase64": ec_pem}
     assert http.put("/admin/app/ios/update", json=wrapped(ios)).status_code == 200 and fake.commands[-1]["provider"] == "apns"
     android = {"appId": "app-a", "projectId": "p", "privateKeyBase64": base64.b64encode(json.dumps({
-        "client_email": "x@y", "token_uri": "https://t",
+        "client_email": "x@y", "token_uri": "https://oauth2.test/token",
         "private_key": base64.b64decode(pem_base64(rsa.generate_private_key(public_exponent=65537, key_size=2048))).decode(),
     }).encode()).decode()}
     assert http.post("/admin/app/android/update", json=wrapped(android)).status_code == 200 and fake.commands[-1]["provider"] == "fcm"

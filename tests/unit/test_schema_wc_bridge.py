@@ -16,7 +16,8 @@ import pytest
 from api import wc_bridge as api
 from api.app import create_app
 from shared import db as collections
-from shared.settings import load, webhook_host_allowed
+from shared.outbound import OutboundPolicy, OutboundSession
+from shared.settings import load
 from tests.unit.test_wc_bridge import assert_payload_answer
 from workers import wc_bridge as workers
 
@@ -30,6 +31,7 @@ class FakeServices:
 
     def __init__(self, settings):
         self.settings = settings
+        self.outbound = OutboundPolicy.from_settings(settings)
         self.commands: list[dict] = []
         self.published: list[tuple[str, dict]] = []
         self.docs = {
@@ -54,7 +56,7 @@ class FakeServices:
 
 @pytest.fixture(scope="module")
 def app():
-    return create_app(load({}, wc_bridge_webhook_allowed_hosts="127.0.0.1, LocalHost", wc_bridge_max_payload_bytes=16384))
+    return create_app(load({}, outbound_allowed_targets="127.0.0.1:9, LocalHost:9", outbound_allowed_only=True, wc_bridge_max_payload_bytes=16384))
 
 
 @pytest.fixture
@@ -211,26 +213,6 @@ def test_a_polls_204_has_the_documented_content_type():
     assert status == 204 and dict(headers)["Content-Type"] == "text/plain"
 
 
-# --- the allow list ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(
-    ("allowed", "url", "ok"),
-    [
-        ("", "http://example.org/", True),
-        ("127.0.0.1,localhost", "http://127.0.0.1:9/push", True),
-        ("127.0.0.1,localhost", "https://LOCALHOST./push", True),
-        ("127.0.0.1,localhost", "http://example.org/", False),
-        ("127.0.0.1,localhost", "http://127.0.0.1.example.org/", False),
-        ("127.0.0.1,localhost", "http://user@example.org@127.0.0.2/", False),
-        ("127.0.0.1,localhost", "http://[::1/", False),
-        ("127.0.0.1, [::1]", "http://[::1]:8080/", True),
-        (" , ", "http://example.org/", True),
-    ],
-)
-def test_webhook_hosts_are_matched_against_the_allow_list(allowed, url, ok):
-    assert webhook_host_allowed(load({}, wc_bridge_webhook_allowed_hosts=allowed), url) is ok
-
-
 class FakePushes:
     """The ``wc_pushes`` collection as deliver_webhook uses it: every update recorded, the claim granted."""
 
@@ -244,28 +226,23 @@ class FakePushes:
         return {"_id": query["_id"], "state": "sending", "claim": "claim-1", "lease_until": 0, "attempts": 0}
 
 
-class NoPosts:
-    def post(self, *args, **kwargs):
-        raise AssertionError("a webhook to a host not allowed was POSTed")
-
-
-def test_the_worker_records_a_webhook_to_a_host_not_allowed_as_failed_without_posting(monkeypatch):
+def test_the_worker_records_a_webhook_the_outbound_check_refuses_as_failed_without_retrying(monkeypatch):
     monkeypatch.setattr(workers, "new_id", lambda: "claim-1")
     pushes = FakePushes()
-    settings = load({}, wc_bridge_webhook_allowed_hosts="127.0.0.1,localhost")
-    ctx = workers.WebhookContext(db={collections.WC_PUSHES: pushes}, publisher=None, settings=settings, session=NoPosts())
+    settings = load({}, delivery_in_process_tries=3)
+    session = OutboundSession(OutboundPolicy(allowed_only=True))  # refuses every target before any connection
+    ctx = workers.WebhookContext(db={collections.WC_PUSHES: pushes}, publisher=None, settings=settings, session=session)
     job = {"id": "p1", "url": "http://example.org/push", "body": {}, "call_id": "p1", "session_id": "s", "first_attempt_at": 0.0, "attempts": 0}
 
     assert workers.deliver_webhook(ctx, job) == workers.FAILED
 
     query, update = pushes.updates[-1]
     assert query == {"_id": "p1", "claim": "claim-1"}
-    assert update["$set"]["state"] == workers.FAILED and "not allowed" in update["$set"]["last_error"]
+    assert update["$set"]["state"] == workers.FAILED and update["$set"]["attempts"] == 0
+    assert "not allowed" in update["$set"]["last_error"]
 
 
-def test_with_an_allow_list_the_worker_does_not_follow_a_redirect():
-    import requests
-
+def test_the_worker_does_not_follow_a_redirect():
     class Redirect(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -280,9 +257,11 @@ def test_with_an_allow_list_the_worker_does_not_follow_a_redirect():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = load({}, wc_bridge_webhook_allowed_hosts="127.0.0.1")
-        ctx = workers.WebhookContext(db=None, publisher=None, settings=settings, session=requests.Session())
-        attempt = workers.post_once(ctx, f"http://127.0.0.1:{server.server_address[1]}/push", {"a": 1})
+        port = server.server_address[1]
+        session = OutboundSession(OutboundPolicy(allowed=frozenset({("127.0.0.1", port), ("127.0.0.2", 9)})))
+        ctx = workers.WebhookContext(db=None, publisher=None, settings=load({}), session=session)
+        attempt = workers.post_once(ctx, f"http://127.0.0.1:{port}/push", {"a": 1})
     finally:
         server.shutdown()
     assert attempt.status == 307 and not attempt.sent and not attempt.retryable
+    assert "redirect not followed" in attempt.error

@@ -10,6 +10,8 @@ import time
 import jsonschema
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from api import openapi
 from api.app import create_app
@@ -324,6 +326,12 @@ def test_fcm_v1_form(admin):
     failure(client.post("/tenants/acme/fcm_v1", headers=ADMIN, data={"credentials": (io.BytesIO(b"{}"), "sa.json")}),
             400, "BadFcmV1Credentials", "credentials")
     failure(client.post("/tenants/nobody/fcm_v1", headers=ADMIN, data={"credentials": "{}"}), 404, "TenantNotFound")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    internal = {"client_email": "x@y", "private_key": key, "project_id": "p", "token_uri": "http://169.254.169.254/token"}
+    body = failure(client.post("/tenants/acme/fcm_v1", headers=ADMIN, data={"credentials": json.dumps(internal)}),
+                   400, "BadFcmV1Credentials", "credentials")
+    assert "token_uri is not allowed" in body["errors"][0]["description"]
     assert fake.commands == []
 
 
@@ -335,3 +343,14 @@ def test_form_parts_without_a_name_are_ignored_not_a_500(admin):
         answer = client.post("/tenants/acme/fcm_v1", headers=ADMIN, data=body, content_type="multipart/form-data; boundary=b")
         failure(answer, 400, "EmptyField", "credentials")
     assert fake.commands == []
+
+
+def test_tenant_management_takes_the_admin_token_or_key_in_either_header(make_client):
+    """README: a key goes in ``Authorization: Bearer`` or ``X-Api-Key``; /tenants refused X-Api-Key."""
+    _, client, fake = make_client(wc_push_admin_token="s3cret", admin_key="adm1n")
+    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    for headers in ({"X-Api-Key": "s3cret"}, {"X-Api-Key": "adm1n"}, {"Authorization": "Bearer adm1n"}, ADMIN):
+        assert client.get("/tenants/acme", headers=headers).status_code == 200, headers
+    for headers, field in (({"X-Api-Key": "wrong"}, "X-Api-Key"), ({"Authorization": "Basic s3cret"}, "Authorization"),
+                           ({"Authorization": "Bearer wrong", "X-Api-Key": "s3cret"}, "Authorization")):
+        failure(client.get("/tenants/acme", headers=headers), 401, "InvalidAdminToken", field, "header")

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api.app import create_app
 from api.wc_push_auth import (
     AuthError,
     base58_decode,
@@ -21,6 +22,7 @@ from api.wc_push_auth import (
 )
 from shared import db as collections
 from shared.payload import Body, apns_push, fcm_message
+from shared.settings import load
 from shared.wc_payload import (
     ENCRYPTED,
     LEGACY,
@@ -173,20 +175,44 @@ def test_client_jwt_signed_by_another_key_or_expired_is_refused():
 def test_relay_signature_covers_timestamp_length_and_body():
     relay = Ed25519PrivateKey.generate()
     body = b'{"id":"1","payload":{"topic":"t","flags":1,"blob":"b"}}'
-    signature = relay.sign(signed_message("1700000000", body)).hex()
-    assert signed_message("1700000000", body).startswith(f"1700000000.{len(body)}.".encode())
-    verify_relay_signature(relay.public_key(), signature, "1700000000", body)
+    now = 1_800_000_000
+    signature = relay.sign(signed_message(str(now), body)).hex()
+    assert signed_message(str(now), body).startswith(f"{now}.{len(body)}.".encode())
+    verify_relay_signature(relay.public_key(), signature, str(now), body, max_age=300, now=now + 299)
     for sig, ts, data, name in (
-        (signature, "1700000001", body, "InvalidSignature"),
-        (signature, "1700000000", body + b" ", "InvalidSignature"),
-        ("zz", "1700000000", body, "InvalidSignature"),
+        (signature, str(now + 1), body, "InvalidSignature"),
+        (signature, str(now), body + b" ", "InvalidSignature"),
+        ("zz", str(now), body, "InvalidSignature"),
         (None, None, body, "MissingAllSignatureHeader"),
         (None, "1", body, "MissingSignatureHeader"),
         (signature, None, body, "MissingTimestampHeader"),
     ):
         with pytest.raises(AuthError) as error:
-            verify_relay_signature(relay.public_key(), sig, ts, data)
+            verify_relay_signature(relay.public_key(), sig, ts, data, max_age=300, now=now)
         assert error.value.name == name
+
+
+@pytest.mark.parametrize("timestamp", ["not-a-timestamp", "", "1e9", "-5", " 1800000000", "1800000000.5", "١٨٠٠٠٠٠٠٠٠", "9" * 13])
+def test_a_relay_timestamp_that_is_not_unix_seconds_is_refused_even_when_signed(timestamp):
+    relay = Ed25519PrivateKey.generate()
+    body = b'{"id":"1"}'
+    signature = relay.sign(signed_message(timestamp, body)).hex()
+    with pytest.raises(AuthError) as error:
+        verify_relay_signature(relay.public_key(), signature, timestamp, body, max_age=300, now=1_800_000_000)
+    assert (error.value.name, error.value.field) == ("InvalidTimestamp", "X-Ed25519-Timestamp")
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -1_799_999_999])
+def test_a_signed_send_outside_the_window_is_refused(offset):
+    """A captured send replays only within the window: ``1`` (1970) and five minutes off either way are refused."""
+    relay = Ed25519PrivateKey.generate()
+    body = b'{"id":"1"}'
+    now = 1_800_000_000
+    timestamp = str(now + offset)
+    signature = relay.sign(signed_message(timestamp, body)).hex()
+    with pytest.raises(AuthError) as error:
+        verify_relay_signature(relay.public_key(), signature, timestamp, body, max_age=300, now=now)
+    assert error.value.name == "StaleTimestamp"
 
 
 # --- routes, against a fake of the services -----------------------------------------------------
@@ -378,10 +404,15 @@ def test_signatures_when_switched_on(make_client):
     raw = json.dumps({"id": "n1", "payload": {"topic": "t", "flags": 1, "blob": "b"}}).encode()
     body = failure(client.post("/clients/c1", data=raw, content_type="application/json"), 401)
     assert body["errors"][0]["name"] == "MissingAllSignatureHeader"
-    headers = {"X-Ed25519-Timestamp": "1700000000", "X-Ed25519-Signature": relay.sign(signed_message("1700000000", raw)).hex()}
+    now = str(int(time.time()))
+    headers = {"X-Ed25519-Timestamp": now, "X-Ed25519-Signature": relay.sign(signed_message(now, raw)).hex()}
     assert client.post("/clients/c1", data=raw, content_type="application/json", headers=headers).status_code == 202
-    headers["X-Ed25519-Timestamp"] = "1700000001"
+    headers["X-Ed25519-Timestamp"] = str(int(now) + 1)
     failure(client.post("/clients/c1", data=raw, content_type="application/json", headers=headers), 401)
+    for stale in ("1", "not-a-timestamp", str(int(now) - 3600)):
+        old = {"X-Ed25519-Timestamp": stale, "X-Ed25519-Signature": relay.sign(signed_message(stale, raw)).hex()}
+        body = failure(client.post("/clients/c1", data=raw, content_type="application/json", headers=old), 401)
+        assert body["fields"][0]["field"] == "X-Ed25519-Timestamp"
 
 
 def test_client_jwt_when_switched_on(make_client):
@@ -394,6 +425,11 @@ def test_client_jwt_when_switched_on(make_client):
     headers = {"Authorization": f"Bearer {client_jwt(key)}"}
     assert failure(client.post("/clients", json=other, headers=headers), 401)["errors"][0]["name"] == "JwtIssuerMismatch"
     assert client.post("/clients", json=registration, headers=headers).status_code == 200
+    # Unregistering takes the client's JWT too (a stranger cannot remove someone's client).
+    assert failure(client.delete(f"/clients/{did}"), 401)["errors"][0]["name"] == "MissingJwt"
+    stranger = {"Authorization": f"Bearer {client_jwt(Ed25519PrivateKey.generate())}"}
+    assert failure(client.delete(f"/clients/{did}", headers=stranger), 401)["errors"][0]["name"] == "JwtIssuerMismatch"
+    assert client.delete(f"/clients/{did}", headers=headers).status_code == 200
 
 
 def test_wrong_method_and_unknown_path_keep_the_envelope(make_client):
@@ -401,3 +437,29 @@ def test_wrong_method_and_unknown_path_keep_the_envelope(make_client):
     failure(client.get("/acme/clients"), 405)
     failure(client.get("/clients/c1"), 405)
     failure(client.put("/tenants"), 405)
+
+
+# --- safe defaults ------------------------------------------------------------------------------
+
+RELAY_KEY = "11" * 32
+
+
+@pytest.mark.parametrize(
+    "checks",
+    [
+        {},
+        {"wc_push_validate_client_jwt": True},
+        {"wc_push_validate_signatures": True, "wc_push_relay_public_key": RELAY_KEY},
+        {"wc_push_validate_client_jwt": True, "wc_push_validate_signatures": True, "wc_push_relay_public_key": "not-hex"},
+    ],
+)
+def test_a_stack_with_auth_on_refuses_to_start_with_an_open_walletconnect_relay(checks):
+    with pytest.raises(ValueError, match="PUSH_WC_PUSH"):
+        create_app(load({}, auth_enabled=True, credentials_unsealed_allowed=True, **checks))
+
+
+def test_auth_on_starts_with_both_relay_checks_or_with_the_open_relay_asked_for_explicitly():
+    create_app(load({}, auth_enabled=True, wc_push_validate_client_jwt=True, wc_push_validate_signatures=True,
+                    wc_push_relay_public_key=RELAY_KEY, credentials_unsealed_allowed=True))
+    create_app(load({}, auth_enabled=True, wc_push_unauthenticated_allowed=True, credentials_unsealed_allowed=True))
+    create_app(load({}))  # auth off (make run, the tests): no relay checks needed

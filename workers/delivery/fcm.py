@@ -1,7 +1,9 @@
 """FCM HTTP v1 client: OAuth2 from a service account (google-auth), pooled HTTP/2 sends.
 
 The access token comes from the service account's ``token_uri`` (google-auth
-honours it; the simulator's token endpoint is reached that way), is cached
+honours it; the simulator's token endpoint is reached that way), requested
+through the outbound check (shared/outbound.py: a token_uri must be public or
+an allowed host:port; a refused one is a credentials failure), is cached
 until google-auth considers it near expiry, and is fetched by one caller at a
 time. A 401 drops the cached token and retries the request once.
 """
@@ -13,9 +15,9 @@ import ssl
 import google.auth.exceptions
 import google.auth.transport.requests
 import orjson
-import requests
 from google.oauth2 import service_account
 
+from shared.outbound import OutboundPolicy, OutboundRefused, OutboundSession
 from workers.delivery.answer import ProviderAnswer, parse_retry_after
 from workers.delivery.http2 import Http2Pool, TransportError
 
@@ -26,16 +28,23 @@ TOKEN_TIMEOUT_SECONDS = 10
 
 
 class _TokenRequest(google.auth.transport.requests.Request):
-    """google-auth's requests transport, trusting ``ca_file`` (``REQUESTS_CA_BUNDLE`` would win over a session's verify)."""
+    """google-auth's requests transport over an outbound session, trusting ``ca_file``.
 
-    def __init__(self, ca_file: str | None):
-        super().__init__(requests.Session())
+    A token_uri the outbound policy refuses is google-auth's RefreshError (the token endpoint refused the
+    service account), not a transport error that would be retried.
+    """
+
+    def __init__(self, ca_file: str | None, outbound: OutboundPolicy):
+        super().__init__(OutboundSession(outbound))
         self.ca_file = ca_file
 
     def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):
         if self.ca_file:
             kwargs.setdefault("verify", self.ca_file)
-        return super().__call__(url, method=method, body=body, headers=headers, timeout=timeout or TOKEN_TIMEOUT_SECONDS, **kwargs)
+        try:
+            return super().__call__(url, method=method, body=body, headers=headers, timeout=timeout or TOKEN_TIMEOUT_SECONDS, **kwargs)
+        except OutboundRefused as refused:
+            raise google.auth.exceptions.RefreshError(f"token_uri not allowed: {refused}") from None
 
 
 class FcmAuth:
@@ -43,12 +52,13 @@ class FcmAuth:
 
     Parameters:
       service_account_info: the service account JSON, as a dict.
+      outbound: what the service account's token_uri may reach (shared/outbound.py).
       ca_file: CA bundle to trust for the token endpoint (None: the system's).
     """
 
-    def __init__(self, *, service_account_info: dict, ca_file: str | None = None):
+    def __init__(self, *, service_account_info: dict, outbound: OutboundPolicy, ca_file: str | None = None):
         self.credentials = service_account.Credentials.from_service_account_info(service_account_info, scopes=list(SCOPES))
-        self._request = _TokenRequest(ca_file)
+        self._request = _TokenRequest(ca_file, outbound)
         self._lock = asyncio.Lock()
         self.refreshes = 0
 
