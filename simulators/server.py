@@ -107,7 +107,10 @@ class ServerProtocol(asyncio.Protocol):
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.h2: h2.connection.H2Connection | None = None
+        #: Streams being received: their headers and body so far.
         self.streams: dict[int, tuple[dict, bytearray]] = {}
+        #: Streams received whole and handed to the handler, not yet answered.
+        self.answering: set[int] = set()
         self.waiting_window: dict[int, tuple[bytes, Callable | None]] = {}
         self.buffer = bytearray()
         self.tls = False
@@ -211,8 +214,7 @@ class ServerProtocol(asyncio.Protocol):
             if isinstance(event, h2.events.RequestReceived):
                 headers = {name.decode("utf-8", "replace"): value.decode("utf-8", "replace") for name, value in event.headers}
                 self.streams[event.stream_id] = (headers, bytearray())
-                if event.stream_ended:
-                    self._dispatch(event.stream_id)
+                # END_STREAM on HEADERS: h2 reports a StreamEnded after this event too; that one dispatches.
             elif isinstance(event, h2.events.DataReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -222,6 +224,7 @@ class ServerProtocol(asyncio.Protocol):
                 self._dispatch(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 self.streams.pop(event.stream_id, None)
+                self.answering.discard(event.stream_id)
                 self.waiting_window.pop(event.stream_id, None)
             elif isinstance(event, h2.events.WindowUpdated):
                 self._send_waiting()
@@ -229,9 +232,10 @@ class ServerProtocol(asyncio.Protocol):
                 self.transport.close()
 
     def _dispatch(self, stream_id: int) -> None:
-        stream = self.streams.get(stream_id)
+        stream = self.streams.pop(stream_id, None)
         if stream is None:
             return
+        self.answering.add(stream_id)
         headers, body = stream
         request = Request(headers.get(":method", ""), headers.get(":path", ""), headers, bytes(body), client_certificate=self.client_certificate)
         answer = self._handle(request)
@@ -251,10 +255,10 @@ class ServerProtocol(asyncio.Protocol):
             self._answer_h2(stream_id, response)
 
     def _answer_h2(self, stream_id: int, response: Response) -> None:
-        if stream_id not in self.streams or not self.alive():
+        if stream_id not in self.answering or not self.alive():
             log.warning("stream %s gone before its answer (alive %s)", stream_id, self.alive())
             return  # reset by the client, or the connection went away meanwhile
-        del self.streams[stream_id]
+        self.answering.remove(stream_id)
         headers = [(":status", str(response.status)), ("content-length", str(len(response.body))), *response.headers]
         try:
             self.h2.send_headers(stream_id, headers, end_stream=not response.body)
