@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import ngh2
 import orjson
 
 from simulators.hpack_codec import CachingDecoder, LiteralEncoder
@@ -358,6 +360,123 @@ class ServerProtocol(asyncio.Protocol):
         self._http1_next()
 
 
+
+#: ``:status`` values, encoded once.
+_STATUS = {status: str(status).encode() for status in range(100, 600)}
+
+
+class Ngh2ServerProtocol(ServerProtocol):
+    """The same server with its HTTP/2 on libnghttp2 (``ngh2``'s server role): framing, HPACK, flow control in C.
+
+    What stays in Python per request: one event for its headers (one more per DATA frame), the handler, and one
+    call each for the answer's headers and body. nghttp2 validates what it receives (RFC 9113 §8) and queues
+    a body the client's window does not take yet; ``on_written`` runs when the body was taken whole, or for a
+    queued one when its stream closed normally (the last byte went out).
+    """
+
+    def _start_h2(self) -> None:
+        self.h2 = ngh2.Connection(ngh2.Role.SERVER, ngh2.Configuration(peer_max_concurrent_streams=self.max_concurrent_streams))
+        self.h2.initiate_connection({ngh2.Setting.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+                                     ngh2.Setting.INITIAL_WINDOW_SIZE: RECEIVE_WINDOW, ngh2.Setting.ENABLE_PUSH: 0})
+        self.h2.set_local_window_size(RECEIVE_WINDOW)
+        self.highest_stream_id = 0
+        #: Answered streams whose body nghttp2 still holds (the client's window): their ``on_written``.
+        self.queued: dict[int, Callable | None] = {}
+        self._flush()
+        if self.connections is not None:
+            self.connections.live.add(self)
+
+    def goaway(self) -> None:
+        if self.h2 is None or not self.alive():
+            return
+        try:
+            self.h2.send_goaway(last_stream_id=self.highest_stream_id)
+        except ngh2.NGH2Error as error:
+            log.warning("GOAWAY failed: %r", error)
+        self._flush()
+        asyncio.get_running_loop().call_later(GOAWAY_CLOSE_SECONDS, self.transport.close)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.alive():
+            data = self.h2.data_to_send()
+            if data:
+                self.transport.write(data)
+            if self.queued:
+                self._closed_events(self.h2.events())
+
+    def _closed_events(self, events) -> None:
+        for event in events:
+            if type(event) is ngh2.StreamClosed:
+                on_written = self.queued.pop(event.stream_id, None)
+                if event.error_code == 0 and on_written is not None:
+                    self._written(on_written)
+            elif type(event) is ngh2.ConnectionClosed:
+                self.transport.close()
+
+    def _h2_events(self, data: bytes) -> None:
+        h2_connection = self.h2
+        try:
+            h2_connection.receive_data(data)
+        except ngh2.NGH2Error:
+            self._flush()  # nghttp2's GOAWAY, if it queued one
+            self.transport.close()
+            return
+        streams = self.streams
+        for event in h2_connection.events():
+            kind = type(event)
+            if kind is ngh2.RequestReceived:
+                stream_id = event.stream_id
+                if stream_id > self.highest_stream_id:
+                    self.highest_stream_id = stream_id
+                headers = {name.decode("utf-8", "replace"): value.decode("utf-8", "replace") for name, value in event.headers}
+                streams[stream_id] = (headers, bytearray())
+                if event.end_stream:
+                    self._dispatch(stream_id)
+            elif kind is ngh2.DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream[1].extend(event.data)
+                    if event.end_stream:
+                        self._dispatch(event.stream_id)
+            elif kind is ngh2.TrailersReceived:
+                self._dispatch(event.stream_id)
+            elif kind is ngh2.StreamReset or kind is ngh2.StreamClosed:
+                streams.pop(event.stream_id, None)
+                self.answering.discard(event.stream_id)
+                on_written = self.queued.pop(event.stream_id, None)
+                if kind is ngh2.StreamClosed and event.error_code == 0 and on_written is not None:
+                    self._written(on_written)
+            elif kind is ngh2.ConnectionClosed:
+                self._flush()
+                self.transport.close()
+                return
+
+    def _answer_h2(self, stream_id: int, response: Response) -> None:
+        if stream_id not in self.answering or not self.alive():
+            log.warning("stream %s gone before its answer (alive %s)", stream_id, self.alive())
+            return  # reset by the client, or the connection went away meanwhile
+        self.answering.remove(stream_id)
+        body = response.body
+        headers = [(b":status", _STATUS[response.status]), (b"content-length", str(len(body)).encode()),
+                   *((name.encode(), value.encode()) for name, value in response.headers)]
+        h2_connection = self.h2
+        try:
+            h2_connection.send_response(stream_id, headers, end_stream=not body)
+            if body:
+                h2_connection.send_data(stream_id, body, end_stream=True)
+                if len(body) > h2_connection.stream_remote_window_size(stream_id) or len(body) > h2_connection.remote_window_size:
+                    self.queued[stream_id] = response.on_written  # runs once the body went out (its stream closed)
+                    if not self.receiving:
+                        self._schedule_flush()
+                    return
+        except ngh2.NGH2Error as error:
+            log.warning("answer on stream %s failed: %r", stream_id, error)
+            return
+        self._written(response.on_written)
+        if not self.receiving:  # an answer made while receiving goes out with the receive's own write
+            self._schedule_flush()
+
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 410: "Gone", 413: "Payload Too Large", 429: "Too Many Requests",
             500: "Internal Server Error", 503: "Service Unavailable"}
@@ -380,13 +499,20 @@ class AlertingTlsProtocol(sslproto.SSLProtocol):
         super()._on_handshake_complete(handshake_exc)
 
 
+#: The HTTP/2 engine of the provider ports: ``ngh2`` (libnghttp2, the default) or ``h2`` (pure Python, as before; to compare).
+HTTP2_ENGINE = os.environ.get("SIMULATOR_HTTP2_ENGINE", "ngh2")
+PROTOCOLS = {"ngh2": Ngh2ServerProtocol, "h2": ServerProtocol}
+
+
 async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
                 max_concurrent_streams: int = 1000, connections: Connections | None = None, reuse_port: bool = False) -> asyncio.Server:
     """Listen on ``host:port``; ``reuse_port`` lets several processes listen on one port (``SO_REUSEPORT``)."""
     loop = asyncio.get_running_loop()
 
+    kind = PROTOCOLS[HTTP2_ENGINE]
+
     def protocol() -> asyncio.Protocol:
-        served = ServerProtocol(handler, max_concurrent_streams=max_concurrent_streams, connections=connections)
+        served = kind(handler, max_concurrent_streams=max_concurrent_streams, connections=connections)
         return served if ssl_context is None else AlertingTlsProtocol(loop, served, ssl_context)
 
     return await loop.create_server(protocol, host, port, backlog=1024, reuse_port=reuse_port or None)
