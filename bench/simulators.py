@@ -10,7 +10,8 @@ is the smallest of the three.
 ``python -m bench.simulators --processes 1 2 3`` prints the figures for each
 count; ``--baseline <git ref>`` runs that ref's APNs and FCM simulators the same
 way, interleaved round by round with today's (one process each: the count of
-before), and prints ``baseline_…`` beside each figure. The machine is shared:
+before), and prints ``baseline_…`` beside each figure; ``--compare-h2`` runs
+today's on the ``h2`` engine too (``h2_…``). The machine is shared:
 compare figures of one invocation only.
 """
 from __future__ import annotations
@@ -59,11 +60,11 @@ def ensure_h2load() -> str:
 
 
 @contextmanager
-def simulator(module: str, source: Path, cert_dir: Path, options: list[str]):
-    """Start ``simulators.<module>`` from the tree ``source``; answers (provider port, control URL, process)."""
+def simulator(module: str, source: Path, cert_dir: Path, options: list[str], env: dict[str, str] | None = None):
+    """Start ``simulators.<module>`` from the tree ``source`` (``env`` added to its environment); answers (provider port, control URL, process)."""
     port, control = free_port(), free_port()
     argv = [sys.executable, "-m", f"simulators.{module}", "--port", str(port), "--control-port", str(control), "--cert-dir", str(cert_dir), *options]
-    process = subprocess.Popen(argv, cwd=source, env={**os.environ, "PYTHONPATH": str(source)}, stdout=subprocess.PIPE,
+    process = subprocess.Popen(argv, cwd=source, env={**os.environ, "PYTHONPATH": str(source), **(env or {})}, stdout=subprocess.PIPE,
                                start_new_session=True)
     try:
         deadline = time.monotonic() + READY_SECONDS
@@ -123,9 +124,10 @@ def _hms_load(port: int, control: str, work: Path) -> list[str]:
 LOADS = {"apns": _apns_load, "fcm": _fcm_load, "hms": _hms_load}
 
 
-def run_once(h2load: str, provider: str, source: Path, work: Path, options: list[str], count: int) -> tuple[float, float]:
+def run_once(h2load: str, provider: str, source: Path, work: Path, options: list[str], count: int,
+             env: dict[str, str] | None = None) -> tuple[float, float]:
     """One h2load run against a fresh simulator; answers (requests per second, simulator CPU µs per request)."""
-    with simulator(provider, source, work / "certs", options) as (port, control, process):
+    with simulator(provider, source, work / "certs", options, env) as (port, control, process):
         load = LOADS[provider](port, control, work)
         argv = [h2load, "-n", str(count), "-c", str(H2LOAD_CONNECTIONS), "-m", str(H2LOAD_STREAMS), "-t", "1", *load]
         pids = group_pids(process.pid)
@@ -139,16 +141,23 @@ def run_once(h2load: str, provider: str, source: Path, work: Path, options: list
 
 
 def measure_ceiling(*, processes: int = SIMULATOR_PROCESSES, count: int = REQUESTS, repeats: int = 1,
-                    baseline: Path | None = None) -> dict:
-    """The figures of every simulator at ``processes``, medians of ``repeats`` (interleaved with ``baseline``'s)."""
+                    baseline: Path | None = None, compare_h2: bool = False) -> dict:
+    """The figures of every simulator at ``processes``, medians of ``repeats`` (interleaved with ``baseline``'s).
+
+    ``compare_h2``: today's simulators served with the pure-Python ``h2`` engine too (``SIMULATOR_HTTP2_ENGINE=h2``),
+    interleaved, printed as ``h2_…``.
+    """
     h2load = ensure_h2load()
     figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="ceiling-") as directory:
         work = Path(directory)
         for provider in PROVIDERS:
-            runs: dict[str, list] = {"": [], "baseline_": []}
+            runs: dict[str, list] = {"": [], "h2_": [], "baseline_": []}
             for _ in range(repeats):
                 runs[""].append(run_once(h2load, provider, ROOT, work, ["--processes", str(processes)], count))
+                if compare_h2:
+                    runs["h2_"].append(run_once(h2load, provider, ROOT, work, ["--processes", str(processes)], count,
+                                                {"SIMULATOR_HTTP2_ENGINE": "h2"}))
                 if baseline is not None and provider != "hms":
                     runs["baseline_"].append(run_once(h2load, provider, baseline, work, [], count))
             for prefix, results in runs.items():
@@ -180,13 +189,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=REQUESTS)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--baseline", default=None, help="a git ref whose simulators run beside today's")
+    parser.add_argument("--compare-h2", action="store_true", help="also today's simulators on the h2 engine (SIMULATOR_HTTP2_ENGINE=h2)")
     args = parser.parse_args()
     for processes in args.processes:
         if args.baseline:
             with baseline_tree(args.baseline) as tree:
-                figures = measure_ceiling(processes=processes, count=args.requests, repeats=args.repeats, baseline=tree)
+                figures = measure_ceiling(processes=processes, count=args.requests, repeats=args.repeats, baseline=tree,
+                                          compare_h2=args.compare_h2)
         else:
-            figures = measure_ceiling(processes=processes, count=args.requests, repeats=args.repeats)
+            figures = measure_ceiling(processes=processes, count=args.requests, repeats=args.repeats, compare_h2=args.compare_h2)
         print(f"# --processes {processes}", flush=True)
         for name, value in figures.items():
             emit(name, value)
