@@ -26,6 +26,7 @@ Control port: see simulators/control.py, plus ``POST /keys`` {key_id, team_id, p
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 import uuid
@@ -54,6 +55,13 @@ VERIFIED_TOKENS = 10_000
 #: Topics a certificate for bundle id B covers: B, B.voip, B.complication (Apple's certificates list them).
 CERTIFICATE_TOPIC_SUFFIXES = ("", ".voip", ".complication")
 TOKEN, CERTIFICATE = "token", "certificate"
+#: An ``apns-id`` made for a request without one: this process's random UUID with a counter in its last 12 digits.
+_APNS_ID_PREFIX = str(uuid.uuid4())[:24]
+_apns_ids = itertools.count(1)
+
+
+def _new_apns_id() -> str:
+    return f"{_APNS_ID_PREFIX}{next(_apns_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
 def certificate_topic(certificate: dict | None) -> str | None:
@@ -137,7 +145,7 @@ class ApnsSimulator:
         return header["kid"], float(claims["iat"])
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
-        apns_id = request.headers.get("apns-id") or str(uuid.uuid4())
+        apns_id = request.headers.get("apns-id") or _new_apns_id()
         if not request.path.startswith("/3/device/"):
             return self._refuse(404, "BadPath", apns_id)
         if request.method != "POST":

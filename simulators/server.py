@@ -361,6 +361,23 @@ class ServerProtocol(asyncio.Protocol):
 
 
 
+#: Header fields as received (bytes) → as handlers read them (text): the same few repeat on every request.
+_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+#: Fields remembered at most (then forgotten all at once: a flood of distinct values stays bounded).
+FIELDS_KEPT = 4096
+#: Fields that differ on every request (the device token in the path, a notification's id): never remembered.
+_UNIQUE_FIELDS = frozenset({b":path", b"apns-id", b"apns-collapse-id", b"apns-expiration"})
+
+
+def _decoded(field: tuple[bytes, bytes]) -> tuple[str, str]:
+    decoded = (field[0].decode("utf-8", "replace"), field[1].decode("utf-8", "replace"))
+    if field[0] not in _UNIQUE_FIELDS:
+        if len(_FIELDS) >= FIELDS_KEPT:
+            _FIELDS.clear()
+        _FIELDS[field] = decoded
+    return decoded
+
+
 #: ``:status`` values, encoded once.
 _STATUS = {status: str(status).encode() for status in range(100, 600)}
 
@@ -429,7 +446,8 @@ class Ngh2ServerProtocol(ServerProtocol):
                 stream_id = event.stream_id
                 if stream_id > self.highest_stream_id:
                     self.highest_stream_id = stream_id
-                headers = {name.decode("utf-8", "replace"): value.decode("utf-8", "replace") for name, value in event.headers}
+                known = _FIELDS.get
+                headers = dict([known(field) or _decoded(field) for field in event.headers])
                 streams[stream_id] = (headers, bytearray())
                 if event.end_stream:
                     self._dispatch(stream_id)
