@@ -38,6 +38,7 @@ Control port: see simulators/control.py, plus ``POST /apps`` {client_id, client_
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 import urllib.parse
@@ -75,8 +76,12 @@ TOO_LARGE = ("80300008", "The message body size exceeds the default value")
 BAD_TOKEN_COUNT = ("80300010", "The number of tokens in the message body exceeds the default value")
 
 
+#: The last digits of a ``requestId`` (after the time in ns): a counter, not a random draw (a syscall) per answer.
+_request_ids = itertools.count()
+
+
 def hms_answer(status: int, code: str, msg: str, *, on_written=None) -> Response:
-    return Response.json(status, {"code": code, "msg": msg, "requestId": f"{time.time_ns()}{secrets.randbelow(1000):03d}"},
+    return Response.json(status, {"code": code, "msg": msg, "requestId": f"{time.time_ns()}{next(_request_ids) % 1000:03d}"},
                          on_written=on_written)
 
 
