@@ -523,11 +523,14 @@ PROTOCOLS = {"ngh2": Ngh2ServerProtocol, "h2": ServerProtocol}
 
 
 async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                max_concurrent_streams: int = 1000, connections: Connections | None = None, reuse_port: bool = False) -> asyncio.Server:
-    """Listen on ``host:port``; ``reuse_port`` lets several processes listen on one port (``SO_REUSEPORT``)."""
-    loop = asyncio.get_running_loop()
+                max_concurrent_streams: int = 1000, connections: Connections | None = None, reuse_port: bool = False,
+                engine: str | None = None) -> asyncio.Server:
+    """Listen on ``host:port``; ``reuse_port`` lets several processes listen on one port (``SO_REUSEPORT``).
 
-    kind = PROTOCOLS[HTTP2_ENGINE]
+    ``engine``: ``"ngh2"`` or ``"h2"`` (default: ``SIMULATOR_HTTP2_ENGINE``, else ngh2).
+    """
+    loop = asyncio.get_running_loop()
+    kind = PROTOCOLS[engine or HTTP2_ENGINE]
 
     def protocol() -> asyncio.Protocol:
         served = kind(handler, max_concurrent_streams=max_concurrent_streams, connections=connections)
