@@ -14,6 +14,7 @@ from shared.commands import EXPAND_SEND, Publisher, command
 from shared.settings import load
 from tests import waiting
 from tests.integration.conftest import apns_token, hms_token, register
+from tests.integration.test_ops import scrape, value
 
 SENT_ONE = {"sent": 1, "pending": 0, "failed": 0, "total": 1}
 FAILED_ONE = {"sent": 0, "pending": 0, "failed": 1, "total": 1}
@@ -156,3 +157,20 @@ def test_a_campaign_reaches_hms_devices(api, new_app, hms_sim):
     while hms_sim.delivered(token) != 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert hms_sim.delivered(token) == 1
+
+
+def test_hms_deliveries_are_counted_by_provider_in_the_worker_metrics(stack, api, new_app):
+    app_id, hana = new_app(), user()
+    register(api, app_id, hms_token(), "hms", hana)
+    register(api, app_id, hms_token("dead"), "hms", hana)
+
+    assert send(api, app_id, hana, {"title": "counted"})["result"]["hms"] == {"sent": 1, "pending": 0, "failed": 1, "total": 2}
+
+    def counted():
+        families = scrape(stack.worker_metrics_url("deliver"))
+        return families if value(families, "push_dead_tokens_total", provider="hms", app=app_id) == 1 else None
+
+    families = waiting.wait_for(counted, timeout=60, what="hms metrics", every=0.25)
+    assert value(families, "push_deliveries_total", provider="hms", app=app_id, outcome="sent") == 1
+    assert value(families, "push_deliveries_total", provider="hms", app=app_id, outcome="dead_token") == 1
+    assert value(families, "push_delivery_latency_seconds_count", provider="hms") >= 2
