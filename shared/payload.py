@@ -297,9 +297,7 @@ def hms_message(body: Body, *, silent: bool, high_priority: bool, display: str |
         else:
             _put(notification, "sound", body.sound)
     if notification:
-        notification["tag"] = body.collapse_key or display
-        if notification["tag"] is None:
-            del notification["tag"]
+        _put(notification, "tag", body.collapse_key or display)
         notification["click_action"] = {"type": HMS_CLICK_ACTION, "action": body.category} if body.category else {"type": HMS_CLICK_OPEN_APP}
         android["notification"] = notification
     if extras or not notification:
