@@ -189,7 +189,7 @@ DEAD_LETTER = sc.Obj({"id": TEXT, "delivery_id": TEXT, "requeueable": sc.Bool()}
         "limit": sc.Int(minimum=1, maximum=MAX_LIST, default=100),
         "all": sc.Flag(default=False, description="List requeued dead letters too"),
         "app_id": sc.Str(description="Only this application's"),
-        "platform": sc.Str(max_length=32, description="Only this platform's (apns, fcm, webhook)"),
+        "platform": sc.Str(max_length=32, description="Only this platform's (apns, fcm, hms, webhook)"),
     },
     responses={200: sc.Obj({"items": sc.List(DEAD_LETTER), "total": COUNT, "reasons": sc.Json(object_only=True)})},
 )

@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.powerauth import MESSAGE_BODY, OK, existing_app, json_response, ok, parse_body, result_object, services
 from shared import commands
 from shared import db as collections
-from shared.commands import command
+from shared.commands import PUSH_PROVIDERS, command
 
 blueprint = Blueprint("campaigns", __name__)
 
@@ -55,9 +55,9 @@ def campaign_object(campaign: dict, *, progress: bool = False) -> dict:
         svc = services()
         counts = svc.guarded_read(lambda: svc.message_counts(campaign["_id"]))
         per_platform = result_object(counts)
-        totals = {k: sum(per_platform[p][k] for p in ("apns", "fcm")) for k in ("total", "sent", "failed", "pending")}
+        totals = {k: sum(per_platform[p][k] for p in PUSH_PROVIDERS) for k in ("total", "sent", "failed", "pending")}
         result["state"] = campaign.get("state", "created")
-        result["progress"] = {"expanded": counts is not None, **totals, "apns": per_platform["apns"], "fcm": per_platform["fcm"]}
+        result["progress"] = {"expanded": counts is not None, **totals, **{p: per_platform[p] for p in PUSH_PROVIDERS}}
     return result
 
 
@@ -81,7 +81,7 @@ CAMPAIGN = s.Obj({
     "message": s.Json(object_only=True),
 })
 CAMPAIGN_DETAIL = s.Obj({**CAMPAIGN.properties, "state": s.Str(), "progress": s.Obj({
-    "expanded": s.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS})})
+    "expanded": s.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS, "hms": COUNTS})})
 
 
 def answer(result: s.Field | None = None) -> s.Obj:

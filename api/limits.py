@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from api import auth
 from api.errors import ApiError
-from shared.payload import APNS_COLLAPSE_ID_MAX_BYTES, Body, apns_push, fcm_message
+from shared.payload import APNS_COLLAPSE_ID_MAX_BYTES, HMS_MAX_TTL_SECONDS, Body, HmsTemplate, apns_push, fcm_message, hms_message
 from shared.settings import Settings
 
 #: Endpoints (Flask endpoint names) that take large bodies.
@@ -159,7 +159,7 @@ def before_request() -> None:
 # --- payload size -------------------------------------------------------------------------------
 
 def check_payload(settings: Settings, body: Body, field: str, *, silent: bool, high_priority: bool) -> None:
-    """Refuse (400 naming ``field``) a body whose APNs payload or FCM message is over the provider's limit."""
+    """Refuse (400 naming ``field``) a body whose APNs payload, FCM or HMS message is over the provider's limit."""
     apns = len(apns_push(body, silent=silent, high_priority=high_priority).payload)
     if apns > settings.max_apns_payload_bytes:
         raise ApiError(
@@ -175,6 +175,16 @@ def check_payload(settings: Settings, body: Body, field: str, *, silent: bool, h
         raise ApiError(
             400,
             f"{field}: the FCM message would be {fcm} bytes, more than the {settings.max_fcm_payload_bytes} FCM accepts",
+            field=field,
+            code="ERROR_PAYLOAD_TOO_LARGE",
+        )
+    # HMS counts its message without the token, with the longest TTL the worker sets.
+    hms = HmsTemplate(hms_message(body, silent=silent, high_priority=high_priority, display=display),
+                      ttl_seconds=HMS_MAX_TTL_SECONDS).message_bytes
+    if hms > settings.max_hms_payload_bytes:
+        raise ApiError(
+            400,
+            f"{field}: the HMS message would be {hms} bytes, more than the {settings.max_hms_payload_bytes} HMS accepts",
             field=field,
             code="ERROR_PAYLOAD_TOO_LARGE",
         )

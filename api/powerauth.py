@@ -4,9 +4,8 @@ Request and response shapes follow seed 002 and the current reference
 (wultra/powerauth-push-server), as its clients call it. Where the two differ
 both forms are accepted; the choices are listed in the README ("Compatibility
 with the reference servers"). Platforms are apns, fcm and hms, with the older
-names ios, android and huawei as aliases. HMS credentials (``/admin/app/hms``)
-and HMS devices are stored; HMS delivery is not there yet (an HMS device is
-not sent to, and the send result counts it nowhere: ``hms`` reads 0).
+names ios, android and huawei as aliases; each is delivered to by its provider
+(workers/delivery/: APNs, FCM, HMS Push Kit with ``/admin/app/hms`` credentials).
 """
 from __future__ import annotations
 
@@ -390,7 +389,7 @@ def _send(entries: list[dict], app: dict, mode: str) -> Response:
 def result_object(counts: dict | None) -> dict:
     """PowerAuth's ``result``: counts per provider (apns, fcm, hms) and under its older name (ios, android, huawei).
 
-    A provider the message did not reach, or that this server does not deliver to yet (hms), counts 0.
+    A provider the message did not reach counts 0.
     """
     empty = {"sent": 0, "pending": 0, "failed": 0, "total": 0}
     counts = counts or {}

@@ -104,6 +104,15 @@ def register_with_hms_simulator(credentials: HmsCredentials, *, hms_control: str
     requests.post(f"{hms_control}/apps", json=credentials.to_json(), timeout=SETUP_TIMEOUT_SECONDS).raise_for_status()
 
 
+def configure_hms(api_url: str, app_id: str, credentials: HmsCredentials) -> None:
+    """Upload an app's HMS credentials through the PowerAuth admin API (the app exists)."""
+    answer = requests.post(f"{api_url}/admin/app/hms", timeout=SETUP_TIMEOUT_SECONDS, json={"requestObject": {
+        "appId": app_id, "projectId": credentials.project_id, "clientId": credentials.client_id,
+        "clientSecret": credentials.client_secret}})
+    if answer.status_code != 200:
+        raise RuntimeError(f"/admin/app/hms answered {answer.status_code}: {answer.text}")
+
+
 def register_with_simulators(credentials: AppCredentials, *, apns_control: str, fcm_control: str) -> None:
     """Tell the simulators these credentials are genuine."""
     requests.post(

@@ -1,7 +1,7 @@
 """``make run``: the whole server in the foreground on the default ports; Ctrl-C stops it.
 
 Data lives under ``var/`` and survives a restart. An app ``demo`` with
-credentials for both simulators is created if missing, so the README's curl
+credentials for the three simulators (APNs, FCM, HMS) is created if missing, so the README's curl
 examples work as written.
 """
 from __future__ import annotations
@@ -15,7 +15,16 @@ from pathlib import Path
 
 import requests
 
-from devstack.credentials import AppCredentials, configure_app, make_credentials, register_with_simulators
+from devstack.credentials import (
+    AppCredentials,
+    HmsCredentials,
+    configure_app,
+    configure_hms,
+    make_credentials,
+    make_hms_credentials,
+    register_with_hms_simulator,
+    register_with_simulators,
+)
 from devstack.stack import ROOT, Stack
 from shared.sealed_credentials import new_key_entry
 
@@ -28,6 +37,16 @@ def demo_credentials(stack: Stack) -> AppCredentials:
     if path.exists():
         return AppCredentials.from_json(json.loads(path.read_text()))
     credentials = make_credentials(DEMO_APP, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}")
+    path.write_text(json.dumps(credentials.to_json()))
+    return credentials
+
+
+def demo_hms_credentials(stack: Stack) -> HmsCredentials:
+    """The demo app's HMS client, made once and kept in var/demo-hms.json."""
+    path = stack.var_dir / "demo-hms.json"
+    if path.exists():
+        return HmsCredentials.from_json(json.loads(path.read_text()))
+    credentials = make_hms_credentials(DEMO_APP)
     path.write_text(json.dumps(credentials.to_json()))
     return credentials
 
@@ -70,12 +89,17 @@ def main() -> int:
             apns_control=f"http://127.0.0.1:{stack.ports.apns_control}",
             fcm_control=f"http://127.0.0.1:{stack.ports.fcm_control}",
         )
+        hms = demo_hms_credentials(stack)
+        register_with_hms_simulator(hms, hms_control=f"http://127.0.0.1:{stack.ports.hms_control}")
         detail = requests.get(f"{stack.api_url}/admin/app/detail", params={"appId": DEMO_APP}, timeout=10)
         if detail.status_code != 200:
             configure_app(stack.api_url, DEMO_APP, credentials)
+        if detail.status_code != 200 or not detail.json()["responseObject"]["application"].get("hms"):
+            configure_hms(stack.api_url, DEMO_APP, hms)
         print(
             f"\npush server ready: API {stack.api_url}, APNs simulator control http://127.0.0.1:{stack.ports.apns_control}, "
-            f"FCM simulator control http://127.0.0.1:{stack.ports.fcm_control}. Ctrl-C stops.\n",
+            f"FCM simulator control http://127.0.0.1:{stack.ports.fcm_control}, "
+            f"HMS simulator control http://127.0.0.1:{stack.ports.hms_control}. Ctrl-C stops.\n",
             flush=True,
         )
         while not stopping:

@@ -30,7 +30,7 @@ STOP_TIMEOUT_SECONDS = 10
 #: Worker groups: each is one Dramatiq process group consuming these queues (scaled on its own).
 WORKER_GROUPS = {
     "core": (commands.PERSIST, commands.EXPAND),
-    "deliver": (commands.DELIVER_APNS, commands.DELIVER_FCM, commands.DELIVER_WEBHOOK),
+    "deliver": (commands.DELIVER_APNS, commands.DELIVER_FCM, commands.DELIVER_HMS, commands.DELIVER_WEBHOOK),
 }
 
 
@@ -169,14 +169,18 @@ class Stack:
 
     def settings_env(self) -> dict:
         """The ``PUSH_*`` variables every project process of this stack gets."""
-        # The FCM simulator is its service accounts' token_uri: an outbound target on loopback, so allow-listed.
-        allowed = ",".join(filter(None, [f"127.0.0.1:{self.ports.fcm}", self.env.get("PUSH_OUTBOUND_ALLOWED_TARGETS")]))
+        # The FCM simulator is its service accounts' token_uri, the HMS simulator the HMS token endpoint:
+        # outbound targets on loopback, so allow-listed.
+        allowed = ",".join(filter(None, [f"127.0.0.1:{self.ports.fcm}", f"127.0.0.1:{self.ports.hms}",
+                                         self.env.get("PUSH_OUTBOUND_ALLOWED_TARGETS")]))
         return {
             "PUSH_MONGO_URI": self.mongo_uri,
             "PUSH_QUEUE_PREFIX": self.queue_prefix,
             "PUSH_APNS_PRODUCTION_URL": f"https://127.0.0.1:{self.ports.apns}",
             "PUSH_APNS_DEVELOPMENT_URL": f"https://127.0.0.1:{self.ports.apns}",
             "PUSH_FCM_URL": f"https://127.0.0.1:{self.ports.fcm}",
+            "PUSH_HMS_URL": f"https://127.0.0.1:{self.ports.hms}",
+            "PUSH_HMS_TOKEN_URL": f"https://127.0.0.1:{self.ports.hms}/oauth2/v3/token",
             "PUSH_PROVIDER_CA_FILE": str(self.ca_file),
             **self.env,
             "PUSH_OUTBOUND_ALLOWED_TARGETS": allowed,

@@ -19,14 +19,16 @@ PERSIST = "persist"
 EXPAND = "expand"
 DELIVER_APNS = "deliver.apns"
 DELIVER_FCM = "deliver.fcm"
+DELIVER_HMS = "deliver.hms"
 DELIVER_WEBHOOK = "deliver.webhook"
-QUEUES = (PERSIST, EXPAND, DELIVER_APNS, DELIVER_FCM, DELIVER_WEBHOOK)
+QUEUES = (PERSIST, EXPAND, DELIVER_APNS, DELIVER_FCM, DELIVER_HMS, DELIVER_WEBHOOK)
 
 # Actors and the queue each one consumes.
 APPLY_WRITE = "apply_write"
 EXPAND_SEND = "expand_send"
 DELIVER_CHUNK_APNS = "deliver_apns"
 DELIVER_CHUNK_FCM = "deliver_fcm"
+DELIVER_CHUNK_HMS = "deliver_hms"
 DELIVER_CHUNK_WEBHOOK = "deliver_webhook"
 EXPAND_CAMPAIGN = "expand_campaign"
 CAMPAIGN_CHECK = "campaign_check"
@@ -37,10 +39,13 @@ ACTOR_QUEUES = {
     CAMPAIGN_CHECK: EXPAND,
     DELIVER_CHUNK_APNS: DELIVER_APNS,
     DELIVER_CHUNK_FCM: DELIVER_FCM,
+    DELIVER_CHUNK_HMS: DELIVER_HMS,
     DELIVER_CHUNK_WEBHOOK: DELIVER_WEBHOOK,
 }
 #: The delivery actor of each provider.
-DELIVER_ACTOR_BY_PROVIDER = {"apns": DELIVER_CHUNK_APNS, "fcm": DELIVER_CHUNK_FCM, "webhook": DELIVER_CHUNK_WEBHOOK}
+DELIVER_ACTOR_BY_PROVIDER = {"apns": DELIVER_CHUNK_APNS, "fcm": DELIVER_CHUNK_FCM, "hms": DELIVER_CHUNK_HMS, "webhook": DELIVER_CHUNK_WEBHOOK}
+#: The push providers a device registers with (each with its deliver queue), in the order results list them.
+PUSH_PROVIDERS = ("apns", "fcm", "hms")
 
 #: Activation states PowerAuth knows; only ACTIVE receives personal messages.
 ACTIVE = "ACTIVE"

@@ -427,7 +427,7 @@ class QueueCollector:
         from shared import db as collections
 
         try:
-            counts = {"apns": 0, "fcm": 0}
+            counts = dict.fromkeys(commands.PUSH_PROVIDERS, 0)
             for app in self.db[collections.APPS].find({}, {"suspended": 1}):
                 for provider, reason in (app.get("suspended") or {}).items():
                     if reason:

@@ -1,4 +1,4 @@
-"""A push message body, as the PowerAuth API describes it, mapped to APNs and FCM payloads.
+"""A push message body, as the PowerAuth API describes it, mapped to APNs, FCM and HMS payloads.
 
 Mapping (PowerAuth's "Push Message Payload Mapping"):
 
@@ -18,6 +18,21 @@ Mapping (PowerAuth's "Push Message Payload Mapping"):
 | silent | aps.content-available=1, no alert; push type background, priority 5 | data-only message |
 | priority HIGH / NORMAL | apns-priority 10 / 5 | android.priority HIGH / NORMAL |
 | mutableContent | aps.mutable-content=1 | (none: FCM data messages reach the app) |
+
+HMS (Huawei Push Kit, ``message`` of ``POST /v2/<project>/messages:send``), beside FCM's:
+
+| body field | HMS |
+| --- | --- |
+| title, body, icon, loc keys and args | android.notification.title, .body, .icon, .title_loc_key, … (as FCM) |
+| sound | android.notification.sound; ``"default"`` is android.notification.default_sound = true |
+| category | android.notification.click_action {type 1, action: category}; without one {type 3} (open the app) |
+| collapseKey | android.notification.tag; also android.collapse_key when it is a whole number -1…100 (HMS's own kind) |
+| (no collapseKey) | android.notification.tag = ``display_id`` |
+| validUntil | android.ttl (seconds left at send time, at most HMS's 15 days) |
+| extras | message.data: the JSON text of the extras (HMS data is one string), nulls left out |
+| silent | a data message: message.data only (``{}`` without extras), no notification |
+| priority HIGH / NORMAL | android.urgency HIGH / NORMAL |
+| badge, mutableContent | (none: HMS's badge needs the app's entry class, which PowerAuth does not know) |
 
 Without a collapseKey a displayed notification still gets an identifier of its
 own, ``display_id(message id, entry)``: the same for every send of that
@@ -43,6 +58,13 @@ APNS_PRIORITY_IMMEDIATE = 10
 APNS_PRIORITY_CONSERVE_POWER = 5
 #: FCM's TTL when the message has no validUntil (FCM's own default is 4 weeks).
 FCM_DEFAULT_TTL_SECONDS = 2419200
+#: HMS keeps a message for an offline device at most 15 days (android.ttl's limit), and that long without validUntil.
+HMS_MAX_TTL_SECONDS = 15 * 24 * 3600
+#: HMS's android.collapse_key: a whole number from -1 to 100.
+HMS_COLLAPSE_KEYS = range(-1, 101)
+#: HMS click_action types: 1 an intent or action of the app, 3 open the app.
+HMS_CLICK_ACTION = 1
+HMS_CLICK_OPEN_APP = 3
 #: Longest ``apns-collapse-id`` APNs accepts (bytes).
 APNS_COLLAPSE_ID_MAX_BYTES = 64
 #: Length of a hashed ``display_id`` (for message ids too long to name it directly).
@@ -248,6 +270,75 @@ class FcmTemplate:
 
     def request_body(self, token: str) -> bytes:
         return b'{"message":{"token":' + orjson.dumps(token) + self._tail
+
+
+def hms_message(body: Body, *, silent: bool, high_priority: bool, display: str | None = None) -> dict:
+    """Map a body to an HMS ``message`` without token and TTL (both are set per send).
+
+    ``display``: the notification's :func:`display_id`, its ``android.notification.tag``
+    when the body has no collapseKey and the message shows a notification.
+    """
+    android: dict = {"urgency": "HIGH" if high_priority else "NORMAL"}
+    collapse = _hms_collapse_key(body.collapse_key)
+    _put(android, "collapse_key", collapse)
+    message: dict = {"android": android}
+    extras = present_extras(body.extras)
+    notification: dict = {}
+    if not silent:
+        _put(notification, "title", body.title)
+        _put(notification, "body", body.body)
+        _put(notification, "icon", body.icon)
+        _put(notification, "title_loc_key", body.title_loc_key)
+        _put(notification, "title_loc_args", list(body.title_loc_args) if body.title_loc_args else None)
+        _put(notification, "body_loc_key", body.body_loc_key)
+        _put(notification, "body_loc_args", list(body.body_loc_args) if body.body_loc_args else None)
+        if body.sound == "default":
+            notification["default_sound"] = True
+        else:
+            _put(notification, "sound", body.sound)
+    if notification:
+        _put(notification, "tag", body.collapse_key or display)
+        notification["click_action"] = {"type": HMS_CLICK_ACTION, "action": body.category} if body.category else {"type": HMS_CLICK_OPEN_APP}
+        android["notification"] = notification
+    if extras or not notification:
+        # A message that shows nothing is a data message, and HMS needs its data.
+        message["data"] = orjson.dumps(extras).decode()
+    return message
+
+
+def _hms_collapse_key(collapse_key: str | None) -> int | None:
+    """A collapseKey HMS can take as its android.collapse_key (a whole number -1…100), else None."""
+    if collapse_key is None or not collapse_key.lstrip("-").isdigit():
+        return None
+    number = int(collapse_key)
+    return number if number in HMS_COLLAPSE_KEYS else None
+
+
+def hms_ttl_seconds(valid_until: datetime | None, now: datetime) -> int:
+    """Seconds HMS may keep the message: what is left of validUntil (HMS's 15 days at most), never negative."""
+    if valid_until is None:
+        return HMS_MAX_TTL_SECONDS
+    return min(HMS_MAX_TTL_SECONDS, max(0, int((valid_until - now).total_seconds())))
+
+
+class HmsTemplate:
+    """An HMS request body serialised once; each device's token is spliced in (one token per request).
+
+    ``message_bytes``: the size HMS checks against its 4096 bytes, the message without its token.
+    """
+
+    def __init__(self, message: dict, *, ttl_seconds: int):
+        message = dict(message)
+        android = dict(message.get("android", {}))
+        android["ttl"] = f"{ttl_seconds}s"
+        message["android"] = android
+        rest = orjson.dumps(message)
+        self.message_bytes = len(rest)
+        # rest is b'{...}' and never empty (android is always there).
+        self._tail = b"," + rest[1:] + b"}"
+
+    def request_body(self, token: str) -> bytes:
+        return b'{"validate_only":false,"message":{"token":[' + orjson.dumps(token) + b"]" + self._tail
 
 
 def _put(target: dict, key: str, value) -> None:

@@ -41,6 +41,9 @@ class Settings:
     apns_production_url: str = "https://api.push.apple.com"
     apns_development_url: str = "https://api.sandbox.push.apple.com"
     fcm_url: str = "https://fcm.googleapis.com"
+    hms_url: str = "https://push-api.cloud.huawei.com"
+    #: HMS's OAuth 2.0 token endpoint (requested through the outbound check: public, or an allowed host:port).
+    hms_token_url: str = "https://oauth-login.cloud.huawei.com/oauth2/v3/token"
     #: Extra CA bundle trusted for provider and token endpoints (the simulators' CA).
     provider_ca_file: str = ""
     #: HTTP/2 connections per provider pool.
@@ -94,9 +97,11 @@ class Settings:
     max_batch_messages: int = 10_000
     #: Most user ids one campaign user add or delete may carry.
     max_campaign_users_per_request: int = 100_000
-    #: Largest serialised provider payload accepted by a send (APNs and FCM both allow 4 KB).
+    #: Largest serialised provider payload accepted by a send (APNs, FCM and HMS all allow 4 KB;
+    #: HMS counts its message without the tokens).
     max_apns_payload_bytes: int = 4096
     max_fcm_payload_bytes: int = 4096
+    max_hms_payload_bytes: int = 4096
     #: Registration rate limits (token bucket per API process): requests per second and burst,
     #: per client IP and per API key. 0: no limit.
     rate_limit_ip_per_second: float = 0.0

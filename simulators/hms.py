@@ -13,7 +13,7 @@ codes in ``{"code", "msg", "requestId"}``:
   80100000  200  partial success: ``msg`` is the JSON text {"success", "failure", "illegal_tokens"}
   80100001  400  a field of the message is invalid (``msg`` names it: android.urgency, android.ttl, …)
   80100003  400  the message structure is wrong (no JSON, no ``message``, ``data`` not a string,
-                 neither or both of ``data`` and a notification)
+                 neither ``data`` nor a notification; a notification with ``data`` is taken, as HMS does)
   80200001  401  no, an unknown, or another project's access token
   80200003  401  the access token expired
   80300007  400  all the tokens are invalid
@@ -104,7 +104,9 @@ def _structure_refusal(message) -> Response | None:
         return hms_answer(400, *BAD_STRUCTURE)
     data = message.get("data")
     shows = "notification" in message or "notification" in android
-    if (data is not None and not isinstance(data, str)) or (data is None) == (not shows):
+    # A notification message may carry data too (HMS: message.data "can be a JSON string for notification
+    # messages"); a message with neither is refused.
+    if (data is not None and not isinstance(data, str)) or (data is None and not shows):
         return hms_answer(400, *BAD_STRUCTURE)
     if android.get("urgency") not in (None, *URGENCIES):
         return hms_answer(400, BAD_FIELD, "Illegal field: message.android.urgency")

@@ -67,6 +67,9 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     async def deliver_fcm(chunk: dict) -> None:
         await deliver_chunk(delivery, "fcm", chunk)
 
+    async def deliver_hms(chunk: dict) -> None:
+        await deliver_chunk(delivery, "hms", chunk)
+
     def expand_campaign(command: dict) -> None:
         campaigns.expand_campaign(
             db, publisher, command, chunk_size=settings.delivery_chunk_size, users_per_batch=settings.campaign_users_per_batch
@@ -81,6 +84,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     declare(campaign_check, commands.CAMPAIGN_CHECK)
     declare(deliver_apns, commands.DELIVER_CHUNK_APNS, max_retries=DELIVERY_MAX_RETRIES)
     declare(deliver_fcm, commands.DELIVER_CHUNK_FCM, max_retries=DELIVERY_MAX_RETRIES)
+    declare(deliver_hms, commands.DELIVER_CHUNK_HMS, max_retries=DELIVERY_MAX_RETRIES)
 
     webhooks = wc_bridge.WebhookContext(db=db, publisher=publisher, settings=settings, session=OutboundSession(OutboundPolicy.from_settings(settings)))
 

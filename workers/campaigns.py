@@ -21,7 +21,7 @@ from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
 from shared import device_lookup as lookup
-from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
+from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 from workers.expand import PENDING, Delivery, chunk_payload, delivery_id, insert_ignoring_duplicates
 
 #: Campaign users read per batch of the live send.
@@ -128,7 +128,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         _expand_users(db, publisher, campaign, users, entries, chunk_size)
         after = users[-1]
         campaigns.update_one({"_id": campaign_id}, {"$set": {"cursor": after}})
-    totals = {"apns": 0, "fcm": 0}
+    totals = dict.fromkeys(PUSH_PROVIDERS, 0)
     for row in db[collections.DELIVERIES].aggregate(
         [{"$match": {"message_id": campaign_id}}, {"$group": {"_id": "$platform", "n": {"$sum": 1}}}]
     ):
@@ -142,11 +142,11 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
 
 def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: list[str], entries: dict, chunk_size: int) -> None:
     campaign_id = campaign["_id"]
-    by_platform: dict[str, dict[str, Delivery]] = {"apns": {}, "fcm": {}}
+    by_platform: dict[str, dict[str, Delivery]] = {platform: {} for platform in PUSH_PROVIDERS}
     held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1})
     for device in {d["_id"]: d for devices in held.values() for d in devices}.values():
         if device["platform"] not in by_platform:
-            continue  # a provider this server does not deliver to yet (HMS): no delivery, counted nowhere
+            continue  # a platform no provider delivers to: no delivery, counted nowhere
         delivery = Delivery(
             id=delivery_id(campaign_id, ENTRY, device["token"]),
             device_id=device["_id"],

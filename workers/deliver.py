@@ -29,13 +29,24 @@ from shared import db as collections
 from shared import metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.outbound import OutboundPolicy
-from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds
+from shared.payload import (
+    Body,
+    FcmTemplate,
+    HmsTemplate,
+    apns_push,
+    display_id,
+    fcm_message,
+    fcm_ttl_seconds,
+    hms_message,
+    hms_ttl_seconds,
+)
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
 from workers import wc_push
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
 from workers.delivery.fcm import FcmAuth, FcmClient
-from workers.delivery.outcomes import Outcome, classify_apns, classify_fcm
+from workers.delivery.hms import HmsAuth, HmsClient
+from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome
 from workers.delivery.retry import RetryPolicy, deliver_with_retries
 from workers.expand import Delivery, chunk_payload
 from workers.writes import mark_dead_tokens
@@ -221,6 +232,30 @@ class ProviderClients:
             self._replace(key, client)
         return client
 
+    def hms(self, app: dict) -> HmsClient:
+        credentials = app["hms"]
+        key = ("hms", app["_id"], None, app.get("hms_ts", 0))
+        client = self._clients.get(key)
+        if client is None:
+            credentials = self.keys.open(app["_id"], "hms", credentials)
+            auth = HmsAuth(
+                token_url=self.settings.hms_token_url,
+                client_id=credentials["client_id"],
+                client_secret=credentials["client_secret"],
+                outbound=self._outbound,
+                ca_file=self.settings.provider_ca_file or None,
+            )
+            client = HmsClient(
+                origin=self.settings.hms_url,
+                project_id=credentials["project_id"],
+                auth=auth,
+                ssl_context=self._ssl_context,
+                connections=self.settings.provider_connections,
+                request_timeout=self.settings.provider_request_timeout,
+            )
+            self._replace(key, client)
+        return client
+
     def _replace(self, key: tuple, client) -> None:
         """Keep the new client; close the pool of the same app and provider with older credentials."""
         for old_key in [k for k in self._clients if k[:3] == key[:3] and k != key]:
@@ -264,8 +299,8 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         await recorder.flush_all()
         return
 
-    send_one = _apns_sender(ctx, app, chunk) if platform == "apns" else _fcm_sender(ctx, app, chunk)
-    classify = classify_apns if platform == "apns" else classify_fcm
+    send_one = SENDERS[platform](ctx, app, chunk)
+    classify = CLASSIFY_BY_PROVIDER[platform]
     attempts = chunk.get("attempts", {})
     valid_until = {key: _valid_until(entry) for key, entry in chunk["entries"].items()}
 
@@ -465,3 +500,29 @@ def _fcm_sender(ctx: DeliveryContext, app: dict, chunk: dict):
         return client.send(templates[str(delivery.entry)].request_body(delivery.token))
 
     return send
+
+
+def _hms_sender(ctx: DeliveryContext, app: dict, chunk: dict):
+    now = datetime.now(UTC)
+    templates = {}
+    for key, entry in chunk["entries"].items():
+        body = Body.from_json(entry["body"])
+        templates[key] = HmsTemplate(
+            hms_message(
+                body,
+                silent=entry.get("silent", False),
+                high_priority=entry.get("high_priority", True),
+                display=display_id(chunk["message_id"], key),
+            ),
+            ttl_seconds=hms_ttl_seconds(body.valid_until, now),
+        )
+    client = ctx.clients.hms(app)
+
+    def send(delivery: Delivery):
+        return client.send(templates[str(delivery.entry)].request_body(delivery.token), delivery.token)
+
+    return send
+
+
+#: Each provider's sender: (context, app, chunk) → a function sending one delivery.
+SENDERS = {"apns": _apns_sender, "fcm": _fcm_sender, "hms": _hms_sender}

@@ -18,7 +18,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
-from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, Publisher
+from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 
 #: MongoDB's duplicate-key error: an insert that already happened.
 DUPLICATE_KEY = 11000
@@ -75,11 +75,11 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     except DuplicateKeyError:
         pass
     entries = cmd["entries"]
-    deliveries = {"apns": [], "fcm": []}
+    deliveries: dict[str, list[Delivery]] = {platform: [] for platform in PUSH_PROVIDERS}
     for entry_index, device in _targets(db, cmd["app_id"], entries):
         platform = device["platform"]
         if platform not in deliveries:
-            continue  # a provider this server does not deliver to yet (HMS): no delivery, counted nowhere
+            continue  # a platform no provider delivers to: no delivery, counted nowhere
         deliveries[platform].append(
             Delivery(
                 id=delivery_id(message_id, entry_index, device["token"]),

@@ -22,7 +22,14 @@ from urllib.parse import quote
 import pymongo
 import requests
 
-from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.credentials import (
+    configure_app,
+    configure_hms,
+    make_credentials,
+    make_hms_credentials,
+    register_with_hms_simulator,
+    register_with_simulators,
+)
 from devstack.seed import seed_devices
 from devstack.stack import Stack
 from shared.settings import load
@@ -69,9 +76,10 @@ class FaultRun:
       devices: how many devices, one notification each.
       management: the RabbitMQ management API the queue depths are read from, or a callable answering
         one (a cluster's live node); the machine's by default.
+      providers: the devices' platforms, in turn (``hms`` too: the app gets HMS credentials).
     """
 
-    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES, management=None):
+    def __init__(self, stack: Stack, *, name: str, devices: int = DEVICES, management=None, providers: tuple[str, ...] = ("fcm", "apns")):
         self.stack = stack
         self.name = name
         self.management = management
@@ -82,15 +90,23 @@ class FaultRun:
         credentials = make_credentials(self.app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper())
         register_with_simulators(credentials, apns_control=self.apns_control, fcm_control=self.fcm_control)
         configure_app(stack.api_url, self.app_id, credentials)
+        self.controls = {"apns": self.apns_control, "fcm": self.fcm_control}
+        if "hms" in providers:
+            self.controls["hms"] = f"http://127.0.0.1:{stack.ports.hms_control}"
+            hms = make_hms_credentials(self.app_id)
+            register_with_hms_simulator(hms, hms_control=self.controls["hms"])
+            configure_hms(stack.api_url, self.app_id, hms)
         self.users: list[str] = []
         self.tokens: list[str] = []
         self.platforms: list[str] = []
         tag = uuid.uuid4().hex[:6]
         for i in range(devices):
-            platform = "apns" if i % 2 else "fcm"
+            platform = providers[i % len(providers)]
             dead = i % DEAD_EVERY == 0 or i % DEAD_EVERY == 1
             if platform == "apns":
                 token = (("dead" if dead else "0") + secrets.token_hex(32))[:64]
+            elif platform == "hms":
+                token = ("dead" if dead else "0") + secrets.token_hex(30)
             else:
                 token = ("dead-" if dead else "") + secrets.token_urlsafe(40)
             self.users.append(f"f-{tag}-{i:05d}")
@@ -265,12 +281,11 @@ class FaultRun:
             raise AssertionError(f"deliveries not final: {dict(last.get('states', {}))}") from None
         states = last["states"]
 
-        apns = requests.get(f"{self.apns_control}/counts", timeout=60).json()
-        fcm = requests.get(f"{self.fcm_control}/counts", timeout=60).json()
-        delivered = {t: (apns if p == "apns" else fcm)["delivered"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
-        attempts = {t: (apns if p == "apns" else fcm)["attempts"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
+        by_provider = {p: requests.get(f"{control}/counts", timeout=60).json() for p, control in self.controls.items()}
+        delivered = {t: by_provider[p]["delivered"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
+        attempts = {t: by_provider[p]["attempts"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
         # What each device presents: a repeat carrying the same display id replaces the first (simulators/README.md).
-        shown = {t: (apns if p == "apns" else fcm)["shown"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
+        shown = {t: by_provider[p]["shown"].get(t, 0) for t, p in zip(self.tokens, self.platforms, strict=True)}
         live = [t for t in self.tokens if t not in self.dead]
         histogram = Counter(delivered[t] for t in live)
         repeated = {t for t in live if delivered[t] > 1}
@@ -324,8 +339,8 @@ class FaultRun:
             "dead_token_reasons": dict(dead_reasons),
             "devices_deactivated": deactivated,
             "provider_attempts": sum(attempts.values()),
-            "apns_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == "apns"),
-            "fcm_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == "fcm"),
+            **{f"{provider}_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == provider)
+               for provider in self.controls},
             "queue_messages_left": sum(last["queues"].values()),
             "seconds": round(time.monotonic() - self.started_at, 1),
         }

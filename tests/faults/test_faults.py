@@ -1,6 +1,6 @@
 """Faults during a sustained send of 20,000 notifications, each ending with exact counts (``make faults``).
 
-Every scenario: a fresh app with 20,000 devices (half APNs, half FCM, 1 % dead
+Every scenario: a fresh app with 20,000 devices (half APNs, half FCM; a third each with HMS in the GOAWAY one; 1 % dead
 tokens), one notification each in ASYNCHRONOUS batches of 1,000 spread over
 about ten seconds, a fault while the send and the deliveries are under way,
 then :meth:`FaultRun.finish`: every acknowledged notification delivered
@@ -95,14 +95,16 @@ def test_apns_answers_503_for_30s_then_recovers(run: FaultRun, stack):
     assert counts["provider_attempts"] > counts["notifications_acknowledged"], "no request met the outage"
 
 
-def test_apns_and_fcm_send_goaway_mid_stream(run: FaultRun, stack):
+def test_apns_fcm_and_hms_send_goaway_mid_stream(stack, request):
+    """A third of the devices are HMS ones: its sender shares the HTTP/2 pool and its recovery."""
+    run = FaultRun(stack, name=request.node.name, providers=("fcm", "apns", "hms"))
     run.start_send()
     goaways = 0
     run.wait_sent_at_least(UNDER_WAY // 2)
     run.fault()
     for threshold in (UNDER_WAY // 2, UNDER_WAY, 2 * UNDER_WAY, 3 * UNDER_WAY):
         run.wait_sent_at_least(threshold)
-        for port in (stack.ports.apns_control, stack.ports.fcm_control):
+        for port in (stack.ports.apns_control, stack.ports.fcm_control, stack.ports.hms_control):
             answer = requests.post(f"http://127.0.0.1:{port}/faults", json={"goaway": True}, timeout=10)
             assert answer.ok
             goaways += answer.json()["goaway_connections"]

@@ -13,7 +13,14 @@ import uuid
 import pytest
 import requests
 
-from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.credentials import (
+    configure_app,
+    configure_hms,
+    make_credentials,
+    make_hms_credentials,
+    register_with_hms_simulator,
+    register_with_simulators,
+)
 from shared.sealed_credentials import new_key_entry
 from tests.stacks import running_stack
 
@@ -119,15 +126,23 @@ def fcm_sim(stack) -> Simulator:
     return Simulator(f"http://127.0.0.1:{stack.ports.fcm_control}")
 
 
+@pytest.fixture(scope="session")
+def hms_sim(stack) -> Simulator:
+    return Simulator(f"http://127.0.0.1:{stack.ports.hms_control}")
+
+
 @pytest.fixture
-def new_app(stack, apns_sim, fcm_sim):
-    """Create an app with working credentials for both simulators; answers its id."""
+def new_app(stack, apns_sim, fcm_sim, hms_sim):
+    """Create an app with working credentials for the three simulators (APNs, FCM, HMS); answers its id."""
 
     def make(app_id: str | None = None, **options) -> str:
         app_id = app_id or f"app-{uuid.uuid4().hex[:8]}"
         credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper())
         register_with_simulators(credentials, apns_control=apns_sim.base_url, fcm_control=fcm_sim.base_url)
         configure_app(stack.api_url, app_id, credentials, **options)
+        hms = make_hms_credentials(app_id)
+        register_with_hms_simulator(hms, hms_control=hms_sim.base_url)
+        configure_hms(stack.api_url, app_id, hms)
         return app_id
 
     return make
@@ -141,6 +156,11 @@ def apns_token(prefix: str = "") -> str:
 
 def fcm_token(prefix: str = "") -> str:
     return prefix + secrets.token_urlsafe(40)
+
+
+def hms_token(prefix: str = "") -> str:
+    """An HMS push token; the simulator's behaviour is chosen by ``prefix`` (dead…, flowN-, internalN-, delayN-)."""
+    return prefix + "0" + secrets.token_hex(30)
 
 
 def register(api: Api, app_id: str, token: str, platform: str, user_id: str, activation_id: str | None = None) -> None:

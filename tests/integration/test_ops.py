@@ -19,7 +19,7 @@ from devstack.credentials import configure_app, make_credentials
 from devstack.stack import ROOT, free_port
 from shared.logs import redacted_token
 from tests import waiting
-from tests.integration.conftest import apns_token, fcm_token, register
+from tests.integration.conftest import apns_token, fcm_token, hms_token, register
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -268,6 +268,7 @@ def test_dashboard_renders_real_figures_in_headless_chromium(stack, api, new_app
     dave = user()
     register(api, app_id, apns_token(), "ios", dave)
     register(api, app_id, fcm_token(), "android", dave)
+    register(api, app_id, hms_token(), "huawei", dave)
     api.ok("/push/message/send", {"appId": app_id, "message": {"userId": dave, "body": {"title": "t"}}})
     fcm_queue = stack.queue_prefix + "deliver.fcm"
     url = stack.api_url + "/admin/dashboard"
@@ -293,7 +294,8 @@ def test_dashboard_renders_real_figures_in_headless_chromium(stack, api, new_app
     fcm_row = re.search(rf'<tr data-queue="{re.escape(fcm_queue)}">(.*?)</tr>', html).group(1)
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", fcm_row)
     assert cells[0] == "deliver.fcm" and int(cells[2]) >= 4, cells
-    assert re.search(r'<tr data-outcome="sent"><td>sent</td><td>\d+</td><td>\d+</td><td>[1-9]', html)
+    # apns, fcm and hms columns, then the total.
+    assert re.search(r'<tr data-outcome="sent"><td>sent</td><td>[1-9]\d*</td><td>[1-9]\d*</td><td>[1-9]\d*</td><td>[1-9]', html)
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.stat().st_size > 10_000
     print(f"dashboard screenshot: {screenshot}")

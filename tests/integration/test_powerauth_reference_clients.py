@@ -1,5 +1,5 @@
 """PowerAuth as the reference's clients call it (wultra/powerauth-push-server): credential routes old and new,
-HMS credentials and devices, payload mapping, and the APNs 410 timestamp, end to end on the real stack."""
+HMS credentials, devices and delivery, payload mapping, and the APNs 410 timestamp, end to end on the real stack."""
 from __future__ import annotations
 
 import base64
@@ -120,13 +120,14 @@ def test_hms_credentials_land_on_an_app_created_before_hms_was_known(api, databa
     assert database[collections.APPS].find_one({"_id": app_id})["hms"]["project_id"] == HMS["projectId"]
 
 
-def test_hms_devices_register_and_the_result_reports_hms_and_huawei(api, new_app, database, apns_sim):
+def test_hms_devices_register_and_the_result_reports_hms_and_huawei(api, new_app, database, apns_sim, hms_sim):
     app_id = new_app()
     dave = user()
     ios = apns_token()
+    huawei, hms = "hms-token-" + uuid.uuid4().hex, "hms-token-" + uuid.uuid4().hex
     register(api, app_id, ios, "apns", dave)
-    register(api, app_id, "hms-token-" + uuid.uuid4().hex, "huawei", dave)
-    register(api, app_id, "hms-token-" + uuid.uuid4().hex, "hms", dave)
+    register(api, app_id, huawei, "huawei", dave)
+    register(api, app_id, hms, "hms", dave)
     platforms = sorted(d["platform"] for d in database[collections.DEVICES].find({"app_id": app_id}))
     assert platforms == ["apns", "hms", "hms"]
 
@@ -134,9 +135,10 @@ def test_hms_devices_register_and_the_result_reports_hms_and_huawei(api, new_app
 
     zero = {"sent": 0, "pending": 0, "failed": 0, "total": 0}
     assert result["apns"] == result["ios"] == {"sent": 1, "pending": 0, "failed": 0, "total": 1}
-    assert result["hms"] == result["huawei"] == zero  # no HMS delivery yet: its devices are not sent to
+    assert result["hms"] == result["huawei"] == {"sent": 2, "pending": 0, "failed": 0, "total": 2}
     assert result["fcm"] == result["android"] == zero
     assert apns_sim.delivered(ios) == 1
+    assert hms_sim.delivered(huawei) == hms_sim.delivered(hms) == 1
 
 
 def test_collapse_key_is_also_the_thread_id_and_null_extras_are_left_out(api, new_app, apns_sim, fcm_sim):
@@ -176,12 +178,12 @@ def test_a_registration_written_after_the_410_timestamp_is_not_deactivated_by_it
     assert database[collections.DEVICES].find_one(device)["active"] in (True, 1)
 
 
-def test_a_campaign_reaches_the_delivered_providers_and_skips_hms_devices(api, new_app, apns_sim):
+def test_a_campaign_reaches_every_provider_hms_too(api, new_app, apns_sim, hms_sim):
     app_id = new_app()
     gina = user()
-    ios = apns_token()
+    ios, hms = apns_token(), "hms-token-" + uuid.uuid4().hex
     register(api, app_id, ios, "apns", gina)
-    register(api, app_id, "hms-token-" + uuid.uuid4().hex, "hms", gina)
+    register(api, app_id, hms, "hms", gina)
     campaign_id = api.ok("/push/campaign/create", {"appId": app_id, "message": {"title": "Campaign"}})["responseObject"]["id"]
     api.ok(f"/push/campaign/{campaign_id}/user/add", [gina], method="PUT")
 
@@ -189,5 +191,6 @@ def test_a_campaign_reaches_the_delivered_providers_and_skips_hms_devices(api, n
 
     done = wait_for(lambda: (d := api.get(f"/push/campaign/{campaign_id}/detail").json()["responseObject"])["sent"] and d,
                     what="campaign sent")
-    assert done["progress"]["total"] == 1 and done["progress"]["sent"] == 1
-    assert apns_sim.delivered(ios) == 1
+    assert done["progress"]["total"] == 2 and done["progress"]["sent"] == 2
+    assert done["progress"]["hms"] == {"total": 1, "sent": 1, "failed": 0, "pending": 0}
+    assert apns_sim.delivered(ios) == 1 and hms_sim.delivered(hms) == 1

@@ -159,3 +159,13 @@ def test_quota_answers_flow_control(hms, app):
 def test_app_registration_is_checked(hms):
     answer = hms.post("/apps", {"client_id": "1", "client_secret": ""})
     assert answer.status_code == 400 and answer.json()["field"] == "client_secret"
+
+
+def test_a_notification_message_may_carry_data(hms, app):
+    """HMS documents message.data for notification messages too (a JSON string); only neither is a structure error."""
+    device = hms_token()
+    message = notification(device)
+    message["message"]["data"] = '{"k": "v"}'
+    status, body = send(hms, app.project_id, access_token(hms, app), message)
+    assert (status, body["code"]) == (200, "80000000")
+    assert hms.get(f"/counts/{device}")["delivered"] == 1

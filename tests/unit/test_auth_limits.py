@@ -239,6 +239,12 @@ def test_check_payload_measures_each_provider():
     with pytest.raises(ApiError) as fcm:
         check_payload(load({}, max_apns_payload_bytes=8192), Body(extras=nested), "b", silent=True, high_priority=False)
     assert "FCM" in fcm.value.message
+    # HMS data is one string, the extras' JSON text: a string extra is escaped twice there, once on FCM and APNs.
+    quoted = {"k": '"' * 1500}
+    check_payload(load({}, max_hms_payload_bytes=8192), Body(title="t", extras=quoted), "b", silent=False, high_priority=True)
+    with pytest.raises(ApiError) as hms:
+        check_payload(settings, Body(title="t", extras=quoted), "b", silent=False, high_priority=True)
+    assert hms.value.field == "b" and "HMS" in hms.value.message and "4096" in hms.value.message
 
 
 def test_token_bucket_allows_a_burst_then_answers_the_wait():

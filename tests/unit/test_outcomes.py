@@ -1,9 +1,11 @@
-"""Every row of the outcome table (DESIGN.md section 3), for both providers."""
+"""Every row of the outcome table (DESIGN.md section 3), for every provider."""
 import pytest
 
+from shared.commands import PUSH_PROVIDERS
 from workers.delivery.answer import ProviderAnswer, parse_retry_after
 from workers.delivery.fcm import parse_error
-from workers.delivery.outcomes import Outcome, classify_apns, classify_fcm
+from workers.delivery.hms import read_answer
+from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome, classify_apns, classify_fcm, classify_hms
 
 
 @pytest.mark.parametrize(
@@ -70,3 +72,56 @@ def test_retry_after_header_forms():
     assert parse_retry_after(None) is None
     assert parse_retry_after("garbage") is None
     assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (ProviderAnswer(200, code="80000000"), Outcome.SENT),
+        (ProviderAnswer(200, code="80100000"), Outcome.SENT),  # partial success not naming the request's token
+        (ProviderAnswer(200, "80100000 …", code="80100000", token_field=True), Outcome.DEAD_TOKEN),
+        (ProviderAnswer(400, "80300007 All the tokens are invalid", code="80300007"), Outcome.DEAD_TOKEN),
+        (ProviderAnswer(400, code="80100001"), Outcome.BAD_MESSAGE),
+        (ProviderAnswer(400, code="80100003"), Outcome.BAD_MESSAGE),
+        (ProviderAnswer(400, code="80300008"), Outcome.BAD_MESSAGE),
+        (ProviderAnswer(400, code="80300010"), Outcome.BAD_MESSAGE),
+        (ProviderAnswer(200, code="89999999"), Outcome.BAD_MESSAGE),  # not a success code
+        (ProviderAnswer(401, code="80200001"), Outcome.CREDENTIALS),
+        (ProviderAnswer(401, code="80200003"), Outcome.CREDENTIALS),
+        (ProviderAnswer(403, code="80300002"), Outcome.CREDENTIALS),
+        (ProviderAnswer(401, "token endpoint refused the client"), Outcome.CREDENTIALS),
+        (ProviderAnswer(503, code="81000001", retry_after=2), Outcome.THROTTLED),
+        (ProviderAnswer(503, "HTTP 503"), Outcome.THROTTLED),
+        (ProviderAnswer(429), Outcome.THROTTLED),
+        (ProviderAnswer(500, code="81000001"), Outcome.TRANSIENT),
+        (ProviderAnswer(502, "HTTP 502"), Outcome.TRANSIENT),
+        (None, Outcome.TRANSIENT),
+    ],
+)
+def test_hms_answers(answer, expected):
+    assert classify_hms(answer) is expected
+
+
+def test_every_push_provider_has_an_outcome_table():
+    assert set(CLASSIFY_BY_PROVIDER) == set(PUSH_PROVIDERS)
+    assert CLASSIFY_BY_PROVIDER["hms"] is classify_hms
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retry_after", "expected"),
+    [
+        (200, b'{"code":"80000000","msg":"Success","requestId":"r1"}', None,
+         ProviderAnswer(200, provider_id="r1", code="80000000")),
+        (200, b'{"code":"80100000","msg":"{\\"success\\":0,\\"failure\\":1,\\"illegal_tokens\\":[\\"tok\\"]}","requestId":"r2"}', None,
+         ProviderAnswer(200, '80100000 {"success":0,"failure":1,"illegal_tokens":["tok"]}', provider_id="r2", token_field=True,
+                        code="80100000")),
+        (200, b'{"code":"80100000","msg":"{\\"success\\":1,\\"failure\\":1,\\"illegal_tokens\\":[\\"other\\"]}"}', None,
+         ProviderAnswer(200, code="80100000")),
+        (400, b'{"code":"80100001","msg":"Illegal field: message.android.urgency"}', None,
+         ProviderAnswer(400, "80100001 Illegal field: message.android.urgency", code="80100001")),
+        (503, b'{"code":"81000001","msg":"flow control"}', "3", ProviderAnswer(503, "81000001 flow control", retry_after=3.0, code="81000001")),
+        (503, b"<html>busy</html>", None, ProviderAnswer(503, "HTTP 503")),
+    ],
+)
+def test_hms_answer_bodies_are_read_for_the_table(status, body, retry_after, expected):
+    assert read_answer(status, body, retry_after, "tok") == expected

@@ -1,9 +1,21 @@
-"""Payload mapping: PowerAuth body → APNs and FCM."""
+"""Payload mapping: PowerAuth body → APNs, FCM and HMS."""
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds, parse_timestamp
+from shared.payload import (
+    HMS_MAX_TTL_SECONDS,
+    Body,
+    FcmTemplate,
+    HmsTemplate,
+    apns_push,
+    display_id,
+    fcm_message,
+    fcm_ttl_seconds,
+    hms_message,
+    hms_ttl_seconds,
+    parse_timestamp,
+)
 
 FULL = Body(
     title="Balance update",
@@ -152,3 +164,61 @@ def test_display_id_is_per_message_and_entry_and_fits_apns():
     assert display_id("m", 0) != display_id("m", 1) != display_id("n", 1)
     long = display_id("x" * 100, 7)
     assert len(long.encode()) <= 64 and long == display_id("x" * 100, 7) and long != display_id("x" * 100, 8)
+
+
+def test_hms_notification_maps_every_field_and_carries_extras_as_json_text():
+    message = hms_message(FULL, silent=False, high_priority=True, display="m.0")
+    assert message["android"]["urgency"] == "HIGH"
+    assert "collapse_key" not in message["android"]  # "balance-update" is not one of HMS's -1…100
+    assert message["android"]["notification"] == {
+        "title": "Balance update",
+        "body": "Your balance is now $745.00",
+        "icon": "custom-icon",
+        "default_sound": True,
+        "tag": "balance-update",
+        "click_action": {"type": 1, "action": "balance-update"},
+        "title_loc_key": "T",
+        "title_loc_args": ["a"],
+        "body_loc_key": "B",
+        "body_loc_args": ["b", "c"],
+    }
+    assert orjson.loads(message["data"]) == {"_comment": "Any custom data.", "n": 5}
+    assert "notification" not in message  # everything is in android.notification
+
+
+def test_hms_without_collapse_key_is_tagged_with_the_display_id_and_opens_the_app():
+    message = hms_message(Body(title="t", sound="chime", extras={"gone": None}), silent=False, high_priority=False, display="m.0")
+    notification = message["android"]["notification"]
+    assert notification["tag"] == "m.0" and notification["click_action"] == {"type": 3} and notification["sound"] == "chime"
+    assert message["android"]["urgency"] == "NORMAL"
+    assert "data" not in message  # no extras left after the null is dropped
+
+
+def test_hms_numeric_collapse_key_is_also_its_collapse_key():
+    assert hms_message(Body(title="t", collapse_key="7"), silent=False, high_priority=True)["android"]["collapse_key"] == 7
+    assert hms_message(Body(title="t", collapse_key="-1"), silent=False, high_priority=True)["android"]["collapse_key"] == -1
+    assert "collapse_key" not in hms_message(Body(title="t", collapse_key="101"), silent=False, high_priority=True)["android"]
+
+
+def test_hms_silent_is_a_data_message_with_data_even_without_extras():
+    message = hms_message(FULL, silent=True, high_priority=True, display="m.0")
+    assert "notification" not in message["android"] and "notification" not in message
+    assert orjson.loads(message["data"])["n"] == 5
+    assert hms_message(Body(), silent=True, high_priority=True)["data"] == "{}"
+
+
+def test_hms_template_sends_one_token_with_the_ttl_and_measures_the_message_without_it():
+    template = HmsTemplate(hms_message(Body(title="t"), silent=False, high_priority=True), ttl_seconds=60)
+    body = orjson.loads(template.request_body('tok"en'))
+    assert body["validate_only"] is False
+    assert body["message"]["token"] == ['tok"en']
+    assert body["message"]["android"]["ttl"] == "60s"
+    without_token = {k: v for k, v in body["message"].items() if k != "token"}
+    assert template.message_bytes == len(orjson.dumps(without_token))
+
+
+def test_hms_ttl_is_what_is_left_of_valid_until_within_hms_limit():
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert hms_ttl_seconds(now + timedelta(seconds=90), now) == 90
+    assert hms_ttl_seconds(now - timedelta(seconds=5), now) == 0
+    assert hms_ttl_seconds(now + timedelta(days=30), now) == HMS_MAX_TTL_SECONDS == hms_ttl_seconds(None, now)

@@ -12,11 +12,13 @@ class ProviderAnswer:
 
     Attributes:
       status: the HTTP status.
-      reason: APNs ``reason`` or FCM ``errorCode`` (else its ``status``); None on success.
+      reason: APNs ``reason``, FCM ``errorCode`` (else its ``status``) or HMS ``code`` and ``msg``; None on success.
       retry_after: seconds from a ``Retry-After`` header, if any.
       provider_id: ``apns-id`` or the FCM message name on success.
-      token_field: FCM only: the error names ``message.token`` (a bad token, not a bad message).
+      token_field: FCM: the error names ``message.token`` (a bad token, not a bad message);
+        HMS: the answer lists the request's token among its ``illegal_tokens``.
       token_invalid_since: APNs 410 only: its ``timestamp``, when the token stopped being valid (ms since the epoch).
+      code: HMS only: its result code (``80000000`` success, …), whatever the HTTP status.
     """
 
     status: int
@@ -25,6 +27,7 @@ class ProviderAnswer:
     provider_id: str | None = None
     token_field: bool = False
     token_invalid_since: int | None = None
+    code: str | None = None
 
 
 def parse_retry_after(value: str | None) -> float | None:
