@@ -11,9 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from api import schema as sc
+from api.context import services
 from api.errors import ApiError, bad_request, unavailable
 from api.services import Services
 from shared import commands, logs, metrics
@@ -29,10 +30,6 @@ MAX_LIST = 1000
 MAX_REQUEUE = 10_000
 #: Seconds the delivery outcome counts of /admin/stats are reused by one API process.
 STATS_FRESH_SECONDS = 5.0
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 def install(app: Flask, services_: Services) -> None:

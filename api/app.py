@@ -11,7 +11,20 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import accepted, admin_ops, audit, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
+from api import (
+    accepted,
+    admin_ops,
+    api_keys,
+    audit,
+    campaigns,
+    inbox,
+    limits,
+    openapi,
+    powerauth,
+    wc_bridge,
+    wc_push,
+    wc_push_auth,
+)
 from api.errors import ApiError
 from api.services import Services
 from shared import sealed_credentials
@@ -39,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Body size per route, registration rate limits, API keys (README "Security").
     app.before_request(limits.before_request)
     app.register_blueprint(powerauth.blueprint)
-    app.register_blueprint(auth.blueprint)
+    app.register_blueprint(api_keys.blueprint)
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
     app.register_blueprint(wc_bridge.blueprint)

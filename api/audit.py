@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from api import auth
 from api import schema as sc
-from api.services import Services
+from api.context import services
 from shared import audit, commands
 from shared import db as collections
 from shared.commands import command
@@ -31,10 +31,6 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_ENTRIES = 1000
 #: Who a request acted as when auth is off (``make run``, the tests).
 AUTH_OFF = "auth-off"
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 def actor() -> str:

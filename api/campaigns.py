@@ -11,8 +11,10 @@ from flask import Blueprint
 
 from api import auth, limits
 from api import schema as s
+from api.context import services
 from api.errors import ApiError
-from api.powerauth import MESSAGE_BODY, OK, existing_app, json_response, ok, parse_body, result_object, services
+from api.powerauth import MESSAGE_BODY, parse_body, result_object
+from api.powerauth_envelope import OK, existing_app, json_response, ok
 from shared import commands
 from shared import db as collections
 from shared.commands import command

@@ -24,8 +24,9 @@ from flask import Blueprint, Response
 
 from api import auth, idempotency
 from api import schema as sc
+from api.context import services
 from api.errors import ApiError
-from api.powerauth import TEXT, answer, json_response, ok, render_error, services, wrapped
+from api.powerauth_envelope import TEXT, answer, json_response, ok, render_error, wrapped
 from shared import db as collections
 from shared.commands import command, new_id
 

@@ -21,12 +21,13 @@ import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from api import auth, idempotency, limits
 from api import schema as sc
+from api.context import services
 from api.errors import ApiError, bad_request, not_found
-from api.services import Services
+from api.powerauth_envelope import APP_ID, APP_REQUEST, OK, TEXT, answer, existing_app, json_response, ok, render_error, wrapped
 from shared import commands
 from shared import db as collections
 from shared import device_lookup as lookup
@@ -51,15 +52,7 @@ VERSION = "1.0.0"
 MAX_TEXT = 4096
 
 blueprint = Blueprint("powerauth", __name__)
-
-
-def answer(result: sc.Field | None = None) -> sc.Obj:
-    """The schema of PowerAuth's success envelope around ``result`` (for the document)."""
-    return sc.Obj({"status": sc.Str(enum=["OK"]), **({"responseObject": result} if result is not None else {})})
-
-
-#: The success envelope without a result.
-OK = answer()
+blueprint.register_error_handler(ApiError, render_error)
 
 
 class Extras(sc.Json):
@@ -101,45 +94,7 @@ MESSAGE_BODY = sc.FastObj(
 )
 
 
-def services() -> Services:
-    return current_app.extensions["push"]
-
-
-def ok(response_object=None, status: int = 200) -> Response:
-    body = {"status": "OK"}
-    if response_object is not None:
-        body["responseObject"] = response_object
-    return json_response(body, status)
-
-
-def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
-
-
-@blueprint.errorhandler(ApiError)
-def render_error(error: ApiError) -> Response:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return json_response(
-        {"status": "ERROR", "responseObject": {"code": error.code, "message": error.message}}, error.status, headers
-    )
-
-
 # --- schemas --------------------------------------------------------------------------------------
-
-#: A string in an answer: any length, possibly empty (answers are not bounded like requests).
-TEXT = sc.Str(max_length=None, allow_empty=True)
-#: An application id in a request body: a string, or PowerAuth's numeric id.
-APP_ID = sc.Id(required=True, description="The application's id", example="demo")
-
-
-def wrapped(properties: dict, **options) -> sc.Wrapped:
-    """A PowerAuth request body: ``{"requestObject": {...properties}}``."""
-    return sc.Wrapped(sc.Obj(properties), **options)
-
-
-#: ``{"requestObject": {"appId": ...}}``.
-APP_REQUEST = wrapped({"appId": APP_ID})
-
 
 #: A device token: no white space; an APNs token must also be hexadecimal (checked against the platform).
 TOKEN = sc.Str(required=True, max_length=sc.MAX_TOKEN_LENGTH, no_spaces=True, description="The device's push token",
@@ -180,16 +135,6 @@ SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.v
 APP_SUMMARY = sc.Obj({"appId": TEXT, **{name: sc.Bool() for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)}})
 APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool(),
                      "hmsProjectId": sc.Json(description="The HMS project, or null"), "hmsClientSecretPresent": sc.Bool()})
-
-
-def existing_app(data: dict, prefix: str = "requestObject.", *, location: str = "body") -> dict:
-    """The app ``data["appId"]`` names (cleaned by the route's schema), if the request's key may act for it."""
-    app_id = sc.check(APP_ID, data.get("appId"), prefix + "appId", location=location)
-    auth.require_app(app_id, prefix + "appId")
-    app = services().find_one(collections.APPS, {"_id": app_id})
-    if app is None:
-        raise ApiError(400, f"Application not found: {app_id} ({prefix}appId)", field=prefix + "appId", location=location)
-    return app
 
 
 # --- service ------------------------------------------------------------------------------------

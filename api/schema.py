@@ -25,9 +25,9 @@ from flask import current_app, g, request
 from api.errors import ApiError, bad_request
 from shared.payload import parse_timestamp
 
-#: Longest identifier (app, user, activation, client id) accepted unless a field says otherwise.
+#: Longest identifier (app, user, activation, client, session, call id) accepted unless a field says otherwise.
 MAX_ID_LENGTH = 256
-#: Longest device token accepted (FCM tokens are ~160 characters today).
+#: Longest device token (and WalletConnect bridge webhook URL) accepted (FCM tokens are ~160 characters today).
 MAX_TOKEN_LENGTH = 4096
 
 #: A bound may be a number or a function of the settings (e.g. the configurable batch size).

@@ -50,6 +50,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from api import schema as s
+from api.context import services
 from api.errors import ApiError, bad_request, not_found, unavailable
 from api.powerauth import VERSION
 from api.services import Services
@@ -63,10 +64,6 @@ from shared.payload import Body
 PATH_PREFIXES = ("/session", "/call-status")
 #: Push types delivered through the send pipeline, and the provider each maps to.
 PROVIDER_BY_PUSH_TYPE = {"apns": "apns", "apn": "apns", "ios": "apns", "fcm": "fcm", "android": "fcm"}
-#: Longest session, call id, push type or dapp name accepted.
-MAX_ID_LENGTH = 256
-#: Longest push token and webhook URL accepted.
-MAX_TOKEN_LENGTH = 4096
 #: Deepest nesting of an ``encryptionPayload`` (WalletConnect's is flat; MongoDB stores at most 100 levels).
 MAX_PAYLOAD_DEPTH = 32
 #: What the wallet's push says.
@@ -79,10 +76,6 @@ BRIDGE_NAME = "WalletConnect Bridge Server"
 BRIDGE_REPOSITORY = "push-server"
 
 blueprint = Blueprint("wc_bridge", __name__)
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
@@ -152,7 +145,7 @@ def payload_answer(doc: dict | None, at: datetime | None = None) -> dict | None:
 
 
 def live_session(session_id: str, projection: dict | None = None) -> dict | None:
-    if len(session_id) > MAX_ID_LENGTH:
+    if len(session_id) > s.MAX_ID_LENGTH:
         return None
     fields = {"deleted": 1, "expires_at": 1, **(projection or {})}
     return live(services().find_one(collections.WC_SESSIONS, {"_id": session_id}, fields))
@@ -167,7 +160,7 @@ def existing_session(session_id: str, projection: dict | None = None) -> dict:
 
 def existing_call(call_id: str, projection: dict | None = None) -> dict:
     call = None
-    if len(call_id) <= MAX_ID_LENGTH:
+    if len(call_id) <= s.MAX_ID_LENGTH:
         fields = {"session_id": 1, "expires_at": 1, **(projection or {})}
         call = live(services().find_one(collections.WC_CALLS, {"_id": call_id}, fields))
     if call is None:
@@ -255,8 +248,8 @@ PUSH = s.Obj(
     {
         "type": s.Str(required=True, description="apns or fcm (also apn, ios, android) push through this server's "
                                                  "send pipeline when there is no webhook; any other value is kept"),
-        "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, description="The wallet's push token"),
-        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
+        "token": s.Str(required=True, max_length=s.MAX_TOKEN_LENGTH, description="The wallet's push token"),
+        "webhook": s.Str(max_length=s.MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
                          description="http(s) URL POSTed {sessionId, callId, pushType, pushToken, dappName} on each call "
                                      "request; it must resolve to a public address, or be an allowed host:port "
                                      "(PUSH_OUTBOUND_ALLOWED_TARGETS); no user name, no backslash. Empty (as wallets send it): "
@@ -721,7 +714,7 @@ def poll_target(path: str) -> tuple[str, str] | None:
         kind, key = CALL_STATUS, path[13:]
     else:
         return None
-    if key and "/" not in key and len(key) <= MAX_ID_LENGTH:
+    if key and "/" not in key and len(key) <= s.MAX_ID_LENGTH:
         return kind, key
     return None
 
@@ -738,7 +731,7 @@ def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
 def polled(kind: str, key: str) -> Response:
     """A poll answered by Flask: the reader's read (an id too long to exist is absent); failing, a 503."""
     doc = None
-    if len(key) <= MAX_ID_LENGTH:
+    if len(key) <= s.MAX_ID_LENGTH:
         try:
             doc = current_app.extensions["wc_bridge_poll"].get(kind, key)
         except Exception:  # noqa: BLE001 - the database unreachable or too slow

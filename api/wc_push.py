@@ -44,10 +44,10 @@ from werkzeug.exceptions import HTTPException
 from api import schema as s
 from api.apns_certificates import CertificateError, decode_upload, parse_p12
 from api.auth import is_admin_key
+from api.context import services
 from api.errors import ApiError
 from api.powerauth import VERSION
 from api.service_accounts import ServiceAccountRefused, prove_service_account
-from api.services import Services
 from api.wc_push_auth import (
     DID_KEY_PREFIX,
     SIGNATURE_HEADER,
@@ -75,8 +75,6 @@ DEFAULT_TENANT = "default"
 TENANT_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 TENANT_ID = re.compile(rf"^{TENANT_ID_PATTERN}$")
 RESERVED_TENANT_IDS = {"health", "clients", "tenants", "session", "call-status", "push", "admin", "metrics"}
-MAX_ID_LENGTH = 256
-MAX_TOKEN_LENGTH = 4096
 #: Longest blob or raw message (APNs refuses payloads over 4 KB anyway; FCM allows 4 KB of data).
 MAX_BLOB_LENGTH = 64 * 1024
 #: Error names for the generic codes of api.errors.
@@ -97,10 +95,6 @@ NAMES = {
     "ERROR_UNAUTHORIZED": "Unauthorized",
     "ERROR_FORBIDDEN": "Forbidden",
 }
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 # --- answers ------------------------------------------------------------------------------------
@@ -244,8 +238,8 @@ def _client_id_problem(value: str) -> str | None:
     client_id = trim_did_key(value)
     if not client_id:
         return "must not be empty"
-    if len(client_id) > MAX_ID_LENGTH:
-        return f"must be at most {MAX_ID_LENGTH} characters after {DID_KEY_PREFIX}"
+    if len(client_id) > s.MAX_ID_LENGTH:
+        return f"must be at most {s.MAX_ID_LENGTH} characters after {DID_KEY_PREFIX}"
     return None
 
 
@@ -254,7 +248,7 @@ NO_SPACES = {"pattern": r"\S+", "pattern_help": "must not contain white space"}
 
 
 def client_id_field(**options) -> s.Str:
-    return s.Str(max_length=MAX_ID_LENGTH + len(DID_KEY_PREFIX), **NO_SPACES, check=_client_id_problem,
+    return s.Str(max_length=s.MAX_ID_LENGTH + len(DID_KEY_PREFIX), **NO_SPACES, check=_client_id_problem,
                  description="The client's id: its did:key (the did:key: prefix is optional)", **options)
 
 
@@ -301,7 +295,7 @@ SEND = Picked(
 REGISTRATION = s.Obj({
     "client_id": client_id_field(required=True),
     "type": ClientType(sorted(CLIENT_TYPES), required=True, description="How the client's token is reached"),
-    "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, **NO_SPACES, description="The device token (hexadecimal for APNs)"),
+    "token": s.Str(required=True, max_length=s.MAX_TOKEN_LENGTH, **NO_SPACES, description="The device token (hexadecimal for APNs)"),
     "always_raw": s.Bool(default=False, description="The client takes only the raw form {topic, tag, message}"),
 })
 
