@@ -12,8 +12,8 @@ from flask import Blueprint
 from api import auth
 from api import schema as sc
 from api.context import services
-from api.errors import ApiError
-from api.powerauth_envelope import APP_ID, APP_REQUEST, TEXT, answer, existing_app, ok, wrapped
+from api.errors import ApiError, renders_errors
+from api.powerauth_envelope import APP_ID, APP_REQUEST, TEXT, answer, existing_app, ok, render_error, wrapped
 from shared import db as collections
 from shared.commands import command
 
@@ -21,6 +21,7 @@ MAX_KEY_NAME = 128
 
 #: Named "auth" as when these routes were in api/auth.py: the endpoint names, and so the operationIds, stay.
 blueprint = Blueprint("auth", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
 
 def _key_object(doc: dict) -> dict:

@@ -15,6 +15,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from api import auth
 from api import schema as sc
 from api.context import services
+from api.errors import renders_errors
+from api.powerauth_envelope import render_error
 from shared import audit, commands
 from shared import db as collections
 from shared.commands import command
@@ -22,6 +24,7 @@ from shared.commands import command
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("audit", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
 #: Path prefixes of admin routes (the PowerAuth admin API and operations, WalletConnect tenant management).
 ADMIN_PREFIXES = ("/admin/", "/tenants")

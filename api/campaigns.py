@@ -2,8 +2,8 @@
 
 Writes go through the persist queue like every write; a live send is one
 command on the expand queue, where the campaign's users are streamed into
-deliveries (workers/campaigns.py). Errors use PowerAuth's envelope (the
-``/push`` renderer of api/app.py).
+deliveries (workers/campaigns.py). Errors use PowerAuth's envelope
+(api/powerauth_envelope.py).
 """
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from flask import Blueprint
 from api import auth, limits
 from api import schema as s
 from api.context import services
-from api.errors import ApiError
+from api.errors import ApiError, renders_errors
 from api.powerauth import MESSAGE_BODY, parse_body, result_object
-from api.powerauth_envelope import OK, existing_app, json_response, ok
+from api.powerauth_envelope import OK, existing_app, json_response, ok, render_error
 from shared import commands
 from shared import db as collections
 from shared.commands import command
 
 blueprint = Blueprint("campaigns", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
 #: Most user ids one add or delete request may carry: the setting ``max_campaign_users_per_request``
 #: (PUSH_MAX_CAMPAIGN_USERS_PER_REQUEST, default 100,000; the reference sends campaigns in batches of 100,000).
@@ -142,7 +143,8 @@ def _user_list() -> list[str]:
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/add", methods=["PUT", "POST"])
-@s.operation("Add users to a campaign (a user added twice is kept once)", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK})
+@s.operation("Add users to a campaign (a user added twice is kept once)", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK},
+             body_size=s.LARGE_BODY)
 def add_users(campaign_id: str):
     _campaign(campaign_id)
     users = _user_list()
@@ -172,7 +174,7 @@ def list_users(campaign_id: str):
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/delete", methods=["POST", "DELETE"])
-@s.operation("Remove users from a campaign", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK})
+@s.operation("Remove users from a campaign", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK}, body_size=s.LARGE_BODY)
 def delete_users(campaign_id: str):
     _campaign(campaign_id)
     users = _user_list()

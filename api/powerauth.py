@@ -26,7 +26,7 @@ from flask import Blueprint, Response
 from api import auth, idempotency, limits
 from api import schema as sc
 from api.context import services
-from api.errors import ApiError, bad_request, not_found
+from api.errors import bad_request, not_found, renders_errors
 from api.powerauth_envelope import APP_ID, APP_REQUEST, OK, TEXT, answer, existing_app, json_response, ok, render_error, wrapped
 from shared import commands
 from shared import db as collections
@@ -52,7 +52,7 @@ VERSION = "1.0.0"
 MAX_TEXT = 4096
 
 blueprint = Blueprint("powerauth", __name__)
-blueprint.register_error_handler(ApiError, render_error)
+renders_errors(blueprint, "powerauth", render_error)
 
 
 class Extras(sc.Json):
@@ -204,7 +204,7 @@ def _register(data: dict, activation_ids: list[str]) -> Response:
 
 @blueprint.post("/push/device/create")
 @sc.operation("Register a device (its token), optionally for one activation",
-              body=wrapped({**DEVICE, "activationId": sc.Str()}), responses={200: OK})
+              body=wrapped({**DEVICE, "activationId": sc.Str()}), responses={200: OK}, rate_limit=sc.REGISTRATION)
 def create_device():
     data = sc.body()
     activation = data.get("activationId")
@@ -216,6 +216,7 @@ def create_device():
     "Register a device for several activations",
     body=wrapped({**DEVICE, "activationIds": sc.List(sc.Str(), min_items=1, max_items=MAX_ACTIVATIONS, unique=True, required=True)}),
     responses={200: OK},
+    rate_limit=sc.REGISTRATION,
 )
 def create_device_multi():
     data = sc.body()
@@ -366,6 +367,7 @@ def send_message():
     ),
     headers=idempotency.HEADERS,
     responses={200: SEND_ANSWER},
+    body_size=sc.LARGE_BODY,
 )
 def send_batch():
     data = sc.body()
@@ -571,7 +573,8 @@ def _set_apns(data: dict) -> Response:
 
 
 @blueprint.route("/admin/app/apns", methods=["POST", "PUT"])
-@sc.operation("Set an application's APNs credentials (token key)", body=APNS_CREDENTIALS, responses={200: OK})
+@sc.operation("Set an application's APNs credentials (token key)", body=APNS_CREDENTIALS, responses={200: OK},
+              body_size=sc.MEDIUM_BODY)
 def set_apns():
     return _set_apns(sc.body())
 
@@ -636,7 +639,8 @@ def _set_fcm(data: dict) -> Response:
 
 
 @blueprint.route("/admin/app/fcm", methods=["POST", "PUT"])
-@sc.operation("Set an application's FCM credentials (service account)", body=FCM_CREDENTIALS, responses={200: OK})
+@sc.operation("Set an application's FCM credentials (service account)", body=FCM_CREDENTIALS, responses={200: OK},
+              body_size=sc.MEDIUM_BODY)
 def set_fcm():
     return _set_fcm(sc.body())
 

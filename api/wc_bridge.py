@@ -51,7 +51,7 @@ from flask import Blueprint, Response, current_app, request
 
 from api import schema as s
 from api.context import services
-from api.errors import ApiError, bad_request, not_found, unavailable
+from api.errors import ApiError, bad_request, not_found, renders_errors, unavailable
 from api.powerauth import VERSION
 from api.services import Services
 from shared import commands
@@ -87,13 +87,15 @@ def empty(status: int = 200) -> Response:
     return Response(status=status, mimetype=EMPTY_TYPE)
 
 
-@blueprint.errorhandler(ApiError)
 def render_error(error: ApiError) -> Response:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
     body = {"message": error.message}
     if error.field:
         body["field"] = error.field
     return json_response(body, error.status, headers)
+
+
+renders_errors(blueprint, "wc_bridge", render_error, path_prefixes=PATH_PREFIXES)
 
 
 # --- reading --------------------------------------------------------------------------------------

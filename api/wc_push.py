@@ -38,14 +38,13 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, g, request
 
 from api import schema as s
 from api.apns_certificates import CertificateError, decode_upload, parse_p12
 from api.auth import is_admin_key
 from api.context import services
-from api.errors import ApiError
+from api.errors import ApiError, renders_errors
 from api.powerauth import VERSION
 from api.service_accounts import ServiceAccountRefused, prove_service_account
 from api.wc_push_auth import (
@@ -123,20 +122,7 @@ def render_error(error: ApiError) -> Response:
     return json_response(body, error.status, headers)
 
 
-@blueprint.errorhandler(ApiError)
-def api_error(error: ApiError) -> Response:
-    return render_error(error)
-
-
-@blueprint.errorhandler(HTTPException)
-def http_error(error: HTTPException) -> Response:
-    return render_error(ApiError(error.code or 500, error.description or error.name, code=f"ERROR_HTTP_{error.code}"))
-
-
-@blueprint.errorhandler(Exception)
-def unexpected(error: Exception) -> Response:
-    current_app.logger.exception("unexpected error on %s %s", request.method, request.path)
-    return render_error(ApiError(500, "internal error", code="ERROR_INTERNAL"))
+renders_errors(blueprint, "wc_push", render_error, path_prefixes=PATH_PREFIXES)
 
 
 # --- inputs: what each route reads --------------------------------------------------------------
@@ -426,7 +412,7 @@ def health():
 @blueprint.post("/clients")
 @blueprint.post("/<tenant_id>/clients")
 @operation("Register a client's device token (again: the token and type are replaced)", path=TENANT_PATH,
-           body=REGISTRATION, headers=JWT_HEADERS, responses={200: OK})
+           body=REGISTRATION, headers=JWT_HEADERS, responses={200: OK}, rate_limit=s.REGISTRATION)
 def register(tenant_id: str | None = None):
     data = s.body()
     client_id = trim_did_key(data["client_id"])
@@ -688,7 +674,7 @@ APNS_FORM = {
 @blueprint.post("/tenants/<tenant_id>/apns")
 @admin_operation("Set the tenant's APNs token key (apns_pkcs8_pem, apns_key_id, apns_team_id) or certificate "
                  "(apns_certificate, apns_certificate_password), and/or topic",
-                 path=TENANT_PATH, form=APNS_FORM, responses={200: OK})
+                 path=TENANT_PATH, form=APNS_FORM, responses={200: OK}, body_size=s.MEDIUM_BODY)
 def update_apns(tenant_id: str):
     """Token key (``apns_pkcs8_pem``, ``apns_key_id``, ``apns_team_id``), or certificate
     (``apns_certificate``: a .p12, as a file or base64, with ``apns_certificate_password``),
@@ -767,7 +753,7 @@ def certificate_credentials(fields: dict[str, str | bytes], topic: str | None) -
 @admin_operation("Set the tenant's FCM HTTP v1 service account, proved by fetching an access token from its token_uri "
                  "(400 BadFcmV1Credentials when none comes)", path=TENANT_PATH,
                  form={"credentials": s.Binary(required=True, description="The service account JSON, as a file or text")},
-                 responses={200: OK})
+                 responses={200: OK}, body_size=s.MEDIUM_BODY)
 def update_fcm_v1(tenant_id: str):
     """``credentials``: the service account JSON (text or file)."""
     tenant = tenant_for(s.path()["tenant_id"])
@@ -801,7 +787,8 @@ def update_fcm_v1(tenant_id: str):
 
 @blueprint.post("/tenants/<tenant_id>/fcm")
 @admin_operation("Legacy FCM server key: not supported, always refused (use /fcm_v1)", path=TENANT_PATH,
-                 form={"api_key": FormText(max_length=None, description="The legacy server key")}, responses={400: FAILED})
+                 form={"api_key": FormText(max_length=None, description="The legacy server key")}, responses={400: FAILED},
+                 body_size=s.MEDIUM_BODY)
 def update_fcm_legacy(tenant_id: str):
     tenant_for(s.path()["tenant_id"])
     raise fail(400, "FcmLegacyUnsupported", "the legacy FCM API (server keys) is gone: upload a service account to /fcm_v1", field="api_key")
