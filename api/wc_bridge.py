@@ -670,35 +670,49 @@ class PollReader:
             due = self._due(started, batch) if self.tick is not None else []
             if not batch and not due:
                 continue
-            docs, error = {}, None
+            docs, error = self._read((*batch, *due))
+            if error is None:
+                self._store((*batch, *due), docs, started)
+            self._hand_over(batch, docs, error)
+
+    def _read(self, names) -> tuple[dict, Exception | None]:
+        """The documents of ``names`` (kind, id) in one query per kind, or the failure of reading them."""
+        docs: dict = {}
+        try:
+            for kind, collection in self.collections.items():
+                ids = [key for k, key in names if k == kind]
+                if ids:
+                    for doc in collection.find({"_id": {"$in": ids}}, POLL_PROJECTION):
+                        docs[(kind, doc["_id"])] = doc
+        except Exception as failure:  # noqa: BLE001 - handed to every waiting poller, which falls back
+            return docs, failure
+        return docs, None
+
+    def _store(self, names, docs: dict, started: float) -> None:
+        """Cache what a read started at ``started`` found (a newer entry is kept)."""
+        with self.lock:
+            for name in names:
+                entry = self.cache.get(name)
+                if entry is None or entry[0] <= started:
+                    self.cache[name] = (started, docs.get(name))
+            if len(self.cache) > POLL_CACHE_SIZE:
+                self._prune(started)
+
+    @staticmethod
+    def _hand_over(batch: dict, docs: dict, error: Exception | None) -> None:
+        """Give each waiting slot its document (or the read's failure); settle the futures in their loops."""
+        settle: dict[asyncio.AbstractEventLoop, list] = {}
+        for name, slot in batch.items():
+            slot.doc, slot.error = docs.get(name), error
+            slot.done.set()
+            # The batch left ``pending`` under the lock: no future joins the slot any more.
+            for loop, future in slot.futures:
+                settle.setdefault(loop, []).append((future, slot))
+        for loop, slots in settle.items():
             try:
-                for kind, collection in self.collections.items():
-                    ids = [key for k, key in (*batch, *due) if k == kind]
-                    if ids:
-                        for doc in collection.find({"_id": {"$in": ids}}, POLL_PROJECTION):
-                            docs[(kind, doc["_id"])] = doc
-            except Exception as failure:  # noqa: BLE001 - handed to every waiting poller, which falls back
-                error = failure
-            with self.lock:
-                if error is None:
-                    for name in (*batch, *due):
-                        entry = self.cache.get(name)
-                        if entry is None or entry[0] <= started:
-                            self.cache[name] = (started, docs.get(name))
-                    if len(self.cache) > POLL_CACHE_SIZE:
-                        self._prune(started)
-            settle: dict[asyncio.AbstractEventLoop, list] = {}
-            for name, slot in batch.items():
-                slot.doc, slot.error = docs.get(name), error
-                slot.done.set()
-                # The batch left ``pending`` under the lock: no future joins the slot any more.
-                for loop, future in slot.futures:
-                    settle.setdefault(loop, []).append((future, slot))
-            for loop, slots in settle.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, slots)
-                except RuntimeError:  # the loop closed (its worker is stopping): nobody waits
-                    pass
+                loop.call_soon_threadsafe(_settle, slots)
+            except RuntimeError:  # the loop closed (its worker is stopping): nobody waits
+                pass
 
     def _prune(self, now: float) -> None:
         old = [name for name, (at, _) in self.cache.items() if now - at > POLL_CACHE_KEEP_SECONDS]
