@@ -78,7 +78,7 @@ ENTRY = sc.Obj({"id": sc.Str(max_length=None), "at": sc.Str(max_length=None), "w
     "The audit log of admin actions, newest first (who, when, what, the answer; never a secret)",
     query={"limit": sc.Int(minimum=1, maximum=MAX_ENTRIES, default=100),
            "before": sc.Str(max_length=128, description="An entry id: only older entries (the next page)")},
-    responses={200: sc.Obj({"items": sc.List(ENTRY), "next": sc.Json(description="Pass as before for the next page, or null")})},
+    responses={200: sc.Obj({"items": sc.List(ENTRY), "next": sc.Json(description="Pass it as the before parameter for the next page, or null")})},
 )
 def read_audit() -> Response:
     auth.require_admin()

@@ -42,7 +42,6 @@ RESULT_ALIASES = {"apns": "ios", "fcm": "android", "hms": "huawei"}
 ENVIRONMENTS = {"development": "development", "production": "production"}
 PRIORITIES = {"high": "HIGH", "normal": "NORMAL"}
 MODES = {"synchronous": "SYNCHRONOUS", "asynchronous": "ASYNCHRONOUS"}
-#: Most messages one batch request may carry: the setting ``max_batch_messages`` (PUSH_MAX_BATCH_MESSAGES, default 10,000).
 #: Most activations one multi-registration may carry.
 MAX_ACTIVATIONS = 100
 APPLICATION_NAME = "powerauth-push"
@@ -126,6 +125,7 @@ SEND_OPTIONS = {
 
 
 def _max_batch(settings) -> int:
+    """Most messages one batch request may carry: the setting ``max_batch_messages`` (PUSH_MAX_BATCH_MESSAGES, default 10,000)."""
     return settings.max_batch_messages
 
 
@@ -270,11 +270,8 @@ def _require_activation(activation_id: str) -> None:
 
 # --- messages -----------------------------------------------------------------------------------
 
-def parse_body(body: dict, prefix: str = "") -> Body:
-    """The :class:`Body` of a message body already cleaned by :data:`MESSAGE_BODY` (the route's schema checked it).
-
-    ``prefix`` (where the body is in the request) is kept for callers; nothing is checked again here.
-    """
+def parse_body(body: dict) -> Body:
+    """The :class:`Body` of a message body already cleaned by :data:`MESSAGE_BODY` (the route's schema checked it)."""
     title_loc_args, body_loc_args = body.get("titleLocArgs"), body.get("bodyLocArgs")
     return Body(
         title=body.get("title"),

@@ -75,7 +75,6 @@ class Field:
       default: the cleaned value when absent.
       description: for the document.
       example: for the document.
-      nullable: ``null`` is accepted (and cleaned to absent) even when the field is not required.
     """
 
     json_type: str | None = None
@@ -642,7 +641,7 @@ def form() -> dict:
     return g.get("schema_form") or {}
 
 
-# --- appended: fields for the PowerAuth push (batch sends), inbox and admin operations routes ----------
+# --- more field types: bounded text, flags, fast objects ------------------------------------------
 
 class Text(Str):
     """A string of ``min_length`` to ``max_length`` characters (blank allowed unless ``allow_empty=False``)."""
