@@ -1,6 +1,6 @@
 """Writes RabbitMQ confirmed but not seen applied: answered 202 (Accepted) with the write's id, never as failed.
 
-A write is durable once RabbitMQ confirmed it (DESIGN.md §2). The API then
+A write is durable once RabbitMQ confirmed it (README "Guarantees and how they are kept"). The API then
 waits, bounded, for a worker to apply it (read-your-writes); when that wait
 ends without seeing it applied (a slow worker, MongoDB unreachable) the write
 will still be applied, so the answer is the route's own success answer with

@@ -1,7 +1,6 @@
 """Operations endpoints: ``/metrics``, ``/admin/queues``, ``/admin/stats``, dead letters, ``/admin/dashboard``.
 
-Errors answer in the PowerAuth envelope (the app's fallback renderer for
-``/admin``). Writes go through the queue like every other API write: a dead
+Errors answer in the PowerAuth envelope (api/powerauth_envelope.py). Writes go through the queue like every other API write: a dead
 letter requeue is a ``dead_letter.requeue`` command applied by a worker
 (workers/dead_letters.py), which resets the deliveries and publishes them again.
 """
@@ -11,15 +10,18 @@ import os
 import time
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from api import schema as sc
-from api.errors import ApiError, bad_request, unavailable
+from api.context import services
+from api.errors import ApiError, bad_request, renders_errors, unavailable
+from api.powerauth_envelope import render_error
 from api.services import Services
 from shared import commands, logs, metrics
 from shared import db as collections
 
 blueprint = Blueprint("admin_ops", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Write command kind of a dead letter requeue (handled in workers/dead_letters.py).
@@ -29,10 +31,6 @@ MAX_LIST = 1000
 MAX_REQUEUE = 10_000
 #: Seconds the delivery outcome counts of /admin/stats are reused by one API process.
 STATS_FRESH_SECONDS = 5.0
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 def install(app: Flask, services_: Services) -> None:
@@ -218,6 +216,7 @@ REQUEUED = sc.Obj({"applied": sc.Bool(), "skipped": sc.List(sc.Json())})
     "Put dead letters back on their deliver queue: {\"ids\": [...]} or {\"all\": true} (or the same in requestObject)",
     body=sc.Obj({**REQUEUE, "requestObject": sc.Obj(REQUEUE)}),
     responses={200: REQUEUED, 202: REQUEUED},
+    body_size=sc.LARGE_BODY,
 )
 def requeue_dead_letters() -> Response:
     """Put dead letters back on their deliver queue: ``{"ids": [delivery id, ...]}`` or ``{"all": true}``.

@@ -6,20 +6,29 @@ process builds its own app, broker connection and MongoDB client.
 """
 from __future__ import annotations
 
-import logging
+from flask import Flask
 
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
-
-from api import accepted, admin_ops, audit, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
-from api.errors import ApiError
+from api import (
+    accepted,
+    admin_ops,
+    api_keys,
+    audit,
+    campaigns,
+    errors,
+    inbox,
+    limits,
+    openapi,
+    powerauth,
+    powerauth_envelope,
+    wc_bridge,
+    wc_push,
+    wc_push_auth,
+)
 from api.services import Services
 from shared import sealed_credentials
 from shared.broker import make_broker
 from shared.db import connect
 from shared.settings import Settings, load
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -39,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Body size per route, registration rate limits, API keys (README "Security").
     app.before_request(limits.before_request)
     app.register_blueprint(powerauth.blueprint)
-    app.register_blueprint(auth.blueprint)
+    app.register_blueprint(api_keys.blueprint)
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
@@ -49,40 +58,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(audit.blueprint)
     admin_ops.install(app, app.extensions["push"])
     app.register_blueprint(openapi.blueprint)
-
-    @app.errorhandler(ApiError)
-    def api_error(error: ApiError) -> Response:
-        return render(error)
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        return render(ApiError(error.code or 500, error.description or error.name, code=f"ERROR_HTTP_{error.code}"))
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return render(ApiError(500, "internal error", code="ERROR_INTERNAL"))
-
+    # Each blueprint renders its own errors (api/errors.renders_errors); a path no route matches is answered in
+    # the format of the family whose path prefixes it is under, else PowerAuth's.
+    errors.install_fallback(app, powerauth_envelope.render_error)
     return app
 
-
-#: Error renderer of each API family by path prefix; the first match wins, PowerAuth's is the fallback.
-RENDERERS: list[tuple[str, object]] = [
-    *((prefix, wc_bridge.render_error) for prefix in wc_bridge.PATH_PREFIXES),
-    *((prefix, wc_push.render_error) for prefix in wc_push.PATH_PREFIXES),
-]
-
-
-def render(error: ApiError) -> Response:
-    """Render an error in the format of the API family of the route (by its blueprint), else of its path."""
-    family = openapi.FAMILY_OF_BLUEPRINT.get(request.blueprint or "")
-    if family == "wc_push":
-        return wc_push.render_error(error)
-    if family == "wc_bridge":
-        return wc_bridge.render_error(error)
-    if family is not None:
-        return powerauth.render_error(error)
-    for prefix, renderer in RENDERERS:
-        if request.path.startswith(prefix):
-            return renderer(error)
-    return powerauth.render_error(error)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from api import auth
 from api import schema as sc
-from api.services import Services
+from api.context import services
+from api.errors import renders_errors
+from api.powerauth_envelope import render_error
 from shared import audit, commands
 from shared import db as collections
 from shared.commands import command
@@ -22,6 +24,7 @@ from shared.commands import command
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("audit", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
 #: Path prefixes of admin routes (the PowerAuth admin API and operations, WalletConnect tenant management).
 ADMIN_PREFIXES = ("/admin/", "/tenants")
@@ -31,10 +34,6 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_ENTRIES = 1000
 #: Who a request acted as when auth is off (``make run``, the tests).
 AUTH_OFF = "auth-off"
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 def actor() -> str:
@@ -79,7 +78,7 @@ ENTRY = sc.Obj({"id": sc.Str(max_length=None), "at": sc.Str(max_length=None), "w
     "The audit log of admin actions, newest first (who, when, what, the answer; never a secret)",
     query={"limit": sc.Int(minimum=1, maximum=MAX_ENTRIES, default=100),
            "before": sc.Str(max_length=128, description="An entry id: only older entries (the next page)")},
-    responses={200: sc.Obj({"items": sc.List(ENTRY), "next": sc.Json(description="Pass as before for the next page, or null")})},
+    responses={200: sc.Obj({"items": sc.List(ENTRY), "next": sc.Json(description="Pass it as the before parameter for the next page, or null")})},
 )
 def read_audit() -> Response:
     auth.require_admin()

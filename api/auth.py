@@ -1,4 +1,4 @@
-"""API keys: per-app keys for the PowerAuth sending, device, campaign and inbox APIs; an admin key for ``/admin/…``.
+"""Authentication with API keys: per-app keys for the PowerAuth sending, device, campaign and inbox APIs; an admin key for ``/admin/…``.
 
 A key is ``pk_<key id>_<secret>`` (the secret: 32 random bytes, URL-safe
 base64). MongoDB holds only its SHA-256 digest (``api_keys``: ``_id`` the key
@@ -7,10 +7,7 @@ compared with :func:`hmac.compare_digest`. The admin key is the setting
 ``PUSH_ADMIN_KEY``, also compared by digest. Keys are presented as
 ``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``.
 
-Rotation without downtime: an app holds any number of keys; create the new
-one (``POST /admin/app/keys``, the key is answered once), switch the clients,
-then revoke the old one (``DELETE /admin/app/keys`` or ``POST /admin/app/keys/revoke``).
-Key writes go through the queue like every write (workers/auth.py).
+Keys are created, listed and revoked by the admin routes of :mod:`api.api_keys`.
 
 With ``PUSH_AUTH_ENABLED`` off every request acts with admin rights (the demo
 of ``make run`` and the test stack); the WalletConnect tenant management keeps
@@ -26,13 +23,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app, g, request
+from flask import current_app, g, request
 
-from api import schema as sc
+from api.context import services
 from api.errors import ApiError
-from api.services import Services
 from shared import db as collections
-from shared.commands import command
 
 KEY_PREFIX = "pk"
 #: Paths that need an app's key (or the admin key), and paths that need the admin key. Every other path
@@ -43,9 +38,6 @@ ADMIN_PREFIXES = ("/admin/",)
 PUBLIC_PATHS = frozenset({"/push/service/status", "/admin/dashboard"})
 #: Most keys one cache holds; beyond it the cache starts over.
 CACHE_MAX_ENTRIES = 10_000
-MAX_KEY_NAME = 128
-
-blueprint = Blueprint("auth", __name__)
 
 
 def digest(key: str) -> str:
@@ -108,11 +100,8 @@ class KeyCache:
             self.entries.pop(key_id, None)
 
 
-def services() -> Services:
-    return current_app.extensions["push"]
-
-
-def _cache() -> KeyCache:
+def key_cache() -> KeyCache:
+    """The process's :class:`KeyCache` (made on first use)."""
     cache = current_app.extensions.get("push.auth_cache")
     if cache is None:
         cache = current_app.extensions["push.auth_cache"] = KeyCache(services().settings.auth_cache_seconds)
@@ -149,7 +138,7 @@ def authenticate(key: str) -> Principal | None:
     if key_id is None:
         return None
     svc = services()
-    doc = _cache().get(key_id, lambda kid: svc.find_one(collections.API_KEYS, {"_id": kid}))
+    doc = key_cache().get(key_id, lambda kid: svc.find_one(collections.API_KEYS, {"_id": kid}))
     if not doc or doc.get("revoked_at") or not doc.get("hash"):
         return None
     if not hmac.compare_digest(digest(key).encode(), str(doc["hash"]).encode()):
@@ -208,105 +197,3 @@ def require_app(app_id: str, field: str = "requestObject.appId") -> None:
 def require_admin() -> None:
     if services().settings.auth_enabled and not current().is_admin:
         raise forbidden("this route needs the admin key")
-
-
-# --- key management (admin) ---------------------------------------------------------------------
-
-def _key_object(doc: dict) -> dict:
-    created = doc.get("created_at")
-    revoked = doc.get("revoked_at")
-    return {
-        "keyId": doc["_id"],
-        "appId": doc.get("app_id"),
-        "name": doc.get("name"),
-        "timestampCreated": created.isoformat() if hasattr(created, "isoformat") else created,
-        "revoked": bool(revoked),
-    }
-
-
-#: The answers' shapes (PowerAuth's envelope; api/powerauth.py imports this module, so they are built here).
-_TEXT = sc.Str(max_length=None, allow_empty=True)
-_APP_ID = sc.Id(required=True, description="The application's id", example="demo")
-_KEY = sc.Obj({"keyId": _TEXT, "appId": _TEXT, "revoked": sc.Bool()})
-
-
-def _answer(result: sc.Field) -> sc.Obj:
-    return sc.Obj({"status": sc.Str(enum=["OK"]), "responseObject": result})
-
-
-def _request(properties: dict) -> sc.Wrapped:
-    return sc.Wrapped(sc.Obj(properties))
-
-
-@blueprint.post("/admin/app/keys")
-@blueprint.post("/admin/app/keys/create")
-@sc.operation(
-    "Create an API key for an application (the key is answered only here)",
-    body=_request({"appId": _APP_ID, "name": sc.Str(max_length=MAX_KEY_NAME, description="A label for the key")}),
-    responses={200: _answer(sc.Obj({"appId": _TEXT, "keyId": _TEXT, "key": _TEXT}))},
-)
-def create_key():
-    from api.powerauth import existing_app, ok
-
-    require_admin()
-    data = sc.body()
-    app = existing_app(data)
-    name = data.get("name")
-    key_id, key = new_key()
-    services().write(command("auth.key.create", key_id=key_id, app_id=app["_id"], hash=digest(key), name=name))
-    return ok({"appId": app["_id"], "keyId": key_id, "name": name, "key": key})
-
-
-_KEY_LIST = _answer(sc.Obj({"appId": _TEXT, "keys": sc.List(_KEY)}))
-
-
-def _keys_of(app: dict):
-    from api.powerauth import ok
-
-    svc = services()
-    docs = svc.guarded_read(
-        lambda: list(svc.db[collections.API_KEYS].find({"app_id": app["_id"]}, {"hash": 0}).sort("_id", 1))
-    )
-    return ok({"appId": app["_id"], "keys": [_key_object(d) for d in docs]})
-
-
-@blueprint.get("/admin/app/keys")
-@sc.operation("An application's API keys (never the keys themselves)", query={"appId": sc.Str(required=True, example="demo")},
-              responses={200: _KEY_LIST})
-def list_keys():
-    from api.powerauth import existing_app
-
-    require_admin()
-    return _keys_of(existing_app(sc.query(), prefix="", location="query"))
-
-
-@blueprint.post("/admin/app/keys/list")
-@sc.operation("An application's API keys (never the keys themselves)", body=_request({"appId": _APP_ID}),
-              responses={200: _KEY_LIST})
-def list_keys_post():
-    from api.powerauth import existing_app
-
-    require_admin()
-    return _keys_of(existing_app(sc.body()))
-
-
-@blueprint.delete("/admin/app/keys")
-@blueprint.post("/admin/app/keys/revoke")
-@sc.operation(
-    "Revoke an API key",
-    body=_request({"appId": _APP_ID, "keyId": sc.Str(required=True, max_length=64)}),
-    responses={200: _answer(sc.Obj({"appId": _TEXT, "keyId": _TEXT, "revoked": sc.Bool()}))},
-)
-def revoke_key():
-    from api.powerauth import existing_app, ok
-
-    require_admin()
-    data = sc.body()
-    app = existing_app(data)
-    key_id = data["keyId"]
-    doc = services().find_one(collections.API_KEYS, {"_id": key_id, "app_id": app["_id"]}, {"hash": 0})
-    if doc is None:
-        raise ApiError(400, f"API key not found: {key_id} (requestObject.keyId)", field="requestObject.keyId", code="ERROR_KEY_NOT_FOUND")
-    services().write(command("auth.key.revoke", key_id=key_id, app_id=app["_id"]))
-    _cache().forget(key_id)
-    return ok({"appId": app["_id"], "keyId": key_id, "revoked": True})

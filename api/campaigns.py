@@ -2,25 +2,26 @@
 
 Writes go through the persist queue like every write; a live send is one
 command on the expand queue, where the campaign's users are streamed into
-deliveries (workers/campaigns.py). Errors use PowerAuth's envelope (the
-``/push`` renderer of api/app.py).
+deliveries (workers/campaigns.py). Errors use PowerAuth's envelope
+(api/powerauth_envelope.py).
 """
 from __future__ import annotations
 
 from flask import Blueprint
 
 from api import auth, limits
-from api import schema as s
-from api.errors import ApiError
-from api.powerauth import MESSAGE_BODY, OK, existing_app, json_response, ok, parse_body, result_object, services
+from api import schema as sc
+from api.context import services
+from api.errors import ApiError, renders_errors
+from api.powerauth import MESSAGE_BODY, parse_body, result_object
+from api.powerauth_envelope import OK, existing_app, json_response, ok, render_error
 from shared import commands
 from shared import db as collections
 from shared.commands import PUSH_PROVIDERS, command
 
 blueprint = Blueprint("campaigns", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
-#: Most user ids one add or delete request may carry: the setting ``max_campaign_users_per_request``
-#: (PUSH_MAX_CAMPAIGN_USERS_PER_REQUEST, default 100,000; the reference sends campaigns in batches of 100,000).
 #: Largest page of the user list.
 MAX_PAGE_SIZE = 10_000
 DEFAULT_PAGE_SIZE = 100
@@ -67,35 +68,37 @@ def _write(kind: str, **fields) -> dict:
 
 
 def _max_users(settings) -> int:
+    """Most user ids one add or delete request may carry: the setting ``max_campaign_users_per_request``
+    (PUSH_MAX_CAMPAIGN_USERS_PER_REQUEST, default 100,000; the reference sends campaigns in batches of 100,000)."""
     return settings.max_campaign_users_per_request
 
 
-CAMPAIGN_ID = {"campaign_id": s.Str(description="The campaign's id (answered by create)")}
-USER_IDS = s.List(s.Str(), max_items=_max_users)
+CAMPAIGN_ID = {"campaign_id": sc.Str(description="The campaign's id (answered by create)")}
+USER_IDS = sc.List(sc.Str(), max_items=_max_users)
 #: A user list: ``requestObject`` as a list (seed 002) or ``{"list": [...]}`` (newer reference).
-USER_LIST = s.Wrapped(s.Either(USER_IDS, s.Obj({"list": s.List(s.Str(), max_items=_max_users, required=True)})))
-COUNTS = s.Obj({k: s.Int() for k in ("total", "sent", "failed", "pending")})
-CAMPAIGN = s.Obj({
-    "id": s.Str(), "appId": s.Str(), "sent": s.Bool(), "timestampCreated": s.Str(),
-    "timestampSent": s.Json(description="ISO 8601, or null until the campaign is sent"),
-    "message": s.Json(object_only=True),
+USER_LIST = sc.Wrapped(sc.Either(USER_IDS, sc.Obj({"list": sc.List(sc.Str(), max_items=_max_users, required=True)})))
+COUNTS = sc.Obj({k: sc.Int() for k in ("total", "sent", "failed", "pending")})
+CAMPAIGN = sc.Obj({
+    "id": sc.Str(), "appId": sc.Str(), "sent": sc.Bool(), "timestampCreated": sc.Str(),
+    "timestampSent": sc.Json(description="ISO 8601, or null until the campaign is sent"),
+    "message": sc.Json(object_only=True),
 })
-CAMPAIGN_DETAIL = s.Obj({**CAMPAIGN.properties, "state": s.Str(), "progress": s.Obj({
-    "expanded": s.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS, "hms": COUNTS})})
+CAMPAIGN_DETAIL = sc.Obj({**CAMPAIGN.properties, "state": sc.Str(), "progress": sc.Obj({
+    "expanded": sc.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS, "hms": COUNTS})})
 
 
-def answer(result: s.Field | None = None) -> s.Obj:
+def answer(result: sc.Field | None = None) -> sc.Obj:
     """PowerAuth's success envelope around ``result``."""
-    return s.Obj({"status": s.Str(enum=["OK"]), **({"responseObject": result} if result is not None else {})})
+    return sc.Obj({"status": sc.Str(enum=["OK"]), **({"responseObject": result} if result is not None else {})})
 
 
 @blueprint.post("/push/campaign/create")
-@s.operation("Create a campaign", body=s.Wrapped(s.Obj({"appId": s.Id(required=True), "message": MESSAGE_BODY})),
-             responses={200: answer(s.Obj({"id": s.Str()}))})
+@sc.operation("Create a campaign", body=sc.Wrapped(sc.Obj({"appId": sc.Id(required=True), "message": MESSAGE_BODY})),
+             responses={200: answer(sc.Obj({"id": sc.Str()}))})
 def create_campaign():
-    data = s.body()
+    data = sc.body()
     app = existing_app(data)
-    body = parse_body(data["message"], "requestObject.message.")
+    body = parse_body(data["message"])
     limits.check_payload(services().settings, body, "requestObject.message", silent=False, high_priority=True)
     campaign_id = commands.new_id()
     _write("campaign.create", campaign_id=campaign_id, app_id=app["_id"], body=body.to_json())
@@ -103,7 +106,7 @@ def create_campaign():
 
 
 @blueprint.route("/push/campaign/<campaign_id>/delete", methods=["POST", "DELETE"])
-@s.operation("Delete a campaign and its users", path=CAMPAIGN_ID, responses={200: answer(s.Obj({"deleted": s.Bool()}))})
+@sc.operation("Delete a campaign and its users", path=CAMPAIGN_ID, responses={200: answer(sc.Obj({"deleted": sc.Bool()}))})
 def delete_campaign(campaign_id: str):
     if not auth.current().is_admin:
         existing = services().find_one(collections.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
@@ -114,17 +117,17 @@ def delete_campaign(campaign_id: str):
 
 
 @blueprint.get("/push/campaign/<campaign_id>/detail")
-@s.operation("A campaign, with its delivery progress", path=CAMPAIGN_ID, responses={200: answer(CAMPAIGN_DETAIL)})
+@sc.operation("A campaign, with its delivery progress", path=CAMPAIGN_ID, responses={200: answer(CAMPAIGN_DETAIL)})
 def campaign_detail(campaign_id: str):
     return ok(campaign_object(_campaign(campaign_id), progress=True))
 
 
 @blueprint.get("/push/campaign/list")
 @blueprint.get("/push/campaign/list/")
-@s.operation("Campaigns: all, or (all=false) only those sent", query={"all": s.Bool(default=False)},
-             responses={200: answer(s.List(CAMPAIGN))})
+@sc.operation("Campaigns: all, or (all=false) only those sent", query={"all": sc.Bool(default=False)},
+             responses={200: answer(sc.List(CAMPAIGN))})
 def list_campaigns():
-    everything = s.query()["all"]
+    everything = sc.query()["all"]
     query = {} if everything else {"sent": True}
     principal = auth.current()
     if not principal.is_admin:
@@ -135,12 +138,13 @@ def list_campaigns():
 
 
 def _user_list() -> list[str]:
-    users = s.body()
+    users = sc.body()
     return users["list"] if isinstance(users, dict) else users
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/add", methods=["PUT", "POST"])
-@s.operation("Add users to a campaign (a user added twice is kept once)", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK})
+@sc.operation("Add users to a campaign (a user added twice is kept once)", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK},
+             body_size=sc.LARGE_BODY)
 def add_users(campaign_id: str):
     _campaign(campaign_id)
     users = _user_list()
@@ -151,14 +155,14 @@ def add_users(campaign_id: str):
 
 
 @blueprint.get("/push/campaign/<campaign_id>/user/list")
-@s.operation("A page of a campaign's users, in a stable order", path=CAMPAIGN_ID,
-             query={"page": s.Int(minimum=0, maximum=10_000_000, default=0),
-                    "size": s.Int(minimum=1, maximum=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)},
-             responses={200: s.Obj({"status": s.Str(enum=["OK"]), "page": s.Int(), "size": s.Int(),
-                                    "responseObject": s.Obj({"campaignId": s.Str(), "users": s.List(s.Str())})})})
+@sc.operation("A page of a campaign's users, in a stable order", path=CAMPAIGN_ID,
+             query={"page": sc.Int(minimum=0, maximum=10_000_000, default=0),
+                    "size": sc.Int(minimum=1, maximum=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)},
+             responses={200: sc.Obj({"status": sc.Str(enum=["OK"]), "page": sc.Int(), "size": sc.Int(),
+                                    "responseObject": sc.Obj({"campaignId": sc.Str(), "users": sc.List(sc.Str())})})})
 def list_users(campaign_id: str):
     _campaign(campaign_id)
-    page, size = s.query()["page"], s.query()["size"]
+    page, size = sc.query()["page"], sc.query()["size"]
     svc = services()
     docs = svc.guarded_read(
         lambda: list(
@@ -170,7 +174,7 @@ def list_users(campaign_id: str):
 
 
 @blueprint.route("/push/campaign/<campaign_id>/user/delete", methods=["POST", "DELETE"])
-@s.operation("Remove users from a campaign", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK})
+@sc.operation("Remove users from a campaign", path=CAMPAIGN_ID, body=USER_LIST, responses={200: OK}, body_size=sc.LARGE_BODY)
 def delete_users(campaign_id: str):
     _campaign(campaign_id)
     users = _user_list()
@@ -179,11 +183,11 @@ def delete_users(campaign_id: str):
 
 
 @blueprint.post("/push/campaign/send/test/<campaign_id>")
-@s.operation("Send the campaign to one user, as a test", path=CAMPAIGN_ID,
-             body=s.Wrapped(s.Obj({"userId": s.Str(required=True)})), responses={200: answer(s.Obj({"messageId": s.Str()}))})
+@sc.operation("Send the campaign to one user, as a test", path=CAMPAIGN_ID,
+             body=sc.Wrapped(sc.Obj({"userId": sc.Str(required=True)})), responses={200: answer(sc.Obj({"messageId": sc.Str()}))})
 def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
-    user_id = s.body()["userId"]
+    user_id = sc.body()["userId"]
     entry = {"user_id": user_id, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
     send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id)
     services().publish(commands.EXPAND_SEND, send)
@@ -191,7 +195,7 @@ def send_test(campaign_id: str):
 
 
 @blueprint.post("/push/campaign/send/live/<campaign_id>")
-@s.operation("Send the campaign to all its users' devices (once each, however often called)", path=CAMPAIGN_ID,
+@sc.operation("Send the campaign to all its users' devices (once each, however often called)", path=CAMPAIGN_ID,
              responses={200: OK})
 def send_live(campaign_id: str):
     campaign = _campaign(campaign_id)

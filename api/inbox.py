@@ -24,8 +24,9 @@ from flask import Blueprint, Response
 
 from api import auth, idempotency
 from api import schema as sc
-from api.errors import ApiError
-from api.powerauth import TEXT, answer, json_response, ok, render_error, services, wrapped
+from api.context import services
+from api.errors import ApiError, renders_errors
+from api.powerauth_envelope import TEXT, answer, json_response, ok, render_error, wrapped
 from shared import db as collections
 from shared.commands import command, new_id
 
@@ -50,7 +51,7 @@ APP_NOT_FOUND = "ERROR_APP_NOT_FOUND"
 MESSAGE_NOT_FOUND = "ERROR_MESSAGE_NOT_FOUND"
 
 blueprint = Blueprint("inbox", __name__)
-blueprint.register_error_handler(ApiError, render_error)
+renders_errors(blueprint, "powerauth", render_error)
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def existing_message(inbox_id: str) -> dict:
 
 @blueprint.post("/inbox/messages")
 @sc.operation("Post a message to a user's inbox in one or more apps (a retry with the same Idempotency-Key posts it once)",
-              body=POST, headers=idempotency.HEADERS, responses={200: answer(DETAIL)})
+              body=POST, headers=idempotency.HEADERS, responses={200: answer(DETAIL)}, body_size=sc.MEDIUM_BODY)
 def post_message() -> Response:
     data = sc.body()
     app_ids = data["applications"]

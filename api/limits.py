@@ -1,16 +1,17 @@
 """Request limits: body size per route, registration rate limits, provider payload size.
 
-- **Body size per route**: the batch send, campaign user and dead-letter requeue routes take
-  ``PUSH_API_MAX_BODY_BYTES`` (16 MB), credential uploads and inbox messages
-  ``PUSH_API_MAX_MEDIUM_BODY_BYTES`` (512 KB), every other route
+- **Body size per route**, the class each route declares in its ``@operation(body_size=...)``
+  (api/schema.py): ``large`` (the batch send, campaign user and dead-letter requeue routes) takes
+  ``PUSH_API_MAX_BODY_BYTES`` (16 MB), ``medium`` (credential uploads, inbox messages)
+  ``PUSH_API_MAX_MEDIUM_BODY_BYTES`` (512 KB), ``small`` (every other route)
   ``PUSH_API_MAX_SMALL_BODY_BYTES`` (128 KB). A larger declared
   ``Content-Length`` is a 413 before anything is read; a chunked body is read
   by the ASGI app (:mod:`api.asgi`) to at most one byte past the route's limit
   (:func:`body_limit_of`) and reaches Flask with that length, so it is the
   same 413. A body that did not arrive within ``PUSH_API_BODY_TIMEOUT_SECONDS``
   is a 408.
-- **Rate limits on registration routes** (PowerAuth device create, WalletConnect
-  client registration): a token bucket per client IP and one per API key, in
+- **Rate limits on registration routes** (``@operation(rate_limit="registration")``: PowerAuth
+  device create, WalletConnect client registration): a token bucket per client IP and one per API key, in
   each API process (granian worker; so a deployment's effective limit is the
   setting times its API processes). Over the limit: 429 with ``Retry-After``.
   No shared counter: a MongoDB counter would add a write to every
@@ -30,23 +31,11 @@ from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from api import auth
+from api import schema as sc
 from api.errors import ApiError
 from shared.payload import APNS_COLLAPSE_ID_MAX_BYTES, HMS_MAX_TTL_SECONDS, Body, HmsTemplate, apns_push, fcm_message, hms_message
 from shared.settings import Settings
 
-#: Endpoints (Flask endpoint names) that take large bodies.
-LARGE_BODY_ENDPOINTS = frozenset(
-    {"powerauth.send_batch", "campaigns.add_users", "campaigns.delete_users", "admin_ops.requeue_dead_letters"}
-)
-#: Endpoints that take medium bodies: provider credential uploads, inbox messages (64 Ki characters, escaped).
-MEDIUM_BODY_ENDPOINTS = frozenset(
-    {
-        "powerauth.set_apns", "powerauth.set_fcm", "wc_push.update_apns", "wc_push.update_fcm_v1", "wc_push.update_fcm_legacy",
-        "inbox.post_message",
-    }
-)
-#: Registration endpoints, rate limited per IP and per key.
-REGISTRATION_ENDPOINTS = frozenset({"powerauth.create_device", "powerauth.create_device_multi", "wc_push.register"})
 #: Most buckets one limiter keeps; idle (full) buckets are dropped beyond it.
 MAX_BUCKETS = 100_000
 #: WSGI environ key the ASGI app sets when a request's body did not arrive in time.
@@ -83,10 +72,18 @@ class TokenBuckets:
             del self.buckets[k]
 
 
-def body_limit(settings: Settings, endpoint: str | None) -> int:
-    if endpoint in LARGE_BODY_ENDPOINTS:
+def operation_of(app: Flask, endpoint: str | None) -> sc.Operation | None:
+    """The :class:`~api.schema.Operation` the view of ``endpoint`` declares (None: no route, or none declared)."""
+    view = app.view_functions.get(endpoint) if endpoint is not None else None
+    return getattr(view, "openapi", None)
+
+
+def body_limit(settings: Settings, spec: sc.Operation | None) -> int:
+    """The body limit of a route's declared body-size class (a route without a declaration takes small bodies)."""
+    size = spec.body_size if spec is not None else sc.SMALL_BODY
+    if size == sc.LARGE_BODY:
         return settings.api_max_body_bytes
-    if endpoint in MEDIUM_BODY_ENDPOINTS:
+    if size == sc.MEDIUM_BODY:
         return settings.api_max_medium_body_bytes
     return min(settings.api_max_small_body_bytes, settings.api_max_body_bytes)
 
@@ -100,15 +97,15 @@ def body_limit_of(app: Flask, method: str, path: str) -> int:
         endpoint, _ = adapter.match(path, method)
     except HTTPException:  # not found, method not allowed, a redirect: none takes a body
         endpoint = None
-    return body_limit(app.extensions["push"].settings, endpoint)
+    return body_limit(app.extensions["push"].settings, operation_of(app, endpoint))
 
 
 def too_large(limit: int) -> ApiError:
     return ApiError(413, f"the request body is larger than {limit} bytes, the limit of this route", field="body", code="ERROR_HTTP_413")
 
 
-def check_body_size(settings: Settings) -> None:
-    limit = body_limit(settings, request.endpoint)
+def check_body_size(settings: Settings, spec: sc.Operation | None) -> None:
+    limit = body_limit(settings, spec)
     request.max_content_length = limit
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
@@ -147,8 +144,9 @@ def before_request() -> None:
     if request.url_rule is None:
         return
     settings = current_app.extensions["push"].settings
-    check_body_size(settings)
-    registration = request.endpoint in REGISTRATION_ENDPOINTS and request.method == "POST"
+    spec = operation_of(current_app, request.endpoint)
+    check_body_size(settings, spec)
+    registration = spec is not None and spec.rate_limit == sc.REGISTRATION and request.method == "POST"
     by_ip, by_key = _limiters(settings) if registration else (None, None)
     check_rate(settings, by_ip, request.remote_addr or "unknown", "address")
     principal = auth.check_request()

@@ -14,26 +14,17 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 
 from api import accepted, auth
+from api.errors import family_of, renders_errors
+from api.powerauth_envelope import render_error
 from api.schema import Field, Json, Obj, Operation, operation
 from shared.settings import Settings
 
 blueprint = Blueprint("openapi", __name__)
+renders_errors(blueprint, "powerauth", render_error)
 
 TITLE = "Push server: PowerAuth Push, WalletConnect bridge and WalletConnect push APIs"
 VERSION = "1.0.0"
 
-#: API family of each blueprint; it decides the error envelope of its routes.
-FAMILY_OF_BLUEPRINT = {
-    "powerauth": "powerauth",
-    "auth": "powerauth",
-    "inbox": "powerauth",
-    "campaigns": "powerauth",
-    "admin_ops": "powerauth",
-    "audit": "powerauth",
-    "openapi": "powerauth",
-    "wc_bridge": "wc_bridge",
-    "wc_push": "wc_push",
-}
 TAG_OF_BLUEPRINT = {
     "powerauth": "PowerAuth push",
     "auth": "Admin: API keys",
@@ -178,7 +169,7 @@ def build(app: Flask, settings: Settings) -> dict:
         if spec is None:
             continue
         blueprint_name = rule.endpoint.split(".", 1)[0]
-        family = FAMILY_OF_BLUEPRINT.get(blueprint_name, "powerauth")
+        family = family_of(app.blueprints.get(blueprint_name))  # the envelope its blueprint declared (api/errors.py)
         path = RULE_ARGUMENT.sub(lambda m: "{" + m.group("name") + "}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             operation_id = _unique(f"{rule.endpoint.replace('.', '_')}_{method.lower()}", seen_ids)

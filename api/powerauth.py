@@ -20,12 +20,13 @@ import orjson
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from api import auth, idempotency, limits
 from api import schema as sc
-from api.errors import ApiError, bad_request, not_found
-from api.services import Services
+from api.context import services
+from api.errors import bad_request, not_found, renders_errors
+from api.powerauth_envelope import APP_ID, APP_REQUEST, OK, TEXT, answer, existing_app, json_response, ok, render_error, wrapped
 from shared import commands
 from shared import db as collections
 from shared import device_lookup as lookup
@@ -40,7 +41,6 @@ RESULT_ALIASES = {"apns": "ios", "fcm": "android", "hms": "huawei"}
 ENVIRONMENTS = {"development": "development", "production": "production"}
 PRIORITIES = {"high": "HIGH", "normal": "NORMAL"}
 MODES = {"synchronous": "SYNCHRONOUS", "asynchronous": "ASYNCHRONOUS"}
-#: Most messages one batch request may carry: the setting ``max_batch_messages`` (PUSH_MAX_BATCH_MESSAGES, default 10,000).
 #: Most activations one multi-registration may carry.
 MAX_ACTIVATIONS = 100
 APPLICATION_NAME = "powerauth-push"
@@ -50,15 +50,7 @@ VERSION = "1.0.0"
 MAX_TEXT = 4096
 
 blueprint = Blueprint("powerauth", __name__)
-
-
-def answer(result: sc.Field | None = None) -> sc.Obj:
-    """The schema of PowerAuth's success envelope around ``result`` (for the document)."""
-    return sc.Obj({"status": sc.Str(enum=["OK"]), **({"responseObject": result} if result is not None else {})})
-
-
-#: The success envelope without a result.
-OK = answer()
+renders_errors(blueprint, "powerauth", render_error)
 
 
 class Extras(sc.Json):
@@ -100,45 +92,7 @@ MESSAGE_BODY = sc.FastObj(
 )
 
 
-def services() -> Services:
-    return current_app.extensions["push"]
-
-
-def ok(response_object=None, status: int = 200) -> Response:
-    body = {"status": "OK"}
-    if response_object is not None:
-        body["responseObject"] = response_object
-    return json_response(body, status)
-
-
-def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
-
-
-@blueprint.errorhandler(ApiError)
-def render_error(error: ApiError) -> Response:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return json_response(
-        {"status": "ERROR", "responseObject": {"code": error.code, "message": error.message}}, error.status, headers
-    )
-
-
 # --- schemas --------------------------------------------------------------------------------------
-
-#: A string in an answer: any length, possibly empty (answers are not bounded like requests).
-TEXT = sc.Str(max_length=None, allow_empty=True)
-#: An application id in a request body: a string, or PowerAuth's numeric id.
-APP_ID = sc.Id(required=True, description="The application's id", example="demo")
-
-
-def wrapped(properties: dict, **options) -> sc.Wrapped:
-    """A PowerAuth request body: ``{"requestObject": {...properties}}``."""
-    return sc.Wrapped(sc.Obj(properties), **options)
-
-
-#: ``{"requestObject": {"appId": ...}}``.
-APP_REQUEST = wrapped({"appId": APP_ID})
-
 
 #: A device token: no white space; an APNs token must also be hexadecimal (checked against the platform).
 TOKEN = sc.Str(required=True, max_length=sc.MAX_TOKEN_LENGTH, no_spaces=True, description="The device's push token",
@@ -170,6 +124,7 @@ SEND_OPTIONS = {
 
 
 def _max_batch(settings) -> int:
+    """Most messages one batch request may carry: the setting ``max_batch_messages`` (PUSH_MAX_BATCH_MESSAGES, default 10,000)."""
     return settings.max_batch_messages
 
 
@@ -179,16 +134,6 @@ SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.v
 APP_SUMMARY = sc.Obj({"appId": TEXT, **{name: sc.Bool() for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)}})
 APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool(),
                      "hmsProjectId": sc.Json(description="The HMS project, or null"), "hmsClientSecretPresent": sc.Bool()})
-
-
-def existing_app(data: dict, prefix: str = "requestObject.", *, location: str = "body") -> dict:
-    """The app ``data["appId"]`` names (cleaned by the route's schema), if the request's key may act for it."""
-    app_id = sc.check(APP_ID, data.get("appId"), prefix + "appId", location=location)
-    auth.require_app(app_id, prefix + "appId")
-    app = services().find_one(collections.APPS, {"_id": app_id})
-    if app is None:
-        raise ApiError(400, f"Application not found: {app_id} ({prefix}appId)", field=prefix + "appId", location=location)
-    return app
 
 
 # --- service ------------------------------------------------------------------------------------
@@ -258,7 +203,7 @@ def _register(data: dict, activation_ids: list[str]) -> Response:
 
 @blueprint.post("/push/device/create")
 @sc.operation("Register a device (its token), optionally for one activation",
-              body=wrapped({**DEVICE, "activationId": sc.Str()}), responses={200: OK})
+              body=wrapped({**DEVICE, "activationId": sc.Str()}), responses={200: OK}, rate_limit=sc.REGISTRATION)
 def create_device():
     data = sc.body()
     activation = data.get("activationId")
@@ -270,6 +215,7 @@ def create_device():
     "Register a device for several activations",
     body=wrapped({**DEVICE, "activationIds": sc.List(sc.Str(), min_items=1, max_items=MAX_ACTIVATIONS, unique=True, required=True)}),
     responses={200: OK},
+    rate_limit=sc.REGISTRATION,
 )
 def create_device_multi():
     data = sc.body()
@@ -323,11 +269,8 @@ def _require_activation(activation_id: str) -> None:
 
 # --- messages -----------------------------------------------------------------------------------
 
-def parse_body(body: dict, prefix: str = "") -> Body:
-    """The :class:`Body` of a message body already cleaned by :data:`MESSAGE_BODY` (the route's schema checked it).
-
-    ``prefix`` (where the body is in the request) is kept for callers; nothing is checked again here.
-    """
+def parse_body(body: dict) -> Body:
+    """The :class:`Body` of a message body already cleaned by :data:`MESSAGE_BODY` (the route's schema checked it)."""
     title_loc_args, body_loc_args = body.get("titleLocArgs"), body.get("bodyLocArgs")
     return Body(
         title=body.get("title"),
@@ -420,6 +363,7 @@ def send_message():
     ),
     headers=idempotency.HEADERS,
     responses={200: SEND_ANSWER},
+    body_size=sc.LARGE_BODY,
 )
 def send_batch():
     data = sc.body()
@@ -625,7 +569,8 @@ def _set_apns(data: dict) -> Response:
 
 
 @blueprint.route("/admin/app/apns", methods=["POST", "PUT"])
-@sc.operation("Set an application's APNs credentials (token key)", body=APNS_CREDENTIALS, responses={200: OK})
+@sc.operation("Set an application's APNs credentials (token key)", body=APNS_CREDENTIALS, responses={200: OK},
+              body_size=sc.MEDIUM_BODY)
 def set_apns():
     return _set_apns(sc.body())
 
@@ -690,7 +635,8 @@ def _set_fcm(data: dict) -> Response:
 
 
 @blueprint.route("/admin/app/fcm", methods=["POST", "PUT"])
-@sc.operation("Set an application's FCM credentials (service account)", body=FCM_CREDENTIALS, responses={200: OK})
+@sc.operation("Set an application's FCM credentials (service account)", body=FCM_CREDENTIALS, responses={200: OK},
+              body_size=sc.MEDIUM_BODY)
 def set_fcm():
     return _set_fcm(sc.body())
 

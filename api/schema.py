@@ -25,10 +25,17 @@ from flask import current_app, g, request
 from api.errors import ApiError, bad_request
 from shared.payload import parse_timestamp
 
-#: Longest identifier (app, user, activation, client id) accepted unless a field says otherwise.
+#: Longest identifier (app, user, activation, client, session, call id) accepted unless a field says otherwise.
 MAX_ID_LENGTH = 256
-#: Longest device token accepted (FCM tokens are ~160 characters today).
+#: Longest device token (and WalletConnect bridge webhook URL) accepted (FCM tokens are ~160 characters today).
 MAX_TOKEN_LENGTH = 4096
+#: A route's body-size class (``operation(..., body_size=...)``): most routes take small bodies; the
+#: limits are the settings PUSH_API_MAX_SMALL_BODY_BYTES, PUSH_API_MAX_MEDIUM_BODY_BYTES, PUSH_API_MAX_BODY_BYTES.
+SMALL_BODY, MEDIUM_BODY, LARGE_BODY = "small", "medium", "large"
+BODY_SIZES = frozenset({SMALL_BODY, MEDIUM_BODY, LARGE_BODY})
+#: A route's rate limit (``operation(..., rate_limit=...)``): registrations, per client IP and per API key.
+REGISTRATION = "registration"
+RATE_LIMITS = frozenset({None, REGISTRATION})
 
 #: A bound may be a number or a function of the settings (e.g. the configurable batch size).
 Bound = int | Callable[[Any], int] | None
@@ -68,7 +75,6 @@ class Field:
       default: the cleaned value when absent.
       description: for the document.
       example: for the document.
-      nullable: ``null`` is accepted (and cleaned to absent) even when the field is not required.
     """
 
     json_type: str | None = None
@@ -481,6 +487,8 @@ class Operation:
     object at all); ``query``, ``path`` and ``form`` map parameter names to fields.
     ``responses`` maps a status to the schema (a :class:`Field`) or ``None`` of
     its body; the family's error envelope is added for 4XX and 503.
+    ``body_size`` is the route's body-size class and ``rate_limit`` its rate
+    limit, if any (both enforced by api/limits.py before the route runs).
     """
 
     summary: str
@@ -496,6 +504,16 @@ class Operation:
     headers: dict[str, Field] = field(default_factory=dict)
     #: A route kept for older clients: the document marks it deprecated (its summary names the route to use).
     deprecated: bool = False
+    #: :data:`SMALL_BODY`, :data:`MEDIUM_BODY` or :data:`LARGE_BODY` (api/limits.py maps each to its setting).
+    body_size: str = SMALL_BODY
+    #: None, or :data:`REGISTRATION`: the POST is rate limited per client IP and per API key (api/limits.py).
+    rate_limit: str | None = None
+
+    def __post_init__(self):
+        if self.body_size not in BODY_SIZES:
+            raise ValueError(f"body_size must be one of {sorted(BODY_SIZES)}, not {self.body_size!r}")
+        if self.rate_limit not in RATE_LIMITS:
+            raise ValueError(f"rate_limit must be {REGISTRATION!r} or None, not {self.rate_limit!r}")
 
 
 def operation(summary: str, **options) -> Callable:
@@ -623,7 +641,7 @@ def form() -> dict:
     return g.get("schema_form") or {}
 
 
-# --- appended: fields for the PowerAuth push (batch sends), inbox and admin operations routes ----------
+# --- more field types: bounded text, flags, fast objects ------------------------------------------
 
 class Text(Str):
     """A string of ``min_length`` to ``max_length`` characters (blank allowed unless ``allow_empty=False``)."""

@@ -49,8 +49,9 @@ from datetime import UTC, datetime
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from api import schema as s
-from api.errors import ApiError, bad_request, not_found, unavailable
+from api import schema as sc
+from api.context import services
+from api.errors import ApiError, bad_request, not_found, renders_errors, unavailable
 from api.powerauth import VERSION
 from api.services import Services
 from shared import commands
@@ -63,10 +64,6 @@ from shared.payload import Body
 PATH_PREFIXES = ("/session", "/call-status")
 #: Push types delivered through the send pipeline, and the provider each maps to.
 PROVIDER_BY_PUSH_TYPE = {"apns": "apns", "apn": "apns", "ios": "apns", "fcm": "fcm", "android": "fcm"}
-#: Longest session, call id, push type or dapp name accepted.
-MAX_ID_LENGTH = 256
-#: Longest push token and webhook URL accepted.
-MAX_TOKEN_LENGTH = 4096
 #: Deepest nesting of an ``encryptionPayload`` (WalletConnect's is flat; MongoDB stores at most 100 levels).
 MAX_PAYLOAD_DEPTH = 32
 #: What the wallet's push says.
@@ -81,10 +78,6 @@ BRIDGE_REPOSITORY = "push-server"
 blueprint = Blueprint("wc_bridge", __name__)
 
 
-def services() -> Services:
-    return current_app.extensions["push"]
-
-
 def json_response(body, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
 
@@ -94,13 +87,15 @@ def empty(status: int = 200) -> Response:
     return Response(status=status, mimetype=EMPTY_TYPE)
 
 
-@blueprint.errorhandler(ApiError)
 def render_error(error: ApiError) -> Response:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
     body = {"message": error.message}
     if error.field:
         body["field"] = error.field
     return json_response(body, error.status, headers)
+
+
+renders_errors(blueprint, "wc_bridge", render_error, path_prefixes=PATH_PREFIXES)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -152,7 +147,7 @@ def payload_answer(doc: dict | None, at: datetime | None = None) -> dict | None:
 
 
 def live_session(session_id: str, projection: dict | None = None) -> dict | None:
-    if len(session_id) > MAX_ID_LENGTH:
+    if len(session_id) > sc.MAX_ID_LENGTH:
         return None
     fields = {"deleted": 1, "expires_at": 1, **(projection or {})}
     return live(services().find_one(collections.WC_SESSIONS, {"_id": session_id}, fields))
@@ -167,7 +162,7 @@ def existing_session(session_id: str, projection: dict | None = None) -> dict:
 
 def existing_call(call_id: str, projection: dict | None = None) -> dict:
     call = None
-    if len(call_id) <= MAX_ID_LENGTH:
+    if len(call_id) <= sc.MAX_ID_LENGTH:
         fields = {"session_id": 1, "expires_at": 1, **(projection or {})}
         call = live(services().find_one(collections.WC_CALLS, {"_id": call_id}, fields))
     if call is None:
@@ -177,7 +172,7 @@ def existing_call(call_id: str, projection: dict | None = None) -> dict:
 
 # --- request schemas ------------------------------------------------------------------------------
 
-class PathId(s.Str):
+class PathId(sc.Str):
     """A session or call id in the path: any text; an unknown (or overlong) one answers as absent."""
 
     def __init__(self, **options):
@@ -187,7 +182,7 @@ class PathId(s.Str):
         return value
 
 
-class EncryptionPayload(s.Field):
+class EncryptionPayload(sc.Field):
     """WalletConnect's encrypted payload, kept as sent: ``{data, hmac, iv}`` (a non-empty string is taken too).
 
     It must be storable as it is: no integer beyond 64 bits, no NaN or infinity,
@@ -196,10 +191,10 @@ class EncryptionPayload(s.Field):
 
     def clean(self, value, path):
         if not isinstance(value, dict | str) or not value:
-            raise s.Invalid("must be a non-empty JSON object (data, hmac, iv) or string")
+            raise sc.Invalid("must be a non-empty JSON object (data, hmac, iv) or string")
         problem = unstorable(value)
         if problem:
-            raise s.Invalid(problem)
+            raise sc.Invalid(problem)
         return value
 
     def _schema(self, settings):
@@ -251,12 +246,12 @@ SESSION_ID = {"session_id": PathId(description="The session's id (answered by PO
 CALL_ID = {"call_id": PathId(description="The call request's id (answered by POST /session/{session_id}/call/new)")}
 SESSION_AND_CALL_ID = {**SESSION_ID, **CALL_ID}
 ENCRYPTION_PAYLOAD = EncryptionPayload(required=True, description="Encrypted by the dapp or wallet; stored and answered as sent")
-PUSH = s.Obj(
+PUSH = sc.Obj(
     {
-        "type": s.Str(required=True, description="apns or fcm (also apn, ios, android) push through this server's "
+        "type": sc.Str(required=True, description="apns or fcm (also apn, ios, android) push through this server's "
                                                  "send pipeline when there is no webhook; any other value is kept"),
-        "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, description="The wallet's push token"),
-        "webhook": s.Str(max_length=MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
+        "token": sc.Str(required=True, max_length=sc.MAX_TOKEN_LENGTH, description="The wallet's push token"),
+        "webhook": sc.Str(max_length=sc.MAX_TOKEN_LENGTH, allow_empty=True, check=webhook_url,
                          description="http(s) URL POSTed {sessionId, callId, pushType, pushToken, dappName} on each call "
                                      "request; it must resolve to a public address, or be an allowed host:port "
                                      "(PUSH_OUTBOUND_ALLOWED_TARGETS); no user name, no backslash. Empty (as wallets send it): "
@@ -264,29 +259,29 @@ PUSH = s.Obj(
     },
     description="How the wallet is told of a call request",
 )
-SESSION_UPDATE = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "push": PUSH})
-NEW_CALL = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "dappName": s.Str(description="Named in the wallet's push")})
-NEW_CALL_STATUS = s.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD})
+SESSION_UPDATE = sc.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "push": PUSH})
+NEW_CALL = sc.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD, "dappName": sc.Str(description="Named in the wallet's push")})
+NEW_CALL_STATUS = sc.Obj({"encryptionPayload": ENCRYPTION_PAYLOAD})
 #: The TTL fields of an answer: when the data expires (ms since the epoch) and the seconds left.
 TTL_FIELDS = {
-    "expires": s.Int(required=True, description="When it expires: milliseconds since the epoch"),
-    "ttlInSeconds": s.Int(required=True, minimum=0, description="Seconds until it expires"),
+    "expires": sc.Int(required=True, description="When it expires: milliseconds since the epoch"),
+    "ttlInSeconds": sc.Int(required=True, minimum=0, description="Seconds until it expires"),
 }
 #: A stored payload (an object or a string, as it was sent) with its TTL fields.
-STORED = {"encryptionPayload": s.Json(required=True, description="As the dapp or wallet sent it"), **TTL_FIELDS}
+STORED = {"encryptionPayload": sc.Json(required=True, description="As the dapp or wallet sent it"), **TTL_FIELDS}
 #: A stored payload as answered: the seed's top-level form and the reference's ``data`` wrapper.
-PAYLOAD_ANSWER = s.Obj({**STORED, "data": s.Obj(STORED, required=True, description="The same (the reference's form)")})
+PAYLOAD_ANSWER = sc.Obj({**STORED, "data": sc.Obj(STORED, required=True, description="The same (the reference's form)")})
 EMPTY = (EMPTY_TYPE, None)
 
 
 def encryption_payload(data: dict):
     """``encryptionPayload`` of a JSON object body, validated: required, an object or a string, storable."""
-    return s.check(ENCRYPTION_PAYLOAD, data.get("encryptionPayload"), "encryptionPayload")
+    return sc.check(ENCRYPTION_PAYLOAD, data.get("encryptionPayload"), "encryptionPayload")
 
 
 def push_target(data: dict) -> dict | None:
     """``push: {type, token, webhook}`` of a JSON object body, validated; optional, other keys dropped."""
-    return _target(s.check(PUSH, data.get("push"), "push"))
+    return _target(sc.check(PUSH, data.get("push"), "push"))
 
 
 def _target(push: dict | None) -> dict | None:
@@ -347,21 +342,21 @@ def call_ttl() -> float:
 
 
 @blueprint.get("/hello")
-@s.operation("Liveness line, as the reference answers it (text)", responses={200: [(EMPTY_TYPE, None)]})
+@sc.operation("Liveness line, as the reference answers it (text)", responses={200: [(EMPTY_TYPE, None)]})
 def hello():
     return Response(f"Hello World, this is WalletConnect v{VERSION}", mimetype=EMPTY_TYPE)
 
 
 @blueprint.get("/info")
-@s.operation("The bridge's name and version, as the reference answers them",
-             responses={200: s.Obj({"name": s.Str(), "repository": s.Str(), "version": s.Str()})})
+@sc.operation("The bridge's name and version, as the reference answers them",
+             responses={200: sc.Obj({"name": sc.Str(), "repository": sc.Str(), "version": sc.Str()})})
 def info():
     return json_response({"name": BRIDGE_NAME, "repository": BRIDGE_REPOSITORY, "version": VERSION})
 
 
 @blueprint.post("/session/new")
-@s.operation("Create a session (the dapp)",
-             responses={200: s.Obj({"sessionId": s.Str(required=True, format="uuid"), "expires": TTL_FIELDS["expires"]})})
+@sc.operation("Create a session (the dapp)",
+             responses={200: sc.Obj({"sessionId": sc.Str(required=True, format="uuid"), "expires": TTL_FIELDS["expires"]})})
 def new_session():
     session_id = str(uuid.uuid4())
     ttl = session_ttl()
@@ -373,7 +368,7 @@ def new_session():
 
 
 @blueprint.get("/session/<session_id>")
-@s.operation("The wallet's session details: 204 until the wallet has put them, or when unknown or expired",
+@sc.operation("The wallet's session details: 204 until the wallet has put them, or when unknown or expired",
              path=SESSION_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_session(session_id: str):
     """Short-polled by the dapp; answered in the event loop (api/rsgi.py) unless its read failed there."""
@@ -381,10 +376,10 @@ def get_session(session_id: str):
 
 
 @blueprint.put("/session/<session_id>")
-@s.operation("Put the wallet's session details and push target (the wallet)", path=SESSION_ID, body=SESSION_UPDATE,
+@sc.operation("Put the wallet's session details and push target (the wallet)", path=SESSION_ID, body=SESSION_UPDATE,
              responses={200: EMPTY})
 def update_session(session_id: str):
-    data = s.body()
+    data = sc.body()
     push = _target(data.get("push"))
     check_webhook_host(push)
     existing_session(session_id)
@@ -402,7 +397,7 @@ def update_session(session_id: str):
 
 
 @blueprint.delete("/session/<session_id>")
-@s.operation("Delete a session and its calls (an unknown session is already gone)", path=SESSION_ID,
+@sc.operation("Delete a session and its calls (an unknown session is already gone)", path=SESSION_ID,
              responses={200: EMPTY})
 def delete_session(session_id: str):
     """Idempotent, as the reference: an unknown session is already gone."""
@@ -415,10 +410,10 @@ def delete_session(session_id: str):
 # --- call requests --------------------------------------------------------------------------------
 
 @blueprint.post("/session/<session_id>/call/new")
-@s.operation("Store a call request for the wallet and push it to the wallet (the dapp)", path=SESSION_ID,
-             body=NEW_CALL, responses={200: s.Obj({"callId": s.Str(required=True, format="uuid")})})
+@sc.operation("Store a call request for the wallet and push it to the wallet (the dapp)", path=SESSION_ID,
+             body=NEW_CALL, responses={200: sc.Obj({"callId": sc.Str(required=True, format="uuid")})})
 def new_call(session_id: str):
-    data = s.body()
+    data = sc.body()
     payload, dapp_name = data["encryptionPayload"], data.get("dappName")
     session = existing_session(session_id, {"push": 1})
     call_id = str(uuid.uuid4())
@@ -476,7 +471,7 @@ def notify_wallet(session_id: str, call_id: str, push: dict, dapp_name: str | No
 
 
 @blueprint.get("/session/<session_id>/call/<call_id>")
-@s.operation("A call request of the session (the wallet)", path=SESSION_AND_CALL_ID, responses={200: PAYLOAD_ANSWER})
+@sc.operation("A call request of the session (the wallet)", path=SESSION_AND_CALL_ID, responses={200: PAYLOAD_ANSWER})
 def get_call(session_id: str, call_id: str):
     call = existing_call(call_id, {"payload": 1})
     if call["session_id"] != session_id:
@@ -485,8 +480,8 @@ def get_call(session_id: str, call_id: str):
 
 
 @blueprint.get("/session/<session_id>/calls")
-@s.operation("Every live call request of the session, by call id (the wallet)", path=SESSION_ID,
-             responses={200: s.Json(object_only=True, description="{callId: {encryptionPayload, expires, ttlInSeconds}, …, "
+@sc.operation("Every live call request of the session, by call id (the wallet)", path=SESSION_ID,
+             responses={200: sc.Json(object_only=True, description="{callId: {encryptionPayload, expires, ttlInSeconds}, …, "
                                                                   "data: the same map} (call ids are UUIDs, never 'data')")})
 def get_calls(session_id: str):
     """The seed's map of calls by id, and the same map under ``data`` (the reference's form, which the SDK reads)."""
@@ -503,10 +498,10 @@ def get_calls(session_id: str):
 # --- call statuses --------------------------------------------------------------------------------
 
 @blueprint.post("/call-status/<call_id>/new")
-@s.operation("Put the wallet's answer to a call request (the wallet)", path=CALL_ID, body=NEW_CALL_STATUS,
+@sc.operation("Put the wallet's answer to a call request (the wallet)", path=CALL_ID, body=NEW_CALL_STATUS,
              responses={200: EMPTY})
 def new_call_status(call_id: str):
-    payload = s.body()["encryptionPayload"]
+    payload = sc.body()["encryptionPayload"]
     existing_call(call_id)
     services().write(command("wc.call.status", call_id=call_id, payload=payload, ttl_seconds=call_ttl()))
     forget_polled(CALL_STATUS, call_id)
@@ -514,7 +509,7 @@ def new_call_status(call_id: str):
 
 
 @blueprint.get("/call-status/<call_id>")
-@s.operation("The wallet's answer to a call request: 204 until there is one, or when unknown or expired (the dapp)",
+@sc.operation("The wallet's answer to a call request: 204 until there is one, or when unknown or expired (the dapp)",
              path=CALL_ID, responses={200: PAYLOAD_ANSWER, 204: EMPTY})
 def get_call_status(call_id: str):
     """Short-polled by the dapp; answered in the event loop (api/rsgi.py) unless its read failed there."""
@@ -675,35 +670,49 @@ class PollReader:
             due = self._due(started, batch) if self.tick is not None else []
             if not batch and not due:
                 continue
-            docs, error = {}, None
+            docs, error = self._read((*batch, *due))
+            if error is None:
+                self._store((*batch, *due), docs, started)
+            self._hand_over(batch, docs, error)
+
+    def _read(self, names) -> tuple[dict, Exception | None]:
+        """The documents of ``names`` (kind, id) in one query per kind, or the failure of reading them."""
+        docs: dict = {}
+        try:
+            for kind, collection in self.collections.items():
+                ids = [key for k, key in names if k == kind]
+                if ids:
+                    for doc in collection.find({"_id": {"$in": ids}}, POLL_PROJECTION):
+                        docs[(kind, doc["_id"])] = doc
+        except Exception as failure:  # noqa: BLE001 - handed to every waiting poller, which falls back
+            return docs, failure
+        return docs, None
+
+    def _store(self, names, docs: dict, started: float) -> None:
+        """Cache what a read started at ``started`` found (a newer entry is kept)."""
+        with self.lock:
+            for name in names:
+                entry = self.cache.get(name)
+                if entry is None or entry[0] <= started:
+                    self.cache[name] = (started, docs.get(name))
+            if len(self.cache) > POLL_CACHE_SIZE:
+                self._prune(started)
+
+    @staticmethod
+    def _hand_over(batch: dict, docs: dict, error: Exception | None) -> None:
+        """Give each waiting slot its document (or the read's failure); settle the futures in their loops."""
+        settle: dict[asyncio.AbstractEventLoop, list] = {}
+        for name, slot in batch.items():
+            slot.doc, slot.error = docs.get(name), error
+            slot.done.set()
+            # The batch left ``pending`` under the lock: no future joins the slot any more.
+            for loop, future in slot.futures:
+                settle.setdefault(loop, []).append((future, slot))
+        for loop, slots in settle.items():
             try:
-                for kind, collection in self.collections.items():
-                    ids = [key for k, key in (*batch, *due) if k == kind]
-                    if ids:
-                        for doc in collection.find({"_id": {"$in": ids}}, POLL_PROJECTION):
-                            docs[(kind, doc["_id"])] = doc
-            except Exception as failure:  # noqa: BLE001 - handed to every waiting poller, which falls back
-                error = failure
-            with self.lock:
-                if error is None:
-                    for name in (*batch, *due):
-                        entry = self.cache.get(name)
-                        if entry is None or entry[0] <= started:
-                            self.cache[name] = (started, docs.get(name))
-                    if len(self.cache) > POLL_CACHE_SIZE:
-                        self._prune(started)
-            settle: dict[asyncio.AbstractEventLoop, list] = {}
-            for name, slot in batch.items():
-                slot.doc, slot.error = docs.get(name), error
-                slot.done.set()
-                # The batch left ``pending`` under the lock: no future joins the slot any more.
-                for loop, future in slot.futures:
-                    settle.setdefault(loop, []).append((future, slot))
-            for loop, slots in settle.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, slots)
-                except RuntimeError:  # the loop closed (its worker is stopping): nobody waits
-                    pass
+                loop.call_soon_threadsafe(_settle, slots)
+            except RuntimeError:  # the loop closed (its worker is stopping): nobody waits
+                pass
 
     def _prune(self, now: float) -> None:
         old = [name for name, (at, _) in self.cache.items() if now - at > POLL_CACHE_KEEP_SECONDS]
@@ -721,7 +730,7 @@ def poll_target(path: str) -> tuple[str, str] | None:
         kind, key = CALL_STATUS, path[13:]
     else:
         return None
-    if key and "/" not in key and len(key) <= MAX_ID_LENGTH:
+    if key and "/" not in key and len(key) <= sc.MAX_ID_LENGTH:
         return kind, key
     return None
 
@@ -738,7 +747,7 @@ def poll_answer(doc: dict | None) -> tuple[int, list[tuple[str, str]], bytes]:
 def polled(kind: str, key: str) -> Response:
     """A poll answered by Flask: the reader's read (an id too long to exist is absent); failing, a 503."""
     doc = None
-    if len(key) <= MAX_ID_LENGTH:
+    if len(key) <= sc.MAX_ID_LENGTH:
         try:
             doc = current_app.extensions["wc_bridge_poll"].get(kind, key)
         except Exception:  # noqa: BLE001 - the database unreachable or too slow

@@ -38,16 +38,15 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, g, request
 
-from api import schema as s
+from api import schema as sc
 from api.apns_certificates import CertificateError, decode_upload, parse_p12
 from api.auth import is_admin_key
-from api.errors import ApiError
+from api.context import services
+from api.errors import ApiError, renders_errors
 from api.powerauth import VERSION
 from api.service_accounts import ServiceAccountRefused, prove_service_account
-from api.services import Services
 from api.wc_push_auth import (
     DID_KEY_PREFIX,
     SIGNATURE_HEADER,
@@ -75,8 +74,6 @@ DEFAULT_TENANT = "default"
 TENANT_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 TENANT_ID = re.compile(rf"^{TENANT_ID_PATTERN}$")
 RESERVED_TENANT_IDS = {"health", "clients", "tenants", "session", "call-status", "push", "admin", "metrics"}
-MAX_ID_LENGTH = 256
-MAX_TOKEN_LENGTH = 4096
 #: Longest blob or raw message (APNs refuses payloads over 4 KB anyway; FCM allows 4 KB of data).
 MAX_BLOB_LENGTH = 64 * 1024
 #: Error names for the generic codes of api.errors.
@@ -97,10 +94,6 @@ NAMES = {
     "ERROR_UNAUTHORIZED": "Unauthorized",
     "ERROR_FORBIDDEN": "Forbidden",
 }
-
-
-def services() -> Services:
-    return current_app.extensions["push"]
 
 
 # --- answers ------------------------------------------------------------------------------------
@@ -129,20 +122,7 @@ def render_error(error: ApiError) -> Response:
     return json_response(body, error.status, headers)
 
 
-@blueprint.errorhandler(ApiError)
-def api_error(error: ApiError) -> Response:
-    return render_error(error)
-
-
-@blueprint.errorhandler(HTTPException)
-def http_error(error: HTTPException) -> Response:
-    return render_error(ApiError(error.code or 500, error.description or error.name, code=f"ERROR_HTTP_{error.code}"))
-
-
-@blueprint.errorhandler(Exception)
-def unexpected(error: Exception) -> Response:
-    current_app.logger.exception("unexpected error on %s %s", request.method, request.path)
-    return render_error(ApiError(500, "internal error", code="ERROR_INTERNAL"))
+renders_errors(blueprint, "wc_push", render_error, path_prefixes=PATH_PREFIXES)
 
 
 # --- inputs: what each route reads --------------------------------------------------------------
@@ -171,7 +151,7 @@ def operation(summary: str, *, guard: Callable[[], None] | None = None, **option
     validated: an unauthenticated caller learns nothing from validation. The
     schema's failures keep the seed's error names (:func:`seed_error`).
     """
-    declare = s.operation(summary, **options)
+    declare = sc.operation(summary, **options)
 
     def decorate(view: Callable) -> Callable:
         validated = declare(view)
@@ -196,7 +176,7 @@ def operation(summary: str, *, guard: Callable[[], None] | None = None, **option
     return decorate
 
 
-class FormText(s.Str):
+class FormText(sc.Str):
     """A form field's text, sent as a field or as a file (UTF-8); surrounding white space is dropped."""
 
     def clean(self, value, path):
@@ -204,23 +184,23 @@ class FormText(s.Str):
             try:
                 value = value.decode()
             except UnicodeDecodeError:
-                raise s.Invalid("must be UTF-8 text") from None
+                raise sc.Invalid("must be UTF-8 text") from None
         return super().clean(value, path).strip()
 
 
-class Picked(s.Field):
+class Picked(sc.Field):
     """An object in one of several shapes its JSON type cannot tell apart: ``pick(value)`` answers the index."""
 
     json_type = "object"
 
-    def __init__(self, pick: Callable[[dict], int], *alternatives: s.Field, **options):
+    def __init__(self, pick: Callable[[dict], int], *alternatives: sc.Field, **options):
         super().__init__(**options)
         self.pick = pick
         self.alternatives = alternatives
 
     def clean(self, value, path):
         if not isinstance(value, dict):
-            raise s.Invalid("must be a JSON object")
+            raise sc.Invalid("must be a JSON object")
         return self.alternatives[self.pick(value)].clean(value, path)
 
     def _schema(self, settings):
@@ -228,13 +208,13 @@ class Picked(s.Field):
         return {"anyOf": [alternative.schema(settings) for alternative in self.alternatives]}
 
 
-class ClientType(s.Choice):
+class ClientType(sc.Choice):
     """A client type; a refusal quotes the type sent."""
 
     def clean(self, value, path):
         try:
             return super().clean(value, path)
-        except s.Invalid as invalid:
+        except sc.Invalid as invalid:
             if isinstance(value, str):
                 invalid.message += f", not {value[:64]!r}"
             raise
@@ -244,8 +224,8 @@ def _client_id_problem(value: str) -> str | None:
     client_id = trim_did_key(value)
     if not client_id:
         return "must not be empty"
-    if len(client_id) > MAX_ID_LENGTH:
-        return f"must be at most {MAX_ID_LENGTH} characters after {DID_KEY_PREFIX}"
+    if len(client_id) > sc.MAX_ID_LENGTH:
+        return f"must be at most {sc.MAX_ID_LENGTH} characters after {DID_KEY_PREFIX}"
     return None
 
 
@@ -253,26 +233,26 @@ def _client_id_problem(value: str) -> str | None:
 NO_SPACES = {"pattern": r"\S+", "pattern_help": "must not contain white space"}
 
 
-def client_id_field(**options) -> s.Str:
-    return s.Str(max_length=MAX_ID_LENGTH + len(DID_KEY_PREFIX), **NO_SPACES, check=_client_id_problem,
+def client_id_field(**options) -> sc.Str:
+    return sc.Str(max_length=sc.MAX_ID_LENGTH + len(DID_KEY_PREFIX), **NO_SPACES, check=_client_id_problem,
                  description="The client's id: its did:key (the did:key: prefix is optional)", **options)
 
 
-def legacy_payload(**options) -> s.Obj:
-    return s.Obj({
-        "topic": s.Str(required=True),
-        "flags": s.Int(required=True, minimum=0, maximum=2**32 - 1,
+def legacy_payload(**options) -> sc.Obj:
+    return sc.Obj({
+        "topic": sc.Str(required=True),
+        "flags": sc.Int(required=True, minimum=0, maximum=2**32 - 1,
                        description="Bitmask: 1 encrypted, 2 sign, 4 auth, 8 chat, 16 notify"),
-        "blob": s.Str(required=True, max_length=MAX_BLOB_LENGTH,
+        "blob": sc.Str(required=True, max_length=MAX_BLOB_LENGTH,
                       description="Ciphertext; without the encrypted flag, base64 of a JSON object {title, body}"),
     }, **options)
 
 
-def raw_payload(**options) -> s.Obj:
-    return s.Obj({
-        "topic": s.Str(required=True),
-        "tag": s.Int(required=True, minimum=0, maximum=2**32 - 1),
-        "message": s.Str(required=True, max_length=MAX_BLOB_LENGTH, description="Ciphertext"),
+def raw_payload(**options) -> sc.Obj:
+    return sc.Obj({
+        "topic": sc.Str(required=True),
+        "tag": sc.Int(required=True, minimum=0, maximum=2**32 - 1),
+        "message": sc.Str(required=True, max_length=MAX_BLOB_LENGTH, description="Ciphertext"),
     }, **options)
 
 
@@ -288,26 +268,26 @@ def _send_form(data: dict) -> int:
     return 2 if isinstance(payload, dict) and "message" in payload and "blob" not in payload else 0
 
 
-RAW_ID = s.Str(description="The notification's id; by default the SHA-256 of the message")
+RAW_ID = sc.Str(description="The notification's id; by default the SHA-256 of the message")
 SEND = Picked(
     _send_form,
     # payload first: a body without either names the payload
-    s.Obj({"payload": legacy_payload(required=True),
-           "id": s.Str(required=True, description="The notification's id: a repeat to the same client is not delivered")}),
-    s.Obj({"raw": raw_payload(required=True), "id": RAW_ID}),
-    s.Obj({"payload": raw_payload(required=True), "id": RAW_ID}),
-    s.Obj({**raw_payload().properties, "id": RAW_ID}),
+    sc.Obj({"payload": legacy_payload(required=True),
+           "id": sc.Str(required=True, description="The notification's id: a repeat to the same client is not delivered")}),
+    sc.Obj({"raw": raw_payload(required=True), "id": RAW_ID}),
+    sc.Obj({"payload": raw_payload(required=True), "id": RAW_ID}),
+    sc.Obj({**raw_payload().properties, "id": RAW_ID}),
 )
-REGISTRATION = s.Obj({
+REGISTRATION = sc.Obj({
     "client_id": client_id_field(required=True),
     "type": ClientType(sorted(CLIENT_TYPES), required=True, description="How the client's token is reached"),
-    "token": s.Str(required=True, max_length=MAX_TOKEN_LENGTH, **NO_SPACES, description="The device token (hexadecimal for APNs)"),
-    "always_raw": s.Bool(default=False, description="The client takes only the raw form {topic, tag, message}"),
+    "token": sc.Str(required=True, max_length=sc.MAX_TOKEN_LENGTH, **NO_SPACES, description="The device token (hexadecimal for APNs)"),
+    "always_raw": sc.Bool(default=False, description="The client takes only the raw form {topic, tag, message}"),
 })
 
 
-def tenant_id_field(**options) -> s.Str:
-    return s.Str(max_length=64, pattern=TENANT_ID_PATTERN,
+def tenant_id_field(**options) -> sc.Str:
+    return sc.Str(max_length=64, pattern=TENANT_ID_PATTERN,
                  pattern_help="may contain letters, digits, '.', '_' and '-' only (at most 64)", **options)
 
 
@@ -315,43 +295,43 @@ TENANT_PATH = {"tenant_id": tenant_id_field(description="The tenant's id (routes
 CLIENT_PATH = {**TENANT_PATH, "client_id": client_id_field()}
 
 #: Answers' text, of any length.
-TEXT = s.Str(max_length=None, allow_empty=True)
-OK = s.Obj({"status": s.Str(enum=["OK"], required=True)})
-FAILED = s.Obj({
-    "status": s.Str(enum=["FAILED"], required=True),
-    "errors": s.List(s.Obj({"name": TEXT, "description": TEXT}), min_items=1, required=True),
+TEXT = sc.Str(max_length=None, allow_empty=True)
+OK = sc.Obj({"status": sc.Str(enum=["OK"], required=True)})
+FAILED = sc.Obj({
+    "status": sc.Str(enum=["FAILED"], required=True),
+    "errors": sc.List(sc.Obj({"name": TEXT, "description": TEXT}), min_items=1, required=True),
 })
-HEALTH = s.Obj({
-    "status": s.Str(enum=["OK", "FAILED"], required=True),
-    "version": TEXT, "rabbitmq": s.Str(enum=["UP", "DOWN"]), "mongodb": s.Str(enum=["UP", "DOWN"]),
-    "flags": s.Obj({k: s.Bool() for k in ("multitenant", "tenant_management", "validate_client_jwt", "validate_signatures")}),
-    "client_types": s.List(TEXT), "python": TEXT, "timestamp": TEXT,
+HEALTH = sc.Obj({
+    "status": sc.Str(enum=["OK", "FAILED"], required=True),
+    "version": TEXT, "rabbitmq": sc.Str(enum=["UP", "DOWN"]), "mongodb": sc.Str(enum=["UP", "DOWN"]),
+    "flags": sc.Obj({k: sc.Bool() for k in ("multitenant", "tenant_management", "validate_client_jwt", "validate_signatures")}),
+    "client_types": sc.List(TEXT), "python": TEXT, "timestamp": TEXT,
 })
-TENANT = s.Obj({"status": s.Str(enum=["OK"], required=True), "id": TEXT, "url": TEXT})
-TENANT_DETAIL = s.Obj({
+TENANT = sc.Obj({"status": sc.Str(enum=["OK"], required=True), "id": TEXT, "url": TEXT})
+TENANT_DETAIL = sc.Obj({
     **TENANT.properties,
-    "enabled_providers": s.List(s.Str(enum=sorted(CLIENT_TYPES))),
-    "apns_topic": s.Json(description="The APNs topic (bundle id), or null"),
-    "apns_type": s.Json(description="'token' when APNs credentials are set, else null"),
-    "fcm_project_id": s.Json(description="The FCM project, or null"),
-    "suspended": s.Bool(),
-    "suspended_reason": s.Json(description="Why providers are suspended (bad credentials), or null"),
-    "suspended_providers": s.Json(object_only=True, description="Reason by suspended provider"),
+    "enabled_providers": sc.List(sc.Str(enum=sorted(CLIENT_TYPES))),
+    "apns_topic": sc.Json(description="The APNs topic (bundle id), or null"),
+    "apns_type": sc.Json(description="'token' when APNs credentials are set, else null"),
+    "fcm_project_id": sc.Json(description="The FCM project, or null"),
+    "suspended": sc.Bool(),
+    "suspended_reason": sc.Json(description="Why providers are suspended (bad credentials), or null"),
+    "suspended_providers": sc.Json(object_only=True, description="Reason by suspended provider"),
 })
 
 ADMIN_HEADERS = {
-    "Authorization": s.Str(max_length=None, description=(
+    "Authorization": sc.Str(max_length=None, description=(
         "Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, or Bearer <tenant JWT>: HS256 with "
         "PUSH_WC_PUSH_TENANT_JWT_SECRET, exp required, sub = the one tenant it manages")),
-    "X-Api-Key": s.Str(max_length=None, description="<PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, instead of Authorization"),
+    "X-Api-Key": sc.Str(max_length=None, description="<PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY>, instead of Authorization"),
 }
-JWT_HEADERS = {"Authorization": s.Str(
+JWT_HEADERS = {"Authorization": sc.Str(
     max_length=None, description="Bearer <relay client JWT issued by the client_id>, when PUSH_WC_PUSH_VALIDATE_CLIENT_JWT is on"
 )}
 SIGNATURE_HEADERS = {
-    SIGNATURE_HEADER: s.Str(max_length=None, description="Hex Ed25519 signature of '<timestamp>.<body length>.<body>' by the "
+    SIGNATURE_HEADER: sc.Str(max_length=None, description="Hex Ed25519 signature of '<timestamp>.<body length>.<body>' by the "
                                                          "relay, when PUSH_WC_PUSH_VALIDATE_SIGNATURES is on"),
-    TIMESTAMP_HEADER: s.Str(max_length=None, description="The Unix time (seconds) the signature covers; refused when more than "
+    TIMESTAMP_HEADER: sc.Str(max_length=None, description="The Unix time (seconds) the signature covers; refused when more than "
                                                          "PUSH_WC_PUSH_SIGNATURE_MAX_AGE_SECONDS (300) from the server's"),
 }
 ADMIN_NOTE = ("Needs Authorization: Bearer <PUSH_WC_PUSH_ADMIN_TOKEN or PUSH_ADMIN_KEY> (or X-Api-Key: <the same>), or a "
@@ -401,10 +381,10 @@ def enabled_providers(app: dict | None) -> list[str]:
 
 @blueprint.get("/health")
 @operation("Liveness line (text), or with format=json the live checks of RabbitMQ and MongoDB",
-           query={"format": s.Str(enum=["text", "json"], default="text")},
+           query={"format": sc.Str(enum=["text", "json"], default="text")},
            responses={200: [("text/plain", None), ("application/json", HEALTH)], 503: HEALTH})
 def health():
-    if s.query()["format"] != "json":
+    if sc.query()["format"] != "json":
         return Response(f"OK, push-server v{VERSION}", mimetype="text/plain")
     svc = services()
     rabbitmq, mongodb = svc.health()
@@ -432,14 +412,14 @@ def health():
 @blueprint.post("/clients")
 @blueprint.post("/<tenant_id>/clients")
 @operation("Register a client's device token (again: the token and type are replaced)", path=TENANT_PATH,
-           body=REGISTRATION, headers=JWT_HEADERS, responses={200: OK})
+           body=REGISTRATION, headers=JWT_HEADERS, responses={200: OK}, rate_limit=sc.REGISTRATION)
 def register(tenant_id: str | None = None):
-    data = s.body()
+    data = sc.body()
     client_id = trim_did_key(data["client_id"])
     kind, token, always_raw = data["type"], data["token"], data["always_raw"]
     if kind.startswith("apns") and not all(c in "0123456789abcdefABCDEF" for c in token):
         raise fail(400, "InvalidField", "an APNs device token is hexadecimal", field="token")
-    tenant = tenant_for(s.path().get("tenant_id"))
+    tenant = tenant_for(sc.path().get("tenant_id"))
     provider = CLIENT_TYPES[kind][0]
     if provider and tenant.app is not None and not tenant.app.get(provider):
         raise fail(400, "ProviderNotAvailable", f"the tenant has no {provider} credentials for type {kind}", field="type")
@@ -458,7 +438,7 @@ def register(tenant_id: str | None = None):
 @operation("Unregister a client (unknown clients too: the answer is the same)", path=CLIENT_PATH, headers=JWT_HEADERS,
            responses={200: OK})
 def unregister(client_id: str, tenant_id: str | None = None):
-    path = s.path()
+    path = sc.path()
     tenant = tenant_for(path.get("tenant_id"))
     client_id = trim_did_key(path["client_id"])
     check_client_jwt(client_id)
@@ -520,9 +500,9 @@ def check_relay_signature() -> None:
            responses={200: OK, 202: OK})
 def send(client_id: str, tenant_id: str | None = None):
     svc = services()
-    path = s.path()
+    path = sc.path()
     client_id = trim_did_key(path["client_id"])
-    notification_id, notification = parse_notification(s.body())
+    notification_id, notification = parse_notification(sc.body())
     tenant = tenant_for(path.get("tenant_id"), read_default=False)
     # Whether the client exists, takes this form, and has had this id already: the worker decides, in one place.
     applied = svc.write(
@@ -622,10 +602,10 @@ def tenant_url(tenant_id: str) -> str:
 
 @blueprint.post("/tenants")
 @admin_operation("Create a tenant (again: no change); its clients are under /<id>/clients",
-                 body=s.Obj({"id": tenant_id_field(required=True, description="The tenant's id", example="acme")}),
+                 body=sc.Obj({"id": tenant_id_field(required=True, description="The tenant's id", example="acme")}),
                  responses={200: TENANT})
 def create_tenant():
-    tenant_id = s.body()["id"]
+    tenant_id = sc.body()["id"]
     if tenant_id in RESERVED_TENANT_IDS:
         raise fail(400, "InvalidField", f"id {tenant_id!r} is reserved", field="id")
     services().write(command("wcp.tenant.create", tenant_id=tenant_id, app_id=tenant_app_id(tenant_id)))
@@ -636,7 +616,7 @@ def create_tenant():
 @admin_operation("A tenant: its providers, APNs topic, FCM project and suspension", path=TENANT_PATH,
                  responses={200: TENANT_DETAIL})
 def get_tenant(tenant_id: str):
-    tenant = tenant_for(s.path()["tenant_id"])
+    tenant = tenant_for(sc.path()["tenant_id"])
     app = tenant.app or {}
     apns = app.get("apns") or {}
     suspended = {provider: reason for provider, reason in (app.get("suspended") or {}).items() if reason}
@@ -657,7 +637,7 @@ def get_tenant(tenant_id: str):
 @blueprint.delete("/tenants/<tenant_id>")
 @admin_operation("Delete a tenant, its credentials and clients", path=TENANT_PATH, responses={200: OK})
 def delete_tenant(tenant_id: str):
-    tenant = tenant_for(s.path()["tenant_id"])
+    tenant = tenant_for(sc.path()["tenant_id"])
     services().write(command("wcp.tenant.delete", tenant_id=tenant.id, app_id=tenant.app_id))
     return ok()
 
@@ -683,10 +663,10 @@ def set_provider(tenant: Tenant, provider: str, credentials: dict | None) -> Res
 
 APNS_FORM = {
     "apns_topic": FormText(description="The app's bundle id (alone: changes the topic of the stored key)"),
-    "apns_pkcs8_pem": s.Binary(description="The .p8 token key (PKCS#8 PEM, EC P-256), as a file or text"),
+    "apns_pkcs8_pem": sc.Binary(description="The .p8 token key (PKCS#8 PEM, EC P-256), as a file or text"),
     "apns_key_id": FormText(description="The key's id"),
     "apns_team_id": FormText(description="The team id"),
-    "apns_certificate": s.Binary(description="A .p12 certificate (file or base64 text), instead of a token key"),
+    "apns_certificate": sc.Binary(description="A .p12 certificate (file or base64 text), instead of a token key"),
     "apns_certificate_password": FormText(max_length=1024, description="The certificate's password"),
 }
 
@@ -694,13 +674,13 @@ APNS_FORM = {
 @blueprint.post("/tenants/<tenant_id>/apns")
 @admin_operation("Set the tenant's APNs token key (apns_pkcs8_pem, apns_key_id, apns_team_id) or certificate "
                  "(apns_certificate, apns_certificate_password), and/or topic",
-                 path=TENANT_PATH, form=APNS_FORM, responses={200: OK})
+                 path=TENANT_PATH, form=APNS_FORM, responses={200: OK}, body_size=sc.MEDIUM_BODY)
 def update_apns(tenant_id: str):
     """Token key (``apns_pkcs8_pem``, ``apns_key_id``, ``apns_team_id``), or certificate
     (``apns_certificate``: a .p12, as a file or base64, with ``apns_certificate_password``),
     and/or ``apns_topic``. New credentials of either kind replace the old ones."""
-    tenant = tenant_for(s.path()["tenant_id"])
-    fields = s.form()
+    tenant = tenant_for(sc.path()["tenant_id"])
+    fields = sc.form()
     topic = fields.get("apns_topic")
     pem = as_text(fields.get("apns_pkcs8_pem"), "apns_pkcs8_pem")
     key_id = fields.get("apns_key_id")
@@ -772,12 +752,12 @@ def certificate_credentials(fields: dict[str, str | bytes], topic: str | None) -
 @blueprint.post("/tenants/<tenant_id>/fcm_v1")
 @admin_operation("Set the tenant's FCM HTTP v1 service account, proved by fetching an access token from its token_uri "
                  "(400 BadFcmV1Credentials when none comes)", path=TENANT_PATH,
-                 form={"credentials": s.Binary(required=True, description="The service account JSON, as a file or text")},
-                 responses={200: OK})
+                 form={"credentials": sc.Binary(required=True, description="The service account JSON, as a file or text")},
+                 responses={200: OK}, body_size=sc.MEDIUM_BODY)
 def update_fcm_v1(tenant_id: str):
     """``credentials``: the service account JSON (text or file)."""
-    tenant = tenant_for(s.path()["tenant_id"])
-    raw = as_text(s.form()["credentials"], "credentials")
+    tenant = tenant_for(sc.path()["tenant_id"])
+    raw = as_text(sc.form()["credentials"], "credentials")
     if raw is None:
         raise fail(400, "InvalidMultipartBody", "credentials (the service account JSON) is required", field="credentials")
     try:
@@ -807,20 +787,21 @@ def update_fcm_v1(tenant_id: str):
 
 @blueprint.post("/tenants/<tenant_id>/fcm")
 @admin_operation("Legacy FCM server key: not supported, always refused (use /fcm_v1)", path=TENANT_PATH,
-                 form={"api_key": FormText(max_length=None, description="The legacy server key")}, responses={400: FAILED})
+                 form={"api_key": FormText(max_length=None, description="The legacy server key")}, responses={400: FAILED},
+                 body_size=sc.MEDIUM_BODY)
 def update_fcm_legacy(tenant_id: str):
-    tenant_for(s.path()["tenant_id"])
+    tenant_for(sc.path()["tenant_id"])
     raise fail(400, "FcmLegacyUnsupported", "the legacy FCM API (server keys) is gone: upload a service account to /fcm_v1", field="api_key")
 
 
 @blueprint.delete("/tenants/<tenant_id>/apns")
 @admin_operation("Remove the tenant's APNs credentials", path=TENANT_PATH, responses={200: OK})
 def delete_apns(tenant_id: str):
-    return set_provider(tenant_for(s.path()["tenant_id"]), "apns", None)
+    return set_provider(tenant_for(sc.path()["tenant_id"]), "apns", None)
 
 
 @blueprint.route("/tenants/<tenant_id>/fcm_v1", methods=["DELETE"])
 @blueprint.route("/tenants/<tenant_id>/fcm", methods=["DELETE"])
 @admin_operation("Remove the tenant's FCM credentials", path=TENANT_PATH, responses={200: OK})
 def delete_fcm(tenant_id: str):
-    return set_provider(tenant_for(s.path()["tenant_id"]), "fcm", None)
+    return set_provider(tenant_for(sc.path()["tenant_id"]), "fcm", None)

@@ -117,19 +117,27 @@ def campaign_rss(figures: dict, users: int) -> dict[str, float]:
     return {name[len(prefix):]: mb for name, mb in figures.items() if name.startswith(prefix)}
 
 
+def client_group(stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
+    """The senders alone, against the current stack's APNs simulator; the ref's sender in the same rounds."""
+    figures = measure_clients(stacks[0], requests=sizes.client_requests, rounds=repeats, ref=code.sha if code else None)
+    theirs = {name.replace(f"ref_{code.sha}_", "client_"): figures.pop(name) for name in list(figures) if name.startswith("ref_")} if code else None
+    return [figures] + ([theirs] if code else [])
+
+
+def limit_group(stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
+    options = {"notifications": sizes.limit, "processes": stacks[0].worker_processes, "repeats": repeats}
+    results = [measure_limit(stacks[0], **options)]
+    if code:  # the ref's own clients, run from its worktree
+        results.append(code.measure_limit(stacks[1], **options))
+    return results
+
+
 def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
     """The group's figures on each stack (the current tree's first, then the baseline's)."""
     if group == "client":
-        # The senders alone, against the current stack's APNs simulator; the ref's sender in the same rounds.
-        figures = measure_clients(stacks[0], requests=sizes.client_requests, rounds=repeats, ref=code.sha if code else None)
-        theirs = {name.replace(f"ref_{code.sha}_", "client_"): figures.pop(name) for name in list(figures) if name.startswith("ref_")} if code else None
-        return [figures] + ([theirs] if code else [])
+        return client_group(stacks, code, sizes, repeats)
     if group == "limit":
-        options = {"notifications": sizes.limit, "processes": stacks[0].worker_processes, "repeats": repeats}
-        results = [measure_limit(stacks[0], **options)]
-        if code:  # the ref's own clients, run from its worktree
-            results.append(code.measure_limit(stacks[1], **options))
-        return results
+        return limit_group(stacks, code, sizes, repeats)
     if group == "e2e":
         return interleaved([E2eBench(stack, devices=sizes.devices) for stack in stacks], repeats)
     if group == "ingest":

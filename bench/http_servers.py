@@ -165,6 +165,30 @@ def measured(server: Server, work) -> tuple[float, float]:
     return rate, (cpu_seconds(pids) - before) / max(requests_made, 1) * 1e6
 
 
+def print_figures(figures: dict[str, dict[str, list[float]]]) -> None:
+    """Each server's medians, as lines and as a table."""
+    columns = ["poll_per_s", "poll_cpu_us", "plain_per_s", "plain_cpu_us", "batch_per_s", "batch_cpu_us"]
+    for name, values in figures.items():
+        for column in columns:
+            print(f"http_{name}_{column}: {median(values[column]):.1f}", flush=True)
+    print("| server | " + " | ".join(columns) + " |")
+    print("| --- " * (len(columns) + 1) + "|")
+    for name, values in figures.items():
+        print(f"| {name} | " + " | ".join(f"{median(values[c]):,.0f}" for c in columns) + " |")
+
+
+def stop_servers(servers: list[Server]) -> None:
+    """Stop the candidates this run started (a server reading stdin stops when it closes, the others on SIGTERM)."""
+    for server in servers:
+        if server.process.poll() is None:
+            if server.process.stdin is not None:
+                server.process.stdin.close()
+                server.process.wait(30)
+            else:
+                os.killpg(server.process.pid, 15)
+                server.process.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http_servers", description=__doc__)
     parser.add_argument("--ref", help="also measure the API of this git ref (e.g. the commit before a change)")
@@ -201,23 +225,9 @@ def main() -> None:
                     rate, cpu = measured(server, work)
                     figures[server.name].setdefault(f"{what}_per_s", []).append(rate)
                     figures[server.name].setdefault(f"{what}_cpu_us", []).append(cpu)
-        columns = ["poll_per_s", "poll_cpu_us", "plain_per_s", "plain_cpu_us", "batch_per_s", "batch_cpu_us"]
-        for name, values in figures.items():
-            for column in columns:
-                print(f"http_{name}_{column}: {median(values[column]):.1f}", flush=True)
-        print("| server | " + " | ".join(columns) + " |")
-        print("| --- " * (len(columns) + 1) + "|")
-        for name, values in figures.items():
-            print(f"| {name} | " + " | ".join(f"{median(values[c]):,.0f}" for c in columns) + " |")
+        print_figures(figures)
     finally:
-        for server in servers[1:]:
-            if server.process.poll() is None:
-                if server.process.stdin is not None:
-                    server.process.stdin.close()
-                    server.process.wait(30)
-                else:
-                    os.killpg(server.process.pid, 15)
-                    server.process.wait(30)
+        stop_servers(servers[1:])
         stack.stop_all()
         if tree.exists():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)

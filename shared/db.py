@@ -37,9 +37,11 @@ MIGRATIONS = "migrations"
 ACTIVATIONS = "activations"
 COMMANDS = "commands"
 MESSAGES = "messages"
+#: A delivery's ``ps`` is ``"<platform>:<state>"`` (e.g. ``apns:sent``): the counts per platform and state group by it.
 DELIVERIES = "deliveries"
 DEAD_LETTERS = "dead_letters"
 CAMPAIGNS = "campaigns"
+#: A campaign's users, one document each: ``c`` the campaign id, ``u`` the user id.
 CAMPAIGN_USERS = "campaign_users"
 #: WalletConnect v1 bridge: sessions, call requests, call statuses, webhook pushes (by natural ``_id``).
 WC_SESSIONS = "wc_sessions"

@@ -20,7 +20,7 @@ first (keep the old ones), deploy API and workers, run
 ``python -m ops.rotate_credentials`` (re-wraps every stored data key under the
 new key; the secrets themselves are not re-encrypted), wait until no queue
 (nor ``.XQ``) holds a command sealed with an old key, then drop the old key.
-With no key set, credentials are stored in clear as before (refused at
+With no key set, credentials are stored in clear (refused at
 start-up where auth is on, unless ``PUSH_CREDENTIALS_UNSEALED_ALLOWED``).
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ nanoseconds since the epoch (a host whose clock is ahead moves the counter
 ahead; the others then count up from there). That keeps them comparable with
 the ``received_at`` of commands an older API version queued and with the
 ``ts`` stored before the upgrade: such a command is ordered by its
-``received_at``, as before (README "Security").
+``received_at`` (README "Security").
 """
 from __future__ import annotations
 
