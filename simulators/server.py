@@ -256,6 +256,23 @@ class ServerProtocol(asyncio.Protocol):
         else:
             self._answer_h2(stream_id, response)
 
+    def _request_received(self, event) -> None:
+        stream_id = event.stream_id
+        if stream_id > self.highest_stream_id:
+            self.highest_stream_id = stream_id
+        known = _FIELDS.get
+        headers = dict([known(field) or _decoded(field) for field in event.headers])
+        self.streams[stream_id] = (headers, bytearray())
+        if event.end_stream:
+            self._dispatch(stream_id)
+
+    def _stream_ended(self, event, kind) -> None:
+        self.streams.pop(event.stream_id, None)
+        self.answering.discard(event.stream_id)
+        on_written = self.queued.pop(event.stream_id, None)
+        if kind is ngh2.StreamClosed and event.error_code == 0 and on_written is not None:
+            self._written(on_written)
+
     def _answer_h2(self, stream_id: int, response: Response) -> None:
         if stream_id not in self.answering or not self.alive():
             log.warning("stream %s gone before its answer (alive %s)", stream_id, self.alive())
@@ -443,14 +460,7 @@ class Ngh2ServerProtocol(ServerProtocol):
         for event in h2_connection.events():
             kind = type(event)
             if kind is ngh2.RequestReceived:
-                stream_id = event.stream_id
-                if stream_id > self.highest_stream_id:
-                    self.highest_stream_id = stream_id
-                known = _FIELDS.get
-                headers = dict([known(field) or _decoded(field) for field in event.headers])
-                streams[stream_id] = (headers, bytearray())
-                if event.end_stream:
-                    self._dispatch(stream_id)
+                self._request_received(event)
             elif kind is ngh2.DataReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -460,11 +470,7 @@ class Ngh2ServerProtocol(ServerProtocol):
             elif kind is ngh2.TrailersReceived:
                 self._dispatch(event.stream_id)
             elif kind is ngh2.StreamReset or kind is ngh2.StreamClosed:
-                streams.pop(event.stream_id, None)
-                self.answering.discard(event.stream_id)
-                on_written = self.queued.pop(event.stream_id, None)
-                if kind is ngh2.StreamClosed and event.error_code == 0 and on_written is not None:
-                    self._written(on_written)
+                self._stream_ended(event, kind)
             elif kind is ngh2.ConnectionClosed:
                 self._flush()
                 self.transport.close()
