@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from api import schema as sc
 from api.errors import ApiError, bad_request, unavailable
 from api.services import Services
-from shared import commands, logs, metrics
+from shared import commands, ledger, logs, metrics
 from shared import db as collections
 
 blueprint = Blueprint("admin_ops", __name__)
@@ -111,13 +111,7 @@ def _delivery_counts() -> dict:
     s = services()
 
     def read():
-        counts: dict = {}
-        for row in s.db[collections.DELIVERIES].aggregate([{"$group": {"_id": "$ps", "n": {"$sum": 1}}}]):
-            if not row["_id"]:
-                continue
-            platform, _, state = str(row["_id"]).partition(":")
-            counts.setdefault(platform, {})[state] = row["n"]
-        return counts
+        return {platform: dict(states) for platform, states in ledger.all_counts(s.db).items()}
 
     counts = s.guarded_read(read)
     _stats_cache["counts"] = (time.monotonic(), counts)
