@@ -26,7 +26,7 @@ from devstack.credentials import configure_app, make_credentials, register_with_
 from devstack.seed import seed_devices
 from devstack.stack import Stack
 from shared.settings import load
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.stacks import queue_names
 
 #: Notifications per scenario (one per device) and per batch request.
@@ -215,10 +215,7 @@ class FaultRun:
         """Deliveries of the acknowledged messages by state (retrying while MongoDB is away)."""
         for attempt in range(retries):
             try:
-                rows = self.db["deliveries"].aggregate(
-                    [{"$match": {"message_id": {"$in": list(self.acknowledged)}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
-                )
-                return Counter({row["_id"]: row["n"] for row in rows})
+                return Counter(r["state"] for r in ledger_view.rows(self.db, self.acknowledged))
             except pymongo.errors.PyMongoError:
                 if attempt == retries - 1:
                     raise
@@ -226,10 +223,7 @@ class FaultRun:
         raise AssertionError("unreachable")
 
     def tokens_in(self, state: str) -> set[str]:
-        return {
-            d["_id"].rsplit(":", 1)[1]
-            for d in self.db["deliveries"].find({"message_id": {"$in": list(self.acknowledged)}, "state": state}, {"_id": 1})
-        }
+        return ledger_view.tokens(self.db, self.acknowledged, state)
 
     def wait_sent_at_least(self, n: int, *, timeout: float = 120) -> None:
         wait_for(lambda: self.states().get("sent", 0) >= n, timeout=timeout, what=f"{n} deliveries sent", every=0.2)
@@ -277,17 +271,9 @@ class FaultRun:
         never = [t for t in live if delivered[t] == 0]
         dead_delivered = [t for t in self.dead if delivered[t]]
 
-        reasonless = list(
-            self.db["deliveries"].find(
-                {"message_id": {"$in": list(self.acknowledged)}, "state": {"$in": ["failed", "dead_token", "expired", "dead_letter"]},
-                 "reason": {"$in": [None, ""]}},
-                {"_id": 1},
-            ).limit(5)
-        )
-        dead_reasons = Counter(
-            d.get("reason")
-            for d in self.db["deliveries"].find({"message_id": {"$in": list(self.acknowledged)}, "state": "dead_token"}, {"reason": 1})
-        )
+        final_rows = ledger_view.rows(self.db, self.acknowledged)
+        reasonless = [r for r in final_rows if r["state"] in ("failed", "dead_token", "expired", "dead_letter") and not r.get("reason")][:5]
+        dead_reasons = Counter(r.get("reason") for r in final_rows if r["state"] == "dead_token")
         def deactivated_devices() -> set[str]:
             found = self.db["devices"].find({"app_id": self.app_id, "active": {"$in": [False, 0]}}, {"token": 1, "dead_reason": 1})
             return {d["token"] for d in found if d.get("dead_reason")}
