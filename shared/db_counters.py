@@ -13,11 +13,30 @@ _lock = threading.Lock()
 _totals = {"trips": 0, "written": 0}
 
 
+#: The Prometheus names the totals are exported under (worker processes, through their group's /metrics).
+ROUND_TRIPS = "push_db_round_trips"
+DOCUMENTS_WRITTEN = "push_db_documents_written"
+
+
 def count(*, trips: int = 1, written: int = 0) -> None:
     """One call is ``trips`` round trips (1 unless told) writing ``written`` documents."""
     with _lock:
         _totals["trips"] += trips
         _totals["written"] += written
+    _export(trips, written)
+
+
+def _export(trips: int, written: int) -> None:
+    from shared import metrics
+
+    if metrics.multiprocess_dir() is None:
+        return  # not a worker process of a group with metrics (tests, tools)
+    try:
+        metrics._counter(ROUND_TRIPS, "Database round trips of the delivery pipeline, counted where they are issued.", ()).inc(trips)
+        if written:
+            metrics._counter(DOCUMENTS_WRITTEN, "Documents the delivery pipeline wrote (inserted or updated).", ()).inc(written)
+    except Exception:  # noqa: BLE001 - metrics never break the work they count
+        pass
 
 
 def snapshot() -> dict[str, int]:

@@ -22,8 +22,8 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
+from shared import db_counters, ledger
 from shared import device_lookup as lookup
-from shared import ledger
 from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
 from shared.ledger import Delivery, delivery_id, insert_ignoring_duplicates
 from workers.expand import PROVIDERS
@@ -149,6 +149,8 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
     by_platform: dict[str, list[Delivery]] = {p: [] for p in PROVIDERS}
     held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1, "activations": 1})
     devices = {d["_id"]: d for devices in held.values() for d in devices}
+    # This batch's users read, their device ids, the devices in parts, and the cursor written after it.
+    db_counters.count(trips=3 + max(1, -(-len(devices) // lookup.KEYS_PER_QUERY)), written=1)
     delivered_before = _delivered_in_earlier_batches(db, campaign_id, users[0], devices.values())
     for device in sorted(devices.values(), key=lambda d: d["_id"]):
         if device["platform"] not in by_platform or device["_id"] in delivered_before:
@@ -185,6 +187,7 @@ def _delivered_in_earlier_batches(db: Database, campaign_id: str, first_user: st
                 earlier.setdefault(user_doc_id(campaign_id, user), set()).add(device["_id"])
     if not earlier:
         return set()
+    db_counters.count()
     found = db[collections.CAMPAIGN_USERS].find({"_id": {"$in": list(earlier)}}, {"_id": 1})
     return {device for doc in found for device in earlier[doc["_id"]]}
 

@@ -115,6 +115,9 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
     devices_by_user = lookup.devices_by_user(
         db, app_id, users, {"token": 1, "platform": 1, "environment": 1, "activations": 1}
     )
+    if users:  # the user lookups, then the devices by _id in parts (shared/device_lookup.py)
+        found = len({d["_id"] for devices in devices_by_user.values() for d in devices})
+        db_counters.count(trips=1 + max(1, -(-found // lookup.KEYS_PER_QUERY)))
     personal_activations = {
         activation
         for entry in entries
@@ -123,6 +126,8 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
         for activation in device["activations"]
     }
     status = activation_status.statuses(db, app_id, personal_activations)
+    if personal_activations:
+        db_counters.count()
     for index, entry in enumerate(entries):
         for device in devices_by_user.get(entry.get("user_id"), ()):
             activations = [a for a, user in device["activations"].items() if user == entry["user_id"]]
