@@ -131,7 +131,10 @@ class Recorder:
                 for _, book, _, _ in due:
                     book.pending = []
             for key, book, items, closing in due:
-                self._flush(key, book, items, closing)
+                try:
+                    self._flush(key, book, items, closing)
+                except Exception:  # noqa: BLE001 - the thread must outlive any one chunk
+                    log.exception("recorder: chunk %s", book.cid)
 
     def _flush(self, key: str, book: ChunkBook, items: list, closing: bool) -> None:
         try:
@@ -155,9 +158,11 @@ class Recorder:
         book.failing_since = None
         book.last_write = done = time.monotonic()
         if items:
+            waited = [done - at for at, _ in items]
             with self.lock:
-                self.latencies.extend(done - at for at, _ in items)
+                self.latencies.extend(waited)
                 del self.latencies[:-LATENCY_SAMPLES]
+            _observe(waited)
         if closing:
             with self.lock:
                 finished = not book.pending
@@ -176,7 +181,10 @@ class Recorder:
             else:
                 book.finished.set_exception(error)
 
-        book.loop.call_soon_threadsafe(settle)
+        try:
+            book.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the run's event loop is gone (the worker stops): nobody waits for it
+            pass
 
     def _write(self, book: ChunkBook, results: list, *, release: bool) -> None:
         db = book.db
@@ -202,3 +210,21 @@ class Recorder:
         matched = db[collections.LEDGER].update_one({"_id": book.cid, "c": book.claim}, update).matched_count
         if not matched:
             raise ClaimLost(f"chunk {book.cid} is no longer held by {book.claim}")
+
+
+#: Buckets (seconds) of ``push_outcome_record_seconds``: from a provider's answer to its outcome in the ledger.
+RECORD_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)
+
+
+def _observe(waited: list[float]) -> None:
+    from shared import metrics
+
+    if metrics.multiprocess_dir() is None:
+        return
+    try:
+        histogram = metrics._histogram("push_outcome_record_seconds", "From a provider's answer to its outcome acknowledged in the ledger.",
+                                       (), RECORD_BUCKETS)
+        for seconds in waited:
+            histogram.observe(seconds)
+    except Exception:  # noqa: BLE001 - metrics never break the work they measure
+        pass

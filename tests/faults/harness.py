@@ -225,6 +225,24 @@ class FaultRun:
     def tokens_in(self, state: str) -> set[str]:
         return ledger_view.tokens(self.db, self.acknowledged, state)
 
+    def outcome_record_ms(self) -> dict:
+        """From a provider's answer to its outcome in the ledger, over the running worker groups: mean and p99 (bucket bound)."""
+        by_bound: dict[float, float] = {}
+        total = count = 0.0
+        for group in list(self.stack.worker_metrics_ports):
+            try:
+                text = requests.get(self.stack.worker_metrics_url(group), timeout=10).text
+            except requests.RequestException:
+                continue
+            buckets, group_total, group_count = _histogram(text, "push_outcome_record_seconds")
+            for bound, n in buckets:
+                by_bound[bound] = by_bound.get(bound, 0.0) + n
+            total, count = total + group_total, count + group_count
+        if not count:
+            return {}
+        p99 = next(bound for bound, n in sorted(by_bound.items()) if n >= 0.99 * count)
+        return {"mean": round(1000 * total / count, 1), "p99_at_most": 1000 * p99, "n": int(count)}
+
     def wait_sent_at_least(self, n: int, *, timeout: float = 120) -> None:
         wait_for(lambda: self.states().get("sent", 0) >= n, timeout=timeout, what=f"{n} deliveries sent", every=0.2)
 
@@ -313,6 +331,9 @@ class FaultRun:
             "apns_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == "apns"),
             "fcm_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == "fcm"),
             "queue_messages_left": sum(last["queues"].values()),
+            # Issue 20: notifications the provider received twice, of those acknowledged (target <= 1 % after a worker SIGKILL).
+            "wire_repeats_percent": round(100.0 * len(repeated) / max(1, len(self.acknowledged_users)), 2),
+            "outcome_record_ms": self.outcome_record_ms(),
             "seconds": round(time.monotonic() - self.started_at, 1),
         }
         print(f"\nFAULT COUNTS {self.name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
@@ -328,6 +349,19 @@ class FaultRun:
         assert all(delivered[t] <= 2 for t in live)
         assert all(shown[t] == 1 for t in live), f"{sum(1 for t in live if shown[t] != 1)} devices showed the notification other than once"
         return counts
+
+
+def _histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float, float]:
+    buckets, total, count = [], 0.0, 0.0
+    for row in text.splitlines():
+        if row.startswith(name + "_bucket"):
+            bound = row.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(row.rsplit(" ", 1)[1])))
+        elif row.startswith(name + "_sum"):
+            total += float(row.rsplit(" ", 1)[1])
+        elif row.startswith(name + "_count"):
+            count += float(row.rsplit(" ", 1)[1])
+    return buckets, total, count
 
 
 def _safe(check):
