@@ -5,8 +5,8 @@ the recorder thread, every ``interval``, writes for each chunk that has news:
 first what dead tokens do to their registrations (deactivated BEFORE the outcome
 is recorded, so a crash in between leaves the delivery open — sent again after
 the lease, the provider says "dead" again — never recorded dead with its
-registration still active), then the dead letters, then one update of the chunk
-(its whole state string: idempotent) guarded by the claim, which also bumps the
+registration still active), then the dead letters, then the update of each chunk
+(its whole state string: idempotent; all chunks of a flush in one bulk write) guarded by the claim, which also bumps the
 heartbeat (``hb``: the lease, shared/ledger.py ``LeaseWatch``). A chunk without
 news still gets its heartbeat bumped every ``heartbeat`` seconds while it is held.
 
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 
@@ -130,44 +131,80 @@ class Recorder:
                        if book.pending or book.closing or now - book.last_write >= self.heartbeat]
                 for _, book, _, _ in due:
                     book.pending = []
-            for key, book, items, closing in due:
+            groups: dict[int, list] = {}
+            for entry in due:
+                groups.setdefault(id(entry[1].db), []).append(entry)
+            for group in groups.values():
                 try:
-                    self._flush(key, book, items, closing)
-                except Exception:  # noqa: BLE001 - the thread must outlive any one chunk
-                    log.exception("recorder: chunk %s", book.cid)
+                    self._flush(group)
+                except Exception:  # noqa: BLE001 - the thread must outlive any one flush
+                    log.exception("recorder: flush of %d chunks", len(group))
 
-    def _flush(self, key: str, book: ChunkBook, items: list, closing: bool) -> None:
-        try:
-            self._write(book, [r for _, r in items], release=closing and book.release)
-        except ClaimLost as lost:
-            self._finish(key, book, lost)
-            return
-        except ConnectionFailure as error:
-            with self.lock:
-                book.pending[:0] = items
-            book.failing_since = book.failing_since or time.monotonic()
-            if time.monotonic() - book.failing_since > self.give_up:
+    def _flush(self, group: list) -> None:
+        """Write the news of several chunks: their side effects first, then all chunk updates in one bulk write."""
+        prepared = []
+        for key, book, items, closing in group:
+            try:
+                update = self._prepare(book, [r for _, r in items], release=closing and book.release)
+            except ConnectionFailure as error:
+                self._keep(key, book, items, error)
+            except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
+                log.exception("recording outcomes of %s failed", book.cid)
                 self._finish(key, book, error)
             else:
-                log.warning("%d outcomes of %s kept for the next write, MongoDB unreachable: %s", len(items), book.cid, error)
+                prepared.append((key, book, items, closing, update))
+        if not prepared:
             return
-        except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
-            log.exception("recording outcomes of %s failed", book.cid)
+        collection = prepared[0][1].db[collections.LEDGER]
+        db_counters.count(written=len(prepared))
+        try:
+            result = collection.bulk_write([update for *_, update in prepared], ordered=False)
+        except ConnectionFailure as error:
+            for key, book, items, _, _ in prepared:
+                self._keep(key, book, items, error)
+            return
+        except Exception as error:  # noqa: BLE001 - handed to the chunks' runs
+            log.exception("recording outcomes of %d chunks failed", len(prepared))
+            for key, book, *_ in prepared:
+                self._finish(key, book, error)
+            return
+        lost = set()
+        if result.matched_count < len(prepared):
+            # Some chunk is no longer held by its run (taken over after a still heartbeat): find which.
+            db_counters.count()
+            holders = {d["_id"]: d.get("c") for d in collection.find({"_id": {"$in": [b.cid for _, b, *_ in prepared]}}, {"c": 1})}
+            for key, book, _, closing, _ in prepared:
+                holder = holders.get(book.cid)
+                if holder != book.claim and not (holder is None and closing and book.release):
+                    lost.add(key)
+        done = time.monotonic()
+        for key, book, items, closing, _ in prepared:
+            if key in lost:
+                self._finish(key, book, ClaimLost(f"chunk {book.cid} is no longer held by {book.claim}"))
+                continue
+            book.failing_since = None
+            book.last_write = done
+            if items:
+                waited = [done - at for at, _ in items]
+                with self.lock:
+                    self.latencies.extend(waited)
+                    del self.latencies[:-LATENCY_SAMPLES]
+                _observe(waited)
+            if closing:
+                with self.lock:
+                    finished = not book.pending
+                if finished:
+                    self._finish(key, book, None)
+
+    def _keep(self, key: str, book: ChunkBook, items: list, error: BaseException) -> None:
+        """MongoDB unreachable: keep the outcomes for the next flush, until ``give_up``."""
+        with self.lock:
+            book.pending[:0] = items
+        book.failing_since = book.failing_since or time.monotonic()
+        if time.monotonic() - book.failing_since > self.give_up:
             self._finish(key, book, error)
-            return
-        book.failing_since = None
-        book.last_write = done = time.monotonic()
-        if items:
-            waited = [done - at for at, _ in items]
-            with self.lock:
-                self.latencies.extend(waited)
-                del self.latencies[:-LATENCY_SAMPLES]
-            _observe(waited)
-        if closing:
-            with self.lock:
-                finished = not book.pending
-            if finished:
-                self._finish(key, book, None)
+        else:
+            log.warning("%d outcomes of %s kept for the next write, MongoDB unreachable: %s", len(items), book.cid, error)
 
     def _finish(self, key: str, book: ChunkBook, error: BaseException | None) -> None:
         with self.lock:
@@ -186,7 +223,8 @@ class Recorder:
         except RuntimeError:  # the run's event loop is gone (the worker stops): nobody waits for it
             pass
 
-    def _write(self, book: ChunkBook, results: list, *, release: bool) -> None:
+    def _prepare(self, book: ChunkBook, results: list, *, release: bool) -> UpdateOne:
+        """Deactivate dead tokens and write dead letters (before any outcome is recorded); answer the chunk's update."""
         db = book.db
         dead: dict[str, list] = {}
         for result in results:
@@ -205,11 +243,7 @@ class Recorder:
             book.states[result.index] = ledger.CHAR[result.state]
             if result.state != ledger.SENT or result.index in reasons:
                 reasons[result.index] = result.reason
-        update = ledger.outcome_update("".join(book.states), reasons, release_claim=release)
-        db_counters.count(written=1)
-        matched = db[collections.LEDGER].update_one({"_id": book.cid, "c": book.claim}, update).matched_count
-        if not matched:
-            raise ClaimLost(f"chunk {book.cid} is no longer held by {book.claim}")
+        return UpdateOne({"_id": book.cid, "c": book.claim}, ledger.outcome_update("".join(book.states), reasons, release_claim=release))
 
 
 #: Buckets (seconds) of ``push_outcome_record_seconds``: from a provider's answer to its outcome in the ledger.
