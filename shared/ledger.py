@@ -306,6 +306,18 @@ def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
     return found
 
 
+def state_counts(db: Database, message_ids: Iterable[str]) -> Counter:
+    """Deliveries of these messages by state (either format), reading only the chunks' state strings and holders."""
+    ids = list(message_ids)
+    counts: Counter = Counter()
+    for doc in db[collections.LEDGER].find({"m": {"$in": ids}}, {"s": 1, "c": 1, "_id": 0}):
+        for ch, n in Counter(doc["s"]).items():
+            counts[SENDING if ch == CHAR[PENDING] and doc.get("c") is not None else STATE[ch]] += n
+    for row in db[collections.DELIVERIES].aggregate([{"$match": {"message_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+        counts[row["_id"]] += row["n"]
+    return counts
+
+
 def all_counts(db: Database) -> dict[str, Counter]:
     """``{provider: Counter(state)}`` of every delivery kept (chunks and old rows), for /admin/stats."""
     counts: dict[str, Counter] = {}
