@@ -26,6 +26,7 @@ from shared import db_counters, ledger
 from shared import device_lookup as lookup
 from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
 from shared.ledger import Delivery, delivery_id, insert_ignoring_duplicates
+from shared.send_entry import SendEntry
 from workers.expand import PROVIDERS
 
 #: Campaign users read per batch of the live send.
@@ -98,7 +99,7 @@ HANDLERS = {
 
 
 def campaign_entry(campaign: dict) -> dict:
-    return {"user_id": None, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
+    return SendEntry.for_user(None, campaign["body"]).to_json()
 
 
 def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int, users_per_batch: int = USERS_PER_BATCH) -> None:

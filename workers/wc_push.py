@@ -28,6 +28,7 @@ from pymongo.errors import DuplicateKeyError
 from shared import db as collections
 from shared import ledger
 from shared.commands import Publisher
+from shared.send_entry import SendEntry
 from shared.wc_payload import RAW, Notification, PayloadError, body_for
 from shared.wc_push import (
     CLIENT_NOT_FOUND,
@@ -238,13 +239,8 @@ def _dispatch(db: Database, doc: dict, key: str, notification: Notification, cmd
     if Dispatch.publisher is None:
         raise RuntimeError("workers.wc_push.bind() was not called: no publisher to expand notifications")
     body, silent = body_for(notification, platform)
-    entry = {
-        "device": {"_id": device_id(key, doc["token"]), "token": doc["token"], "platform": platform, "environment": doc["environment"]},
-        "body": body.to_json(),
-        "silent": silent,
-        "high_priority": True,
-        "dead_token": DEAD_TOKEN_ACTION,
-    }
+    device = {"_id": device_id(key, doc["token"]), "token": doc["token"], "platform": platform, "environment": doc["environment"]}
+    entry = SendEntry.for_device(device, body.to_json(), silent=silent, dead_token=DEAD_TOKEN_ACTION).to_json()
     send = {
         "id": doc["message_id"],
         "kind": "wcp.send",
