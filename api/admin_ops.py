@@ -17,7 +17,7 @@ from api.context import services
 from api.errors import ApiError, bad_request, renders_errors, unavailable
 from api.powerauth_envelope import render_error
 from api.services import Services
-from shared import commands, logs, metrics
+from shared import commands, ledger, logs, metrics
 from shared import db as collections
 
 blueprint = Blueprint("admin_ops", __name__)
@@ -109,13 +109,7 @@ def _delivery_counts() -> dict:
     s = services()
 
     def read():
-        counts: dict = {}
-        for row in s.db[collections.DELIVERIES].aggregate([{"$group": {"_id": "$ps", "n": {"$sum": 1}}}]):
-            if not row["_id"]:
-                continue
-            platform, _, state = str(row["_id"]).partition(":")
-            counts.setdefault(platform, {})[state] = row["n"]
-        return counts
+        return {platform: dict(states) for platform, states in ledger.all_counts(s.db).items()}
 
     counts = s.guarded_read(read)
     _stats_cache["counts"] = (time.monotonic(), counts)

@@ -18,6 +18,7 @@ from api.powerauth_envelope import OK, existing_app, json_response, ok, render_e
 from shared import commands
 from shared import db as collections
 from shared.commands import PUSH_PROVIDERS, command
+from shared.send_entry import SendEntry
 
 blueprint = Blueprint("campaigns", __name__)
 renders_errors(blueprint, "powerauth", render_error)
@@ -188,7 +189,7 @@ def delete_users(campaign_id: str):
 def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
     user_id = sc.body()["userId"]
-    entry = {"user_id": user_id, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
+    entry = SendEntry.for_user(user_id, campaign["body"]).to_json()
     send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id)
     services().publish(commands.EXPAND_SEND, send)
     return ok({"messageId": send["id"]})

@@ -33,6 +33,7 @@ from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
 from shared.outbound import OutboundRefused
 from shared.payload import Body
+from shared.send_entry import SendEntry
 
 #: Platform names accepted and the provider each maps to (aliases of the older API).
 PLATFORMS = {"apns": "apns", "ios": "apns", "fcm": "fcm", "android": "fcm", "hms": "hms", "huawei": "hms"}
@@ -299,14 +300,10 @@ def parse_message(message: dict, prefix: str, default_priority: str, settings=No
     high_priority = (message.get("priority") or default_priority) == "HIGH"
     silent = attributes.get("silent", False)
     limits.check_payload(settings or services().settings, body, prefix + "body", silent=silent, high_priority=high_priority)
-    return {
-        "user_id": message["userId"],
-        "activation_id": message.get("activationId"),
-        "personal": attributes.get("personal", False),
-        "silent": silent,
-        "high_priority": high_priority,
-        "body": body.to_json(),
-    }
+    return SendEntry.for_user(
+        message["userId"], body.to_json(), activation_id=message.get("activationId"),
+        personal=attributes.get("personal", False), silent=silent, high_priority=high_priority,
+    ).to_json()
 
 
 def message_id(app_id: str) -> str | None:

@@ -22,7 +22,7 @@ from pymongo.database import Database
 
 from api.errors import unavailable
 from api.outcome_waiter import OutcomeWaiter, WaiterFull
-from shared import commands
+from shared import commands, ledger
 from shared import db as collections
 from shared.broker import connection_parameters
 from shared.commands import Publisher
@@ -36,14 +36,13 @@ log = logging.getLogger(__name__)
 #: First and longest pause between two looks at MongoDB while waiting (seconds).
 POLL_FIRST_SECONDS = 0.002
 POLL_LONGEST_SECONDS = 0.02
-#: Delivery states whose outcome is final.
-FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
-#: Messages with at most this many deliveries are counted by reading them: nx-27017 counts the
-#: whole collection (``estimated_document_count``) before every ``aggregate``, which made each
-#: poll of a SYNCHRONOUS send grow with the deliveries stored; reading a few indexed rows does not.
+#: Delivery states whose outcome is final (shared/ledger.py owns them).
+FINAL_STATES = ledger.FINAL_STATES
+#: Messages of the old format (rows in ``deliveries``) with at most this many deliveries are counted by reading them:
+#: nx-27017 counts the whole collection before every ``aggregate``.
 COUNT_BY_FIND_UP_TO = 50
 #: Final states counted as failed in PowerAuth's result.
-FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
+FAILED_STATES = ledger.FAILED_STATES
 
 #: Seconds the database check may take before MongoDB counts as down (a server that cannot write hangs writers).
 DATABASE_CHECK_SECONDS = 3.0
@@ -155,15 +154,32 @@ class Services:
         return self.message_counts_many([message_id])[message_id]
 
     def message_counts_many(self, message_ids: list[str]) -> dict[str, dict | None]:
-        """:meth:`message_counts` of several messages: ``{id: counts | None}``, the messages read in one query by ``_id``."""
-        messages = {
-            m["_id"]: m for m in self.db[collections.MESSAGES].find({"_id": {"$in": list(message_ids)}}, {"expanded": 1, "totals": 1})
-        }
-        return {message_id: self._counts(message_id, messages.get(message_id)) for message_id in message_ids}
+        """:meth:`message_counts` of several messages: ``{id: counts | None}``.
 
-    def _counts(self, message_id: str, message: dict | None) -> dict | None:
-        if not message or not message.get("expanded"):
-            return None
+        Two queries by ``_id`` whatever their size: the messages (each the summary: totals, chunks), then their
+        ledger chunks' state strings (shared/ledger.py). Messages of the old format are counted from their rows.
+        """
+        messages = {
+            m["_id"]: m
+            for m in self.db[collections.MESSAGES].find(
+                {"_id": {"$in": list(message_ids)}}, {"expanded": 1, "totals": 1, "chunks": 1, "summary": 1}
+            )
+        }
+        expanded = [m for m in messages.values() if m.get("expanded")]
+        by_state = ledger.counts_of_messages(self.db, [m for m in expanded if ledger.is_ledger_message(m)])
+        answer: dict[str, dict | None] = {}
+        for message_id in message_ids:
+            message = messages.get(message_id)
+            if not message or not message.get("expanded"):
+                answer[message_id] = None
+            elif message_id in by_state:
+                answer[message_id] = _result_counts(message["totals"], by_state[message_id])
+            else:
+                answer[message_id] = self._counts_v1(message_id, message)
+        return answer
+
+    def _counts_v1(self, message_id: str, message: dict) -> dict:
+        """Counts of an old-format message (one row per delivery in ``deliveries``)."""
         counts = {platform: {"sent": 0, "pending": 0, "failed": 0, "total": total} for platform, total in message["totals"].items()}
         deliveries = self.db[collections.DELIVERIES]
         if sum(message["totals"].values()) <= COUNT_BY_FIND_UP_TO:
@@ -173,7 +189,7 @@ class Services:
             rows = deliveries.aggregate([{"$match": {"message_id": message_id}}, {"$group": {"_id": "$ps", "n": {"$sum": 1}}}])
         for row in rows:
             platform, state = row["_id"].split(":", 1)
-            if state == "sent":
+            if state == ledger.SENT:
                 counts[platform]["sent"] += row["n"]
             elif state in FAILED_STATES:
                 counts[platform]["failed"] += row["n"]
@@ -256,3 +272,14 @@ class HealthChecks:
             if self.last is None or self.clock() - self.last[0] >= self.cache_seconds:
                 self.last = (self.clock(), (self.broker(), self.database()))
             return self.last[1]
+
+
+def _result_counts(totals: dict, by_state: dict) -> dict:
+    """``{platform: {sent, pending, failed, total}}`` from the totals and the states counted per platform."""
+    counts = {}
+    for platform, total in totals.items():
+        states = by_state.get(platform, {})
+        sent = states.get(ledger.SENT, 0)
+        failed = sum(states.get(s, 0) for s in FAILED_STATES)
+        counts[platform] = {"sent": sent, "pending": total - sent - failed, "failed": failed, "total": total}
+    return counts

@@ -59,6 +59,7 @@ from shared import db as collections
 from shared.commands import command
 from shared.outbound import OutboundRefused, parse
 from shared.payload import Body
+from shared.send_entry import SendEntry
 
 #: Path prefixes of this API family (its error format applies under them).
 PATH_PREFIXES = ("/session", "/call-status")
@@ -461,12 +462,8 @@ def notify_wallet(session_id: str, call_id: str, push: dict, dapp_name: str | No
     if dapp_name:
         extras["dappName"] = dapp_name
     body = Body(title=PUSH_TITLE, body=f"{PUSH_BODY} from {dapp_name}" if dapp_name else PUSH_BODY, extras=extras)
-    entry = {
-        "device": {"_id": f"wc-session:{session_id}", "token": push["token"], "platform": provider, "environment": None},
-        "body": body.to_json(),
-        "silent": False,
-        "high_priority": True,
-    }
+    device = {"_id": f"wc-session:{session_id}", "token": push["token"], "platform": provider, "environment": None}
+    entry = SendEntry.for_device(device, body.to_json()).to_json()
     svc.publish(commands.EXPAND_SEND, command("send", app_id=app_id, mode="ASYNCHRONOUS", entries=[entry], call_id=call_id))
 
 

@@ -66,6 +66,26 @@ def post_batches(stack: Stack, app_id: str, users: list[str], *, senders: int = 
         return list(pool.map(post, batches))
 
 
+def db_operations(stack: Stack) -> tuple[float, float] | None:
+    """(database round trips, documents written) so far by every worker group, from their /metrics; None without them."""
+    from shared.db_counters import DOCUMENTS_WRITTEN, ROUND_TRIPS
+
+    trips = written = 0.0
+    seen = False
+    for group in list(getattr(stack, "worker_metrics_ports", {})):
+        try:
+            text = requests.get(stack.worker_metrics_url(group), timeout=10).text
+        except requests.RequestException:
+            continue
+        for row in text.splitlines():
+            if row.startswith(ROUND_TRIPS + "_total"):
+                trips += float(row.rsplit(" ", 1)[1])
+                seen = True
+            elif row.startswith(DOCUMENTS_WRITTEN + "_total"):
+                written += float(row.rsplit(" ", 1)[1])
+    return (trips, written) if seen else None
+
+
 class E2eBench:
     """The e2e figure on one stack: ``devices`` seeded devices, each :meth:`round` sends one notification to every one.
 
@@ -94,6 +114,7 @@ class E2eBench:
         broker = [self.rabbitmq_pid] if self.rabbitmq_pid else []
         cpu_before, db_before, broker_before = cpu_seconds(project), cpu_seconds(db), cpu_seconds(broker)
         delivered_before = delivered_total(stack)
+        db_ops_before = db_operations(stack)
         start = time.time()
         post_batches(stack, self.app_id, users)
         last = wait_delivered(stack, len(users), delivered_before=delivered_before, what="e2e")
@@ -101,7 +122,12 @@ class E2eBench:
         db_used = cpu_seconds(db) - db_before
         broker_used = cpu_seconds(broker) - broker_before
         per_notification = 1e6 / len(users)
+        db_ops = db_operations(stack)
+        counted = db_ops is not None and db_ops_before is not None
         return {
+            # Counted by the workers' code that issues them (shared/db_counters.py); None for a tree without the counters.
+            "db_round_trips_per_notification": (db_ops[0] - db_ops_before[0]) / len(users) if counted else None,
+            "db_documents_written_per_notification": (db_ops[1] - db_ops_before[1]) / len(users) if counted else None,
             "e2e_per_s": len(users) / (last - start),
             "cpu_us_per_notification": cpu_used * per_notification,
             "db_cpu_us_per_notification": db_used * per_notification,

@@ -37,8 +37,10 @@ MIGRATIONS = "migrations"
 ACTIVATIONS = "activations"
 COMMANDS = "commands"
 MESSAGES = "messages"
-#: A delivery's ``ps`` is ``"<platform>:<state>"`` (e.g. ``apns:sent``): the counts per platform and state group by it.
+#: The old format: one row per delivery (read for messages expanded before the ledger, purged by its retention).
 DELIVERIES = "deliveries"
+#: The delivery ledger: one document per chunk of deliveries (shared/ledger.py).
+LEDGER = "ledger"
 DEAD_LETTERS = "dead_letters"
 CAMPAIGNS = "campaigns"
 #: A campaign's users, one document each: ``c`` the campaign id, ``u`` the user id.
@@ -69,6 +71,7 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
     DELIVERIES: [([("message_id", 1)], {}), ([("message_id", 1), ("state", 1)], {})],
+    LEDGER: [([("m", 1)], {}), ([("m", 1), ("o", 1)], {}), ([("at", 1)], {})],
     CAMPAIGN_USERS: [([("c", 1), ("u", 1)], {})],  # nx-27017 refuses "_id" in a compound index
     CAMPAIGNS: [([("created_at", 1)], {})],
     MESSAGES: [([("app_id", 1), ("created_at", 1)], {})],

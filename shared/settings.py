@@ -57,6 +57,10 @@ class Settings:
     campaign_users_per_batch: int = 5000
     #: Seconds a worker owns the deliveries it claimed; after a crash they are retried once this passes.
     delivery_lease_seconds: float = 60.0
+    #: Most provider requests in flight per provider per worker process (bounds what a SIGKILL leaves unrecorded).
+    delivery_max_in_flight: int = 64
+    #: Days delivery detail (ledger chunks) is kept; each message keeps its counts after that (shared/ledger.py).
+    delivery_retention_days: float = 7.0
     #: Delivery gives up (dead-letter) after this many seconds when no validUntil is given.
     delivery_max_age_seconds: float = 86400.0
     #: Short in-process retries before a delivery goes back to the queue with a delay.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared import audit, commands, device_lookup
+from shared import audit, commands, device_lookup, ledger
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
@@ -38,6 +38,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     if settings.wc_bridge_ttl_indexes:
         ensure_ttl_indexes(db)
     publisher = Publisher(broker, settings)
+    ledger.start_purger(db, retention_days=settings.delivery_retention_days)  # retention: shared/ledger.py purge()
     wc_push.bind(publisher, chunk_size=settings.delivery_chunk_size)
     WRITE_HANDLERS.update(dead_letters.bind(publisher, chunk_size=settings.delivery_chunk_size))
     delivery = DeliveryContext(

@@ -2,14 +2,16 @@
 
 A live send walks the campaign's users in user id order with a cursor, a
 batch at a time, never holding the whole list: each batch's devices become
-deliveries whose ``_id`` is the campaign id and the device token, so a device
-shared by several users is one delivery, and a replay (a redelivered command
-after a crash, or send/live called twice) inserts nothing new. After each
-batch the campaign records how far it got (``cursor``), so a redelivered
-command resumes there; deliveries of the batch still pending are published
-(again) in chunks, which is harmless: the delivery actors only send what they
-can claim. When expansion ends, a check re-enqueues itself until nothing is
-pending, then marks the campaign ``sent`` with ``timestamp_sent``.
+deliveries in ledger chunks (shared/ledger.py) numbered on from the chunks of
+the batches before, so a replay (a redelivered command after a crash, or
+send/live called twice) inserts nothing new. A device shared by several users
+is one delivery: it is delivered in the batch of the first of its users (in user
+id order) that is in the campaign. After each batch the campaign records how far
+it got (``cursor``, and ``progress``: chunks and deliveries so far per provider),
+so a redelivered command resumes there; the batch's chunks published again are
+harmless: the delivery actors only send what is still open. When expansion ends,
+a check re-enqueues itself until no chunk is open, then marks the campaign
+``sent`` with ``timestamp_sent``.
 """
 from __future__ import annotations
 
@@ -20,16 +22,19 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
+from shared import db_counters, ledger
 from shared import device_lookup as lookup
-from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
-from workers.expand import PENDING, Delivery, chunk_payload, delivery_id, insert_ignoring_duplicates
+from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
+from shared.ledger import Delivery, delivery_id, insert_ignoring_duplicates
+from shared.send_entry import SendEntry
+from workers.expand import PROVIDERS
 
 #: Campaign users read per batch of the live send.
 USERS_PER_BATCH = 5000
 #: Seconds between two checks whether a campaign's deliveries are all done.
 CHECK_INTERVAL_SECONDS = 1.0
 #: Delivery states that still await an outcome.
-OPEN_STATES = ("pending", "sending", "retry")
+OPEN_STATES = ledger.OPEN_STATES
 #: The one entry of a campaign send (its index in delivery ids and chunks).
 ENTRY = 0
 
@@ -94,7 +99,7 @@ HANDLERS = {
 
 
 def campaign_entry(campaign: dict) -> dict:
-    return {"user_id": None, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
+    return SendEntry.for_user(None, campaign["body"]).to_json()
 
 
 def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int, users_per_batch: int = USERS_PER_BATCH) -> None:
@@ -115,6 +120,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         pass
     entries = {str(ENTRY): campaign_entry(campaign)}
     after = campaign.get("cursor") or ""
+    progress = campaign.get("progress") or {"chunks": dict.fromkeys(PROVIDERS, 0), "totals": dict.fromkeys(PROVIDERS, 0)}
     while True:
         users = [
             doc["u"]
@@ -125,56 +131,66 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         ]
         if not users:
             break
-        _expand_users(db, publisher, campaign, users, entries, chunk_size)
+        progress = _expand_users(db, publisher, campaign, users, entries, chunk_size, progress)
         after = users[-1]
-        campaigns.update_one({"_id": campaign_id}, {"$set": {"cursor": after}})
-    totals = dict.fromkeys(PUSH_PROVIDERS, 0)
-    for row in db[collections.DELIVERIES].aggregate(
-        [{"$match": {"message_id": campaign_id}}, {"$group": {"_id": "$platform", "n": {"$sum": 1}}}]
-    ):
-        totals[row["_id"]] = row["n"]
+        campaigns.update_one({"_id": campaign_id}, {"$set": {"cursor": after, "progress": progress}})
+    totals = progress["totals"]
     db[collections.MESSAGES].update_one(
-        {"_id": campaign_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values())}}
+        {"_id": campaign_id},
+        {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": progress["chunks"]}},
     )
     publisher.publish(CAMPAIGN_CHECK, {"campaign_id": campaign_id})
     campaigns.update_one({"_id": campaign_id}, {"$set": {"state": "expanded", "devices_total": sum(totals.values())}})
 
 
-def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: list[str], entries: dict, chunk_size: int) -> None:
+def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: list[str], entries: dict, chunk_size: int,
+                  progress: dict) -> dict:
+    """Write and publish the chunks of one batch of users; answer the progress after it."""
     campaign_id = campaign["_id"]
-    by_platform: dict[str, dict[str, Delivery]] = {platform: {} for platform in PUSH_PROVIDERS}
-    held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1})
-    for device in {d["_id"]: d for devices in held.values() for d in devices}.values():
-        if device["platform"] not in by_platform:
-            continue  # a platform no provider delivers to: no delivery, counted nowhere
-        delivery = Delivery(
-            id=delivery_id(campaign_id, ENTRY, device["token"]),
-            device_id=device["_id"],
-            token=device["token"],
-            entry=ENTRY,
-            environment=device.get("environment"),
+    by_platform: dict[str, list[Delivery]] = {p: [] for p in PROVIDERS}
+    held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1, "activations": 1})
+    devices = {d["_id"]: d for devices in held.values() for d in devices}
+    # This batch's users read, their device ids, the devices in parts, and the cursor written after it.
+    db_counters.count(trips=3 + max(1, -(-len(devices) // lookup.KEYS_PER_QUERY)), written=1)
+    delivered_before = _delivered_in_earlier_batches(db, campaign_id, users[0], devices.values())
+    for device in sorted(devices.values(), key=lambda d: d["_id"]):
+        if device["platform"] not in by_platform or device["_id"] in delivered_before:
+            continue  # a platform no provider delivers to, or a device an earlier batch's user already got
+        by_platform[device["platform"]].append(
+            Delivery(
+                id=delivery_id(campaign_id, ENTRY, device["token"]),
+                device_id=device["_id"],
+                token=device["token"],
+                entry=ENTRY,
+                environment=device.get("environment"),
+            )
         )
-        by_platform[device["platform"]][delivery.id] = delivery
     now = time.time()
+    docs = []
+    chunks, totals = dict(progress["chunks"]), dict(progress["totals"])
     for platform, deliveries in by_platform.items():
-        if not deliveries:
-            continue
-        insert_ignoring_duplicates(
-            db[collections.DELIVERIES],
-            [
-                {"_id": d.id, "message_id": campaign_id, "platform": platform, "device_id": d.device_id,
-                 "state": PENDING, "ps": f"{platform}:{PENDING}"}
-                for d in deliveries.values()
-            ],
-        )
-        # Only what is still pending: on a replay, what an earlier run already sent is not published again.
-        pending = [
-            deliveries[doc["_id"]]
-            for doc in db[collections.DELIVERIES].find({"_id": {"$in": list(deliveries)}, "state": PENDING}, {"_id": 1})
-        ]
-        for start in range(0, len(pending), chunk_size):
-            part = pending[start : start + chunk_size]
-            publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], chunk_payload(campaign_id, campaign["app_id"], entries, part, first_attempt_at=now))
+        first = chunks.get(platform, 0)
+        parts = [deliveries[start:start + chunk_size] for start in range(0, len(deliveries), chunk_size)]
+        docs.extend(ledger.chunk_document(campaign_id, campaign["app_id"], platform, first + n, part, now=now) for n, part in enumerate(parts))
+        chunks[platform] = first + len(parts)
+        totals[platform] = totals.get(platform, 0) + len(deliveries)
+    insert_ignoring_duplicates(db[collections.LEDGER], docs)
+    ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries, first_attempt_at=now)
+    return {"chunks": chunks, "totals": totals}
+
+
+def _delivered_in_earlier_batches(db: Database, campaign_id: str, first_user: str, devices) -> set[str]:
+    """Devices of this batch that also belong to a campaign user before ``first_user`` (delivered with that user's batch)."""
+    earlier: dict[str, set[str]] = {}
+    for device in devices:
+        for user in set((device.get("activations") or {}).values()):
+            if user < first_user:
+                earlier.setdefault(user_doc_id(campaign_id, user), set()).add(device["_id"])
+    if not earlier:
+        return set()
+    db_counters.count()
+    found = db[collections.CAMPAIGN_USERS].find({"_id": {"$in": list(earlier)}}, {"_id": 1})
+    return {device for doc in found for device in earlier[doc["_id"]]}
 
 
 def check_campaign(db: Database, publisher: Publisher, job: dict) -> None:
@@ -183,8 +199,7 @@ def check_campaign(db: Database, publisher: Publisher, job: dict) -> None:
     campaign = db[collections.CAMPAIGNS].find_one({"_id": campaign_id}, {"sent": 1})
     if campaign is None or campaign.get("sent"):
         return
-    open_one = db[collections.DELIVERIES].find_one({"message_id": campaign_id, "state": {"$in": list(OPEN_STATES)}}, {"_id": 1})
-    if open_one is None:
+    if not ledger.has_open(db, campaign_id):
         db[collections.CAMPAIGNS].update_one(
             {"_id": campaign_id}, {"$set": {"sent": True, "state": "sent", "timestamp_sent": _now()}}
         )

@@ -8,6 +8,11 @@ claimable (a chunk published twice is a no-op for the second run, which claims
 nothing), and marks the dead letters requeued. A requeued delivery starts a
 fresh max-age period and zero attempts; one past its ``validUntil`` ends
 ``expired``.
+
+A dead letter of a ledger chunk (``chunk``, ``index``) is moved back with a
+compare-and-set on the chunk's states while no run holds it (a held chunk's
+deliveries are skipped: ask again); one of the old format (rows in
+``deliveries``) as before.
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ import time
 from pymongo.database import Database
 
 from shared import db as collections
+from shared import ledger
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher
-from workers.expand import Delivery, chunk_payload
+from shared.ledger import Delivery
+from workers.expand import chunk_payload
 
 KIND = "dead_letter.requeue"
-CLAIMABLE = ("pending", "retry")
+CLAIMABLE = ledger.CLAIMABLE
 
 _bound: dict = {}
 
@@ -40,6 +47,9 @@ def requeue(db: Database, cmd: dict) -> dict:
             docs[doc["delivery_id"]] = doc  # any one carries what a chunk needs
     skipped = [i for i in ids if i not in docs]
     now = time.time()
+    in_chunks = {i: d for i, d in docs.items() if d.get("chunk")}
+    docs = {i: d for i, d in docs.items() if not d.get("chunk")}
+    requeued = _requeue_chunks(db, in_chunks, now, skipped)
     by_platform: dict[str, list[str]] = {}
     for delivery_id, doc in docs.items():
         by_platform.setdefault(doc["platform"], []).append(delivery_id)
@@ -67,9 +77,35 @@ def requeue(db: Database, cmd: dict) -> dict:
                 chunk_payload(message_id, app_id, entries, deliveries, first_attempt_at=now),
             )
     db[collections.DEAD_LETTERS].update_many(
-        {"delivery_id": {"$in": list(docs)}}, {"$set": {"requeued_at": now, "requeue_command": cmd["id"]}}
+        {"delivery_id": {"$in": list(docs) + requeued}}, {"$set": {"requeued_at": now, "requeue_command": cmd["id"]}}
     )
-    return {"requeued": len(claimable), "skipped": skipped}
+    return {"requeued": len(claimable) + len(requeued), "skipped": skipped}
+
+
+def _requeue_chunks(db: Database, docs: dict[str, dict], now: float, skipped: list[str]) -> list[str]:
+    """Move ledger deliveries from dead_letter back to retry and publish their chunks; answer the delivery ids requeued."""
+    by_chunk: dict[str, list[dict]] = {}
+    for doc in docs.values():
+        by_chunk.setdefault(doc["chunk"], []).append(doc)
+    publisher: Publisher = _bound["publisher"]
+    requeued = []
+    for cid, group in by_chunk.items():
+        ledger.change_free_chunk(db, cid, {d["index"]: (ledger.RETRY, "requeued") for d in group}, only_from=ledger.CHAR[ledger.DEAD_LETTER])
+        chunk = db[collections.LEDGER].find_one({"_id": cid}, {"s": 1, "c": 1})
+        open_now = [d for d in group if chunk and chunk.get("c") is None and chunk["s"][d["index"]] in ledger.OPEN_CHARS]
+        skipped.extend(d["delivery_id"] for d in group if d not in open_now)
+        if not open_now:
+            continue
+        first = open_now[0]
+        entries = {str(d["delivery"][3]): d["entry"] for d in open_now}
+        provider, index = cid.rsplit(":", 2)[1], int(cid.rsplit(":", 1)[1])
+        publisher.publish(
+            DELIVER_ACTOR_BY_PROVIDER[first["platform"]],
+            ledger.chunk_message(first["message_id"], first["app_id"], provider, index, entries, (d["delivery"][3] for d in open_now),
+                                 first_attempt_at=now),
+        )
+        requeued.extend(d["delivery_id"] for d in open_now)
+    return requeued
 
 
 HANDLERS = {KIND: requeue}

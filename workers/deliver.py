@@ -1,16 +1,24 @@
-"""Deliver a chunk of deliveries to one provider, recording every outcome.
+"""Deliver a ledger chunk to one provider, recording every outcome (shared/ledger.py, workers/recorder.py).
 
-A chunk is claimed before anything is sent: each delivery moves from
-``pending``/``retry`` to ``sending`` under this run's claim id with a lease.
-Only claimed deliveries are sent, so a chunk published twice, or redelivered
-after a crash, never sends a delivery that another run holds or that already
-has an outcome. A crashed run's claims become claimable again when their lease
-runs out; the redelivered chunk waits for that with a delayed re-enqueue.
-Outcomes are written as they arrive (in small bulk writes), so a crash leaves
-at most the requests in flight at that instant without a recorded outcome.
-Those are sent again after the lease; each carries its notification's
-``display_id`` (shared/payload.py), so a device the provider had already
-reached shows it once.
+A chunk is claimed before anything is sent: one compare-and-set gives the chunk
+document to this run (``c`` its claim id). Only the deliveries still open in it
+(``pending``/``retry``) are sent, so a chunk published twice, or redelivered
+after a crash, never sends a delivery that already has an outcome, and never one
+another live run holds. A held chunk is looked at again after one lease; when its
+holder's heartbeat has not moved for that long (``LeaseWatch``: no clocks compared
+across hosts) the run takes it over and sends only what has no outcome.
+Outcomes are written by the process's recorder thread every ~20 ms, one update
+per chunk guarded by the claim, so a crash leaves at most the requests in flight
+and the last ~20 ms of answers unrecorded; the send gate
+(``delivery_max_in_flight`` per provider per process) bounds the former. Those
+are sent again after the lease; each carries its notification's ``display_id``
+(shared/payload.py), so a device the provider had already reached shows it once.
+
+The per-provider seam: :data:`SENDERS` maps a provider to a function building
+its one-delivery sender and ``workers.delivery.outcomes.CLASSIFY_BY_PROVIDER`` to its answer classifier; a
+new provider adds an entry to each (and a ``ProviderClients`` method).
+
+Old-format messages (rows in ``deliveries``) are delivered by workers/deliver_v1.py.
 """
 from __future__ import annotations
 
@@ -18,16 +26,15 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pymongo import UpdateMany
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure
 
 from shared import db as collections
-from shared import metrics
+from shared import db_counters, ledger, metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
+from shared.ledger import Delivery
 from shared.outbound import OutboundPolicy
 from shared.payload import (
     Body,
@@ -48,29 +55,22 @@ from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.hms import HmsAuth, HmsClient
 from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome
 from workers.delivery.retry import RetryPolicy, deliver_with_retries
-from workers.expand import Delivery, chunk_payload
+from workers.recorder import ClaimLost, Recorder
 from workers.writes import mark_dead_tokens
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two bulk writes of the outcomes that have arrived.
-RECORD_INTERVAL_SECONDS = 0.02
-#: Extra seconds past a foreign lease before a held delivery is looked at again.
+#: Extra seconds past a lease before a held chunk is looked at again.
 LEASE_GRACE_SECONDS = 1.0
-CLAIMABLE = ("pending", "retry")
-#: How many times per lease period a run renews the lease of what it is still sending.
+#: How many heartbeats per lease period a run gives a chunk it holds.
 LEASE_RENEWALS = 3
-#: How long a run keeps outcomes it could not write (MongoDB away) before it gives up on them.
-RECORD_GIVE_UP_SECONDS = 300.0
-#: Pause between two tries of writing outcomes while MongoDB is away.
-RECORD_RETRY_PAUSE_SECONDS = 0.5
 
 #: Outcome → delivery state recorded.
 STATE_BY_OUTCOME = {
-    Outcome.SENT: "sent",
-    Outcome.DEAD_TOKEN: "dead_token",
-    Outcome.BAD_MESSAGE: "failed",
-    Outcome.CREDENTIALS: "failed",
+    Outcome.SENT: ledger.SENT,
+    Outcome.DEAD_TOKEN: ledger.DEAD_TOKEN,
+    Outcome.BAD_MESSAGE: ledger.FAILED,
+    Outcome.CREDENTIALS: ledger.FAILED,
 }
 
 #: What a dead token does to the registration it came from, by the entry's ``dead_token``.
@@ -79,6 +79,10 @@ DEAD_TOKEN_ACTIONS = {
     DEACTIVATE_DEVICE: mark_dead_tokens,
     wc_push.DEAD_TOKEN_ACTION: wc_push.delete_dead_clients,
 }
+
+
+def dead_token_action(entry: dict) -> str:
+    return entry.get("dead_token", DEACTIVATE_DEVICE)
 
 
 @dataclass
@@ -92,73 +96,10 @@ class Result:
     outcome: Outcome | None = None
     #: A dead token's invalidation time from the provider (APNs 410 ``timestamp``, ms), if it gave one.
     token_invalid_since: int | None = None
-
-
-@dataclass
-class Recorder:
-    """Buffers outcomes and writes them in bulk, guarded by the claim id."""
-
-    db: Database
-    claim: str
-    platform: str
-    entries: dict
-    pending: list[Result] = field(default_factory=list)
-
-    def add(self, result: Result) -> None:
-        self.pending.append(result)
-
-    async def flush(self) -> None:
-        """Write what has arrived; while MongoDB is unreachable keep it for the next flush.
-
-        Dropping outcomes would leave their deliveries claimed without an outcome:
-        retried after the lease, sent a second time although the provider took them.
-        """
-        results, self.pending = self.pending, []
-        if not results:
-            return
-        try:
-            await asyncio.to_thread(self._write, results)
-        except ConnectionFailure as error:
-            self.pending[:0] = results
-            log.warning("%d outcomes kept for the next write, MongoDB unreachable: %s", len(results), error)
-
-    async def flush_all(self) -> None:
-        """Write every outcome, waiting (bounded) for MongoDB to come back; the writes are idempotent."""
-        deadline = time.monotonic() + RECORD_GIVE_UP_SECONDS
-        await self.flush()
-        while self.pending:
-            if time.monotonic() > deadline:
-                await asyncio.to_thread(self._write, self.pending)  # the last try raises: Dramatiq retries the chunk
-                self.pending = []
-                return
-            await asyncio.sleep(RECORD_RETRY_PAUSE_SECONDS)
-            await self.flush()
-
-    def _write(self, results: list[Result]) -> None:
-        # Dead tokens first: a crash between the two writes then leaves the delivery claimed
-        # (retried after the lease; the provider says "dead" again), never recorded as
-        # dead_token with its registration still active (which nothing would ever fix).
-        dead: dict[str, list[Result]] = {}
-        for result in results:
-            if result.state == "dead_token":
-                action = self.entries[str(result.delivery.entry)].get("dead_token", DEACTIVATE_DEVICE)
-                dead.setdefault(action, []).append(result)
-        for action, dead_results in dead.items():
-            invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
-            DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
-                                       invalid_since=invalid_since)
-        now = time.time()
-        groups: dict[tuple[str, str | None], list[str]] = {}
-        for result in results:
-            groups.setdefault((result.state, result.reason), []).append(result.delivery.id)
-        operations = [
-            UpdateMany(
-                {"_id": {"$in": ids}, "claim": self.claim},
-                {"$set": {"state": state, "ps": f"{self.platform}:{state}", "reason": reason, "at": now}},
-            )
-            for (state, reason), ids in groups.items()
-        ]
-        self.db[collections.DELIVERIES].bulk_write(operations, ordered=False)
+    #: The delivery's place in its ledger chunk.
+    index: int = -1
+    #: The dead letter to write with a ``dead_letter`` outcome.
+    dead_letter: dict | None = None
 
 
 class ProviderClients:
@@ -273,164 +214,138 @@ class DeliveryContext:
     settings: Settings
     clients: ProviderClients
     policy: RetryPolicy
+    recorder: Recorder | None = None
+
+    def __post_init__(self):
+        if self.recorder is None:
+            self.recorder = Recorder(DEAD_TOKEN_ACTIONS, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
+        self._gates: dict[tuple[int, str], asyncio.Semaphore] = {}
+
+    def gate(self, provider: str) -> asyncio.Semaphore:
+        """The send gate of a provider in the running event loop: at most ``delivery_max_in_flight`` requests in flight."""
+        key = (id(asyncio.get_running_loop()), provider)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = asyncio.Semaphore(max(1, self.settings.delivery_max_in_flight))
+        return gate
 
 
 async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> None:
     """Claim, send and record one chunk; re-enqueue what must wait."""
-    deliveries = [Delivery(*item) for item in chunk["deliveries"]]
-    by_id = {d.id: d for d in deliveries}
-    claim = new_id()
-    mine, held_until = await asyncio.to_thread(_claim, ctx.db, platform, list(by_id), claim, ctx.settings.delivery_lease_seconds)
-    if held_until:
-        # Held by a run that may have crashed: look again once its lease is over.
-        held = [by_id[i] for i in held_until]
-        delay = max(held_until.values()) - time.time() + LEASE_GRACE_SECONDS
-        _requeue(ctx, platform, chunk, held, delay)
-    if not mine:
+    if chunk.get("v") != ledger.FORMAT:
+        from workers.deliver_v1 import deliver_chunk_v1  # an old-format message (rolling upgrade)
+
+        await deliver_chunk_v1(ctx, platform, chunk)
         return
+    claim = new_id()
+    doc, found = await asyncio.to_thread(ledger.claim, ctx.db, chunk["chunk"], claim, chunk.get("watch"))
+    if doc is None:
+        if found is None:
+            log.warning("chunk %s not in the ledger (purged?): nothing to deliver", chunk["chunk"])
+        elif found.get("o"):
+            # Held by a run that may have died: look again after a lease, with what we saw (LeaseWatch).
+            delay = ctx.settings.delivery_lease_seconds + LEASE_GRACE_SECONDS
+            ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], {**chunk, "watch": ledger.LeaseWatch.seen(found)},
+                                  delay_ms=int(delay * 1000))
+        return
+    deliveries = ledger.deliveries_of(doc)
+    work = [(i, d) for i, d in enumerate(deliveries) if doc["s"][i] in ledger.OPEN_CHARS]
+    if not work:
+        await asyncio.to_thread(ledger.release, ctx.db, doc["_id"], claim)
+        return
+    db_counters.count()
     app = await asyncio.to_thread(ctx.db[collections.APPS].find_one, {"_id": chunk["app_id"]})
-    recorder = Recorder(ctx.db, claim, platform, chunk["entries"])
-    work = [by_id[i] for i in mine]
+    recorder = ctx.recorder
+    book = recorder.open(ctx.db, doc, claim, platform, chunk["entries"], dead_token_action)
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
     if unavailable:
-        for delivery in work:
-            recorder.add(Result(delivery, "failed", unavailable))
-            metrics.record_result(platform, chunk["app_id"], "failed")
-        await recorder.flush_all()
+        for index, delivery in work:
+            recorder.add(book, Result(delivery, ledger.FAILED, unavailable, index=index))
+            metrics.record_result(platform, chunk["app_id"], ledger.FAILED)
+        await _close(recorder, book)
         return
 
     send_one = SENDERS[platform](ctx, app, chunk)
     classify = CLASSIFY_BY_PROVIDER[platform]
+    gate = ctx.gate(platform)
     attempts = chunk.get("attempts", {})
     valid_until = {key: _valid_until(entry) for key, entry in chunk["entries"].items()}
+    max_age_at = chunk["first_attempt_at"] + ctx.settings.delivery_max_age_seconds
 
-    async def run(delivery: Delivery) -> Result:
+    async def gated(delivery: Delivery):
+        async with gate:
+            return await send_one(delivery)
+
+    async def run(index: int, delivery: Delivery) -> Result:
         deadline = valid_until[str(delivery.entry)]
         if deadline is not None and deadline <= time.time():
-            result = Result(delivery, "expired", "validUntil passed")
+            result = Result(delivery, ledger.EXPIRED, "validUntil passed", index=index)
         else:
             outcome, answer, tries, requeue_after = await deliver_with_retries(
-                lambda: send_one(delivery), classify, ctx.policy, first_attempt=attempts.get(delivery.id, 0)
+                lambda: gated(delivery), classify, ctx.policy, first_attempt=attempts.get(delivery.id, 0)
             )
             reason = getattr(answer, "reason", None) if answer is not None else "transport error"
             if outcome in STATE_BY_OUTCOME:
                 result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome,
-                                token_invalid_since=getattr(answer, "token_invalid_since", None))
+                                token_invalid_since=getattr(answer, "token_invalid_since", None), index=index)
             else:
-                result = Result(delivery, "retry", reason, retry_after=requeue_after)
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
-        recorder.add(result)
-        metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"), delivery_id=delivery.id, reason=result.reason)
+                limit = min(max_age_at, deadline) if deadline is not None else max_age_at
+                if time.time() + (requeue_after or 0.0) >= limit:
+                    result = Result(delivery, ledger.DEAD_LETTER, "gave up", index=index,
+                                    dead_letter=_dead_letter_doc(platform, chunk, doc["_id"], index, delivery, reason, attempts, claim))
+                    metrics.record_dead_letters(platform, chunk["app_id"], 1)
+                else:
+                    result = Result(delivery, ledger.RETRY, reason, retry_after=requeue_after, index=index)
+        recorder.add(book, result)
+        if result.state != ledger.DEAD_LETTER:
+            metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"), delivery_id=delivery.id,
+                                  reason=result.reason)
         return result
 
-    tasks = {asyncio.ensure_future(run(d)): d.id for d in work}
-    pending = set(tasks)
-    lease = ctx.settings.delivery_lease_seconds
-    renew_at = time.monotonic() + lease / LEASE_RENEWALS
-    while pending:
-        done, pending = await asyncio.wait(pending, timeout=RECORD_INTERVAL_SECONDS)
-        await recorder.flush()
-        if pending and time.monotonic() >= renew_at:
-            # Still sending: keep the claim, so no other run takes over a live delivery.
-            try:
-                await asyncio.to_thread(_renew_lease, ctx.db, [tasks[t] for t in pending], claim, lease)
-            except ConnectionFailure as error:
-                log.warning("lease not renewed, MongoDB unreachable: %s", error)  # renewed at the next turn
-            renew_at = time.monotonic() + lease / LEASE_RENEWALS
-    await recorder.flush_all()
-    results = [t.result() for t in tasks]
+    results = await asyncio.gather(*(run(i, d) for i, d in work))
+    await _close(recorder, book)
     refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
     if refused:
         await asyncio.to_thread(_suspend, ctx.db, chunk["app_id"], platform, refused[0].reason or "credentials refused")
-    await _schedule_retries(ctx, platform, chunk, [r for r in results if r.state == "retry"], attempts, claim)
+    later = [r for r in results if r.state == ledger.RETRY]
+    if later:
+        # Their "retry" state is recorded and the claim released: the re-enqueued chunk claims them again.
+        delay = max(r.retry_after or 0.0 for r in later)
+        message = {**chunk, "attempts": {r.delivery.id: attempts.get(r.delivery.id, 0) for r in later}}
+        message.pop("watch", None)
+        ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], message, delay_ms=max(0, int(delay * 1000)))
 
+
+async def _close(recorder: Recorder, book) -> None:
+    try:
+        await recorder.close(book)
+    except ClaimLost as lost:
+        # Another run took the chunk over (this one looked dead for a lease): it sends what has no outcome.
+        log.warning("%s", lost)
 
 
 def _suspend(db: Database, app_id: str, platform: str, reason: str) -> None:
     db[collections.APPS].update_one({"_id": app_id}, {"$set": {f"suspended.{platform}": reason}})
 
 
-async def _schedule_retries(ctx: DeliveryContext, platform: str, chunk: dict, retries: list[Result], attempts: dict, claim: str) -> None:
-    """Re-enqueue deliveries that must wait; dead-letter those past validUntil or the max age."""
-    if not retries:
-        return
-    now = time.time()
-    max_age_at = chunk["first_attempt_at"] + ctx.settings.delivery_max_age_seconds
-    later, given_up = [], []
-    for result in retries:
-        deadline = _valid_until(chunk["entries"][str(result.delivery.entry)])
-        wait = result.retry_after or 0.0
-        limit = min(max_age_at, deadline) if deadline is not None else max_age_at
-        (given_up if now + wait >= limit else later).append(result)
-    if given_up:
-        await asyncio.to_thread(_dead_letter, ctx.db, platform, chunk, given_up, claim)
-    if later:
-        # Their "retry" state is already recorded: claimable again by the re-enqueued chunk.
-        delay = max(r.retry_after or 0.0 for r in later)
-        _requeue(ctx, platform, chunk, [r.delivery for r in later], delay, attempts=attempts)
-
-
-def _claim(db: Database, platform: str, ids: list[str], claim: str, lease_seconds: float) -> tuple[list[str], dict[str, float]]:
-    """Claim what is claimable; answer (claimed ids, {held id: lease end}) for the rest not final."""
-    deliveries = db[collections.DELIVERIES]
-    now = time.time()
-    grab = {"$set": {"state": "sending", "ps": f"{platform}:sending", "claim": claim, "lease_until": now + lease_seconds}}
-    claimed = deliveries.update_many({"_id": {"$in": ids}, "state": {"$in": list(CLAIMABLE)}}, grab).modified_count
-    if claimed == len(ids):
-        return list(ids), {}  # the common case: all were waiting, all are mine (no more round trips)
-    deliveries.update_many({"_id": {"$in": ids}, "state": "sending", "lease_until": {"$lt": now}}, grab)
-    mine, held = [], {}
-    for doc in deliveries.find({"_id": {"$in": ids}, "state": "sending"}, {"claim": 1, "lease_until": 1}):
-        if doc["claim"] == claim:
-            mine.append(doc["_id"])
-        else:
-            held[doc["_id"]] = doc["lease_until"]
-    return mine, held
-
-
-def _renew_lease(db: Database, ids: list[str], claim: str, lease_seconds: float) -> None:
-    db[collections.DELIVERIES].update_many(
-        {"_id": {"$in": ids}, "claim": claim, "state": "sending"}, {"$set": {"lease_until": time.time() + lease_seconds}}
-    )
-
-
-def _dead_letter(db: Database, platform: str, chunk: dict, results: list[Result], claim: str) -> None:
-    now = time.time()
-    ids = [r.delivery.id for r in results]
-    db[collections.DELIVERIES].update_many(
-        {"_id": {"$in": ids}, "claim": claim},
-        {"$set": {"state": "dead_letter", "ps": f"{platform}:dead_letter", "reason": "gave up", "at": now}},
-    )
-    db[collections.DEAD_LETTERS].insert_many(
-        [
-            {
-                "delivery_id": r.delivery.id,
-                "message_id": chunk["message_id"],
-                "app_id": chunk["app_id"],
-                "platform": platform,
-                "reason": f"gave up after retries: {r.reason}",
-                "at": now,
-                # What POST /admin/dead-letters/requeue needs to publish it again (workers/dead_letters.py).
-                "attempts": chunk.get("attempts", {}).get(r.delivery.id),
-                "delivery": r.delivery.as_list(),
-                "entry": chunk["entries"][str(r.delivery.entry)],
-            }
-            for r in results
-        ]
-    )
-    metrics.record_dead_letters(platform, chunk["app_id"], len(results))
-
-
-def _requeue(ctx: DeliveryContext, platform: str, chunk: dict, deliveries: list[Delivery], delay: float, *, attempts: dict | None = None) -> None:
-    payload = chunk_payload(
-        chunk["message_id"],
-        chunk["app_id"],
-        chunk["entries"],
-        deliveries,
-        first_attempt_at=chunk["first_attempt_at"],
-        attempts={d.id: (attempts or chunk.get("attempts", {})).get(d.id, 0) for d in deliveries},
-    )
-    ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], payload, delay_ms=max(0, int(delay * 1000)))
+def _dead_letter_doc(platform: str, chunk: dict, cid: str, index: int, delivery: Delivery, reason: str | None,
+                     attempts: dict, claim: str) -> dict:
+    return {
+        "_id": f"{delivery.id}:{claim}",
+        "delivery_id": delivery.id,
+        "message_id": chunk["message_id"],
+        "app_id": chunk["app_id"],
+        "platform": platform,
+        "reason": f"gave up after retries: {reason}",
+        "at": time.time(),
+        # What POST /admin/dead-letters/requeue needs to put it back (workers/dead_letters.py).
+        "attempts": attempts.get(delivery.id),
+        "delivery": delivery.as_list(),
+        "entry": chunk["entries"][str(delivery.entry)],
+        "chunk": cid,
+        "index": index,
+    }
 
 
 def _provider_unavailable(app: dict | None, platform: str) -> str | None:

@@ -1,65 +1,41 @@
-"""Expand a send (one message or a batch) into deliveries, one per (entry, device).
+"""Expand a send (one message or a batch) into deliveries, one per (entry, device), kept in ledger chunks.
 
-A delivery's ``_id`` is made of the message id, the entry's index and the
-device token, so running the expansion twice (a redelivered command) inserts
-nothing new, and the chunks it publishes again are no-ops for the delivery
-actors, which only take deliveries they can claim.
+The deliveries of each provider are cut into chunks of ``chunk_size``; each
+chunk is one ledger document with a natural ``_id`` (message id, provider,
+chunk index: shared/ledger.py), so running the expansion twice (a redelivered
+command) inserts nothing new, and the chunks it publishes again are no-ops for
+the delivery actors, which only send what is still open in a chunk they hold.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
-from shared import activation_status
+from shared import activation_status, db_counters, ledger
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 
-#: MongoDB's duplicate-key error: an insert that already happened.
-DUPLICATE_KEY = 11000
-#: Delivery states that are final (the outcome is known and recorded).
-FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
-PENDING = "pending"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One notification to one device, as it crosses the deliver queue."""
-
-    id: str
-    device_id: str
-    token: str
-    entry: int
-    environment: str | None
-
-    def as_list(self) -> list:
-        return [self.id, self.device_id, self.token, self.entry, self.environment]
-
-
-def delivery_id(message_id: str, entry: int, token: str) -> str:
-    return f"{message_id}:{entry}:{token}"
-
-
-def insert_ignoring_duplicates(collection, documents: list[dict]) -> None:
-    """``insert_many`` that treats documents already there as inserted (idempotent replays)."""
-    if not documents:
-        return
-    try:
-        collection.insert_many(documents, ordered=False)
-    except BulkWriteError as error:
-        if any(e["code"] != DUPLICATE_KEY for e in error.details["writeErrors"]):
-            raise
+# The names other modules and tests know these by (shared/ledger.py owns them).
+DUPLICATE_KEY = ledger.DUPLICATE_KEY
+FINAL_STATES = ledger.FINAL_STATES
+PENDING = ledger.PENDING
+Delivery = ledger.Delivery
+delivery_id = ledger.delivery_id
+insert_ignoring_duplicates = ledger.insert_ignoring_duplicates
+#: Providers a delivery is made for (a device of another provider is counted nowhere).
+PROVIDERS = PUSH_PROVIDERS
 
 
 def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int) -> None:
-    """Turn a send command into deliveries and publish them in chunks per provider."""
+    """Turn a send command into ledger chunks per provider and publish one deliver message per chunk."""
     message_id = cmd["id"]
     now = datetime.now(UTC)
+    db_counters.count(written=1)
     try:
         db[collections.MESSAGES].insert_one(
             {
@@ -75,46 +51,32 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     except DuplicateKeyError:
         pass
     entries = cmd["entries"]
-    deliveries: dict[str, list[Delivery]] = {platform: [] for platform in PUSH_PROVIDERS}
+    deliveries: dict[str, dict[str, Delivery]] = {platform: {} for platform in PROVIDERS}
     for entry_index, device in _targets(db, cmd["app_id"], entries):
         platform = device["platform"]
         if platform not in deliveries:
             continue  # a platform no provider delivers to: no delivery, counted nowhere
-        deliveries[platform].append(
-            Delivery(
-                id=delivery_id(message_id, entry_index, device["token"]),
-                device_id=device["_id"],
-                token=device["token"],
-                entry=entry_index,
-                environment=device.get("environment"),
-            )
+        delivery = Delivery(
+            id=delivery_id(message_id, entry_index, device["token"]),
+            device_id=device["_id"],
+            token=device["token"],
+            entry=entry_index,
+            environment=device.get("environment"),
         )
+        deliveries[platform].setdefault(delivery.id, delivery)  # a device twice for one entry is one delivery, as before
+    started = time.time()
+    docs = []
     for platform, items in deliveries.items():
-        insert_ignoring_duplicates(
-            db[collections.DELIVERIES],
-            [
-                {
-                    "_id": d.id,
-                    "message_id": message_id,
-                    "platform": platform,
-                    "device_id": d.device_id,
-                    "state": PENDING,
-                    "ps": f"{platform}:{PENDING}",
-                }
-                for d in items
-            ],
-        )
-    totals = {platform: len(items) for platform, items in deliveries.items()}
+        docs.extend(ledger.chunk_document(message_id, cmd["app_id"], platform, n, part, now=started)
+                    for n, part in enumerate(_parts(list(items.values()), chunk_size)))
+    insert_ignoring_duplicates(db[collections.LEDGER], docs)
     entries_by_key = {str(index): entry for index, entry in enumerate(entries)}
-    for platform, items in deliveries.items():
-        for start in range(0, len(items), chunk_size):
-            part = items[start : start + chunk_size]
-            publisher.publish(
-                DELIVER_ACTOR_BY_PROVIDER[platform],
-                chunk_payload(message_id, cmd["app_id"], entries_by_key, part, first_attempt_at=time.time()),
-            )
+    ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries_by_key, first_attempt_at=started)
+    totals = {platform: len(items) for platform, items in deliveries.items()}
+    chunks = {platform: -(-len(items) // chunk_size) for platform, items in deliveries.items()}
+    db_counters.count(written=1)
     db[collections.MESSAGES].update_one(
-        {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values())}}
+        {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": chunks}}
     )
 
 
@@ -127,7 +89,7 @@ def chunk_payload(
     first_attempt_at: float,
     attempts: dict | None = None,
 ) -> dict:
-    """A deliver-queue message: the deliveries and only the entries they use (keyed by index)."""
+    """An old-format deliver-queue message (``ledger_v1``: rows in ``deliveries``): the deliveries and the entries they use."""
     used = sorted({str(d.entry) for d in deliveries})
     return {
         "message_id": message_id,
@@ -153,6 +115,9 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
     devices_by_user = lookup.devices_by_user(
         db, app_id, users, {"token": 1, "platform": 1, "environment": 1, "activations": 1}
     )
+    if users:  # the user lookups, then the devices by _id in parts (shared/device_lookup.py)
+        found = len({d["_id"] for devices in devices_by_user.values() for d in devices})
+        db_counters.count(trips=1 + max(1, -(-found // lookup.KEYS_PER_QUERY)))
     personal_activations = {
         activation
         for entry in entries
@@ -161,6 +126,8 @@ def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[i
         for activation in device["activations"]
     }
     status = activation_status.statuses(db, app_id, personal_activations)
+    if personal_activations:
+        db_counters.count()
     for index, entry in enumerate(entries):
         for device in devices_by_user.get(entry.get("user_id"), ()):
             activations = [a for a, user in device["activations"].items() if user == entry["user_id"]]

@@ -26,7 +26,9 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
+from shared import ledger
 from shared.commands import Publisher
+from shared.send_entry import SendEntry
 from shared.wc_payload import RAW, Notification, PayloadError, body_for
 from shared.wc_push import (
     CLIENT_NOT_FOUND,
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 DEAD_TOKEN_ACTION = "wc_push_client"
 #: Times a token swap is retried after losing an insert race to an older registration.
 MAX_SWAP_TRIES = 5
-PENDING_STATES = ("pending", "retry")
+PENDING_STATES = ledger.CLAIMABLE
 
 
 def _now() -> datetime:
@@ -158,7 +160,11 @@ def drop_pending(db: Database, key: str, reason: str) -> None:
     for doc in notifications:
         if doc.get("platform"):
             by_platform.setdefault(doc["platform"], []).append(expand.delivery_id(doc["message_id"], 0, doc["token"]))
-    for platform, ids in by_platform.items():
+    for doc in notifications:
+        if doc.get("platform"):  # its one delivery: chunk 0, index 0 (expand_send of one device)
+            ledger.change_free_chunk(db, ledger.chunk_id(doc["message_id"], doc["platform"], 0), {0: (ledger.FAILED, reason)},
+                                     only_from=ledger.OPEN_CHARS)
+    for platform, ids in by_platform.items():  # the old format
         db[collections.DELIVERIES].update_many(
             {"_id": {"$in": ids}, "state": {"$in": list(PENDING_STATES)}},
             {"$set": {"state": "failed", "ps": f"{platform}:failed", "reason": reason}},
@@ -233,13 +239,8 @@ def _dispatch(db: Database, doc: dict, key: str, notification: Notification, cmd
     if Dispatch.publisher is None:
         raise RuntimeError("workers.wc_push.bind() was not called: no publisher to expand notifications")
     body, silent = body_for(notification, platform)
-    entry = {
-        "device": {"_id": device_id(key, doc["token"]), "token": doc["token"], "platform": platform, "environment": doc["environment"]},
-        "body": body.to_json(),
-        "silent": silent,
-        "high_priority": True,
-        "dead_token": DEAD_TOKEN_ACTION,
-    }
+    device = {"_id": device_id(key, doc["token"]), "token": doc["token"], "platform": platform, "environment": doc["environment"]}
+    entry = SendEntry.for_device(device, body.to_json(), silent=silent, dead_token=DEAD_TOKEN_ACTION).to_json()
     send = {
         "id": doc["message_id"],
         "kind": "wcp.send",

@@ -32,8 +32,9 @@ from devstack.credentials import (
 )
 from devstack.seed import seed_devices
 from devstack.stack import Stack
+from shared import ledger
 from shared.settings import load
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.stacks import queue_names
 
 #: Notifications per scenario (one per device) and per batch request.
@@ -231,10 +232,7 @@ class FaultRun:
         """Deliveries of the acknowledged messages by state (retrying while MongoDB is away)."""
         for attempt in range(retries):
             try:
-                rows = self.db["deliveries"].aggregate(
-                    [{"$match": {"message_id": {"$in": list(self.acknowledged)}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
-                )
-                return Counter({row["_id"]: row["n"] for row in rows})
+                return ledger.state_counts(self.db, self.acknowledged)  # the state strings only: the database stays light
             except pymongo.errors.PyMongoError:
                 if attempt == retries - 1:
                     raise
@@ -242,10 +240,25 @@ class FaultRun:
         raise AssertionError("unreachable")
 
     def tokens_in(self, state: str) -> set[str]:
-        return {
-            d["_id"].rsplit(":", 1)[1]
-            for d in self.db["deliveries"].find({"message_id": {"$in": list(self.acknowledged)}, "state": state}, {"_id": 1})
-        }
+        return ledger_view.tokens(self.db, self.acknowledged, state)
+
+    def outcome_record_ms(self) -> dict:
+        """From a provider's answer to its outcome in the ledger, over the running worker groups: mean and p99 (bucket bound)."""
+        by_bound: dict[float, float] = {}
+        total = count = 0.0
+        for group in list(self.stack.worker_metrics_ports):
+            try:
+                text = requests.get(self.stack.worker_metrics_url(group), timeout=10).text
+            except requests.RequestException:
+                continue
+            buckets, group_total, group_count = _histogram(text, "push_outcome_record_seconds")
+            for bound, n in buckets:
+                by_bound[bound] = by_bound.get(bound, 0.0) + n
+            total, count = total + group_total, count + group_count
+        if not count:
+            return {}
+        p99 = next(bound for bound, n in sorted(by_bound.items()) if n >= 0.99 * count)
+        return {"mean": round(1000 * total / count, 1), "p99_at_most": 1000 * p99, "n": int(count)}
 
     def wait_sent_at_least(self, n: int, *, timeout: float = 120) -> None:
         wait_for(lambda: self.states().get("sent", 0) >= n, timeout=timeout, what=f"{n} deliveries sent", every=0.2)
@@ -292,17 +305,9 @@ class FaultRun:
         never = [t for t in live if delivered[t] == 0]
         dead_delivered = [t for t in self.dead if delivered[t]]
 
-        reasonless = list(
-            self.db["deliveries"].find(
-                {"message_id": {"$in": list(self.acknowledged)}, "state": {"$in": ["failed", "dead_token", "expired", "dead_letter"]},
-                 "reason": {"$in": [None, ""]}},
-                {"_id": 1},
-            ).limit(5)
-        )
-        dead_reasons = Counter(
-            d.get("reason")
-            for d in self.db["deliveries"].find({"message_id": {"$in": list(self.acknowledged)}, "state": "dead_token"}, {"reason": 1})
-        )
+        final_rows = ledger_view.rows(self.db, self.acknowledged)
+        reasonless = [r for r in final_rows if r["state"] in ("failed", "dead_token", "expired", "dead_letter") and not r.get("reason")][:5]
+        dead_reasons = Counter(r.get("reason") for r in final_rows if r["state"] == "dead_token")
         def deactivated_devices() -> set[str]:
             found = self.db["devices"].find({"app_id": self.app_id, "active": {"$in": [False, 0]}}, {"token": 1, "dead_reason": 1})
             return {d["token"] for d in found if d.get("dead_reason")}
@@ -342,6 +347,9 @@ class FaultRun:
             **{f"{provider}_delivered": sum(delivered[t] for t, p in zip(self.tokens, self.platforms, strict=True) if p == provider)
                for provider in self.controls},
             "queue_messages_left": sum(last["queues"].values()),
+            # Issue 20: notifications the provider received twice, of those acknowledged (target <= 1 % after a worker SIGKILL).
+            "wire_repeats_percent": round(100.0 * len(repeated) / max(1, len(self.acknowledged_users)), 2),
+            "outcome_record_ms": self.outcome_record_ms(),
             "seconds": round(time.monotonic() - self.started_at, 1),
         }
         print(f"\nFAULT COUNTS {self.name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
@@ -357,6 +365,19 @@ class FaultRun:
         assert all(delivered[t] <= 2 for t in live)
         assert all(shown[t] == 1 for t in live), f"{sum(1 for t in live if shown[t] != 1)} devices showed the notification other than once"
         return counts
+
+
+def _histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float, float]:
+    buckets, total, count = [], 0.0, 0.0
+    for row in text.splitlines():
+        if row.startswith(name + "_bucket"):
+            bound = row.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(row.rsplit(" ", 1)[1])))
+        elif row.startswith(name + "_sum"):
+            total += float(row.rsplit(" ", 1)[1])
+        elif row.startswith(name + "_count"):
+            count += float(row.rsplit(" ", 1)[1])
+    return buckets, total, count
 
 
 def _safe(check):

@@ -15,6 +15,7 @@ from collections import Counter
 
 import requests
 
+from tests import ledger_view
 from tests.faults.harness import FaultRun
 
 #: Deliveries sent before a fault lands: the send is well under way, far from done.
@@ -86,7 +87,7 @@ def test_apns_answers_503_for_30s_then_recovers(run: FaultRun, stack):
     started = time.monotonic()
     time.sleep(10)
     # Mid-outage: what waits for another try is recorded as such, with the provider's reason.
-    waiting = list(run.db["deliveries"].find({"message_id": {"$in": list(run.acknowledged)}, "state": "retry"}, {"reason": 1}))
+    waiting = ledger_view.rows(run.db, run.acknowledged, "retry")
     reasons = Counter(d.get("reason") for d in waiting)
     print(f"waiting for another try 10 s into the outage: {len(waiting)}, by reason: {dict(reasons)}")
     assert waiting and all(reasons), reasons

@@ -5,10 +5,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pymongo
 import requests
 
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.integration.conftest import apns_token, fcm_token, register
 
 
@@ -116,15 +115,15 @@ def test_workers_killed_mid_campaign_still_serve_every_device_exactly_once(api, 
         list(pool.map(lambda i: register(api, app_id, tokens[i], "apns" if i % 2 else "fcm", users[i]), range(count)))
     campaign_id = create_campaign(api, app_id, "Survive")
     add_users(api, campaign_id, users)
-    deliveries = pymongo.MongoClient(stack.mongo_uri)["push"]["deliveries"]
+    db = ledger_view.database(stack)
 
     api.ok(f"/push/campaign/send/live/{campaign_id}")
-    wait_for(lambda: deliveries.find_one({"message_id": campaign_id, "state": "sent"}), what="first campaign deliveries sent")
+    wait_for(lambda: ledger_view.rows(db, campaign_id, "sent"), what="first campaign deliveries sent")
     stack.stop_workers(["core", "deliver"], kill=True)
     # Sends whose answer was in flight at the kill (claimed, no outcome recorded) are the only ones
     # that may reach a device twice: the provider may have taken them an instant before the kill.
-    in_flight = {d["_id"].rsplit(":", 1)[1] for d in deliveries.find({"message_id": campaign_id, "state": "sending"}, {"_id": 1})}
-    recorded = {d["_id"].rsplit(":", 1)[1] for d in deliveries.find({"message_id": campaign_id, "state": "sent"}, {"_id": 1})}
+    in_flight = ledger_view.tokens(db, campaign_id, "sending")
+    recorded = ledger_view.tokens(db, campaign_id, "sent")
     assert not detail(api, campaign_id)["sent"], "the kill landed after the whole campaign; nothing was tested"
     stack.start_workers(["core", "deliver"])
 

@@ -12,13 +12,12 @@ import requests
 from devstack.stack import free_port
 from shared.broker import make_broker
 from shared.commands import APPLY_WRITE, DELIVER_ACTOR_BY_PROVIDER, Publisher, command
+from shared.ledger import chunk_message
 from shared.payload import display_id
 from shared.settings import load
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.integration.conftest import apns_token, fcm_token, register
 from tests.integration.tcp_proxy import TcpProxy
-from workers.expand import Delivery, chunk_payload
-from workers.writes import device_id
 
 
 def devices(stack):
@@ -75,17 +74,14 @@ def test_acknowledged_batch_survives_a_worker_killed_mid_batch_and_is_delivered_
         {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [{"userId": u, "body": {"title": "survive"}} for u in users]},
     )
     message_id = answer["responseObject"]["messageId"]
-    deliveries = pymongo.MongoClient(stack.mongo_uri)["push"]["deliveries"]
+    db = ledger_view.database(stack)
     # Kill once the fast ones are recorded and the slow ones are in flight at the provider:
     # recorded outcomes must never be sent again, unanswered sends must be sent again, once.
     # (A send answered in the last instant before the kill, not yet recorded, would be sent
     # twice: the one at-least-once window, see README "Delivery guarantees".)
-    wait_for(
-        lambda: len(list(deliveries.find({"message_id": message_id, "state": "sent"}, {"_id": 1}))) >= len(fast),
-        what="fast deliveries sent",
-    )
+    wait_for(lambda: len(ledger_view.rows(db, message_id, "sent")) >= len(fast), what="fast deliveries sent")
     stack.stop_workers(["deliver"], kill=True)
-    sent_before_kill = len(list(deliveries.find({"message_id": message_id, "state": "sent"}, {"_id": 1})))
+    sent_before_kill = len(ledger_view.rows(db, message_id, "sent"))
     assert sent_before_kill < len(tokens), "the kill landed after the whole batch; nothing was tested"
     stack.start_workers(["deliver"])
 
@@ -96,7 +92,7 @@ def test_acknowledged_batch_survives_a_worker_killed_mid_batch_and_is_delivered_
     try:
         wait_for(all_sent, timeout=120, what="every delivery sent after restart")
     except AssertionError:
-        states = Counter((d["_id"].rsplit(":", 1)[1].startswith(("de1a", "delay")), d["state"], d.get("reason")) for d in deliveries.find({"message_id": message_id}))
+        states = Counter((d["token"].startswith(("de1a", "delay")), d["state"], d.get("reason")) for d in ledger_view.rows(db, message_id))
         raise AssertionError(f"not all sent: {sorted(states.items())}") from None
     apns_counts, fcm_counts = apns_sim.all_counts()["delivered"], fcm_sim.all_counts()["delivered"]
     for i, token in enumerate(tokens):
@@ -123,26 +119,24 @@ def test_a_send_repeated_after_a_crash_reaches_the_device_again_but_shows_once(a
     sims = {"apns": apns_sim, "fcm": fcm_sim}
     for platform, token in tokens.items():
         wait_for(lambda p=platform, t=token: sims[p].delivered(t) == 1, what=f"{platform} delivered")
-    deliveries = pymongo.MongoClient(stack.mongo_uri)["push"]["deliveries"]
-    wait_for(lambda: deliveries.count_documents({"message_id": message_id, "state": "sent"}) == 2, what="outcomes recorded")
+    db = ledger_view.database(stack)
+    wait_for(lambda: len(ledger_view.rows(db, message_id, "sent")) == 2, what="outcomes recorded")
 
-    deliveries.update_many(
-        {"message_id": message_id},
-        {"$set": {"state": "sending", "claim": "a-run-killed-after-the-providers-200", "lease_until": time.time() - 1}},
-    )
+    # Each chunk as a SIGKILL right after the provider's 200 leaves it: held by a dead run, no outcome recorded.
+    chunks = db["ledger"]
+    assert chunks.update_many({"m": message_id}, {"$set": {"c": "a-run-killed-after-the-providers-200", "hb": 7, "s": "p", "o": True}}).matched_count == 2
     settings = load(queue_prefix=stack.queue_prefix)
     publisher = Publisher(make_broker(settings, set_global=False), settings)
     entry = {"user_id": user, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": body}
-    for platform, token in tokens.items():
-        doc = deliveries.find_one({"message_id": message_id, "_id": {"$regex": f":{token}$"}})
-        delivery = Delivery(doc["_id"], device_id(app_id, token), token, 0, None)
-        chunk = chunk_payload(message_id, app_id, {"0": entry}, [delivery], first_attempt_at=time.time())
-        publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], chunk)
+    for platform in tokens:
+        # The redelivered message: the run finds the chunk held, waits one lease of a still heartbeat, takes it over.
+        publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform],
+                          chunk_message(message_id, app_id, platform, 0, {"0": entry}, [0], first_attempt_at=time.time()))
 
     for platform, token in tokens.items():
         wait_for(lambda p=platform, t=token: sims[p].delivered(t) == 2, what=f"{platform} sent again")
         assert sims[platform].counts(token)["shown"] == 1, f"{platform}: the repeat showed as a second notification"
-    wait_for(lambda: deliveries.count_documents({"message_id": message_id, "state": "sent"}) == 2, what="outcomes recorded again")
+    wait_for(lambda: len(ledger_view.rows(db, message_id, "sent")) == 2, what="outcomes recorded again")
     expected = display_id(message_id, 0)
     apns_sent, fcm_sent = apns_sim.received(tokens["apns"]), fcm_sim.received(tokens["fcm"])
     assert [r["headers"].get("apns-collapse-id") for r in apns_sent] == [expected, expected]

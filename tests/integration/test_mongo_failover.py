@@ -22,7 +22,7 @@ import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
 from devstack.stack import Ports
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.integration.conftest import apns_token, fcm_token
 from tests.integration.mongo_wire_proxy import CUT_REPLY, MongoWireProxy, Rule
 from tests.stacks import running_stack
@@ -82,8 +82,8 @@ def on(collection: str, command: str):
 
 def outcome_write(cmd: dict) -> bool:
     """A delivery run's bulk write of outcomes (guarded by its claim id), not a claim or a lease renewal."""
-    return cmd.get("update") == "deliveries" and any(
-        "claim" in u["q"] and "state" in u["u"].get("$set", {}) for u in cmd.get("updates", [])
+    return cmd.get("update") == "ledger" and any(
+        "c" in u["q"] and "s" in u["u"].get("$set", {}) for u in cmd.get("updates", [])
     )
 
 
@@ -113,7 +113,7 @@ def send_to_new_devices(stack, app_id: str, n: int) -> tuple[str, dict[str, str]
 def sent(stack, app_id):
     """A send whose every delivery has its outcome (so no worker reads meanwhile), and a bridge session."""
     message_id, tokens = send_to_new_devices(stack, app_id, 2)
-    waiting.wait_for(lambda: db(stack)["deliveries"].count_documents({"message_id": message_id, "state": "sent"}) == 2,
+    waiting.wait_for(lambda: len(ledger_view.rows(db(stack), message_id, "sent")) == 2,
                      timeout=60, what="the send delivered")
     session = requests.post(stack.api_url + "/session/new", timeout=30)
     assert session.status_code == 200, session.text
@@ -181,8 +181,7 @@ def test_a_device_write_refused_by_a_stepped_down_primary_is_applied_on_retry(st
 def test_outcome_writes_refused_are_kept_and_written_once_the_primary_is_back(stack, rules, app_id):
     rule = rules.add(Rule(outcome_write, times=3))
     message_id, tokens = send_to_new_devices(stack, app_id, 6)
-    deliveries = db(stack)["deliveries"]
-    waiting.wait_for(lambda: deliveries.count_documents({"message_id": message_id, "state": "sent"}) == len(tokens),
+    waiting.wait_for(lambda: len(ledger_view.rows(db(stack), message_id, "sent")) == len(tokens),
                      timeout=60, what="every outcome recorded")
 
     assert rule.hits == 3
@@ -192,8 +191,7 @@ def test_outcome_writes_refused_are_kept_and_written_once_the_primary_is_back(st
 def test_a_reply_cut_after_the_outcome_write_landed_sends_nothing_twice(stack, rules, app_id):
     rule = rules.add(Rule(outcome_write, action=CUT_REPLY))
     message_id, tokens = send_to_new_devices(stack, app_id, 6)
-    deliveries = db(stack)["deliveries"]
-    waiting.wait_for(lambda: deliveries.count_documents({"message_id": message_id, "state": "sent"}) == len(tokens),
+    waiting.wait_for(lambda: len(ledger_view.rows(db(stack), message_id, "sent")) == len(tokens),
                      timeout=60, what="every outcome recorded")
     time.sleep(2)  # past a lease's grace: a repeat would have been sent by now
 

@@ -10,7 +10,6 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pymongo
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.credentials import configure_app, make_credentials
 from devstack.stack import ROOT, free_port
 from shared.logs import redacted_token
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.integration.conftest import apns_token, fcm_token, hms_token, register
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -182,9 +181,13 @@ def test_dead_letters_are_listed_and_requeued_through_the_queue(stack, api, new_
 
     # Requeued through the deliver queue: the delivery leaves dead_letter and gets a new outcome (here expired:
     # validUntil has passed), and the dead letter is no longer listed as waiting.
-    deliveries = pymongo.MongoClient(stack.mongo_uri)["push"]["deliveries"]
+    db = ledger_view.database(stack)
+
+    def delivery():
+        return next((r for r in ledger_view.rows(db, item["message_id"]) if r["_id"] == item["id"]), None)
+
     final = eventually(
-        lambda: (d := deliveries.find_one({"_id": item["id"]})) and d["state"] not in ("dead_letter", "retry", "sending") and d,
+        lambda: (d := delivery()) and d["state"] not in ("dead_letter", "retry", "sending") and d,
         what="requeued delivery's new outcome",
     )
     assert final["state"] == "expired"

@@ -30,6 +30,7 @@ from api.wc_push_auth import did_key_for, signed_message
 from devstack.credentials import apns_certificate_p12, make_credentials, register_with_simulators
 from devstack.stack import free_port
 from shared import db as collections
+from shared import ledger
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
 from shared.wc_push import client_key, notification_key, tenant_app_id
@@ -718,10 +719,12 @@ def test_eviction_and_unregister_cancel_pending_deliveries(database):
     database[collections.WCP_NOTIFICATIONS].insert_one(
         {"_id": f"{tenant}\ta\tn1", "tenant_id": tenant, "client_key": client_key(tenant, "a"), "message_id": message_id, "token": "tok", "platform": "fcm"}
     )
-    database[collections.DELIVERIES].insert_one({"_id": f"{message_id}:0:tok", "message_id": message_id, "state": "retry", "ps": "fcm:retry"})
+    chunk = ledger.chunk_document(message_id, "app", "fcm", 0, [ledger.Delivery(f"{message_id}:0:tok", "d", "tok", 0, None)], now=time.time())
+    chunk["s"] = ledger.CHAR[ledger.RETRY]
+    database[collections.LEDGER].insert_one(chunk)
     handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 1, kind="fcm"))
-    delivery = database[collections.DELIVERIES].find_one({"_id": f"{message_id}:0:tok"})
-    assert (delivery["state"], delivery["ps"]) == ("failed", "fcm:failed")
+    (delivery,) = ledger.rows(database, [message_id])
+    assert (delivery["state"], delivery["platform"]) == ("failed", "fcm") and delivery["reason"].startswith("token registered")
     assert database[collections.WCP_NOTIFICATIONS].find_one({"_id": f"{tenant}\ta\tn1"}) is None
 
     handlers.delete_client(database, {"id": new_id(), "received_at": now + 2, "tenant_id": tenant, "client_id": "b"})

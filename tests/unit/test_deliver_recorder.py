@@ -1,12 +1,13 @@
-"""Outcomes survive MongoDB going away mid-chunk (tests/faults: nx-27017 SIGKILLed during a send)."""
+"""(Old format, workers/deliver_v1.py) Outcomes survive MongoDB going away mid-chunk (tests/faults: nx-27017 SIGKILLed during a send)."""
 from __future__ import annotations
 
 import asyncio
 
 from pymongo.errors import AutoReconnect
 
-from workers import deliver
-from workers.deliver import Recorder, Result
+from workers import deliver_v1 as deliver
+from workers.deliver import Result
+from workers.deliver_v1 import Recorder
 from workers.expand import Delivery
 
 

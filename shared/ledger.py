@@ -1,0 +1,397 @@
+"""The delivery ledger: the one owner of a delivery's state (issue 20).
+
+A delivery is one notification to one device. Deliveries are kept, inserted,
+claimed, leased and recorded per **chunk** (up to ``delivery_chunk_size`` of
+them): one document per chunk in the ``ledger`` collection, with a natural
+``_id`` made of the message id, the provider and the chunk's index::
+
+    {_id: "<message>:<provider>:<index>", m: message id, p: provider, app: app id,
+     d: [[device id, token, entry, environment], ...],   # the chunk's deliveries, in order
+     s: "ppsf...",        # one state character per delivery (``CHAR``)
+     r: {"<i>": reason},  # why delivery i failed, waits or gave up (absent when sent)
+     c: claim id | None,  # the run that holds the chunk
+     hb: int,             # the holder's heartbeat: the lease (``LeaseWatch``)
+     o: bool,             # some delivery still open (pending or retry)
+     at: seconds}         # inserted at (retention)
+
+Insert is one ``insert_many`` per message and provider (idempotent on ``_id``);
+claim one compare-and-set per chunk; outcomes one update per flush per chunk,
+guarded by the claim (workers/recorder.py). The message document (``messages``)
+is the per-message summary: ``totals`` by provider, ``chunks`` by provider
+(the chunks to read, ``0..n-1``), and after the retention purge ``summary``
+(the counts, kept for good).
+
+The old format (``deliveries``, one row per delivery, ``ledger_v1``) is still
+read: messages expanded by an older version have no ``chunks``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from shared import db as collections
+from shared import db_counters
+
+log = logging.getLogger(__name__)
+
+# --- states -----------------------------------------------------------------------------------
+
+PENDING = "pending"
+RETRY = "retry"
+#: Not stored: an open delivery of a chunk that a run holds (shown by :func:`rows`, the old format stored it).
+SENDING = "sending"
+SENT = "sent"
+FAILED = "failed"
+DEAD_TOKEN = "dead_token"
+EXPIRED = "expired"
+DEAD_LETTER = "dead_letter"
+
+#: Delivery states that are final (the outcome is known and recorded).
+FINAL_STATES = (SENT, FAILED, DEAD_TOKEN, EXPIRED, DEAD_LETTER)
+#: Final states counted as failed in the counts the API answers.
+FAILED_STATES = (FAILED, DEAD_TOKEN, EXPIRED, DEAD_LETTER)
+#: States that still await an outcome, and those a run may claim.
+OPEN_STATES = (PENDING, SENDING, RETRY)
+CLAIMABLE = (PENDING, RETRY)
+
+#: State → its character in a chunk's ``s``, and back.
+CHAR = {PENDING: "p", RETRY: "r", SENT: "s", FAILED: "f", DEAD_TOKEN: "d", EXPIRED: "e", DEAD_LETTER: "l"}
+STATE = {c: s for s, c in CHAR.items()}
+OPEN_CHARS = CHAR[PENDING] + CHAR[RETRY]
+
+#: Format of a deliver-queue message naming a ledger chunk (an old one has no ``v``: :mod:`workers.deliver_v1`).
+FORMAT = 2
+#: MongoDB's duplicate-key error: an insert that already happened.
+DUPLICATE_KEY = 11000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One notification to one device."""
+
+    id: str
+    device_id: str
+    token: str
+    entry: int
+    environment: str | None
+
+    def as_list(self) -> list:
+        """The old deliver-message form (``ledger_v1``) and a dead letter's ``delivery``."""
+        return [self.id, self.device_id, self.token, self.entry, self.environment]
+
+    def compact(self) -> list:
+        """A chunk document's form (the id is made again from the message id)."""
+        return [self.device_id, self.token, self.entry, self.environment]
+
+
+def delivery_id(message_id: str, entry: int, token: str) -> str:
+    return f"{message_id}:{entry}:{token}"
+
+
+def chunk_id(message_id: str, provider: str, index: int) -> str:
+    return f"{message_id}:{provider}:{index}"
+
+
+def deliveries_of(doc: Mapping) -> list[Delivery]:
+    """A chunk document's deliveries, in order (index ``i`` is ``s[i]``)."""
+    message_id = doc["m"]
+    return [Delivery(delivery_id(message_id, entry, token), device, token, entry, env) for device, token, entry, env in doc["d"]]
+
+
+def insert_ignoring_duplicates(collection, documents: list[dict]) -> None:
+    """``insert_many`` that treats documents already there as inserted (idempotent replays)."""
+    if not documents:
+        return
+    db_counters.count(written=len(documents))
+    try:
+        collection.insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        if any(e["code"] != DUPLICATE_KEY for e in error.details["writeErrors"]):
+            raise
+
+
+# --- building and publishing chunks -----------------------------------------------------------
+
+
+def chunk_document(message_id: str, app_id: str, provider: str, index: int, deliveries: list[Delivery], *, now: float) -> dict:
+    return {
+        "_id": chunk_id(message_id, provider, index), "m": message_id, "p": provider, "app": app_id, "i": index,
+        "d": [d.compact() for d in deliveries], "s": CHAR[PENDING] * len(deliveries), "r": {},
+        "c": None, "hb": 0, "o": bool(deliveries), "at": now,
+    }
+
+
+def chunk_message(message_id: str, app_id: str, provider: str, index: int, entries: Mapping[str, dict], used: Iterable[int], *,
+                  first_attempt_at: float, attempts: dict | None = None, watch: list | None = None) -> dict:
+    """A deliver-queue message naming one ledger chunk, with only the entries its deliveries use (keyed by index)."""
+    message = {
+        "v": FORMAT, "chunk": chunk_id(message_id, provider, index), "message_id": message_id, "app_id": app_id,
+        "entries": {key: entries[key] for key in sorted({str(e) for e in used})},
+        "first_attempt_at": first_attempt_at, "attempts": attempts or {},
+    }
+    if watch is not None:
+        message["watch"] = watch
+    return message
+
+
+def write_chunks(db: Database, message_id: str, app_id: str, provider: str, deliveries: list[Delivery], *,
+                 chunk_size: int, first_index: int = 0, now: float | None = None) -> list[dict]:
+    """Insert the chunks of these deliveries (one insert, idempotent); answer the documents, in order."""
+    now = time.time() if now is None else now
+    docs = [
+        chunk_document(message_id, app_id, provider, first_index + n, deliveries[start:start + chunk_size], now=now)
+        for n, start in enumerate(range(0, len(deliveries), chunk_size))
+    ]
+    insert_ignoring_duplicates(db[collections.LEDGER], docs)
+    return docs
+
+
+def publish_chunks(publisher, actor_by_provider: Mapping[str, str], docs: list[dict], entries: Mapping[str, dict], *,
+                   first_attempt_at: float) -> None:
+    """Publish one deliver message per chunk document."""
+    for doc in docs:
+        publisher.publish(
+            actor_by_provider[doc["p"]],
+            chunk_message(doc["m"], doc["app"], doc["p"], doc["i"], entries, (e for _, _, e, _ in doc["d"]), first_attempt_at=first_attempt_at),
+        )
+
+
+# --- claims and leases ------------------------------------------------------------------------
+
+
+class LeaseWatch:
+    """Whether a chunk's holder is gone, without comparing clocks across hosts.
+
+    The holder bumps the chunk's heartbeat ``hb`` while it works (every flush and
+    at least every third of the lease). A run that finds the chunk held notes
+    ``(claim, hb)`` in the deliver message it re-enqueues with a delay of one lease;
+    when that message comes back and the chunk still shows the same pair, the
+    heartbeat has not moved for a whole lease (measured by the broker's delay,
+    a duration, not by comparing two hosts' clocks) and the run takes the chunk over
+    with a compare-and-set on that pair.
+    """
+
+    @staticmethod
+    def seen(doc: Mapping) -> list:
+        return [doc.get("c"), doc.get("hb", 0)]
+
+    @staticmethod
+    def stale(doc: Mapping, watch: list | None) -> bool:
+        return watch is not None and LeaseWatch.seen(doc) == list(watch)
+
+
+def claim(db: Database, cid: str, claim_id: str, watch: list | None) -> tuple[dict | None, dict | None]:
+    """Take chunk ``cid`` for ``claim_id``: answer (the claimed document, None) or (None, the document as found).
+
+    A free chunk is taken at once; a held one only when ``watch`` shows its heartbeat
+    has not moved for a lease (:class:`LeaseWatch`). (None, None): no such chunk.
+    """
+    ledger = db[collections.LEDGER]
+    grab = {"$set": {"c": claim_id, "hb": 0}}
+    db_counters.count(trips=1, written=1)
+    doc = ledger.find_one_and_update({"_id": cid, "c": None}, grab, return_document=ReturnDocument.AFTER)
+    if doc is not None:
+        return doc, None
+    db_counters.count(trips=1)
+    found = ledger.find_one({"_id": cid}, {"c": 1, "hb": 1, "o": 1})
+    if found is None:
+        return None, None
+    if LeaseWatch.stale(found, watch):
+        db_counters.count(trips=1, written=1)
+        doc = ledger.find_one_and_update({"_id": cid, "c": found["c"], "hb": found.get("hb", 0)}, grab,
+                                         return_document=ReturnDocument.AFTER)
+        if doc is not None:
+            log.info("chunk %s taken over from %s (heartbeat still for a lease)", cid, found["c"])
+            return doc, None
+        found = ledger.find_one({"_id": cid}, {"c": 1, "hb": 1, "o": 1}) or found
+    return None, found
+
+
+def release(db: Database, cid: str, claim_id: str) -> None:
+    db_counters.count(trips=1, written=1)
+    db[collections.LEDGER].update_one({"_id": cid, "c": claim_id}, {"$set": {"c": None}})
+
+
+def outcome_update(states: str, reasons: Mapping[int, str | None], *, release_claim: bool = False) -> dict:
+    """The update that records a chunk's states (the whole string: idempotent) and the reasons that changed."""
+    fields: dict = {"s": states, "o": any(ch in OPEN_CHARS for ch in states)}
+    for index, reason in reasons.items():
+        fields[f"r.{index}"] = reason
+    if release_claim:
+        fields["c"] = None
+    return {"$set": fields, "$inc": {"hb": 1}}
+
+
+def change_free_chunk(db: Database, cid: str, changes: Mapping[int, tuple[str, str | None]], *, only_from: str,
+                      tries: int = 5) -> list[int]:
+    """Set deliveries of a chunk no run holds: ``{index: (state, reason)}``, each only from a state in ``only_from`` (chars).
+
+    A compare-and-set on the whole state string (retried when it moved). Answers the indexes changed;
+    none when the chunk is held (its holder records them).
+    """
+    ledger = db[collections.LEDGER]
+    for _ in range(tries):
+        doc = ledger.find_one({"_id": cid}, {"s": 1, "c": 1})
+        if doc is None or doc.get("c") is not None:
+            return []
+        states = list(doc["s"])
+        changed = [i for i in changes if i < len(states) and states[i] in only_from]
+        if not changed:
+            return []
+        for i in changed:
+            states[i] = CHAR[changes[i][0]]
+        update = outcome_update("".join(states), {i: changes[i][1] for i in changed})
+        db_counters.count(trips=2, written=1)
+        if ledger.update_one({"_id": cid, "c": None, "s": doc["s"]}, update).modified_count:
+            return changed
+    return []
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def chunk_ids(message: Mapping) -> list[str]:
+    return [chunk_id(message["_id"], provider, i) for provider, n in (message.get("chunks") or {}).items() for i in range(n)]
+
+
+def is_ledger_message(message: Mapping | None) -> bool:
+    return bool(message) and "chunks" in message
+
+
+def counts_of_messages(db: Database, messages: list[Mapping]) -> dict[str, dict[str, Counter]]:
+    """``{message id: {provider: Counter(state)}}`` of expanded ledger messages, their chunks read by ``_id`` in one query."""
+    result: dict[str, dict[str, Counter]] = {}
+    wanted = []
+    for message in messages:
+        if message.get("summary") is not None:
+            result[message["_id"]] = {p: Counter(c) for p, c in message["summary"].items()}
+            continue
+        result[message["_id"]] = {p: Counter() for p in (message.get("totals") or {})}
+        wanted.extend(chunk_ids(message))
+    if wanted:
+        for doc in db[collections.LEDGER].find({"_id": {"$in": wanted}}, {"m": 1, "p": 1, "s": 1}):
+            per = result[doc["m"]].setdefault(doc["p"], Counter())
+            for ch, n in Counter(doc["s"]).items():
+                per[STATE[ch]] += n
+    return result
+
+
+def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
+    """Every delivery of these messages as a row ``{_id, message_id, platform, device_id, state, reason}``.
+
+    For tests, tools and the per-device views: an open delivery of a held chunk shows as ``sending``.
+    Deliveries of the old format (``deliveries``) are included as stored.
+    """
+    ids = list(message_ids)
+    found = []
+    for doc in db[collections.LEDGER].find({"m": {"$in": ids}}):
+        held = doc.get("c") is not None
+        for i, delivery in enumerate(deliveries_of(doc)):
+            state = STATE[doc["s"][i]]
+            if held and state == PENDING:
+                state = SENDING
+            found.append({"_id": delivery.id, "message_id": doc["m"], "platform": doc["p"], "device_id": delivery.device_id,
+                          "token": delivery.token, "state": state, "reason": (doc.get("r") or {}).get(str(i)),
+                          "chunk": doc["_id"], "index": i})
+    for doc in db[collections.DELIVERIES].find({"message_id": {"$in": ids}}):
+        found.append({"token": doc["_id"].rsplit(":", 1)[1], **doc})
+    return found
+
+
+def state_counts(db: Database, message_ids: Iterable[str]) -> Counter:
+    """Deliveries of these messages by state (either format), reading only the chunks' state strings and holders."""
+    ids = list(message_ids)
+    counts: Counter = Counter()
+    for doc in db[collections.LEDGER].find({"m": {"$in": ids}}, {"s": 1, "c": 1, "_id": 0}):
+        for ch, n in Counter(doc["s"]).items():
+            counts[SENDING if ch == CHAR[PENDING] and doc.get("c") is not None else STATE[ch]] += n
+    for row in db[collections.DELIVERIES].aggregate([{"$match": {"message_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+        counts[row["_id"]] += row["n"]
+    return counts
+
+
+def all_counts(db: Database) -> dict[str, Counter]:
+    """``{provider: Counter(state)}`` of every delivery kept (chunks and old rows), for /admin/stats."""
+    counts: dict[str, Counter] = {}
+    for doc in db[collections.LEDGER].find({}, {"p": 1, "s": 1, "_id": 0}):
+        per = counts.setdefault(doc["p"], Counter())
+        for ch, n in Counter(doc["s"]).items():
+            per[STATE[ch]] += n
+    for row in db[collections.DELIVERIES].aggregate([{"$group": {"_id": "$ps", "n": {"$sum": 1}}}]):
+        if row["_id"]:
+            platform, _, state = str(row["_id"]).partition(":")
+            counts.setdefault(platform, Counter())[state] += row["n"]
+    return counts
+
+
+def has_open(db: Database, message_id: str) -> bool:
+    """Whether some delivery of the message still awaits an outcome (either format)."""
+    # nx-27017 may read a $set boolean back as 1: both match.
+    if db[collections.LEDGER].find_one({"m": message_id, "o": {"$in": [True, 1]}}, {"_id": 1}) is not None:
+        return True
+    return db[collections.DELIVERIES].find_one({"message_id": message_id, "state": {"$in": list(OPEN_STATES)}}, {"_id": 1}) is not None
+
+
+# --- retention --------------------------------------------------------------------------------
+
+#: Seconds between two purges of a process's purge thread.
+PURGE_INTERVAL_SECONDS = 3600.0
+#: Chunk documents read per purge step.
+PURGE_BATCH = 1000
+
+
+def purge(db: Database, *, retention_days: float, now: float | None = None) -> dict:
+    """Delete delivery detail older than ``retention_days``; each message keeps its counts (``summary``).
+
+    A message's chunks go together: its counts are written into the message first, then the chunks are deleted
+    (by ``_id``); a purge stopped half-way is completed by the next. Rows of the old format older than that go too.
+    """
+    cutoff = (time.time() if now is None else now) - retention_days * 86400.0
+    ledger, messages = db[collections.LEDGER], db[collections.MESSAGES]
+    purged_messages = purged_chunks = 0
+    while True:
+        old = {d["m"] for d in ledger.find({"at": {"$lt": cutoff}}, {"m": 1}).limit(PURGE_BATCH)}
+        if not old:
+            break
+        for message_id in old:
+            summary: dict[str, Counter] = {}
+            ids = []
+            for doc in ledger.find({"m": message_id}, {"p": 1, "s": 1}):
+                ids.append(doc["_id"])
+                per = summary.setdefault(doc["p"], Counter())
+                for ch, n in Counter(doc["s"]).items():
+                    per[STATE[ch]] += n
+            message = messages.find_one({"_id": message_id}, {"summary": 1}) or {}
+            if message.get("summary") is None:
+                messages.update_one({"_id": message_id}, {"$set": {"summary": {p: dict(c) for p, c in summary.items()}}})
+            for start in range(0, len(ids), PURGE_BATCH):
+                purged_chunks += ledger.delete_many({"_id": {"$in": ids[start:start + PURGE_BATCH]}}).deleted_count
+            purged_messages += 1
+    old_rows = db[collections.DELIVERIES].delete_many({"at": {"$lt": cutoff}}).deleted_count
+    return {"messages": purged_messages, "chunks": purged_chunks, "old_rows": old_rows}
+
+
+def start_purger(db: Database, *, retention_days: float, interval: float = PURGE_INTERVAL_SECONDS) -> threading.Thread:
+    """A daemon thread of a worker process that purges every ``interval`` seconds (idempotent: several may run)."""
+
+    def run() -> None:
+        while True:
+            try:
+                done = purge(db, retention_days=retention_days)
+                if any(done.values()):
+                    log.info("retention purge: %s", done)
+            except PyMongoError as error:
+                log.warning("retention purge failed (next in %.0fs): %s", interval, error)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=run, name="ledger-purge", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,264 @@
+"""Outcomes written to the ledger off the event loop: one thread per worker process, flushing every ~20 ms.
+
+The event loop only appends a result to its chunk's :class:`ChunkBook` (no I/O);
+the recorder thread, every ``interval``, writes for each chunk that has news:
+first what dead tokens do to their registrations (deactivated BEFORE the outcome
+is recorded, so a crash in between leaves the delivery open — sent again after
+the lease, the provider says "dead" again — never recorded dead with its
+registration still active), then the dead letters, then the update of each chunk
+(its whole state string: idempotent; all chunks of a flush in one bulk write) guarded by the claim, which also bumps the
+heartbeat (``hb``: the lease, shared/ledger.py ``LeaseWatch``). A chunk without
+news still gets its heartbeat bumped every ``heartbeat`` seconds while it is held.
+
+While MongoDB is unreachable, outcomes are kept and written by a later flush
+(for ``give_up`` seconds); dropping them would leave deliveries open, sent again
+although the provider took them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pymongo import UpdateOne
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure
+
+from shared import db as collections
+from shared import db_counters, ledger
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two flushes.
+INTERVAL_SECONDS = 0.02
+#: How long outcomes that cannot be written (MongoDB away) are kept before the chunk's run fails.
+GIVE_UP_SECONDS = 300.0
+#: Latencies kept for :meth:`Recorder.latency` (the newest).
+LATENCY_SAMPLES = 4096
+
+
+class ClaimLost(Exception):
+    """The chunk was taken over by another run: this run's outcomes were not recorded."""
+
+
+@dataclass
+class ChunkBook:
+    """A claimed chunk's state on its way to the ledger (states change only here, under the recorder's lock)."""
+
+    db: Database
+    cid: str
+    claim: str
+    provider: str
+    entries: Mapping[str, dict]
+    states: list[str]
+    loop: asyncio.AbstractEventLoop
+    dead_token_action: Callable[[Mapping], str]
+    pending: list = field(default_factory=list)
+    closing: bool = False
+    release: bool = True
+    finished: asyncio.Future | None = None
+    last_write: float = field(default_factory=time.monotonic)
+    failing_since: float | None = None
+
+
+class Recorder:
+    """The process's outcome writer (a daemon thread started on first use).
+
+    Parameters:
+      dead_token_actions: what a dead token does to its registration, by the entry's ``dead_token``.
+      heartbeat: seconds between two heartbeats of a held chunk without news.
+    """
+
+    def __init__(self, dead_token_actions: Mapping[str, Callable], *, heartbeat: float,
+                 interval: float = INTERVAL_SECONDS, give_up: float = GIVE_UP_SECONDS):
+        self.dead_token_actions = dead_token_actions
+        self.heartbeat = heartbeat
+        self.interval = interval
+        self.give_up = give_up
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.books: dict[str, ChunkBook] = {}
+        self.latencies: list[float] = []
+        self.thread: threading.Thread | None = None
+
+    # --- the event loop's side ------------------------------------------------------------
+
+    def open(self, db: Database, doc: dict, claim: str, provider: str, entries: Mapping[str, dict],
+             dead_token_action: Callable[[Mapping], str]) -> ChunkBook:
+        loop = asyncio.get_running_loop()
+        book = ChunkBook(db, doc["_id"], claim, provider, entries, list(doc["s"]), loop, dead_token_action,
+                         finished=loop.create_future())
+        with self.lock:
+            self.books[book.cid + "/" + claim] = book
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="outcome-recorder", daemon=True)
+                self.thread.start()
+        return book
+
+    def add(self, book: ChunkBook, result) -> None:
+        """Queue a result (``workers.deliver.Result``, with ``index``) for the next flush."""
+        with self.lock:
+            book.pending.append((time.monotonic(), result))
+
+    async def close(self, book: ChunkBook, *, release: bool = True) -> None:
+        """Wait until every result is written (and the claim released); raises :class:`ClaimLost` or the write's error."""
+        with self.lock:
+            book.closing, book.release = True, release
+        self.wake.set()
+        await book.finished
+
+    def latency(self) -> dict:
+        """Seconds from a provider's answer to its outcome acknowledged in the ledger: median, p99 and max."""
+        with self.lock:
+            samples = sorted(self.latencies)
+        if not samples:
+            return {}
+        return {"p50": samples[len(samples) // 2], "p99": samples[int(len(samples) * 0.99)], "max": samples[-1],
+                "n": len(samples)}
+
+    # --- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            now = time.monotonic()
+            with self.lock:
+                due = [(key, book, book.pending, book.closing) for key, book in self.books.items()
+                       if book.pending or book.closing or now - book.last_write >= self.heartbeat]
+                for _, book, _, _ in due:
+                    book.pending = []
+            groups: dict[int, list] = {}
+            for entry in due:
+                groups.setdefault(id(entry[1].db), []).append(entry)
+            for group in groups.values():
+                try:
+                    self._flush(group)
+                except Exception:  # noqa: BLE001 - the thread must outlive any one flush
+                    log.exception("recorder: flush of %d chunks", len(group))
+
+    def _flush(self, group: list) -> None:
+        """Write the news of several chunks: their side effects first, then all chunk updates in one bulk write."""
+        prepared = []
+        for key, book, items, closing in group:
+            try:
+                update = self._prepare(book, [r for _, r in items], release=closing and book.release)
+            except ConnectionFailure as error:
+                self._keep(key, book, items, error)
+            except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
+                log.exception("recording outcomes of %s failed", book.cid)
+                self._finish(key, book, error)
+            else:
+                prepared.append((key, book, items, closing, update))
+        if not prepared:
+            return
+        collection = prepared[0][1].db[collections.LEDGER]
+        db_counters.count(written=len(prepared))
+        try:
+            result = collection.bulk_write([update for *_, update in prepared], ordered=False)
+        except ConnectionFailure as error:
+            for key, book, items, _, _ in prepared:
+                self._keep(key, book, items, error)
+            return
+        except Exception as error:  # noqa: BLE001 - handed to the chunks' runs
+            log.exception("recording outcomes of %d chunks failed", len(prepared))
+            for key, book, *_ in prepared:
+                self._finish(key, book, error)
+            return
+        lost = set()
+        if result.matched_count < len(prepared):
+            # Some chunk is no longer held by its run (taken over after a still heartbeat): find which.
+            db_counters.count()
+            holders = {d["_id"]: d.get("c") for d in collection.find({"_id": {"$in": [b.cid for _, b, *_ in prepared]}}, {"c": 1})}
+            for key, book, _, closing, _ in prepared:
+                holder = holders.get(book.cid)
+                if holder != book.claim and not (holder is None and closing and book.release):
+                    lost.add(key)
+        done = time.monotonic()
+        for key, book, items, closing, _ in prepared:
+            if key in lost:
+                self._finish(key, book, ClaimLost(f"chunk {book.cid} is no longer held by {book.claim}"))
+                continue
+            book.failing_since = None
+            book.last_write = done
+            if items:
+                waited = [done - at for at, _ in items]
+                with self.lock:
+                    self.latencies.extend(waited)
+                    del self.latencies[:-LATENCY_SAMPLES]
+                _observe(waited)
+            if closing:
+                with self.lock:
+                    finished = not book.pending
+                if finished:
+                    self._finish(key, book, None)
+
+    def _keep(self, key: str, book: ChunkBook, items: list, error: BaseException) -> None:
+        """MongoDB unreachable: keep the outcomes for the next flush, until ``give_up``."""
+        with self.lock:
+            book.pending[:0] = items
+        book.failing_since = book.failing_since or time.monotonic()
+        if time.monotonic() - book.failing_since > self.give_up:
+            self._finish(key, book, error)
+        else:
+            log.warning("%d outcomes of %s kept for the next write, MongoDB unreachable: %s", len(items), book.cid, error)
+
+    def _finish(self, key: str, book: ChunkBook, error: BaseException | None) -> None:
+        with self.lock:
+            self.books.pop(key, None)
+
+        def settle() -> None:
+            if book.finished.done():
+                return
+            if error is None:
+                book.finished.set_result(None)
+            else:
+                book.finished.set_exception(error)
+
+        try:
+            book.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the run's event loop is gone (the worker stops): nobody waits for it
+            pass
+
+    def _prepare(self, book: ChunkBook, results: list, *, release: bool) -> UpdateOne:
+        """Deactivate dead tokens and write dead letters (before any outcome is recorded); answer the chunk's update."""
+        db = book.db
+        dead: dict[str, list] = {}
+        for result in results:
+            if result.state == ledger.DEAD_TOKEN:
+                dead.setdefault(book.dead_token_action(book.entries[str(result.delivery.entry)]), []).append(result)
+        for action, dead_results in dead.items():
+            invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
+            db_counters.count(written=len(dead_results))
+            self.dead_token_actions[action](db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
+                                            invalid_since=invalid_since)
+        letters = [r.dead_letter for r in results if r.state == ledger.DEAD_LETTER and r.dead_letter]
+        if letters:
+            ledger.insert_ignoring_duplicates(db[collections.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once
+        reasons = {}
+        for result in results:
+            book.states[result.index] = ledger.CHAR[result.state]
+            if result.state != ledger.SENT or result.index in reasons:
+                reasons[result.index] = result.reason
+        return UpdateOne({"_id": book.cid, "c": book.claim}, ledger.outcome_update("".join(book.states), reasons, release_claim=release))
+
+
+#: Buckets (seconds) of ``push_outcome_record_seconds``: from a provider's answer to its outcome in the ledger.
+RECORD_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)
+
+
+def _observe(waited: list[float]) -> None:
+    from shared import metrics
+
+    if metrics.multiprocess_dir() is None:
+        return
+    try:
+        histogram = metrics._histogram("push_outcome_record_seconds", "From a provider's answer to its outcome acknowledged in the ledger.",
+                                       (), RECORD_BUCKETS)
+        for seconds in waited:
+            histogram.observe(seconds)
+    except Exception:  # noqa: BLE001 - metrics never break the work they measure
+        pass
