@@ -12,7 +12,7 @@ from shared import db as collections
 from shared.broker import make_broker
 from shared.commands import EXPAND_SEND, Publisher, command
 from shared.settings import load
-from tests import waiting
+from tests import ledger_view, waiting
 from tests.integration.conftest import apns_token, hms_token, register
 from tests.integration.test_ops import scrape, value
 
@@ -67,7 +67,7 @@ def test_a_dead_hms_token_deactivates_the_registration(api, new_app, hms_sim, da
     device = database[collections.DEVICES].find_one({"_id": f"{app_id}:{dead}"})
     assert device["active"] in (False, 0)  # nx-27017 answers a $set boolean as 0
     assert hms_sim.counts(dead) == {"delivered": 0, "attempts": 1, "shown": 0}
-    delivery = database[collections.DELIVERIES].find_one({"message_id": answer["messageId"]})
+    (delivery,) = ledger_view.rows(database, answer["messageId"])
     assert delivery["state"] == "dead_token" and delivery["reason"].startswith("80300007")
 
 
@@ -110,7 +110,7 @@ def test_a_message_hms_refuses_is_failed_without_retry_and_the_device_stays(api,
     publisher.publish(EXPAND_SEND, cmd)
 
     delivery = waiting.wait_for(
-        lambda: database[collections.DELIVERIES].find_one({"message_id": cmd["id"], "state": {"$in": ["failed", "sent", "dead_token"]}}),
+        lambda: next(iter(ledger_view.rows(database, cmd["id"], ("failed", "sent", "dead_token"))), None),
         timeout=60, what="the oversized HMS delivery's outcome")
 
     assert delivery["state"] == "failed" and delivery["reason"].startswith("80300008")
