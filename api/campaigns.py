@@ -185,7 +185,8 @@ def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
     user_id = s.body()["userId"]
     entry = {"user_id": user_id, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
-    send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id)
+    send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id,
+                   lane=commands.send_lane("ASYNCHRONOUS", [entry]))
     services().publish(commands.EXPAND_SEND, send)
     return ok({"messageId": send["id"]})
 

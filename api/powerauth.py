@@ -378,7 +378,7 @@ def message_id(app_id: str) -> str | None:
 
 def _send(entries: list[dict], app: dict, mode: str) -> Response:
     svc = services()
-    send = command("send", app_id=app["_id"], mode=mode, entries=entries)
+    send = command("send", app_id=app["_id"], mode=mode, entries=entries, lane=commands.send_lane(mode, entries))
     send["id"] = message_id(app["_id"]) or send["id"]
     svc.publish(commands.EXPAND_SEND, send)
     if mode == "ASYNCHRONOUS":

@@ -57,6 +57,8 @@ class QueueStats:
     name: str
     queue: str
     kind: str
+    #: The lane the queue serves (shared/commands.py LANES): ``tx`` or ``bulk``.
+    lane: str = commands.BULK
     exists: bool = False
     ready: int = 0
     unacked: int = 0
@@ -84,7 +86,7 @@ def expected_queues(settings: Settings) -> list[QueueStats]:
     for queue in commands.QUEUES:
         base = commands.queue_name(settings, queue)
         for suffix, kind in QUEUE_KINDS.items():
-            out.append(QueueStats(name=base + suffix, queue=queue, kind=kind))
+            out.append(QueueStats(name=base + suffix, queue=queue, kind=kind, lane=commands.lane_of_queue(queue)))
     return out
 
 
@@ -389,7 +391,7 @@ class QueueCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        labels = ["queue", "kind"]
+        labels = ["queue", "kind", "lane"]
         up = GaugeMetricFamily("push_queue_stats_up", "1 when RabbitMQ answered the queue figures (management API or AMQP).", labels=["source"])
         families = {
             "ready": GaugeMetricFamily("push_queue_messages_ready", "Messages ready for delivery, per queue.", labels=labels),
@@ -411,7 +413,7 @@ class QueueCollector:
             for key, family in families.items():
                 value = getattr(q, key)
                 if value is not None:
-                    family.add_metric([q.name, q.kind], float(value))
+                    family.add_metric([q.name, q.kind, q.lane], float(value))
         yield up
         yield from families.values()
         suspended = self._suspended()

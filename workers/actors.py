@@ -88,3 +88,6 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         wc_bridge.deliver_webhook(webhooks, job)
 
     declare(deliver_webhook, commands.DELIVER_CHUNK_WEBHOOK, max_retries=DELIVERY_MAX_RETRIES)
+    # The transactional lane's queues: the same actors (a message names its actor), consumed by the tx worker group.
+    for queue in commands.TX_QUEUES.values():
+        broker.declare_queue(queue_name(settings, queue))

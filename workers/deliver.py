@@ -394,6 +394,7 @@ def _requeue(ctx: DeliveryContext, platform: str, chunk: dict, deliveries: list[
         deliveries,
         first_attempt_at=chunk["first_attempt_at"],
         attempts={d.id: (attempts or chunk.get("attempts", {})).get(d.id, 0) for d in deliveries},
+        lane=chunk.get("lane"),
     )
     ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], payload, delay_ms=max(0, int(delay * 1000)))
 

@@ -18,7 +18,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
-from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, Publisher
+from shared.commands import ACTIVE, BULK, DELIVER_ACTOR_BY_PROVIDER, Publisher
 
 #: MongoDB's duplicate-key error: an insert that already happened.
 DUPLICATE_KEY = 11000
@@ -111,7 +111,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
             part = items[start : start + chunk_size]
             publisher.publish(
                 DELIVER_ACTOR_BY_PROVIDER[platform],
-                chunk_payload(message_id, cmd["app_id"], entries_by_key, part, first_attempt_at=time.time()),
+                chunk_payload(message_id, cmd["app_id"], entries_by_key, part, first_attempt_at=time.time(), lane=cmd.get("lane")),
             )
     db[collections.MESSAGES].update_one(
         {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values())}}
@@ -126,10 +126,12 @@ def chunk_payload(
     *,
     first_attempt_at: float,
     attempts: dict | None = None,
+    lane: str | None = None,
 ) -> dict:
-    """A deliver-queue message: the deliveries and only the entries they use (keyed by index)."""
+    """A deliver-queue message: the deliveries and only the entries they use (keyed by index), in its send's lane."""
     used = sorted({str(d.entry) for d in deliveries})
     return {
+        "lane": lane or BULK,
         "message_id": message_id,
         "app_id": app_id,
         "entries": {key: entries[key] for key in used},
