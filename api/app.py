@@ -11,7 +11,21 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import accepted, admin_ops, audit, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
+from api import (
+    accepted,
+    admin_ops,
+    audit,
+    auth,
+    campaigns,
+    control,
+    inbox,
+    limits,
+    openapi,
+    powerauth,
+    wc_bridge,
+    wc_push,
+    wc_push_auth,
+)
 from api.errors import ApiError
 from api.services import Services
 from shared import sealed_credentials
@@ -42,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(auth.blueprint)
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
+    app.register_blueprint(control.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])

@@ -13,7 +13,7 @@ from api import auth, limits
 from api import schema as s
 from api.errors import ApiError
 from api.powerauth import MESSAGE_BODY, OK, existing_app, json_response, ok, parse_body, result_object, services
-from shared import commands
+from shared import commands, halt
 from shared import db as collections
 from shared.commands import command
 
@@ -56,7 +56,8 @@ def campaign_object(campaign: dict, *, progress: bool = False) -> dict:
         counts = svc.guarded_read(lambda: svc.message_counts(campaign["_id"]))
         per_platform = result_object(counts)
         totals = {k: sum(per_platform[p][k] for p in ("apns", "fcm")) for k in ("total", "sent", "failed", "pending")}
-        result["state"] = campaign.get("state", "created")
+        halted = svc.find_one(halt.HALTS, {"_id": campaign["_id"]}, {"state": 1})
+        result["state"] = halt.shown_state(halted, campaign.get("state", "created"))
         result["progress"] = {"expanded": counts is not None, **totals, "apns": per_platform["apns"], "fcm": per_platform["fcm"]}
     return result
 

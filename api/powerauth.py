@@ -27,7 +27,7 @@ from api import auth, idempotency, limits
 from api import schema as sc
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
-from shared import commands
+from shared import commands, halt
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
@@ -435,7 +435,7 @@ def send_batch():
     "Where a send stands: per-platform counts",
     path={"message_id": sc.Str(description="The send's messageId")},
     responses={200: answer(sc.Obj({"messageId": TEXT, "appId": TEXT, "timestampCreated": sc.Json(), "expanded": sc.Bool(),
-                                   "result": RESULT}))},
+                                   "result": RESULT, "state": sc.Str(description="running, or cancelled")}))},
 )
 def message_detail(message_id: str):
     """Where an (ASYNCHRONOUS) send stands: per-platform counts."""
@@ -453,6 +453,7 @@ def message_detail(message_id: str):
             "timestampCreated": created.isoformat() if hasattr(created, "isoformat") else created,
             "expanded": counts is not None,
             "result": result_object(counts),
+            "state": halt.shown_state(svc.find_one(halt.HALTS, {"_id": message_id}, {"state": 1}), halt.RUNNING),
         }
     )
 

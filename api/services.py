@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 POLL_FIRST_SECONDS = 0.002
 POLL_LONGEST_SECONDS = 0.02
 #: Delivery states whose outcome is final.
-FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
+FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter", "cancelled")
 #: Messages with at most this many deliveries are counted by reading them: nx-27017 counts the
 #: whole collection (``estimated_document_count``) before every ``aggregate``, which made each
 #: poll of a SYNCHRONOUS send grow with the deliveries stored; reading a few indexed rows does not.
 COUNT_BY_FIND_UP_TO = 50
-#: Final states counted as failed in PowerAuth's result.
-FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter")
+#: Final states counted as failed in PowerAuth's result (not sent; a cancel shows in the detail's ``state``).
+FAILED_STATES = ("failed", "dead_token", "expired", "dead_letter", "cancelled")
 
 #: Seconds the database check may take before MongoDB counts as down (a server that cannot write hangs writers).
 DATABASE_CHECK_SECONDS = 3.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared import audit, commands, device_lookup
+from shared import audit, commands, device_lookup, halt
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
@@ -19,7 +19,7 @@ from workers.delivery.retry import RetryPolicy
 #: Write handlers of every API family, by command kind (each family's module lists its own).
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
-    **audit.HANDLERS,
+    **audit.HANDLERS, **halt.HANDLERS,
 }
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);

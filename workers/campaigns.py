@@ -21,7 +21,8 @@ from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
 from shared import device_lookup as lookup
-from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
+from shared import halt
+from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, EXPAND_CAMPAIGN, Publisher
 from workers.expand import PENDING, Delivery, chunk_payload, delivery_id, insert_ignoring_duplicates
 
 #: Campaign users read per batch of the live send.
@@ -115,7 +116,9 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         pass
     entries = {str(ENTRY): campaign_entry(campaign)}
     after = campaign.get("cursor") or ""
-    while True:
+    while not halt.is_cancelled(db, campaign_id, campaign["app_id"]):
+        if halt.hold_expansion(db, publisher, EXPAND_CAMPAIGN, cmd, campaign_id):
+            return  # paused: this expansion comes back, from its cursor, once resumed
         users = [
             doc["u"]
             for doc in db[collections.CAMPAIGN_USERS]
@@ -186,7 +189,7 @@ def check_campaign(db: Database, publisher: Publisher, job: dict) -> None:
     open_one = db[collections.DELIVERIES].find_one({"message_id": campaign_id, "state": {"$in": list(OPEN_STATES)}}, {"_id": 1})
     if open_one is None:
         db[collections.CAMPAIGNS].update_one(
-            {"_id": campaign_id}, {"$set": {"sent": True, "state": "sent", "timestamp_sent": _now()}}
+            {"_id": campaign_id}, {"$set": {"sent": True, "state": halt.finished_state(db, campaign_id), "timestamp_sent": _now()}}
         )
         return
     publisher.publish(CAMPAIGN_CHECK, job, delay_ms=int(CHECK_INTERVAL_SECONDS * 1000))

@@ -26,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 
 from shared import db as collections
-from shared import metrics
+from shared import halt, metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.outbound import OutboundPolicy
 from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds
@@ -242,6 +242,8 @@ class DeliveryContext:
 
 async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> None:
     """Claim, send and record one chunk; re-enqueue what must wait."""
+    if await asyncio.to_thread(halt.hold_chunk, ctx.db, ctx.publisher, DELIVER_ACTOR_BY_PROVIDER[platform], platform, chunk):
+        return  # cancelled (recorded so) or paused (back later)
     deliveries = [Delivery(*item) for item in chunk["deliveries"]]
     by_id = {d.id: d for d in deliveries}
     claim = new_id()
@@ -273,6 +275,10 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         deadline = valid_until[str(delivery.entry)]
         if deadline is not None and deadline <= time.time():
             result = Result(delivery, "expired", "validUntil passed")
+        elif (halted := halt.state(ctx.db, chunk["message_id"], chunk["app_id"])) != halt.RUNNING:
+            # Halted while this chunk ran: a cancel records it, a pause sends it back to wait.
+            result = (Result(delivery, halt.CANCELLED, halt.CANCELLED_REASON) if halted == halt.CANCELLED
+                      else Result(delivery, "retry", halted, retry_after=halt.PAUSE_RECHECK_SECONDS))
         else:
             outcome, answer, tries, requeue_after = await deliver_with_retries(
                 lambda: send_one(delivery), classify, ctx.policy, first_attempt=attempts.get(delivery.id, 0)

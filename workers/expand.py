@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from shared import activation_status
+from shared import activation_status, halt
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVE, BULK, DELIVER_ACTOR_BY_PROVIDER, Publisher
@@ -23,7 +23,7 @@ from shared.commands import ACTIVE, BULK, DELIVER_ACTOR_BY_PROVIDER, Publisher
 #: MongoDB's duplicate-key error: an insert that already happened.
 DUPLICATE_KEY = 11000
 #: Delivery states that are final (the outcome is known and recorded).
-FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter")
+FINAL_STATES = ("sent", "failed", "dead_token", "expired", "dead_letter", "cancelled")
 PENDING = "pending"
 
 
@@ -74,7 +74,8 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
         )
     except DuplicateKeyError:
         pass
-    entries = cmd["entries"]
+    # A send cancelled before its expansion (scheduled, or queued) expands to nothing.
+    entries = [] if halt.is_cancelled(db, message_id, cmd["app_id"]) else cmd["entries"]
     deliveries = {"apns": [], "fcm": []}
     for entry_index, device in _targets(db, cmd["app_id"], entries):
         platform = device["platform"]
