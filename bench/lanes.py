@@ -27,7 +27,8 @@ import requests
 from bench.campaign import _add_users
 from bench.delivered import Stalled, simulator_stats
 from bench.figures import line
-from bench.harness import bench_stack, create_app, discard, percentile, seed_devices
+from bench.harness import bench_stack, discard, percentile, seed_devices
+from devstack.credentials import configure_app, make_credentials, register_with_simulators
 from devstack.stack import Stack
 
 #: SYNCHRONOUS sends per second of app B (the issue's measurement).
@@ -84,6 +85,15 @@ class SyncSender:
     @property
     def answered(self) -> int:
         return len(self.latencies)
+
+
+def _create_app(stack: Stack, app_id: str) -> str:
+    """An app with its own APNs key id: the simulator keeps one key per key id, so apps of one stack must not share one."""
+    credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=secrets.token_hex(5).upper())
+    register_with_simulators(credentials, apns_control=f"http://127.0.0.1:{stack.ports.apns_control}",
+                             fcm_control=f"http://127.0.0.1:{stack.ports.fcm_control}")
+    configure_app(stack.api_url, app_id, credentials)
+    return app_id
 
 
 def _new_campaign(stack: Stack, app_id: str, users: list[str]) -> str:
@@ -151,7 +161,7 @@ def _seed(stack: Stack, app_id: str, prefix: str, count: int) -> list[str]:
 def measure_lanes(stack: Stack, *, users: int, idle_sends: int) -> dict:
     """The lanes figures on a started stack (the current tree's or a baseline's: everything goes through the API)."""
     tag = uuid.uuid4().hex[:6]
-    app_a, app_b, app_c = (create_app(stack, f"bench-lanes-{name}-{tag}") for name in "abc")
+    app_a, app_b, app_c = (_create_app(stack, f"bench-lanes-{name}-{tag}") for name in "abc")
     campaign_users = _seed(stack, app_a, f"la-{tag}", users)
     otp_user = f"lb-{tag}-otp"
     seed_devices(stack, app_b, [otp_user], ["0" + secrets.token_hex(32)[1:]], ["apns"])
