@@ -14,6 +14,7 @@ from api import (
     api_keys,
     audit,
     campaigns,
+    control,
     errors,
     inbox,
     limits,
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api_keys.blueprint)
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
+    app.register_blueprint(control.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])

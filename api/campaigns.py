@@ -15,7 +15,7 @@ from api.context import services
 from api.errors import ApiError, renders_errors
 from api.powerauth import MESSAGE_BODY, parse_body, result_object
 from api.powerauth_envelope import OK, existing_app, json_response, ok, render_error
-from shared import commands
+from shared import commands, halt
 from shared import db as collections
 from shared.commands import PUSH_PROVIDERS, command
 from shared.send_entry import SendEntry
@@ -58,7 +58,8 @@ def campaign_object(campaign: dict, *, progress: bool = False) -> dict:
         counts = svc.guarded_read(lambda: svc.message_counts(campaign["_id"]))
         per_platform = result_object(counts)
         totals = {k: sum(per_platform[p][k] for p in PUSH_PROVIDERS) for k in ("total", "sent", "failed", "pending")}
-        result["state"] = campaign.get("state", "created")
+        halted = svc.find_one(halt.HALTS, {"_id": campaign["_id"]}, {"state": 1})
+        result["state"] = halt.shown_state(halted, campaign.get("state", "created"))
         result["progress"] = {"expanded": counts is not None, **totals, **{p: per_platform[p] for p in PUSH_PROVIDERS}}
     return result
 
@@ -190,7 +191,8 @@ def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
     user_id = sc.body()["userId"]
     entry = SendEntry.for_user(user_id, campaign["body"]).to_json()
-    send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id)
+    send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id,
+                   lane=commands.send_lane("ASYNCHRONOUS", [entry]))
     services().publish(commands.EXPAND_SEND, send)
     return ok({"messageId": send["id"]})
 

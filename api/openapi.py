@@ -30,6 +30,7 @@ TAG_OF_BLUEPRINT = {
     "auth": "Admin: API keys",
     "inbox": "PowerAuth inbox",
     "campaigns": "PowerAuth campaigns",
+    "control": "PowerAuth: control of running sends",
     "admin_ops": "Admin: operations",
     "audit": "Admin: audit log",
     "openapi": "Documentation",

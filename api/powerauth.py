@@ -27,7 +27,7 @@ from api import schema as sc
 from api.context import services
 from api.errors import bad_request, not_found, renders_errors
 from api.powerauth_envelope import APP_ID, APP_REQUEST, OK, TEXT, answer, existing_app, json_response, ok, render_error, wrapped
-from shared import commands
+from shared import commands, halt
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
@@ -317,7 +317,7 @@ def message_id(app_id: str) -> str | None:
 
 def _send(entries: list[dict], app: dict, mode: str) -> Response:
     svc = services()
-    send = command("send", app_id=app["_id"], mode=mode, entries=entries)
+    send = command("send", app_id=app["_id"], mode=mode, entries=entries, lane=commands.send_lane(mode, entries))
     send["id"] = message_id(app["_id"]) or send["id"]
     svc.publish(commands.EXPAND_SEND, send)
     if mode == "ASYNCHRONOUS":
@@ -375,7 +375,7 @@ def send_batch():
     "Where a send stands: per-platform counts",
     path={"message_id": sc.Str(description="The send's messageId")},
     responses={200: answer(sc.Obj({"messageId": TEXT, "appId": TEXT, "timestampCreated": sc.Json(), "expanded": sc.Bool(),
-                                   "result": RESULT}))},
+                                   "result": RESULT, "state": sc.Str(description="running, or cancelled")}))},
 )
 def message_detail(message_id: str):
     """Where an (ASYNCHRONOUS) send stands: per-platform counts."""
@@ -393,6 +393,7 @@ def message_detail(message_id: str):
             "timestampCreated": created.isoformat() if hasattr(created, "isoformat") else created,
             "expanded": counts is not None,
             "result": result_object(counts),
+            "state": halt.shown_state(svc.find_one(halt.HALTS, {"_id": message_id}, {"state": 1}), halt.RUNNING),
         }
     )
 

@@ -17,6 +17,7 @@ compared on the small one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from bench.client import measure_clients
 from bench.figures import comparison_lines, line
 from bench.harness import bench_stack, discard, medians
 from bench.http_rate import HttpBench
+from bench.lanes import measure_lanes
 from bench.limit import measure_limit
 from bench.pipeline import E2eBench, measure_ingest, measure_sync
 from bench.simulators import measure_ceiling
@@ -36,7 +38,7 @@ from bench.wc_push import measure_dedupe
 from devstack.stack import Stack
 
 #: Every figure group, in the order they run.
-GROUPS = ("client", "limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "http", "wc_poll", "dedupe", "simulators")
+GROUPS = ("client", "limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "lanes", "http", "wc_poll", "dedupe", "simulators")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Sizes:
       dedupe_clients: WalletConnect clients of the dedupe run.
       simulator_requests: h2load requests against each simulator for its ceiling.
       client_requests: APNs sends per sender and round of the client group (bench/client.py).
+      lanes_users: users of the lanes group's campaign (bench/lanes.py; ``--lanes-users`` overrides it).
+      lanes_idle_sends: SYNCHRONOUS sends of the lanes group's idle phase.
     """
 
     devices: int
@@ -67,6 +71,8 @@ class Sizes:
     dedupe_clients: int
     simulator_requests: int
     client_requests: int = 10_000
+    lanes_users: int = 1_000_000
+    lanes_idle_sends: int = 1_000
 
 
 # The limit sends 20,000 a run, not 50,000 as before the baseline: its sweep runs twice now, and
@@ -75,7 +81,7 @@ FULL = Sizes(devices=50_000, limit=20_000, ingest=80_000, campaign_small=100_000
              wc_poll_seconds=15.0, http_seconds=10.0, sync_concurrent_seconds=20.0, dedupe_clients=100, simulator_requests=30_000)
 QUICK = Sizes(devices=5_000, limit=5_000, ingest=20_000, campaign_small=10_000, campaign_large=50_000,
               wc_poll_seconds=5.0, http_seconds=3.0, sync_concurrent_seconds=5.0, dedupe_clients=20, simulator_requests=5_000,
-              client_requests=2_000)
+              client_requests=2_000, lanes_users=100_000, lanes_idle_sends=75)
 
 
 def size_label(users: int) -> str:
@@ -132,6 +138,17 @@ def limit_group(stacks: list[Stack], code: baseline.BaselineCode | None, sizes: 
     return results
 
 
+#: Groups measured on each stack in turn: group → (stack, sizes, repeats) → figures.
+PER_STACK = {
+    "ingest": lambda stack, sizes, repeats: measure_ingest(stack, notifications=sizes.ingest, repeats=repeats),
+    "sync": lambda stack, sizes, repeats: measure_sync(stack),
+    "sync_concurrent": lambda stack, sizes, repeats: measure_sync_concurrent(stack, seconds=sizes.sync_concurrent_seconds),
+    "campaign": lambda stack, sizes, repeats: campaign_figures(stack, sizes.campaign_small),
+    "lanes": lambda stack, sizes, repeats: measure_lanes(stack, users=sizes.lanes_users, idle_sends=sizes.lanes_idle_sends),
+    "wc_poll": lambda stack, sizes, repeats: measure_visibility(stack, seed_sessions(stack), duration=sizes.wc_poll_seconds),
+}
+
+
 def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
     """The group's figures on each stack (the current tree's first, then the baseline's)."""
     if group == "client":
@@ -140,18 +157,10 @@ def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | Non
         return limit_group(stacks, code, sizes, repeats)
     if group == "e2e":
         return interleaved([E2eBench(stack, devices=sizes.devices) for stack in stacks], repeats)
-    if group == "ingest":
-        return [measure_ingest(stack, notifications=sizes.ingest, repeats=repeats) for stack in stacks]
-    if group == "sync":
-        return [measure_sync(stack) for stack in stacks]
-    if group == "sync_concurrent":
-        return [measure_sync_concurrent(stack, seconds=sizes.sync_concurrent_seconds) for stack in stacks]
-    if group == "campaign":
-        return [campaign_figures(stack, sizes.campaign_small) for stack in stacks]
+    if group in PER_STACK:
+        return [PER_STACK[group](stack, sizes, repeats) for stack in stacks]
     if group == "http":
         return interleaved([HttpBench(stack, duration=sizes.http_seconds) for stack in stacks], repeats)
-    if group == "wc_poll":
-        return [measure_visibility(stack, seed_sessions(stack), duration=sizes.wc_poll_seconds) for stack in stacks]
     if group == "dedupe":
         results = [measure_dedupe(stack, clients=sizes.dedupe_clients) for stack in stacks]
         return [{name: r[name] for name in ("dedupe_sends_per_s", "dedupe_repeats_delivered")} for r in results]
@@ -167,8 +176,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=GROUPS, default=None, help="figure groups to run (default: all)")
     parser.add_argument("--baseline", metavar="REF", help="also measure this git ref's API and workers, side by side")
+    parser.add_argument("--lanes-users", type=int, metavar="N", help="users of the lanes group's campaign (default: 1M, --quick 100k)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    if args.lanes_users:
+        sizes = dataclasses.replace(sizes, lanes_users=args.lanes_users)
     groups = [g for g in GROUPS if g in (args.only or GROUPS)]
     started = time.time()
     code = baseline.checkout(args.baseline) if args.baseline else None

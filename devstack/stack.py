@@ -31,7 +31,11 @@ STOP_TIMEOUT_SECONDS = 10
 WORKER_GROUPS = {
     "core": (commands.PERSIST, commands.EXPAND),
     "deliver": (commands.DELIVER_APNS, commands.DELIVER_FCM, commands.DELIVER_HMS, commands.DELIVER_WEBHOOK),
+    # The transactional lane, expansion and delivery (shared/commands.py TX_QUEUES): never behind bulk work.
+    "tx": tuple(commands.TX_QUEUES.values()),
 }
+#: The transactional lane's group carries single sends: one process is enough on one machine.
+TX_GROUP = "tx"
 
 
 #: Serving processes per provider simulator: measured on 2 cores (simulators/README.md, ``python -m bench.simulators``).
@@ -138,6 +142,8 @@ class Stack:
     env: dict = field(default_factory=dict)
     worker_processes: int = 2  # per group; measured best on 2 cores (bench: 1 → 1,373/s, 2 → 1,728/s e2e)
     worker_threads: int = 8
+    #: ``--processes`` of the transactional lane's group.
+    tx_worker_processes: int = 1
     api_workers: int = 2
     api_threads: int = 8
     api_header_timeout_ms: int = API_HEADER_TIMEOUT_MS
@@ -268,7 +274,7 @@ class Stack:
         return [
             str(VENV_BIN / "dramatiq"),
             "workers.main",
-            "--processes", str(self.worker_processes),
+            "--processes", str(self.tx_worker_processes if group == TX_GROUP else self.worker_processes),
             "--threads", str(self.worker_threads),
             "--queues", *queues,
         ]

@@ -21,7 +21,17 @@ DELIVER_APNS = "deliver.apns"
 DELIVER_FCM = "deliver.fcm"
 DELIVER_HMS = "deliver.hms"
 DELIVER_WEBHOOK = "deliver.webhook"
-QUEUES = (PERSIST, EXPAND, DELIVER_APNS, DELIVER_FCM, DELIVER_HMS, DELIVER_WEBHOOK)
+
+# Lanes: transactional work (a SYNCHRONOUS send, a single HIGH-priority send) never waits in a FIFO behind
+# bulk (batches, campaigns). Each stage a send goes through has a queue per lane, served by its own worker
+# group; separate queues rather than message priorities, which quorum queues lack on RabbitMQ 3.x.
+BULK = "bulk"
+TX = "tx"
+LANES = (BULK, TX)
+#: The transactional twin of each queue a send goes through (a provider's deliver queue gets one too, e.g. HMS).
+TX_QUEUES = {EXPAND: EXPAND + ".tx", DELIVER_APNS: DELIVER_APNS + ".tx", DELIVER_FCM: DELIVER_FCM + ".tx",
+             DELIVER_HMS: DELIVER_HMS + ".tx"}
+QUEUES = (PERSIST, EXPAND, DELIVER_APNS, DELIVER_FCM, DELIVER_HMS, DELIVER_WEBHOOK, *TX_QUEUES.values())
 
 # Actors and the queue each one consumes.
 APPLY_WRITE = "apply_write"
@@ -51,6 +61,23 @@ PUSH_PROVIDERS = ("apns", "fcm", "hms")
 ACTIVE = "ACTIVE"
 REMOVED = "REMOVED"
 ACTIVATION_STATES = ("CREATED", "PENDING_COMMIT", "ACTIVE", "BLOCKED", "REMOVED")
+
+
+def lane_queue(queue: str, lane: str | None) -> str:
+    """The queue of ``queue``'s stage in ``lane`` (bulk, or a queue without a transactional twin: itself)."""
+    return TX_QUEUES.get(queue, queue) if lane == TX else queue
+
+
+def lane_of_queue(queue: str) -> str:
+    """The lane a queue (without prefix) serves."""
+    return TX if queue in TX_QUEUES.values() else BULK
+
+
+def send_lane(mode: str | None, entries: list[dict]) -> str:
+    """The lane of a send: one message SYNCHRONOUS or HIGH priority is transactional; batches are bulk."""
+    if len(entries) == 1 and (mode == "SYNCHRONOUS" or entries[0].get("high_priority")):
+        return TX
+    return BULK
 
 
 def queue_name(settings: Settings, queue: str) -> str:
@@ -85,8 +112,9 @@ class Publisher:
         self.settings = settings
 
     def publish(self, actor_name: str, payload: dict, *, delay_ms: int | None = None) -> dramatiq.Message:
+        """Publish on the actor's queue in the payload's ``lane`` (a command or chunk carries it; none: bulk)."""
         message = dramatiq.Message(
-            queue_name=queue_name(self.settings, ACTOR_QUEUES[actor_name]),
+            queue_name=queue_name(self.settings, lane_queue(ACTOR_QUEUES[actor_name], payload.get("lane"))),
             actor_name=actor_name,
             args=(payload,),
             kwargs={},

@@ -39,6 +39,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared import db as collections
 from shared import db_counters
+from shared.commands import BULK
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,19 @@ FAILED = "failed"
 DEAD_TOKEN = "dead_token"
 EXPIRED = "expired"
 DEAD_LETTER = "dead_letter"
+#: Not sent because its message or campaign was cancelled (shared/halt.py).
+CANCELLED = "cancelled"
 
 #: Delivery states that are final (the outcome is known and recorded).
-FINAL_STATES = (SENT, FAILED, DEAD_TOKEN, EXPIRED, DEAD_LETTER)
+FINAL_STATES = (SENT, FAILED, DEAD_TOKEN, EXPIRED, DEAD_LETTER, CANCELLED)
 #: Final states counted as failed in the counts the API answers.
-FAILED_STATES = (FAILED, DEAD_TOKEN, EXPIRED, DEAD_LETTER)
+FAILED_STATES = (FAILED, DEAD_TOKEN, EXPIRED, DEAD_LETTER, CANCELLED)
 #: States that still await an outcome, and those a run may claim.
 OPEN_STATES = (PENDING, SENDING, RETRY)
 CLAIMABLE = (PENDING, RETRY)
 
 #: State → its character in a chunk's ``s``, and back.
-CHAR = {PENDING: "p", RETRY: "r", SENT: "s", FAILED: "f", DEAD_TOKEN: "d", EXPIRED: "e", DEAD_LETTER: "l"}
+CHAR = {PENDING: "p", RETRY: "r", SENT: "s", FAILED: "f", DEAD_TOKEN: "d", EXPIRED: "e", DEAD_LETTER: "l", CANCELLED: "c"}
 STATE = {c: s for s, c in CHAR.items()}
 OPEN_CHARS = CHAR[PENDING] + CHAR[RETRY]
 
@@ -130,10 +133,14 @@ def chunk_document(message_id: str, app_id: str, provider: str, index: int, deli
 
 
 def chunk_message(message_id: str, app_id: str, provider: str, index: int, entries: Mapping[str, dict], used: Iterable[int], *,
-                  first_attempt_at: float, attempts: dict | None = None, watch: list | None = None) -> dict:
-    """A deliver-queue message naming one ledger chunk, with only the entries its deliveries use (keyed by index)."""
+                  first_attempt_at: float, attempts: dict | None = None, watch: list | None = None,
+                  lane: str | None = None) -> dict:
+    """A deliver-queue message naming one ledger chunk, with only the entries its deliveries use (keyed by index).
+
+    ``lane`` (shared/commands.py) picks the deliver queue; the message keeps it when it is re-enqueued.
+    """
     message = {
-        "v": FORMAT, "chunk": chunk_id(message_id, provider, index), "message_id": message_id, "app_id": app_id,
+        "v": FORMAT, "lane": lane or BULK, "chunk": chunk_id(message_id, provider, index), "message_id": message_id, "app_id": app_id,
         "entries": {key: entries[key] for key in sorted({str(e) for e in used})},
         "first_attempt_at": first_attempt_at, "attempts": attempts or {},
     }
@@ -155,12 +162,13 @@ def write_chunks(db: Database, message_id: str, app_id: str, provider: str, deli
 
 
 def publish_chunks(publisher, actor_by_provider: Mapping[str, str], docs: list[dict], entries: Mapping[str, dict], *,
-                   first_attempt_at: float) -> None:
-    """Publish one deliver message per chunk document."""
+                   first_attempt_at: float, lane: str | None = None) -> None:
+    """Publish one deliver message per chunk document, in its send's lane."""
     for doc in docs:
         publisher.publish(
             actor_by_provider[doc["p"]],
-            chunk_message(doc["m"], doc["app"], doc["p"], doc["i"], entries, (e for _, _, e, _ in doc["d"]), first_attempt_at=first_attempt_at),
+            chunk_message(doc["m"], doc["app"], doc["p"], doc["i"], entries, (e for _, _, e, _ in doc["d"]), first_attempt_at=first_attempt_at,
+                          lane=lane),
         )
 
 

@@ -57,6 +57,8 @@ class QueueStats:
     name: str
     queue: str
     kind: str
+    #: The lane the queue serves (shared/commands.py LANES): ``tx`` or ``bulk``.
+    lane: str = commands.BULK
     exists: bool = False
     ready: int = 0
     unacked: int = 0
@@ -84,7 +86,7 @@ def expected_queues(settings: Settings) -> list[QueueStats]:
     for queue in commands.QUEUES:
         base = commands.queue_name(settings, queue)
         for suffix, kind in QUEUE_KINDS.items():
-            out.append(QueueStats(name=base + suffix, queue=queue, kind=kind))
+            out.append(QueueStats(name=base + suffix, queue=queue, kind=kind, lane=commands.lane_of_queue(queue)))
     return out
 
 
@@ -389,7 +391,7 @@ class QueueCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        labels = ["queue", "kind"]
+        labels = ["queue", "kind", "lane"]
         up = GaugeMetricFamily("push_queue_stats_up", "1 when RabbitMQ answered the queue figures (management API or AMQP).", labels=["source"])
         families = {
             "ready": GaugeMetricFamily("push_queue_messages_ready", "Messages ready for delivery, per queue.", labels=labels),
@@ -411,15 +413,42 @@ class QueueCollector:
             for key, family in families.items():
                 value = getattr(q, key)
                 if value is not None:
-                    family.add_metric([q.name, q.kind], float(value))
+                    family.add_metric([q.name, q.kind, q.lane], float(value))
         yield up
         yield from families.values()
+        expiries = self._certificate_expiries()
+        if expiries is not None:
+            family = GaugeMetricFamily("push_apns_certificate_not_after_timestamp_seconds",
+                                       "End of validity of each app's APNs client certificate (Unix time).", labels=["app"])
+            for app_id, not_after in sorted(expiries.items()):
+                family.add_metric([app_id], not_after)
+            yield family
         suspended = self._suspended()
         if suspended is not None:
             family = GaugeMetricFamily("push_suspended_providers", "Apps whose provider is suspended (credentials refused).", labels=["provider"])
             for provider, count in sorted(suspended.items()):
                 family.add_metric([provider], count)
             yield family
+
+    def _certificate_expiries(self) -> dict | None:
+        """App id → its APNs certificate's ``not_after`` (Unix time), for the apps that authenticate with one."""
+        if self.db is None:
+            return None
+        from datetime import datetime
+
+        from shared import db as collections
+
+        try:
+            out = {}
+            for app in self.db[collections.APPS].find({"apns.auth": collections.APNS_CERTIFICATE}, {"apns.not_after": 1}):
+                not_after = (app.get("apns") or {}).get("not_after")
+                if isinstance(not_after, str):
+                    out[app["_id"]] = datetime.fromisoformat(not_after).timestamp()
+                elif isinstance(not_after, datetime):
+                    out[app["_id"]] = not_after.timestamp()
+            return out
+        except Exception:  # noqa: BLE001 - a scrape answers what it can
+            return None
 
     def _suspended(self) -> dict | None:
         if self.db is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared import audit, commands, device_lookup, ledger
+from shared import audit, commands, device_lookup, halt, ledger
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
@@ -19,7 +19,7 @@ from workers.delivery.retry import RetryPolicy
 #: Write handlers of every API family, by command kind (each family's module lists its own).
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
-    **audit.HANDLERS,
+    **audit.HANDLERS, **halt.HANDLERS,
 }
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
@@ -93,3 +93,6 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         wc_bridge.deliver_webhook(webhooks, job)
 
     declare(deliver_webhook, commands.DELIVER_CHUNK_WEBHOOK, max_retries=DELIVERY_MAX_RETRIES)
+    # The transactional lane's queues: the same actors (a message names its actor), consumed by the tx worker group.
+    for queue in commands.TX_QUEUES.values():
+        broker.declare_queue(queue_name(settings, queue))

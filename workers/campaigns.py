@@ -22,9 +22,9 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
-from shared import db_counters, ledger
+from shared import db_counters, halt, ledger
 from shared import device_lookup as lookup
-from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, Publisher
+from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, EXPAND_CAMPAIGN, Publisher
 from shared.ledger import Delivery, delivery_id, insert_ignoring_duplicates
 from shared.send_entry import SendEntry
 from workers.expand import PROVIDERS
@@ -121,7 +121,9 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
     entries = {str(ENTRY): campaign_entry(campaign)}
     after = campaign.get("cursor") or ""
     progress = campaign.get("progress") or {"chunks": dict.fromkeys(PROVIDERS, 0), "totals": dict.fromkeys(PROVIDERS, 0)}
-    while True:
+    while not halt.is_cancelled(db, campaign_id, campaign["app_id"]):
+        if halt.hold_expansion(db, publisher, EXPAND_CAMPAIGN, cmd, campaign_id):
+            return  # paused: this expansion comes back, from its cursor, once resumed
         users = [
             doc["u"]
             for doc in db[collections.CAMPAIGN_USERS]
@@ -201,7 +203,7 @@ def check_campaign(db: Database, publisher: Publisher, job: dict) -> None:
         return
     if not ledger.has_open(db, campaign_id):
         db[collections.CAMPAIGNS].update_one(
-            {"_id": campaign_id}, {"$set": {"sent": True, "state": "sent", "timestamp_sent": _now()}}
+            {"_id": campaign_id}, {"$set": {"sent": True, "state": halt.finished_state(db, campaign_id), "timestamp_sent": _now()}}
         )
         return
     publisher.publish(CAMPAIGN_CHECK, job, delay_ms=int(CHECK_INTERVAL_SECONDS * 1000))

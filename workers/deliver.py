@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 
 from shared import db as collections
-from shared import db_counters, ledger, metrics
+from shared import db_counters, halt, ledger, metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.ledger import Delivery
 from shared.outbound import OutboundPolicy
@@ -232,6 +232,8 @@ class DeliveryContext:
 
 async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> None:
     """Claim, send and record one chunk; re-enqueue what must wait."""
+    if await asyncio.to_thread(halt.hold_chunk, ctx.db, ctx.publisher, DELIVER_ACTOR_BY_PROVIDER[platform], chunk):
+        return  # paused: back later (a cancelled chunk is claimed and its open deliveries recorded cancelled)
     if chunk.get("v") != ledger.FORMAT:
         from workers.deliver_v1 import deliver_chunk_v1  # an old-format message (rolling upgrade)
 
@@ -280,6 +282,10 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         deadline = valid_until[str(delivery.entry)]
         if deadline is not None and deadline <= time.time():
             result = Result(delivery, ledger.EXPIRED, "validUntil passed", index=index)
+        elif (halted := halt.state(ctx.db, chunk["message_id"], chunk["app_id"])) != halt.RUNNING:
+            # Halted while this chunk ran: a cancel records it, a pause sends it back to wait.
+            result = (Result(delivery, ledger.CANCELLED, halt.CANCELLED_REASON, index=index) if halted == halt.CANCELLED
+                      else Result(delivery, ledger.RETRY, halted, retry_after=halt.PAUSE_RECHECK_SECONDS, index=index))
         else:
             outcome, answer, tries, requeue_after = await deliver_with_retries(
                 lambda: gated(delivery), classify, ctx.policy, first_attempt=attempts.get(delivery.id, 0)

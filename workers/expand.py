@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import activation_status, db_counters, ledger
+from shared import activation_status, db_counters, halt, ledger
 from shared import db as collections
 from shared import device_lookup as lookup
-from shared.commands import ACTIVE, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
+from shared.commands import ACTIVE, BULK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 
 # The names other modules and tests know these by (shared/ledger.py owns them).
 DUPLICATE_KEY = ledger.DUPLICATE_KEY
@@ -50,7 +50,8 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
         )
     except DuplicateKeyError:
         pass
-    entries = cmd["entries"]
+    # A send cancelled before its expansion (scheduled, or queued) expands to nothing.
+    entries = [] if halt.is_cancelled(db, message_id, cmd["app_id"]) else cmd["entries"]
     deliveries: dict[str, dict[str, Delivery]] = {platform: {} for platform in PROVIDERS}
     for entry_index, device in _targets(db, cmd["app_id"], entries):
         platform = device["platform"]
@@ -71,7 +72,8 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
                     for n, part in enumerate(_parts(list(items.values()), chunk_size)))
     insert_ignoring_duplicates(db[collections.LEDGER], docs)
     entries_by_key = {str(index): entry for index, entry in enumerate(entries)}
-    ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries_by_key, first_attempt_at=started)
+    ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries_by_key, first_attempt_at=started,
+                          lane=cmd.get("lane"))
     totals = {platform: len(items) for platform, items in deliveries.items()}
     chunks = {platform: -(-len(items) // chunk_size) for platform, items in deliveries.items()}
     db_counters.count(written=1)
@@ -88,10 +90,12 @@ def chunk_payload(
     *,
     first_attempt_at: float,
     attempts: dict | None = None,
+    lane: str | None = None,
 ) -> dict:
-    """An old-format deliver-queue message (``ledger_v1``: rows in ``deliveries``): the deliveries and the entries they use."""
+    """An old-format deliver-queue message (``ledger_v1``: rows in ``deliveries``): the deliveries and the entries they use, in its lane."""
     used = sorted({str(d.entry) for d in deliveries})
     return {
+        "lane": lane or BULK,
         "message_id": message_id,
         "app_id": app_id,
         "entries": {key: entries[key] for key in used},

@@ -43,6 +43,11 @@ def value(families: list, name: str, **labels) -> float:
     )
 
 
+def delivery_metrics(stack) -> list:
+    """The metrics of both delivering groups: bulk (``deliver``) and the transactional lane (``tx``)."""
+    return scrape(stack.worker_metrics_url("deliver")) + scrape(stack.worker_metrics_url("tx"))
+
+
 def eventually(check, *, timeout: float = 60, what: str = "condition"):
     return waiting.wait_for(check, timeout=timeout, what=what, every=0.25)
 
@@ -51,8 +56,10 @@ def queue(api, name: str) -> dict:
     return next(q for q in body["queues"] if q["name"] == name)
 
 
-def send_async(api, app_id: str, user_id: str, body: dict | None = None) -> str:
-    answer = api.ok("/push/message/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "message": {"userId": user_id, "body": body or {"title": "t"}}})
+def send_async(api, app_id: str, user_id: str, body: dict | None = None, *, priority: str = "HIGH") -> str:
+    """An ASYNCHRONOUS send of one message: HIGH priority takes the transactional lane, NORMAL the bulk one (README "Lanes")."""
+    answer = api.ok("/push/message/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "priority": priority,
+                                           "message": {"userId": user_id, "body": body or {"title": "t"}}})
     return answer["responseObject"]["messageId"]
 
 
@@ -67,7 +74,7 @@ def test_stopped_fcm_workers_show_queue_depth_then_drain(stack, api, new_app):
         eventually(lambda: queue(api, fcm_queue)["consumers"] == 0, what="consumers gone")
         before = queue(api, fcm_queue)["ready"]
         for _ in range(3):
-            send_async(api, app_id, alice)
+            send_async(api, app_id, alice, priority="NORMAL")  # bulk: the deliver group's queue
 
         risen = eventually(lambda: (q := queue(api, fcm_queue))["ready"] >= before + 3 and q, what="fcm queue depth")
         assert risen["consumers"] == 0 and risen["exists"] and risen["kind"] == "main"
@@ -101,15 +108,15 @@ def test_dead_token_moves_worker_and_api_metrics(stack, api, new_app):
     bob = user()
     register(api, app_id, apns_token("dead"), "ios", bob)
     register(api, app_id, fcm_token(), "android", bob)
-    worker_url = stack.worker_metrics_url("deliver")
-    before_worker = eventually(lambda: scrape(worker_url), what="worker metrics endpoint")
+    # A SYNCHRONOUS send of one message is delivered by the transactional lane's group (README "Lanes").
+    before_worker = eventually(lambda: delivery_metrics(stack), what="worker metrics endpoint")
     before_api = scrape(stack.api_url + "/metrics")
 
     result = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": bob, "body": {"title": "t"}}})["responseObject"]["result"]
     assert result["apns"]["failed"] == 1 and result["fcm"]["sent"] == 1
 
     def moved():
-        after = scrape(worker_url)
+        after = delivery_metrics(stack)
         return after if value(after, "push_dead_tokens_total", provider="apns", app=app_id) == 1 else None
 
     after = eventually(moved, what="dead-token counter")
@@ -120,14 +127,14 @@ def test_dead_token_moves_worker_and_api_metrics(stack, api, new_app):
             before_worker, "push_delivery_latency_seconds_count", provider=provider
         )
     # Dramatiq's own middleware counts the processed chunk messages.
-    apns_queue = stack.queue_prefix + "deliver.apns"
+    apns_queue = stack.queue_prefix + "deliver.apns.tx"
     processed_before = value(before_worker, "dramatiq_messages_total", queue_name=apns_queue)
-    eventually(lambda: value(scrape(worker_url), "dramatiq_messages_total", queue_name=apns_queue) > processed_before, what="Dramatiq's counter")
+    eventually(lambda: value(delivery_metrics(stack), "dramatiq_messages_total", queue_name=apns_queue) > processed_before, what="Dramatiq's counter")
 
     api_after = scrape(stack.api_url + "/metrics")
     route = {"route": "/push/message/send", "method": "POST", "status": "200"}
     assert value(api_after, "push_http_requests_total", **route) > value(before_api, "push_http_requests_total", **route)
-    expand = stack.queue_prefix + "expand"
+    expand = stack.queue_prefix + "expand.tx"
     assert value(api_after, "push_enqueue_latency_seconds_count", queue=expand) > value(before_api, "push_enqueue_latency_seconds_count", queue=expand)
 
 
@@ -147,7 +154,7 @@ def test_refused_credentials_raise_the_suspended_providers_gauge(stack, api):
         lambda: value(scrape(stack.api_url + "/metrics"), "push_suspended_providers", provider="apns") == before + 1,
         what="suspended providers gauge",
     )
-    worker = scrape(stack.worker_metrics_url("deliver"))
+    worker = delivery_metrics(stack)
     assert value(worker, "push_deliveries_total", provider="apns", app=app_id, outcome="failed") == 1
 
 
@@ -156,8 +163,7 @@ def test_dead_letters_are_listed_and_requeued_through_the_queue(stack, api, new_
     carol = user()
     token = apns_token("f5039")  # 503 for nine attempts: longer than validUntil allows
     register(api, app_id, token, "ios", carol)
-    worker_url = stack.worker_metrics_url("deliver")
-    dead_before = value(scrape(worker_url), "push_dead_letters_total", provider="apns", app=app_id)
+    dead_before = value(delivery_metrics(stack), "push_dead_letters_total", provider="apns", app=app_id)
     valid_until = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
     message_id = send_async(api, app_id, carol, {"title": "soon stale", "validUntil": valid_until})
 
@@ -170,7 +176,7 @@ def test_dead_letters_are_listed_and_requeued_through_the_queue(stack, api, new_
     assert item["platform"] == "apns" and "ServiceUnavailable" in item["reason"]
     assert item["attempts"] >= 1 and item["requeueable"]
     eventually(
-        lambda: value(scrape(worker_url), "push_dead_letters_total", provider="apns", app=app_id) == dead_before + 1,
+        lambda: value(delivery_metrics(stack), "push_dead_letters_total", provider="apns", app=app_id) == dead_before + 1,
         what="dead-letter counter",
     )
     eventually(lambda: api.get("/admin/stats").json()["by_outcome"].get("dead_letter", 0) >= 1, what="dead letters in stats")
@@ -211,7 +217,7 @@ def test_admin_errors_answer_in_powerauth_envelope(stack, api):
 
 
 def test_json_logs_follow_one_notification_from_api_to_provider_answer(stack, api, new_app):
-    """An API and the core and deliver workers logging JSON: one send is found by its id in each."""
+    """An API and the workers logging JSON: one send is found by its id in each (a SYNCHRONOUS one: the tx lane's group)."""
     app_id = new_app()
     erin = user()
     dead = apns_token("dead")
@@ -221,7 +227,7 @@ def test_json_logs_follow_one_notification_from_api_to_provider_answer(stack, ap
     stack.start_api(name="api-json", port=port, env=json_env)
     stack.stop_workers()
     try:
-        for group in ("core", "deliver"):
+        for group in ("core", "deliver", "tx"):
             stack._spawn(f"workers-json-{group}", stack.worker_argv(group), env=json_env)
         answer = requests.post(
             f"http://127.0.0.1:{port}/push/message/send",
@@ -244,14 +250,14 @@ def test_json_logs_follow_one_notification_from_api_to_provider_answer(stack, ap
             return out
 
         api_lines = eventually(lambda: [x for x in lines("api-json") if x.get("command_id") == message_id], what="API enqueue line")
-        assert api_lines[0]["message"].startswith("enqueued") and api_lines[0]["queue"].endswith("expand")
+        assert api_lines[0]["message"].startswith("enqueued") and api_lines[0]["queue"].endswith("expand.tx")
         expand_lines = eventually(
-            lambda: [x for x in lines("workers-json-core") if x.get("command_id") == message_id and x.get("actor") == "expand_send"],
+            lambda: [x for x in lines("workers-json-tx") if x.get("command_id") == message_id and x.get("actor") == "expand_send"],
             what="expand line",
         )
         assert expand_lines[0]["message"] == "processed expand_send"
         outcome = eventually(
-            lambda: [x for x in lines("workers-json-deliver") if x.get("message_id") == message_id and x.get("outcome")],
+            lambda: [x for x in lines("workers-json-tx") if x.get("message_id") == message_id and x.get("outcome")],
             what="delivery outcome line",
         )
         assert outcome[0]["outcome"] == "dead_token" and outcome[0]["reason"] == "Unregistered"
@@ -260,7 +266,7 @@ def test_json_logs_follow_one_notification_from_api_to_provider_answer(stack, ap
         whole = [path.name for path in logs.glob("*.log") if dead in path.read_text(errors="replace")]
         assert whole == [], f"the whole token is in {whole}"
     finally:
-        for name in ("workers-json-core", "workers-json-deliver", "api-json"):
+        for name in ("workers-json-core", "workers-json-deliver", "workers-json-tx", "api-json"):
             stack.stop(name)
         stack.start_workers()
 
@@ -282,7 +288,7 @@ def test_dashboard_renders_real_figures_in_headless_chromium(stack, api, new_app
     stack.stop_workers(["deliver"])
     try:
         for _ in range(4):
-            send_async(api, app_id, dave)
+            send_async(api, app_id, dave, priority="NORMAL")  # bulk: the deliver group's queue
         eventually(lambda: queue(api, fcm_queue)["ready"] >= 4, what="fcm queue depth")
         dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
         shot = subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120)
@@ -296,7 +302,7 @@ def test_dashboard_renders_real_figures_in_headless_chromium(stack, api, new_app
     # The queue table shows the depth RabbitMQ reports, the outcome table the recorded deliveries.
     fcm_row = re.search(rf'<tr data-queue="{re.escape(fcm_queue)}">(.*?)</tr>', html).group(1)
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", fcm_row)
-    assert cells[0] == "deliver.fcm" and int(cells[2]) >= 4, cells
+    assert cells[:3] == ["deliver.fcm", "bulk", "main"] and int(cells[3]) >= 4, cells
     # apns, fcm and hms columns, then the total.
     assert re.search(r'<tr data-outcome="sent"><td>sent</td><td>[1-9]\d*</td><td>[1-9]\d*</td><td>[1-9]\d*</td><td>[1-9]', html)
     assert shot.returncode == 0, shot.stderr[-2000:]

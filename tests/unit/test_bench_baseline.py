@@ -97,7 +97,7 @@ def test_the_probe_records_what_a_refs_stack_would_start_and_starts_nothing(tmp_
 def test_the_probe_reads_todays_stack_as_a_baseline_of_head_would(tmp_path):
     ports = Ports.free()
     found = probe(ROOT, str(VENV_BIN / "python"), options(tmp_path, ports))
-    assert set(found) == {"api", "workers-core", "workers-deliver"}
+    assert set(found) == {"api", "workers-core", "workers-deliver", "workers-tx"}
     api = found["api"]["argv"]
     assert api[0] == str(VENV_BIN / "granian") and "api.rsgi:create_app" in api and api[api.index("--port") + 1] == str(ports.api)
     assert found["workers-deliver"]["argv"][:2] == [str(VENV_BIN / "dramatiq"), "workers.main"]
