@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api import auth, limits
+from api import auth, limits, sender_control
 from api import schema as s
 from api.errors import ApiError
 from api.powerauth import MESSAGE_BODY, OK, existing_app, json_response, ok, parse_body, result_object, services
@@ -178,12 +178,25 @@ def delete_users(campaign_id: str):
     return ok()
 
 
+#: The answer of a campaign send with ``validateOnly`` (api/sender_control.py).
+VALIDATION_ANSWER = {"validateOnly": s.Bool(), "validation": sender_control.VALIDATION}
+
+
+def _validation(campaign: dict, user_ids: list[str] | None = None):
+    svc = services()
+    app = svc.find_one(collections.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]}
+    return ok({"validateOnly": True, "validation": sender_control.validate_campaign(svc, app, campaign, user_ids)})
+
+
 @blueprint.post("/push/campaign/send/test/<campaign_id>")
 @s.operation("Send the campaign to one user, as a test", path=CAMPAIGN_ID,
-             body=s.Wrapped(s.Obj({"userId": s.Str(required=True)})), responses={200: answer(s.Obj({"messageId": s.Str()}))})
+             body=s.Wrapped(s.Obj({"userId": s.Str(required=True), "validateOnly": sender_control.VALIDATE_ONLY})),
+             responses={200: answer(s.Obj({"messageId": s.Str(), **VALIDATION_ANSWER}))})
 def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
     user_id = s.body()["userId"]
+    if s.body()["validateOnly"]:
+        return _validation(campaign, [user_id])
     entry = {"user_id": user_id, "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": campaign["body"]}
     send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id)
     services().publish(commands.EXPAND_SEND, send)
@@ -191,10 +204,14 @@ def send_test(campaign_id: str):
 
 
 @blueprint.post("/push/campaign/send/live/<campaign_id>")
-@s.operation("Send the campaign to all its users' devices (once each, however often called)", path=CAMPAIGN_ID,
-             responses={200: OK})
+@s.operation("Send the campaign to all its users' devices (once each, however often called); an optional body "
+             "{\"requestObject\": {\"validateOnly\": true}} checks and reports instead", path=CAMPAIGN_ID,
+             body=s.Wrapped(s.Obj({"validateOnly": sender_control.VALIDATE_ONLY}), bare_ok=True), body_required=False,
+             responses={200: answer(s.Obj(VALIDATION_ANSWER))})
 def send_live(campaign_id: str):
     campaign = _campaign(campaign_id)
+    if (s.body() or {}).get("validateOnly"):
+        return _validation(campaign)
     if not campaign.get("sent"):
         services().publish(commands.EXPAND_CAMPAIGN, command("campaign.send", campaign_id=campaign_id))
     return ok()

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response, current_app
 
-from api import auth, idempotency, limits
+from api import auth, idempotency, limits, sender_control
 from api import schema as sc
 from api.errors import ApiError, bad_request, not_found
 from api.services import Services
@@ -167,6 +167,7 @@ SEND_OPTIONS = {
     "appId": APP_ID,
     "mode": sc.Choice(MODES, default="SYNCHRONOUS", description="SYNCHRONOUS waits for the outcome"),
     "priority": sc.Choice(PRIORITIES, default="HIGH"),
+    "validateOnly": sender_control.VALIDATE_ONLY,
 }
 
 
@@ -176,7 +177,8 @@ def _max_batch(settings) -> int:
 
 COUNTS = sc.Obj({k: sc.Int() for k in ("sent", "pending", "failed", "total")})
 RESULT = sc.Obj({name: COUNTS for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)})
-SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.values()))}))
+SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.values())), "validateOnly": sc.Bool(),
+                             "validation": sender_control.VALIDATION}))
 APP_SUMMARY = sc.Obj({"appId": TEXT, **{name: sc.Bool() for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)}})
 APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool(),
                      "hmsProjectId": sc.Json(description="The HMS project, or null"), "hmsClientSecretPresent": sc.Bool()})
@@ -376,8 +378,10 @@ def message_id(app_id: str) -> str | None:
     return idempotency.claim(services(), app_id)
 
 
-def _send(entries: list[dict], app: dict, mode: str) -> Response:
+def _send(entries: list[dict], app: dict, mode: str, *, validate_only: bool = False) -> Response:
     svc = services()
+    if validate_only:  # every check of a send, nothing published (api/sender_control.py)
+        return ok({"mode": mode, "validateOnly": True, "validation": sender_control.validate_send(svc, app, entries)})
     send = command("send", app_id=app["_id"], mode=mode, entries=entries)
     send["id"] = message_id(app["_id"]) or send["id"]
     svc.publish(commands.EXPAND_SEND, send)
@@ -406,7 +410,7 @@ def send_message():
     data = sc.body()
     app = existing_app(data)
     entry = parse_message(data["message"], "requestObject.message.", data["priority"])
-    return _send([entry], app, data["mode"])
+    return _send([entry], app, data["mode"], validate_only=data["validateOnly"])
 
 
 @blueprint.post("/push/message/batch/send")
@@ -427,7 +431,7 @@ def send_batch():
     app = existing_app(data)
     settings, priority = services().settings, data["priority"]
     entries = [parse_message(item, f"requestObject.batch[{i}].", priority, settings) for i, item in enumerate(data["batch"])]
-    return _send(entries, app, data["mode"])
+    return _send(entries, app, data["mode"], validate_only=data["validateOnly"])
 
 
 @blueprint.get("/push/message/<message_id>/detail")
