@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
 
@@ -89,3 +90,61 @@ def test_validate_only_campaign_counts_each_device_once_and_sends_nothing(api, n
     assert messages_of(stack, app_id) == []
     detail = api.get(f"/push/campaign/{campaign}/detail").json()["responseObject"]
     assert detail["sent"] is False and detail["state"] == "created"
+
+
+def wait_done(api, path: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = api.get(path).json()["responseObject"]
+        counts = result.get("result") or result.get("progress")
+        pending = sum(counts[p]["pending"] for p in ("apns", "fcm")) if "result" in result else counts["pending"]
+        expanded = result.get("expanded", True) if "result" in result else counts["expanded"]
+        if expanded and pending == 0:
+            return result
+        assert time.monotonic() < deadline, result
+        time.sleep(0.3)
+
+
+def test_failures_page_through_400_dead_tokens_with_last_8_characters(api, new_app):
+    app_id = new_app()
+    users = [user() for _ in range(401)]
+    tokens = [apns_token("dead") if i % 2 else fcm_token("dead") for i in range(400)] + [apns_token()]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: register(api, app_id, tokens[i], "apns" if i % 2 or i == 400 else "fcm", users[i]), range(401)))
+    message_id = api.ok("/push/message/batch/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [
+        {"userId": u, "body": {"title": "hi"}} for u in users]})["responseObject"]["messageId"]
+    wait_done(api, f"/push/message/{message_id}/detail")
+
+    seen = []
+    for page in range(3):
+        answer = api.get(f"/push/message/{message_id}/failures", page=page, size=150).json()["responseObject"]
+        assert answer["total"] == 400 and answer["page"] == page and answer["size"] == 150
+        assert len(answer["failures"]) == (150 if page < 2 else 100)
+        seen += answer["failures"]
+    assert api.get(f"/push/message/{message_id}/failures", page=3, size=150).json()["responseObject"]["failures"] == []
+
+    assert sorted(f["token"] for f in seen) == sorted(t[-8:] for t in tokens[:400])  # each once, never the whole token
+    assert {f["state"] for f in seen} == {"dead_token"} and not any(f["tokenComplete"] for f in seen)
+    assert {f["platform"] for f in seen} == {"apns", "fcm"}
+    assert {f["reason"] for f in seen if f["platform"] == "apns"} == {"Unregistered"}
+    assert all(f["reason"] for f in seen) and all(f["timestamp"] for f in seen)
+
+
+def test_campaign_failures_list_its_dead_tokens(api, new_app):
+    app_id = new_app()
+    users = [user() for _ in range(3)]
+    tokens = [apns_token("dead"), fcm_token("dead"), apns_token()]
+    for i, u in enumerate(users):
+        register(api, app_id, tokens[i], "fcm" if i == 1 else "apns", u)
+    campaign = api.ok("/push/campaign/create", {"appId": app_id, "message": {"title": "Sale"}})["responseObject"]["id"]
+    api.ok(f"/push/campaign/{campaign}/user/add", users)
+    api.ok(f"/push/campaign/send/live/{campaign}")
+    wait_done(api, f"/push/campaign/{campaign}/detail")
+
+    answer = api.get(f"/push/campaign/{campaign}/failures").json()["responseObject"]
+    assert answer["campaignId"] == campaign and answer["total"] == 2
+    assert sorted(f["token"] for f in answer["failures"]) == sorted(t[-8:] for t in tokens[:2])
+    assert api.get("/push/campaign/nope/failures").status_code == 400
+    missing = api.get("/push/message/nope/failures")
+    assert missing.status_code == 404 and missing.json()["status"] == "ERROR"
+    assert api.get(f"/push/campaign/{campaign}/failures", size=0).status_code == 400
