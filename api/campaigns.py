@@ -58,6 +58,7 @@ def campaign_object(campaign: dict, *, progress: bool = False) -> dict:
         totals = {k: sum(per_platform[p][k] for p in ("apns", "fcm")) for k in ("total", "sent", "failed", "pending")}
         result["state"] = campaign.get("state", "created")
         result["progress"] = {"expanded": counts is not None, **totals, "apns": per_platform["apns"], "fcm": per_platform["fcm"]}
+        result.update(sender_control.schedule_detail(svc, campaign["_id"], campaign.get("send_at")))
     return result
 
 
@@ -81,7 +82,7 @@ CAMPAIGN = s.Obj({
     "message": s.Json(object_only=True),
 })
 CAMPAIGN_DETAIL = s.Obj({**CAMPAIGN.properties, "state": s.Str(), "progress": s.Obj({
-    "expanded": s.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS})})
+    "expanded": s.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS}), **sender_control.SCHEDULE_DETAIL})
 
 
 def answer(result: s.Field | None = None) -> s.Obj:
@@ -206,12 +207,21 @@ def send_test(campaign_id: str):
 @blueprint.post("/push/campaign/send/live/<campaign_id>")
 @s.operation("Send the campaign to all its users' devices (once each, however often called); an optional body "
              "{\"requestObject\": {\"validateOnly\": true}} checks and reports instead", path=CAMPAIGN_ID,
-             body=s.Wrapped(s.Obj({"validateOnly": sender_control.VALIDATE_ONLY}), bare_ok=True), body_required=False,
-             responses={200: answer(s.Obj(VALIDATION_ANSWER))})
+             body=s.Wrapped(s.Obj({"validateOnly": sender_control.VALIDATE_ONLY, "sendAt": sender_control.SEND_AT}), bare_ok=True),
+             body_required=False, responses={200: answer(s.Obj({**VALIDATION_ANSWER, "sendAt": s.Str()}))})
 def send_live(campaign_id: str):
     campaign = _campaign(campaign_id)
-    if (s.body() or {}).get("validateOnly"):
+    options = s.body() or {}
+    send_at = options.get("sendAt")
+    if send_at is not None:
+        sender_control.check_send_at(send_at, [campaign["body"]], explicit_mode=None)
+    if options.get("validateOnly"):
         return _validation(campaign)
+    if send_at is not None:
+        if not campaign.get("sent"):
+            sender_control.schedule(services(), campaign_id, campaign["app_id"], send_at, commands.EXPAND_CAMPAIGN,
+                                    command("campaign.send", campaign_id=campaign_id), kind="campaign")
+        return ok({"sendAt": send_at.isoformat()})
     if not campaign.get("sent"):
         services().publish(commands.EXPAND_CAMPAIGN, command("campaign.send", campaign_id=campaign_id))
     return ok()

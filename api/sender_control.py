@@ -21,11 +21,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import orjson
+from flask import request
 
 from api import schema as sc
+from api.errors import bad_request
 from api.services import Services
 from shared import db as collections
+from shared.commands import command
 from shared.payload import Body, apns_push, fcm_message, fcm_ttl_seconds
+from shared.scheduling import pending_release
 from workers.campaigns import campaign_entry
 from workers.expand import _targets as targets
 
@@ -155,3 +159,48 @@ def validate_campaign(svc: Services, app: dict, campaign: dict, user_ids: list[s
 
     svc.guarded_read(collect)
     return _report(svc, app, [entry], devices_by_platform, {p: [0] for p in devices_by_platform})
+
+
+# --- scheduled sends -------------------------------------------------------------------------------
+
+#: ``sendAt`` in a send request's options.
+SEND_AT = sc.Timestamp(description="Send at this time (ISO 8601 with an offset), not now: accepted at once, ASYNCHRONOUS; "
+                                   "the detail route shows it scheduled until then")
+#: What a detail route adds about a schedule.
+SCHEDULE_DETAIL = {"sendAt": sc.Json(description="The scheduled time (ISO 8601), or null"),
+                   "scheduled": sc.Bool(description="Still waiting for its sendAt")}
+
+
+def check_send_at(send_at: datetime, bodies: list[dict], *, explicit_mode: str | None) -> None:
+    """Refuse (400 naming ``requestObject.sendAt``) a schedule that a SYNCHRONOUS answer would wait for, or that
+    would be sent after a message's ``validUntil``."""
+    field = "requestObject.sendAt"
+    if explicit_mode == "SYNCHRONOUS":
+        raise bad_request(field, "a scheduled send is ASYNCHRONOUS: mode SYNCHRONOUS cannot wait for it")
+    for index, body in enumerate(bodies):
+        valid_until = body.get("validUntil")
+        if valid_until and Body.from_json({"validUntil": valid_until}).valid_until <= send_at:
+            where = f" (message {index})" if len(bodies) > 1 else ""
+            raise bad_request(field, f"is at or after the message's validUntil{where}: it would never be sent")
+
+
+def explicit_mode() -> str | None:
+    """The ``mode`` the request named itself (the cleaned body has the default filled in), upper-cased."""
+    raw = request.get_json(silent=True)
+    inner = raw.get("requestObject") if isinstance(raw, dict) else None
+    mode = inner.get("mode") if isinstance(inner, dict) else None
+    return mode.upper() if isinstance(mode, str) else None
+
+
+def schedule(svc: Services, target_id: str, app_id: str, send_at: datetime, actor: str, payload: dict, *, kind: str) -> None:
+    """Keep a schedule (a write: the persist worker stores it from the confirmed command; shared/scheduling.py)."""
+    svc.write(command("send.schedule", target_id=target_id, app_id=app_id, send_at=send_at.timestamp(), actor=actor,
+                      actor_kind=kind, payload=payload))
+
+
+def schedule_detail(svc: Services, target_id: str, send_at) -> dict:
+    """``sendAt`` and ``scheduled`` of a message or campaign detail."""
+    if send_at is None:
+        return {"sendAt": None, "scheduled": False}
+    return {"sendAt": send_at if isinstance(send_at, str) else send_at.isoformat(),
+            "scheduled": svc.guarded_read(lambda: pending_release(svc.db, target_id))}

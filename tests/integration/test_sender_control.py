@@ -4,9 +4,11 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
 
 import pymongo
 
+from shared.scheduling import RELEASE_LEASE_SECONDS
 from tests.integration.conftest import apns_token, fcm_token, register
 
 
@@ -148,3 +150,88 @@ def test_campaign_failures_list_its_dead_tokens(api, new_app):
     missing = api.get("/push/message/nope/failures")
     assert missing.status_code == 404 and missing.json()["status"] == "ERROR"
     assert api.get(f"/push/campaign/{campaign}/failures", size=0).status_code == 400
+
+
+def at(seconds_from_now: float) -> tuple[float, str]:
+    due = time.time() + seconds_from_now
+    return due, datetime.fromtimestamp(due, timezone(timedelta(hours=2))).isoformat()  # an offset other than UTC
+
+
+def first_delivery_time(sim, token: str, *, not_before: float, timeout: float = 30) -> float:
+    """When the simulator first had ``token`` (polled every 20 ms); asserts nothing arrived before ``not_before``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        now = time.time()
+        if sim.delivered(token):
+            assert now >= not_before, f"delivered {not_before - now:.2f} s early"
+            return now
+        time.sleep(0.02)
+    raise AssertionError(f"{token} never delivered")
+
+
+def test_a_send_scheduled_5_s_ahead_arrives_within_1_s_after_its_time(api, new_app, stack, apns_sim):
+    app_id = new_app()
+    alice, token = user(), apns_token()
+    register(api, app_id, token, "apns", alice)
+    due, send_at = at(5)
+
+    answer = api.ok("/push/message/send", {"appId": app_id, "sendAt": send_at,
+                                           "message": {"userId": alice, "body": {"title": "later"}}})["responseObject"]
+    assert answer["mode"] == "ASYNCHRONOUS"
+    detail = api.get(f"/push/message/{answer['messageId']}/detail").json()["responseObject"]
+    assert detail["scheduled"] is True and abs(datetime.fromisoformat(detail["sendAt"]).timestamp() - due) < 0.01
+
+    arrived = first_delivery_time(apns_sim, token, not_before=due)
+    assert arrived - due <= 1.0, arrived - due
+    wait_done(api, f"/push/message/{answer['messageId']}/detail")
+    assert api.get(f"/push/message/{answer['messageId']}/detail").json()["responseObject"]["scheduled"] is False
+    assert apns_sim.delivered(token) == 1
+
+
+def test_a_schedule_claimed_by_a_killed_releaser_is_taken_over_after_the_lease(api, new_app, stack, apns_sim):
+    """A releaser SIGKILLed at the due time, right after its claim, is made exactly (as test_guarantees makes its crash):
+    the schedule is claimed at the due time by a run that never publishes."""
+    app_id = new_app()
+    alice, token = user(), apns_token()
+    register(api, app_id, token, "apns", alice)
+    due, send_at = at(4)
+    message_id = api.ok("/push/message/send", {"appId": app_id, "sendAt": send_at, "mode": "ASYNCHRONOUS",
+                                               "message": {"userId": alice, "body": {"title": "later"}}})["responseObject"]["messageId"]
+    scheduled = pymongo.MongoClient(stack.mongo_uri)["push"]["scheduled"]
+    claimed = scheduled.update_one({"_id": message_id}, {"$set": {"claim": "a-releaser-killed-at-the-due-time",
+                                                                 "lease_until": due + RELEASE_LEASE_SECONDS}})
+    assert claimed.modified_count == 1
+
+    arrived = first_delivery_time(apns_sim, token, not_before=due + RELEASE_LEASE_SECONDS)
+    assert arrived - due <= 1.0 + RELEASE_LEASE_SECONDS, arrived - due
+    time.sleep(1.0)
+    assert apns_sim.delivered(token) == 1 and scheduled.find_one({"_id": message_id}) is None
+
+
+def test_scheduled_campaign_is_shown_scheduled_and_sent_at_its_time(api, new_app, apns_sim):
+    app_id = new_app()
+    users, tokens = [user(), user()], [apns_token(), apns_token()]
+    for u, token in zip(users, tokens, strict=True):
+        register(api, app_id, token, "apns", u)
+    campaign = api.ok("/push/campaign/create", {"appId": app_id, "message": {"title": "Sale"}})["responseObject"]["id"]
+    api.ok(f"/push/campaign/{campaign}/user/add", users)
+    due, send_at = at(4)
+    api.ok(f"/push/campaign/send/live/{campaign}", {"sendAt": send_at})
+    detail = api.get(f"/push/campaign/{campaign}/detail").json()["responseObject"]
+    assert detail["scheduled"] is True and detail["sent"] is False
+
+    arrived = min(first_delivery_time(apns_sim, t, not_before=due) for t in tokens)
+    assert arrived - due <= 1.5
+    assert wait_done(api, f"/push/campaign/{campaign}/detail")["scheduled"] is False
+
+
+def test_schedule_refusals_name_send_at(api, new_app):
+    app_id = new_app()
+    _, send_at = at(60)
+    for options, body in (({"mode": "SYNCHRONOUS"}, {"title": "x"}),
+                          ({}, {"title": "x", "validUntil": datetime.fromtimestamp(time.time() + 30, UTC).isoformat()})):
+        answer = api.post("/push/message/send", {"appId": app_id, "sendAt": send_at, **options, "message": {"userId": user(), "body": body}})
+        assert answer.status_code == 400, answer.text
+        assert "requestObject.sendAt" in answer.json()["responseObject"]["message"]
+    bad = api.post("/push/message/batch/send", {"appId": app_id, "sendAt": "tomorrow", "batch": [{"userId": "u", "body": {}}]})
+    assert bad.status_code == 400 and "sendAt" in bad.json()["responseObject"]["message"]
