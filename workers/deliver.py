@@ -26,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 
 from shared import db as collections
-from shared import metrics
+from shared import metrics, outbox
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.outbound import OutboundPolicy
 from shared.payload import Body, FcmTemplate, apns_push, display_id, fcm_message, fcm_ttl_seconds
@@ -92,6 +92,8 @@ class Recorder:
     platform: str
     entries: dict
     pending: list[Result] = field(default_factory=list)
+    #: The app, whose outcome feed is told of failures (shared/outbox.py).
+    app_id: str | None = None
 
     def add(self, result: Result) -> None:
         self.pending.append(result)
@@ -136,6 +138,7 @@ class Recorder:
             invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
             DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
                                        invalid_since=invalid_since)
+        outbox.add_events(self.db, outbox.outcome_events(self.app_id, self.platform, results))  # before the outcomes: none lost
         now = time.time()
         groups: dict[tuple[str, str | None], list[str]] = {}
         for result in results:
@@ -254,7 +257,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     if not mine:
         return
     app = await asyncio.to_thread(ctx.db[collections.APPS].find_one, {"_id": chunk["app_id"]})
-    recorder = Recorder(ctx.db, claim, platform, chunk["entries"])
+    recorder = Recorder(ctx.db, claim, platform, chunk["entries"], app_id=chunk["app_id"])
     work = [by_id[i] for i in mine]
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
     if unavailable:

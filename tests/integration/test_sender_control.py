@@ -1,15 +1,20 @@
 """Sender control end to end (issue 18): validate-only sends, failure lists."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pymongo
 
 from shared.scheduling import RELEASE_LEASE_SECONDS
-from tests.integration.conftest import apns_token, fcm_token, register
+from tests.integration.conftest import apns_token, fcm_token, register, take_receiver_port
 
 
 def user() -> str:
@@ -235,3 +240,74 @@ def test_schedule_refusals_name_send_at(api, new_app):
         assert "requestObject.sendAt" in answer.json()["responseObject"]["message"]
     bad = api.post("/push/message/batch/send", {"appId": app_id, "sendAt": "tomorrow", "batch": [{"userId": "u", "body": {}}]})
     assert bad.status_code == 400 and "sendAt" in bad.json()["responseObject"]["message"]
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: refuses its first ``refuse`` POSTs with a 500, records every POST."""
+
+    def __init__(self, refuse: int = 1):
+        self.posts: list[tuple[int, dict, bytes]] = []  # (status answered, headers, body)
+        self.refuse = refuse
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = 500 if len(receiver.posts) < receiver.refuse else 200
+                receiver.posts.append((status, dict(self.headers), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", take_receiver_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/push-events"
+
+    def accepted_events(self) -> list[dict]:
+        return [e for status, _, body in list(self.posts) if status == 200 for e in json.loads(body)["events"]]
+
+
+def valid_signature(secret: str, headers: dict, body: bytes) -> bool:
+    parts = dict(item.split("=", 1) for item in headers["X-Push-Signature"].split(","))
+    expected = hmac.new(secret.encode(), parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, parts["sha256"]) and abs(time.time() - int(parts["t"])) < 300
+
+
+def test_the_outcome_webhook_receives_every_dead_token_once_by_id_signed(api, new_app):
+    receiver = Receiver(refuse=1)  # the first POST fails: its events come again
+    secret = "s3cret-" + uuid.uuid4().hex
+    app_id, quiet_app = new_app(), new_app()
+    try:
+        refused = api.post("/admin/app/webhook", {"appId": app_id, "url": "http://169.254.169.254/", "secret": secret,
+                                                  "events": ["dead_token"]})
+        assert refused.status_code == 400 and "requestObject.url" in refused.json()["responseObject"]["message"]
+        api.ok("/admin/app/webhook", {"appId": app_id, "url": receiver.url, "secret": secret, "events": ["dead_token", "failed"]})
+        users = [user() for _ in range(31)]
+        tokens = [apns_token("dead") if i % 2 else fcm_token("dead") for i in range(30)] + [apns_token()]
+        for i, u in enumerate(users):
+            register(api, app_id, tokens[i], "apns" if i % 2 or i == 30 else "fcm", u)
+        register(api, quiet_app, apns_token("dead"), "apns", users[0])  # an app without a feed: nobody is told
+        for target in (app_id, quiet_app):
+            api.ok("/push/message/batch/send", {"appId": target, "mode": "ASYNCHRONOUS", "batch": [
+                {"userId": u, "body": {"title": "hi"}} for u in users]})
+
+        deadline = time.monotonic() + 60
+        while len({e["id"] for e in receiver.accepted_events()}) < 30:
+            assert time.monotonic() < deadline, receiver.posts
+            time.sleep(0.2)
+        time.sleep(1.5)  # nothing more comes
+
+        accepted = receiver.accepted_events()
+        assert sorted(e["token"] for e in accepted) == sorted(tokens[:30])  # every dead token, once, of this app only
+        assert len({e["id"] for e in accepted}) == len(accepted) == 30
+        assert {e["type"] for e in accepted} == {"dead_token"} and {e["appId"] for e in accepted} == {app_id}
+        assert receiver.posts[0][0] == 500 and len(receiver.posts) >= 2
+        refused_ids = {e["id"] for e in json.loads(receiver.posts[0][2])["events"]}
+        assert refused_ids <= {e["id"] for e in accepted}  # the refused batch was sent again
+        assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
+        assert not valid_signature("another-secret-123", receiver.posts[0][1], receiver.posts[0][2])
+    finally:
+        receiver.server.shutdown()
