@@ -29,7 +29,7 @@ WEBHOOK = wrapped({
     "secret": sc.Str(required=True, max_length=MAX_SECRET, description=f"The HMAC-SHA256 signing secret, at least {MIN_SECRET} characters",
                      example="0123456789abcdef0123"),
     "events": sc.List(sc.Choice({e: e for e in EVENT_TYPES}), min_items=1, unique=True, required=True,
-                      description="Which events to send: dead_token, failed, message_done"),
+                      description="Which events to send: dead_token, failed (message_done is accepted, not sent yet)"),
 })
 
 
