@@ -311,3 +311,21 @@ def test_the_outcome_webhook_receives_every_dead_token_once_by_id_signed(api, ne
         assert not valid_signature("another-secret-123", receiver.posts[0][1], receiver.posts[0][2])
     finally:
         receiver.server.shutdown()
+
+
+def test_a_schedule_of_a_message_marked_cancelled_is_dropped_unsent(api, new_app, stack, apns_sim):
+    """The releaser's one question about cancelling (shared/scheduling._cancelled), asked through the message's
+    ``cancelled_at`` as the cancel routes of the lanes work set it (those routes are not on this branch)."""
+    app_id = new_app()
+    alice, token = user(), apns_token()
+    register(api, app_id, token, "apns", alice)
+    due, send_at = at(3)
+    message_id = api.ok("/push/message/send", {"appId": app_id, "sendAt": send_at, "mode": "ASYNCHRONOUS",
+                                               "message": {"userId": alice, "body": {"title": "never"}}})["responseObject"]["messageId"]
+    database = pymongo.MongoClient(stack.mongo_uri)["push"]
+    assert database["messages"].update_one({"_id": message_id}, {"$set": {"cancelled_at": time.time()}}).modified_count == 1
+
+    while time.time() < due + 2.0:
+        assert apns_sim.delivered(token) == 0
+        time.sleep(0.1)
+    assert database["scheduled"].find_one({"_id": message_id}) is None  # released as cancelled: dropped
