@@ -11,22 +11,9 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import (
-    accepted,
-    admin_ops,
-    audit,
-    auth,
-    campaigns,
-    inbox,
-    limits,
-    openapi,
-    outcome_feed,
-    powerauth,
-    wc_bridge,
-    wc_push,
-    wc_push_auth,
-)
+from api import accepted, admin_ops, audit, auth, campaigns, inbox, limits, openapi, powerauth, wc_bridge, wc_push, wc_push_auth
 from api import failures as failure_lists
+from api import outcome_feed as outcome_feeds
 from api.errors import ApiError
 from api.services import Services
 from shared import sealed_credentials
@@ -58,7 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
     app.register_blueprint(failure_lists.blueprint)
-    app.register_blueprint(outcome_feed.blueprint)
+    app.register_blueprint(outcome_feeds.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])
