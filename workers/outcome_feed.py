@@ -35,7 +35,7 @@ LEASE_SECONDS = 30.0
 #: Seconds a POST may take.
 POST_TIMEOUT_SECONDS = 10.0
 #: Seconds between two looks at an empty outbox.
-POLL_SECONDS = 0.25
+POLL_SECONDS = 1.0
 #: Backoff of a failed POST: first wait, longest wait (seconds), and the tries before an event is dropped (about a day).
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 600.0
