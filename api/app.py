@@ -25,6 +25,8 @@ from api import (
     wc_push,
     wc_push_auth,
 )
+from api import failures as failure_lists
+from api import outcome_feed as outcome_feeds
 from api.services import Services
 from shared import sealed_credentials
 from shared.broker import make_broker
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(inbox.blueprint)
     app.register_blueprint(campaigns.blueprint)
     app.register_blueprint(control.blueprint)
+    app.register_blueprint(failure_lists.blueprint)
+    app.register_blueprint(outcome_feeds.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api import auth, limits
+from api import auth, limits, sender_control
 from api import schema as sc
 from api.context import services
 from api.errors import ApiError, renders_errors
@@ -61,6 +61,7 @@ def campaign_object(campaign: dict, *, progress: bool = False) -> dict:
         halted = svc.find_one(halt.HALTS, {"_id": campaign["_id"]}, {"state": 1})
         result["state"] = halt.shown_state(halted, campaign.get("state", "created"))
         result["progress"] = {"expanded": counts is not None, **totals, **{p: per_platform[p] for p in PUSH_PROVIDERS}}
+        result.update(sender_control.schedule_detail(svc, campaign["_id"], campaign.get("send_at")))
     return result
 
 
@@ -86,7 +87,7 @@ CAMPAIGN = sc.Obj({
     "message": sc.Json(object_only=True),
 })
 CAMPAIGN_DETAIL = sc.Obj({**CAMPAIGN.properties, "state": sc.Str(), "progress": sc.Obj({
-    "expanded": sc.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS, "hms": COUNTS})})
+    "expanded": sc.Bool(), **COUNTS.properties, "apns": COUNTS, "fcm": COUNTS, "hms": COUNTS}), **sender_control.SCHEDULE_DETAIL})
 
 
 def answer(result: sc.Field | None = None) -> sc.Obj:
@@ -184,12 +185,25 @@ def delete_users(campaign_id: str):
     return ok()
 
 
+#: The answer of a campaign send with ``validateOnly`` (api/sender_control.py).
+VALIDATION_ANSWER = {"validateOnly": sc.Bool(), "validation": sender_control.VALIDATION}
+
+
+def _validation(campaign: dict, user_ids: list[str] | None = None):
+    svc = services()
+    app = svc.find_one(collections.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]}
+    return ok({"validateOnly": True, "validation": sender_control.validate_campaign(svc, app, campaign, user_ids)})
+
+
 @blueprint.post("/push/campaign/send/test/<campaign_id>")
 @sc.operation("Send the campaign to one user, as a test", path=CAMPAIGN_ID,
-             body=sc.Wrapped(sc.Obj({"userId": sc.Str(required=True)})), responses={200: answer(sc.Obj({"messageId": sc.Str()}))})
+             body=sc.Wrapped(sc.Obj({"userId": sc.Str(required=True), "validateOnly": sender_control.VALIDATE_ONLY})),
+             responses={200: answer(sc.Obj({"messageId": sc.Str(), **VALIDATION_ANSWER}))})
 def send_test(campaign_id: str):
     campaign = _campaign(campaign_id)
     user_id = sc.body()["userId"]
+    if sc.body()["validateOnly"]:
+        return _validation(campaign, [user_id])
     entry = SendEntry.for_user(user_id, campaign["body"]).to_json()
     send = command("send", app_id=campaign["app_id"], mode="ASYNCHRONOUS", entries=[entry], campaign_test=campaign_id,
                    lane=commands.send_lane("ASYNCHRONOUS", [entry]))
@@ -198,10 +212,23 @@ def send_test(campaign_id: str):
 
 
 @blueprint.post("/push/campaign/send/live/<campaign_id>")
-@sc.operation("Send the campaign to all its users' devices (once each, however often called)", path=CAMPAIGN_ID,
-             responses={200: OK})
+@sc.operation("Send the campaign to all its users' devices (once each, however often called); an optional body "
+             "{\"requestObject\": {\"validateOnly\": true}} checks and reports instead", path=CAMPAIGN_ID,
+             body=sc.Wrapped(sc.Obj({"validateOnly": sender_control.VALIDATE_ONLY, "sendAt": sender_control.SEND_AT}), bare_ok=True),
+             body_required=False, responses={200: answer(sc.Obj({**VALIDATION_ANSWER, "sendAt": sc.Str()}))})
 def send_live(campaign_id: str):
     campaign = _campaign(campaign_id)
+    options = sc.body() or {}
+    send_at = options.get("sendAt")
+    if send_at is not None:
+        sender_control.check_send_at(send_at, [campaign["body"]], explicit_mode=None)
+    if options.get("validateOnly"):
+        return _validation(campaign)
+    if send_at is not None:
+        if not campaign.get("sent"):
+            sender_control.schedule(services(), campaign_id, campaign["app_id"], send_at, commands.EXPAND_CAMPAIGN,
+                                    command("campaign.send", campaign_id=campaign_id), kind="campaign")
+        return ok({"sendAt": send_at.isoformat()})
     if not campaign.get("sent"):
         services().publish(commands.EXPAND_CAMPAIGN, command("campaign.send", campaign_id=campaign_id))
     return ok()

@@ -31,6 +31,8 @@ TAG_OF_BLUEPRINT = {
     "inbox": "PowerAuth inbox",
     "campaigns": "PowerAuth campaigns",
     "control": "PowerAuth: control of running sends",
+    "failures": "PowerAuth push",
+    "outcome_feed": "PowerAuth push",
     "admin_ops": "Admin: operations",
     "audit": "Admin: audit log",
     "openapi": "Documentation",

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response
 
-from api import auth, idempotency, limits
+from api import auth, idempotency, limits, sender_control
 from api import schema as sc
 from api.context import services
 from api.errors import bad_request, not_found, renders_errors
@@ -121,6 +121,8 @@ SEND_OPTIONS = {
     "appId": APP_ID,
     "mode": sc.Choice(MODES, default="SYNCHRONOUS", description="SYNCHRONOUS waits for the outcome"),
     "priority": sc.Choice(PRIORITIES, default="HIGH"),
+    "validateOnly": sender_control.VALIDATE_ONLY,
+    "sendAt": sender_control.SEND_AT,
 }
 
 
@@ -131,7 +133,8 @@ def _max_batch(settings) -> int:
 
 COUNTS = sc.Obj({k: sc.Int() for k in ("sent", "pending", "failed", "total")})
 RESULT = sc.Obj({name: COUNTS for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)})
-SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.values()))}))
+SEND_ANSWER = answer(sc.Obj({"messageId": TEXT, "mode": sc.Str(enum=list(MODES.values())), "validateOnly": sc.Bool(),
+                             "validation": sender_control.VALIDATION, "sendAt": TEXT}))
 APP_SUMMARY = sc.Obj({"appId": TEXT, **{name: sc.Bool() for provider, alias in RESULT_ALIASES.items() for name in (provider, alias)}})
 APP_DETAIL = sc.Obj({"application": APP_SUMMARY, "apnsPrivateKeyPresent": sc.Bool(), "fcmPrivateKeyPresent": sc.Bool(),
                      "hmsProjectId": sc.Json(description="The HMS project, or null"), "hmsClientSecretPresent": sc.Bool()})
@@ -315,10 +318,18 @@ def message_id(app_id: str) -> str | None:
     return idempotency.claim(services(), app_id)
 
 
-def _send(entries: list[dict], app: dict, mode: str) -> Response:
+def _send(entries: list[dict], app: dict, mode: str, *, validate_only: bool = False, send_at: datetime | None = None) -> Response:
     svc = services()
+    if send_at is not None:  # a scheduled send (api/sender_control.py)
+        sender_control.check_send_at(send_at, [e["body"] for e in entries], explicit_mode=sender_control.explicit_mode())
+        mode = "ASYNCHRONOUS"
+    if validate_only:  # every check of a send, nothing published (api/sender_control.py)
+        return ok({"mode": mode, "validateOnly": True, "validation": sender_control.validate_send(svc, app, entries)})
     send = command("send", app_id=app["_id"], mode=mode, entries=entries, lane=commands.send_lane(mode, entries))
     send["id"] = message_id(app["_id"]) or send["id"]
+    if send_at is not None:
+        sender_control.schedule(svc, send["id"], app["_id"], send_at, commands.EXPAND_SEND, send, kind="send")
+        return ok({"messageId": send["id"], "mode": mode, "sendAt": send_at.isoformat(), "result": None})
     svc.publish(commands.EXPAND_SEND, send)
     if mode == "ASYNCHRONOUS":
         return ok({"messageId": send["id"], "mode": mode, "result": None})
@@ -345,7 +356,7 @@ def send_message():
     data = sc.body()
     app = existing_app(data)
     entry = parse_message(data["message"], "requestObject.message.", data["priority"])
-    return _send([entry], app, data["mode"])
+    return _send([entry], app, data["mode"], validate_only=data["validateOnly"], send_at=data.get("sendAt"))
 
 
 @blueprint.post("/push/message/batch/send")
@@ -367,7 +378,7 @@ def send_batch():
     app = existing_app(data)
     settings, priority = services().settings, data["priority"]
     entries = [parse_message(item, f"requestObject.batch[{i}].", priority, settings) for i, item in enumerate(data["batch"])]
-    return _send(entries, app, data["mode"])
+    return _send(entries, app, data["mode"], validate_only=data["validateOnly"], send_at=data.get("sendAt"))
 
 
 @blueprint.get("/push/message/<message_id>/detail")
@@ -375,12 +386,13 @@ def send_batch():
     "Where a send stands: per-platform counts",
     path={"message_id": sc.Str(description="The send's messageId")},
     responses={200: answer(sc.Obj({"messageId": TEXT, "appId": TEXT, "timestampCreated": sc.Json(), "expanded": sc.Bool(),
-                                   "result": RESULT, "state": sc.Str(description="running, or cancelled")}))},
+                                   "result": RESULT, "state": sc.Str(description="running, or cancelled"),
+                                   **sender_control.SCHEDULE_DETAIL}))},
 )
 def message_detail(message_id: str):
     """Where an (ASYNCHRONOUS) send stands: per-platform counts."""
     svc = services()
-    message = svc.find_one(collections.MESSAGES, {"_id": message_id}, {"app_id": 1, "created_at": 1})
+    message = svc.find_one(collections.MESSAGES, {"_id": message_id}, {"app_id": 1, "created_at": 1, "send_at": 1})
     if message is None:
         raise not_found(f"Message not found: {message_id}", field="messageId", location="path")
     auth.require_app(message["app_id"], "messageId")
@@ -394,6 +406,7 @@ def message_detail(message_id: str):
             "expanded": counts is not None,
             "result": result_object(counts),
             "state": halt.shown_state(svc.find_one(halt.HALTS, {"_id": message_id}, {"state": 1}), halt.RUNNING),
+            **sender_control.schedule_detail(svc, message_id, message.get("send_at")),
         }
     )
 

@@ -39,7 +39,9 @@ from collections.abc import Iterable, Iterator
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from shared import activation_status, db_counters
 from shared import db as collections
+from shared.commands import ACTIVE
 
 #: Keys read or written per query (``$in`` list length, bulk size).
 KEYS_PER_QUERY = 1000
@@ -223,3 +225,46 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+#: The activation status that receives personal messages (shared/commands.py ``ACTIVE``).
+ACTIVE_STATUS = "ACTIVE"
+
+
+def send_targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[int, dict]]:
+    """(entry index, device) for every device each entry reaches.
+
+    An entry names either a user (PowerAuth: every registration of the user) or
+    one ``device`` directly (``{"_id", "token", "platform", "environment"}``:
+    the WalletConnect APIs, which know the token already).
+    """
+    for index, entry in enumerate(entries):
+        if entry.get("device"):
+            yield index, entry["device"]
+    users = {entry["user_id"] for entry in entries if entry.get("user_id")}
+    held = devices_by_user(
+        db, app_id, users, {"token": 1, "platform": 1, "environment": 1, "activations": 1}
+    )
+    if users:  # the user lookups, then the devices by _id in parts (shared/device_lookup.py)
+        found = len({d["_id"] for devices in held.values() for d in devices})
+        db_counters.count(trips=1 + max(1, -(-found // KEYS_PER_QUERY)))
+    personal_activations = {
+        activation
+        for entry in entries
+        if entry.get("personal")
+        for device in held.get(entry.get("user_id"), ())
+        for activation in device["activations"]
+    }
+    status = activation_status.statuses(db, app_id, personal_activations)
+    if personal_activations:
+        db_counters.count()
+    for index, entry in enumerate(entries):
+        for device in held.get(entry.get("user_id"), ()):
+            activations = [a for a, user in device["activations"].items() if user == entry["user_id"]]
+            if entry.get("activation_id"):
+                activations = [a for a in activations if a == entry["activation_id"]]
+                if not activations:
+                    continue
+            if entry.get("personal") and not any(status.get(a, ACTIVE) == ACTIVE for a in activations):
+                continue
+            yield index, device

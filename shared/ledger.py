@@ -12,6 +12,7 @@ them): one document per chunk in the ``ledger`` collection, with a natural
      c: claim id | None,  # the run that holds the chunk
      hb: int,             # the holder's heartbeat: the lease (``LeaseWatch``)
      o: bool,             # some delivery still open (pending or retry)
+     u: seconds,          # outcomes last written at
      at: seconds}         # inserted at (retention)
 
 Insert is one ``insert_many`` per message and provider (idempotent on ``_id``);
@@ -230,7 +231,7 @@ def release(db: Database, cid: str, claim_id: str) -> None:
 
 def outcome_update(states: str, reasons: Mapping[int, str | None], *, release_claim: bool = False) -> dict:
     """The update that records a chunk's states (the whole string: idempotent) and the reasons that changed."""
-    fields: dict = {"s": states, "o": any(ch in OPEN_CHARS for ch in states)}
+    fields: dict = {"s": states, "o": any(ch in OPEN_CHARS for ch in states), "u": time.time()}
     for index, reason in reasons.items():
         fields[f"r.{index}"] = reason
     if release_claim:

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared import audit, commands, device_lookup, halt, ledger
+from shared import audit, commands, device_lookup, halt, ledger, outbox, scheduling
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
 from shared.settings import Settings
-from workers import auth, campaigns, dead_letters, expand, inbox, wc_bridge, wc_push, writes
+from workers import auth, campaigns, dead_letters, expand, inbox, outcome_feed, scheduler, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
 from workers.delivery.retry import RetryPolicy
 
 #: Write handlers of every API family, by command kind (each family's module lists its own).
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
-    **audit.HANDLERS, **halt.HANDLERS,
+    **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS,
 }
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
@@ -96,3 +96,5 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     # The transactional lane's queues: the same actors (a message names its actor), consumed by the tx worker group.
     for queue in commands.TX_QUEUES.values():
         broker.declare_queue(queue_name(settings, queue))
+    scheduler.start_releaser(db, publisher)  # scheduled sends, released when due (shared/scheduling.py), once every actor is declared
+    outcome_feed.start_sender(db, OutboundSession(OutboundPolicy.from_settings(settings)))  # the apps' outcome webhooks (shared/outbox.py)

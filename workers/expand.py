@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import activation_status, db_counters, halt, ledger
 from shared import db as collections
+from shared import db_counters, halt, ledger
 from shared import device_lookup as lookup
-from shared.commands import ACTIVE, BULK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
+from shared.commands import BULK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 
 # The names other modules and tests know these by (shared/ledger.py owns them).
 DUPLICATE_KEY = ledger.DUPLICATE_KEY
@@ -53,7 +53,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     # A send cancelled before its expansion (scheduled, or queued) expands to nothing.
     entries = [] if halt.is_cancelled(db, message_id, cmd["app_id"]) else cmd["entries"]
     deliveries: dict[str, dict[str, Delivery]] = {platform: {} for platform in PROVIDERS}
-    for entry_index, device in _targets(db, cmd["app_id"], entries):
+    for entry_index, device in lookup.send_targets(db, cmd["app_id"], entries):
         platform = device["platform"]
         if platform not in deliveries:
             continue  # a platform no provider delivers to: no delivery, counted nowhere
@@ -103,45 +103,6 @@ def chunk_payload(
         "first_attempt_at": first_attempt_at,
         "attempts": attempts or {},
     }
-
-
-def _targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tuple[int, dict]]:
-    """(entry index, device) for every device each entry reaches.
-
-    An entry names either a user (PowerAuth: every registration of the user) or
-    one ``device`` directly (``{"_id", "token", "platform", "environment"}``:
-    the WalletConnect APIs, which know the token already).
-    """
-    for index, entry in enumerate(entries):
-        if entry.get("device"):
-            yield index, entry["device"]
-    users = {entry["user_id"] for entry in entries if entry.get("user_id")}
-    devices_by_user = lookup.devices_by_user(
-        db, app_id, users, {"token": 1, "platform": 1, "environment": 1, "activations": 1}
-    )
-    if users:  # the user lookups, then the devices by _id in parts (shared/device_lookup.py)
-        found = len({d["_id"] for devices in devices_by_user.values() for d in devices})
-        db_counters.count(trips=1 + max(1, -(-found // lookup.KEYS_PER_QUERY)))
-    personal_activations = {
-        activation
-        for entry in entries
-        if entry.get("personal")
-        for device in devices_by_user.get(entry.get("user_id"), ())
-        for activation in device["activations"]
-    }
-    status = activation_status.statuses(db, app_id, personal_activations)
-    if personal_activations:
-        db_counters.count()
-    for index, entry in enumerate(entries):
-        for device in devices_by_user.get(entry.get("user_id"), ()):
-            activations = [a for a, user in device["activations"].items() if user == entry["user_id"]]
-            if entry.get("activation_id"):
-                activations = [a for a in activations if a == entry["activation_id"]]
-                if not activations:
-                    continue
-            if entry.get("personal") and not any(status.get(a, ACTIVE) == ACTIVE for a in activations):
-                continue
-            yield index, device
 
 
 def _parts(items: list, size: int) -> Iterator[list]:

@@ -28,7 +28,7 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 
 from shared import db as collections
-from shared import db_counters, ledger
+from shared import db_counters, ledger, outbox
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class ChunkBook:
     finished: asyncio.Future | None = None
     last_write: float = field(default_factory=time.monotonic)
     failing_since: float | None = None
+    #: The chunk's app, whose outcome feed hears of its failures (shared/outbox.py).
+    app_id: str | None = None
 
 
 class Recorder:
@@ -90,7 +92,7 @@ class Recorder:
              dead_token_action: Callable[[Mapping], str]) -> ChunkBook:
         loop = asyncio.get_running_loop()
         book = ChunkBook(db, doc["_id"], claim, provider, entries, list(doc["s"]), loop, dead_token_action,
-                         finished=loop.create_future())
+                         finished=loop.create_future(), app_id=doc.get("app"))
         with self.lock:
             self.books[book.cid + "/" + claim] = book
             if self.thread is None:
@@ -235,6 +237,9 @@ class Recorder:
             db_counters.count(written=len(dead_results))
             self.dead_token_actions[action](db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
                                             invalid_since=invalid_since)
+        events = outbox.outcome_events(book.app_id, book.provider, results)
+        if events:  # before the outcomes, as the dead tokens: a kill between the two loses no event
+            outbox.add_events(db, events)
         letters = [r.dead_letter for r in results if r.state == ledger.DEAD_LETTER and r.dead_letter]
         if letters:
             ledger.insert_ignoring_duplicates(db[collections.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once

@@ -17,9 +17,9 @@ import pytest
 from shared import db as collections
 from shared import device_lookup
 from shared.commands import command
+from shared.device_lookup import send_targets as _targets
 from tests.integration.conftest import apns_token, register
 from workers import writes
-from workers.expand import _targets
 
 
 @pytest.fixture

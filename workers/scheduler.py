@@ -1,0 +1,53 @@
+"""The releaser of scheduled sends: a loop in each worker process (shared/scheduling.py says how it is safe)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from shared import halt
+from shared.commands import Publisher, new_id
+from shared.scheduling import RELEASE_BATCH, RELEASE_LEASE_SECONDS, RELEASE_POLL_SECONDS, SCHEDULED
+
+log = logging.getLogger(__name__)
+
+
+def release_due(db: Database, publisher: Publisher, *, now: float | None = None) -> int:
+    """Claim the due schedules no live releaser holds, publish each one's command, delete it; answer how many."""
+    now = time.time() if now is None else now
+    schedules = db[SCHEDULED]
+    due = [d["_id"] for d in schedules.find({"send_at": {"$lte": now}, "lease_until": {"$lt": now}}, {"_id": 1}).limit(RELEASE_BATCH)]
+    if not due:
+        return 0
+    claim = new_id()
+    schedules.update_many({"_id": {"$in": due}, "lease_until": {"$lt": now}},
+                          {"$set": {"claim": claim, "lease_until": now + RELEASE_LEASE_SECONDS}})
+    released = 0
+    for doc in schedules.find({"_id": {"$in": due}, "claim": claim}):
+        if not halt.is_cancelled(db, doc["_id"], doc["payload"].get("app_id")):  # a cancel of a scheduled send (POST .../cancel)
+            publisher.publish(doc["actor"], doc["payload"])
+            released += 1
+        schedules.delete_one({"_id": doc["_id"], "claim": claim})
+    return released
+
+
+def run_releaser(db: Database, publisher: Publisher, *, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            if release_due(db, publisher):
+                continue  # more may be due: look again at once
+        except PyMongoError as error:
+            log.warning("scheduled sends not released, MongoDB: %s", error)
+        except Exception:  # the broker away, or anything else: the lease brings the schedules back
+            log.exception("scheduled sends not released")
+        stop.wait(RELEASE_POLL_SECONDS)
+
+
+def start_releaser(db: Database, publisher: Publisher) -> threading.Event:
+    """Start the releaser thread of this process; set the answered event to stop it."""
+    stop = threading.Event()
+    threading.Thread(target=run_releaser, args=(db, publisher), kwargs={"stop": stop}, name="schedule-releaser", daemon=True).start()
+    return stop
