@@ -166,8 +166,8 @@ def test_hms_deliveries_are_counted_by_provider_in_the_worker_metrics(stack, api
 
     assert send(api, app_id, hana, {"title": "counted"})["result"]["hms"] == {"sent": 1, "pending": 0, "failed": 1, "total": 2}
 
-    def counted():
-        families = scrape(stack.worker_metrics_url("deliver"))
+    def counted():  # a SYNCHRONOUS send of one message takes the transactional lane: the tx workers count it
+        families = scrape(stack.worker_metrics_url("tx"))
         return families if value(families, "push_dead_tokens_total", provider="hms", app=app_id) == 1 else None
 
     families = waiting.wait_for(counted, timeout=60, what="hms metrics", every=0.25)
