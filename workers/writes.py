@@ -23,17 +23,13 @@ from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
 from shared.commands import REMOVED
+from shared.device_lookup import device_id
 from shared.write_order import order_of
 
 #: How many times a read-modify-write of a device retries after losing a race.
 MAX_OPTIMISTIC_TRIES = 10
 #: Nanoseconds (a write's ``ts``) per millisecond (a provider's timestamp).
 NS_PER_MS = 1_000_000
-
-
-def device_id(app_id: str, token: str) -> str:
-    """A device's natural ``_id``: one registration per token within an app."""
-    return f"{app_id}:{token}"
 
 
 def _now() -> datetime:
