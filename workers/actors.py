@@ -12,7 +12,7 @@ from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
 from shared.settings import Settings
-from workers import auth, campaigns, dead_letters, expand, inbox, outcome_feed, scheduler, wc_bridge, wc_push, writes
+from workers import auth, campaigns, dead_letters, deliver, expand, inbox, outcome_feed, scheduler, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
 from workers.delivery.retry import RetryPolicy
 
@@ -21,6 +21,9 @@ WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
     **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS,
 }
+
+#: What a dead token does to its registration, by the entry's ``dead_token``: every family's action.
+DEAD_TOKEN_ACTIONS = {**deliver.DEAD_TOKEN_ACTIONS, **wc_push.DEAD_TOKEN_ACTIONS}
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
 #: Dramatiq's retries are for failures of our own infrastructure only.
@@ -51,6 +54,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
             max_in_process_wait=settings.delivery_max_in_process_wait,
             max_backoff=settings.delivery_max_backoff,
         ),
+        dead_token_actions=DEAD_TOKEN_ACTIONS,
     )
 
     def declare(fn, name: str, **options):

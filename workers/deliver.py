@@ -26,7 +26,8 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pymongo.database import Database
@@ -49,7 +50,6 @@ from shared.payload import (
 )
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
-from workers import wc_push
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
 from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.hms import HmsAuth, HmsClient
@@ -73,12 +73,12 @@ STATE_BY_OUTCOME = {
     Outcome.CREDENTIALS: ledger.FAILED,
 }
 
-#: What a dead token does to the registration it came from, by the entry's ``dead_token``.
+#: An entry without ``dead_token`` came from a device registration: its dead token deactivates the device.
 DEACTIVATE_DEVICE = "device"
-DEAD_TOKEN_ACTIONS = {
-    DEACTIVATE_DEVICE: mark_dead_tokens,
-    wc_push.DEAD_TOKEN_ACTION: wc_push.delete_dead_clients,
-}
+#: What a dead token does to the registration it came from, by the entry's ``dead_token``: this module's own
+#: action; every other API family registers its own in the worker's ``DeliveryContext.dead_token_actions``
+#: (workers/actors.py), so delivery imports no API family.
+DEAD_TOKEN_ACTIONS = {DEACTIVATE_DEVICE: mark_dead_tokens}
 
 
 def dead_token_action(entry: dict) -> str:
@@ -215,10 +215,12 @@ class DeliveryContext:
     clients: ProviderClients
     policy: RetryPolicy
     recorder: Recorder | None = None
+    #: What a dead token does, by the entry's ``dead_token`` (each API family registers its action).
+    dead_token_actions: Mapping[str, Callable] = field(default_factory=lambda: dict(DEAD_TOKEN_ACTIONS))
 
     def __post_init__(self):
         if self.recorder is None:
-            self.recorder = Recorder(DEAD_TOKEN_ACTIONS, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
+            self.recorder = Recorder(self.dead_token_actions, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
         self._gates: dict[tuple[int, str], asyncio.Semaphore] = {}
 
     def gate(self, provider: str) -> asyncio.Semaphore:

@@ -49,7 +49,7 @@ from workers.writes import upsert_if_newer, written_by
 
 log = logging.getLogger(__name__)
 
-#: The entry's ``dead_token`` action (see workers.deliver.DEAD_TOKEN_ACTIONS): delete the client.
+#: The entry's ``dead_token`` action (registered by :data:`DEAD_TOKEN_ACTIONS`): delete the client.
 DEAD_TOKEN_ACTION = "wc_push_client"
 #: Times a token swap is retried after losing an insert race to an older registration.
 MAX_SWAP_TRIES = 5
@@ -307,3 +307,6 @@ HANDLERS = {
     "wcp.tenant.create": create_tenant,
     "wcp.tenant.delete": delete_tenant,
 }
+
+#: This family's dead-token action, registered with the delivery workers (workers/actors.py).
+DEAD_TOKEN_ACTIONS = {DEAD_TOKEN_ACTION: delete_dead_clients}
