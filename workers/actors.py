@@ -19,7 +19,7 @@ from workers.delivery.retry import RetryPolicy
 #: Write handlers of every API family, by command kind (each family's module lists its own).
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
-    **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS,
+    **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS, **dead_letters.HANDLERS,
 }
 
 #: What a dead token does to its registration, by the entry's ``dead_token``: every family's action.
@@ -42,8 +42,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         ensure_ttl_indexes(db)
     publisher = Publisher(broker, settings)
     ledger.start_purger(db, retention_days=settings.delivery_retention_days)  # retention: shared/ledger.py purge()
-    wc_push.bind(publisher, chunk_size=settings.delivery_chunk_size)
-    WRITE_HANDLERS.update(dead_letters.bind(publisher, chunk_size=settings.delivery_chunk_size))
+    write_context = writes.WriteContext(db=db, publisher=publisher, settings=settings)  # passed to every write handler
     delivery = DeliveryContext(
         db=db,
         publisher=publisher,
@@ -61,7 +60,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         dramatiq.actor(fn, broker=broker, actor_name=name, queue_name=queue_name(settings, commands.ACTOR_QUEUES[name]), **options)
 
     def apply_write(command: dict) -> None:
-        writes.apply(db, command, WRITE_HANDLERS)
+        writes.apply(write_context, command, WRITE_HANDLERS)
 
     def expand_send(command: dict) -> None:
         expand.expand_send(db, publisher, command, chunk_size=settings.delivery_chunk_size)
