@@ -30,6 +30,7 @@ from workers.writes import WriteContext, takes_context
 KIND = "dead_letter.requeue"
 CLAIMABLE = ledger.CLAIMABLE
 
+
 @takes_context
 def requeue(ctx: WriteContext, cmd: dict) -> dict:
     """Put the dead letters named by the command back on their deliver queues with the context's publisher."""
