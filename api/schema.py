@@ -724,6 +724,10 @@ class FastObj(Obj):
         for key in self._required:
             if value.get(key) is None:
                 raise Invalid("is required")
+        return self._with_defaults(value, cleaned) if self._defaults else cleaned
+
+    def _with_defaults(self, value: dict, cleaned: dict) -> dict:
+        """``cleaned`` with the declared defaults of the fields absent (or null) in ``value``; copied on the first change."""
         for key, default in self._defaults:
             if value.get(key) is None:
                 if cleaned is value:

@@ -24,8 +24,7 @@ import pymongo
 
 from devstack.stack import VENV_BIN, free_port, port_open, wait_until
 from shared import db as collections
-from shared.device_lookup import activation_key, user_key
-from workers.writes import device_id
+from shared.device_lookup import activation_key, device_id, user_key
 
 APP = "bench-lookup"
 #: Timed repetitions of each query (the median is reported).

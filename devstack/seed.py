@@ -11,7 +11,7 @@ from pymongo.database import Database
 
 from shared import db as collections
 from shared import device_lookup
-from workers.writes import device_id
+from shared.device_lookup import device_id
 
 #: Documents per insert_many.
 SEED_BATCH = 5000

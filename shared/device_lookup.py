@@ -53,6 +53,11 @@ BACKFILL_MIGRATION = "device_lookup"
 BACKFILL_BATCH = 5000
 
 
+def device_id(app_id: str, token: str) -> str:
+    """A device's natural ``_id``: one registration per token within an app."""
+    return f"{app_id}:{token}"
+
+
 def user_key(app_id: str, user_id: str) -> str:
     """``_id`` of a user's lookup document; NUL cannot occur in an app id, so the pair is unambiguous."""
     return f"{app_id}\x00{user_id}"

@@ -194,49 +194,67 @@ class ApnsSimulator:
 
     def _answer(self, request: Request, token: str, admitted: Admission, apns_id: str) -> tuple[int, str | None, float]:
         attempt, retry_after = admitted
-        headers = request.headers
         if self.recorder.unavailable():
             return 503, "ServiceUnavailable", 0
+        refusal = self._auth_answer(request) or _request_answer(request, token, apns_id)
+        if refusal:
+            return refusal
+        if retry_after is not None:
+            return 429, "TooManyRequests", 0
+        return _token_answer(token, attempt)
+
+    def _auth_answer(self, request: Request) -> tuple[int, str, float] | None:
+        """The refusal of a request's credentials (certificate and its topic, or provider token), if any."""
+        headers = request.headers
         authorization = headers.get("authorization")
         if authorization is None and request.client_certificate is not None:
             allowed = certificate_topic(request.client_certificate)
             topic = headers.get("apns-topic") or allowed
             if not allowed or topic not in {allowed + suffix for suffix in CERTIFICATE_TOPIC_SUFFIXES}:
                 return 400, "TopicDisallowed", 0
-        else:
-            refusal = self._auth_refusal(authorization)
-            if refusal:
-                return 403, refusal, 0
-            if not headers.get("apns-topic"):
-                return 400, "MissingTopic", 0
-        if not UUID_FORMAT.match(apns_id):
-            return 400, "BadMessageId", 0
-        if headers.get("apns-push-type") and headers["apns-push-type"] not in PUSH_TYPES:
-            return 400, "InvalidPushType", 0
-        if headers.get("apns-priority") not in (None, "1", "5", "10"):
-            return 400, "BadPriority", 0
-        if headers.get("apns-expiration") and not headers["apns-expiration"].isdigit():
-            return 400, "BadExpirationDate", 0
-        if not TOKEN_FORMAT.match(token):
-            return 400, "BadDeviceToken", 0
-        if len(request.body) > MAX_PAYLOAD_BYTES:
-            return 413, "PayloadTooLarge", 0
-        if not request.body:
-            return 400, "PayloadEmpty", 0
-        if retry_after is not None:
-            return 429, "TooManyRequests", 0
-        if token.startswith("dead"):
-            return 410, "Unregistered", 0
-        if token.startswith("bad0"):
-            return 400, "BadDeviceToken", 0
-        if token.startswith("70c0"):
-            return 400, "DeviceTokenNotForTopic", 0
-        for prefix, status, reason in FAILURE_PREFIXES:
-            failures = number_after(token, prefix, digits=1)
-            if failures is not None and attempt <= failures:
-                return status, reason, 0
-        delay = number_after(token, "de1a", digits=1)
-        return 200, None, float(delay or 0)
+            return None
+        refusal = self._auth_refusal(authorization)
+        if refusal:
+            return 403, refusal, 0
+        if not headers.get("apns-topic"):
+            return 400, "MissingTopic", 0
+        return None
+
+
+def _request_answer(request: Request, token: str, apns_id: str) -> tuple[int, str, float] | None:
+    """The refusal of a malformed request (headers, token, payload), if any."""
+    headers = request.headers
+    if not UUID_FORMAT.match(apns_id):
+        return 400, "BadMessageId", 0
+    if headers.get("apns-push-type") and headers["apns-push-type"] not in PUSH_TYPES:
+        return 400, "InvalidPushType", 0
+    if headers.get("apns-priority") not in (None, "1", "5", "10"):
+        return 400, "BadPriority", 0
+    if headers.get("apns-expiration") and not headers["apns-expiration"].isdigit():
+        return 400, "BadExpirationDate", 0
+    if not TOKEN_FORMAT.match(token):
+        return 400, "BadDeviceToken", 0
+    if len(request.body) > MAX_PAYLOAD_BYTES:
+        return 413, "PayloadTooLarge", 0
+    if not request.body:
+        return 400, "PayloadEmpty", 0
+    return None
+
+
+def _token_answer(token: str, attempt: int) -> tuple[int, str | None, float]:
+    """The answer a well-formed request gets from its token's prefix (dead, bad, failing n times, delayed)."""
+    if token.startswith("dead"):
+        return 410, "Unregistered", 0
+    if token.startswith("bad0"):
+        return 400, "BadDeviceToken", 0
+    if token.startswith("70c0"):
+        return 400, "DeviceTokenNotForTopic", 0
+    for prefix, status, reason in FAILURE_PREFIXES:
+        failures = number_after(token, prefix, digits=1)
+        if failures is not None and attempt <= failures:
+            return status, reason, 0
+    delay = number_after(token, "de1a", digits=1)
+    return 200, None, float(delay or 0)
 
 
 def serving(recorder: Recorder) -> tuple:

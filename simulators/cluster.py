@@ -195,17 +195,22 @@ class _Serving:
                 raise SystemExit(1)
         finally:
             stopping.set()
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.terminate()
-            for worker in workers:
-                try:
-                    worker.wait(STOP_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+            _stop_processes(workers)
             hub_server.close()
             Path(socket_path).unlink(missing_ok=True)
             os.rmdir(directory)
+
+
+def _stop_processes(workers: list[subprocess.Popen]) -> None:
+    """Terminate the serving processes still running; kill those that do not stop in time."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
 
 
 def _stop_signal() -> asyncio.Event:

@@ -120,12 +120,14 @@ class CachingDecoder:
                 raise OversizedHeaderListError(f"A header list larger than {self.max_header_list_size} has been received")
         if table.maxsize > self.max_allowed_table_size:
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
-        if raw:
-            return headers
-        try:
-            return [(name.decode("utf-8"), value.decode("utf-8")) for name, value in headers]
-        except UnicodeDecodeError as error:
-            raise HPACKDecodingError("Unable to decode headers as UTF-8") from error
+        return headers if raw else _as_text(headers)
+
+
+def _as_text(headers: list[tuple]) -> list[tuple]:
+    try:
+        return [(name.decode("utf-8"), value.decode("utf-8")) for name, value in headers]
+    except UnicodeDecodeError as error:
+        raise HPACKDecodingError("Unable to decode headers as UTF-8") from error
 
 
 def _static_names() -> dict[bytes, int]:

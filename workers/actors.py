@@ -12,15 +12,18 @@ from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
 from shared.settings import Settings
-from workers import auth, campaigns, dead_letters, expand, inbox, outcome_feed, scheduler, wc_bridge, wc_push, writes
+from workers import auth, campaigns, dead_letters, deliver, expand, inbox, outcome_feed, scheduler, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
 from workers.delivery.retry import RetryPolicy
 
 #: Write handlers of every API family, by command kind (each family's module lists its own).
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
-    **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS,
+    **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS, **dead_letters.HANDLERS,
 }
+
+#: What a dead token does to its registration, by the entry's ``dead_token``: every family's action.
+DEAD_TOKEN_ACTIONS = {**deliver.DEAD_TOKEN_ACTIONS, **wc_push.DEAD_TOKEN_ACTIONS}
 
 #: The delivery actors own their retries (backoff, re-enqueue, dead letter);
 #: Dramatiq's retries are for failures of our own infrastructure only.
@@ -39,8 +42,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         ensure_ttl_indexes(db)
     publisher = Publisher(broker, settings)
     ledger.start_purger(db, retention_days=settings.delivery_retention_days)  # retention: shared/ledger.py purge()
-    wc_push.bind(publisher, chunk_size=settings.delivery_chunk_size)
-    WRITE_HANDLERS.update(dead_letters.bind(publisher, chunk_size=settings.delivery_chunk_size))
+    write_context = writes.WriteContext(db=db, publisher=publisher, settings=settings)  # passed to every write handler
     delivery = DeliveryContext(
         db=db,
         publisher=publisher,
@@ -51,13 +53,14 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
             max_in_process_wait=settings.delivery_max_in_process_wait,
             max_backoff=settings.delivery_max_backoff,
         ),
+        dead_token_actions=DEAD_TOKEN_ACTIONS,
     )
 
     def declare(fn, name: str, **options):
         dramatiq.actor(fn, broker=broker, actor_name=name, queue_name=queue_name(settings, commands.ACTOR_QUEUES[name]), **options)
 
     def apply_write(command: dict) -> None:
-        writes.apply(db, command, WRITE_HANDLERS)
+        writes.apply(write_context, command, WRITE_HANDLERS)
 
     def expand_send(command: dict) -> None:
         expand.expand_send(db, publisher, command, chunk_size=settings.delivery_chunk_size)

@@ -25,21 +25,16 @@ from shared import ledger
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher
 from shared.ledger import Delivery
 from workers.expand import chunk_payload
+from workers.writes import WriteContext, takes_context
 
 KIND = "dead_letter.requeue"
 CLAIMABLE = ledger.CLAIMABLE
 
-_bound: dict = {}
 
-
-def bind(publisher: Publisher, *, chunk_size: int) -> dict:
-    """Give the handler the worker's publisher; answers the write handlers to register."""
-    _bound["publisher"] = publisher
-    _bound["chunk_size"] = chunk_size
-    return HANDLERS
-
-
-def requeue(db: Database, cmd: dict) -> dict:
+@takes_context
+def requeue(ctx: WriteContext, cmd: dict) -> dict:
+    """Put the dead letters named by the command back on their deliver queues with the context's publisher."""
+    db, publisher = ctx.db, ctx.publisher
     ids = list(dict.fromkeys(cmd["delivery_ids"]))
     docs = {}
     for doc in db[collections.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}):
@@ -49,7 +44,7 @@ def requeue(db: Database, cmd: dict) -> dict:
     now = time.time()
     in_chunks = {i: d for i, d in docs.items() if d.get("chunk")}
     docs = {i: d for i, d in docs.items() if not d.get("chunk")}
-    requeued = _requeue_chunks(db, in_chunks, now, skipped)
+    requeued = _requeue_chunks(db, publisher, in_chunks, now, skipped)
     by_platform: dict[str, list[str]] = {}
     for delivery_id, doc in docs.items():
         by_platform.setdefault(doc["platform"], []).append(delivery_id)
@@ -65,8 +60,7 @@ def requeue(db: Database, cmd: dict) -> dict:
     for delivery_id in claimable:
         doc = docs[delivery_id]
         groups.setdefault((doc["platform"], doc["message_id"], doc["app_id"]), []).append(doc)
-    publisher: Publisher = _bound["publisher"]
-    size = _bound.get("chunk_size", 500)
+    size = ctx.settings.delivery_chunk_size
     for (platform, message_id, app_id), group in groups.items():
         for start in range(0, len(group), size):
             part = group[start : start + size]
@@ -82,12 +76,11 @@ def requeue(db: Database, cmd: dict) -> dict:
     return {"requeued": len(claimable) + len(requeued), "skipped": skipped}
 
 
-def _requeue_chunks(db: Database, docs: dict[str, dict], now: float, skipped: list[str]) -> list[str]:
+def _requeue_chunks(db: Database, publisher: Publisher, docs: dict[str, dict], now: float, skipped: list[str]) -> list[str]:
     """Move ledger deliveries from dead_letter back to retry and publish their chunks; answer the delivery ids requeued."""
     by_chunk: dict[str, list[dict]] = {}
     for doc in docs.values():
         by_chunk.setdefault(doc["chunk"], []).append(doc)
-    publisher: Publisher = _bound["publisher"]
     requeued = []
     for cid, group in by_chunk.items():
         ledger.change_free_chunk(db, cid, {d["index"]: (ledger.RETRY, "requeued") for d in group}, only_from=ledger.CHAR[ledger.DEAD_LETTER])

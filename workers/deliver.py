@@ -26,7 +26,8 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pymongo.database import Database
@@ -49,7 +50,6 @@ from shared.payload import (
 )
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
-from workers import wc_push
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
 from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.hms import HmsAuth, HmsClient
@@ -73,12 +73,12 @@ STATE_BY_OUTCOME = {
     Outcome.CREDENTIALS: ledger.FAILED,
 }
 
-#: What a dead token does to the registration it came from, by the entry's ``dead_token``.
+#: An entry without ``dead_token`` came from a device registration: its dead token deactivates the device.
 DEACTIVATE_DEVICE = "device"
-DEAD_TOKEN_ACTIONS = {
-    DEACTIVATE_DEVICE: mark_dead_tokens,
-    wc_push.DEAD_TOKEN_ACTION: wc_push.delete_dead_clients,
-}
+#: What a dead token does to the registration it came from, by the entry's ``dead_token``: this module's own
+#: action; every other API family registers its own in the worker's ``DeliveryContext.dead_token_actions``
+#: (workers/actors.py), so delivery imports no API family.
+DEAD_TOKEN_ACTIONS = {DEACTIVATE_DEVICE: mark_dead_tokens}
 
 
 def dead_token_action(entry: dict) -> str:
@@ -215,10 +215,12 @@ class DeliveryContext:
     clients: ProviderClients
     policy: RetryPolicy
     recorder: Recorder | None = None
+    #: What a dead token does, by the entry's ``dead_token`` (each API family registers its action).
+    dead_token_actions: Mapping[str, Callable] = field(default_factory=lambda: dict(DEAD_TOKEN_ACTIONS))
 
     def __post_init__(self):
         if self.recorder is None:
-            self.recorder = Recorder(DEAD_TOKEN_ACTIONS, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
+            self.recorder = Recorder(self.dead_token_actions, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
         self._gates: dict[tuple[int, str], asyncio.Semaphore] = {}
 
     def gate(self, provider: str) -> asyncio.Semaphore:
@@ -242,13 +244,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     claim = new_id()
     doc, found = await asyncio.to_thread(ledger.claim, ctx.db, chunk["chunk"], claim, chunk.get("watch"))
     if doc is None:
-        if found is None:
-            log.warning("chunk %s not in the ledger (purged?): nothing to deliver", chunk["chunk"])
-        elif found.get("o"):
-            # Held by a run that may have died: look again after a lease, with what we saw (LeaseWatch).
-            delay = ctx.settings.delivery_lease_seconds + LEASE_GRACE_SECONDS
-            ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], {**chunk, "watch": ledger.LeaseWatch.seen(found)},
-                                  delay_ms=int(delay * 1000))
+        _not_claimed(ctx, platform, chunk, found)
         return
     deliveries = ledger.deliveries_of(doc)
     work = [(i, d) for i, d in enumerate(deliveries) if doc["s"][i] in ledger.OPEN_CHARS]
@@ -261,10 +257,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     book = recorder.open(ctx.db, doc, claim, platform, chunk["entries"], dead_token_action)
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
     if unavailable:
-        for index, delivery in work:
-            recorder.add(book, Result(delivery, ledger.FAILED, unavailable, index=index))
-            metrics.record_result(platform, chunk["app_id"], ledger.FAILED)
-        await _close(recorder, book)
+        await _fail_all(recorder, book, platform, chunk, work, unavailable)
         return
 
     send_one = SENDERS[platform](ctx, app, chunk)
@@ -290,19 +283,10 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
             outcome, answer, tries, requeue_after = await deliver_with_retries(
                 lambda: gated(delivery), classify, ctx.policy, first_attempt=attempts.get(delivery.id, 0)
             )
-            reason = getattr(answer, "reason", None) if answer is not None else "transport error"
-            if outcome in STATE_BY_OUTCOME:
-                result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome,
-                                token_invalid_since=getattr(answer, "token_invalid_since", None), index=index)
-            else:
+            if outcome not in STATE_BY_OUTCOME:
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
-                limit = min(max_age_at, deadline) if deadline is not None else max_age_at
-                if time.time() + (requeue_after or 0.0) >= limit:
-                    result = Result(delivery, ledger.DEAD_LETTER, "gave up", index=index,
-                                    dead_letter=_dead_letter_doc(platform, chunk, doc["_id"], index, delivery, reason, attempts, claim))
-                    metrics.record_dead_letters(platform, chunk["app_id"], 1)
-                else:
-                    result = Result(delivery, ledger.RETRY, reason, retry_after=requeue_after, index=index)
+            limit = min(max_age_at, deadline) if deadline is not None else max_age_at
+            result = _result_of(platform, chunk, doc["_id"], claim, index, delivery, (outcome, answer, requeue_after), attempts, limit)
         recorder.add(book, result)
         if result.state != ledger.DEAD_LETTER:
             metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"), delivery_id=delivery.id,
@@ -311,6 +295,46 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
 
     results = await asyncio.gather(*(run(i, d) for i, d in work))
     await _close(recorder, book)
+    await _after_run(ctx, platform, chunk, results, attempts)
+
+
+def _not_claimed(ctx: DeliveryContext, platform: str, chunk: dict, found: dict | None) -> None:
+    """A chunk this run could not claim: gone from the ledger, finished, or held by another run."""
+    if found is None:
+        log.warning("chunk %s not in the ledger (purged?): nothing to deliver", chunk["chunk"])
+    elif found.get("o"):
+        # Held by a run that may have died: look again after a lease, with what we saw (LeaseWatch).
+        delay = ctx.settings.delivery_lease_seconds + LEASE_GRACE_SECONDS
+        ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], {**chunk, "watch": ledger.LeaseWatch.seen(found)},
+                              delay_ms=int(delay * 1000))
+
+
+async def _fail_all(recorder: Recorder, book, platform: str, chunk: dict, work: list[tuple[int, Delivery]], reason: str) -> None:
+    """Record every open delivery failed (the app's provider is unavailable) without sending any."""
+    for index, delivery in work:
+        recorder.add(book, Result(delivery, ledger.FAILED, reason, index=index))
+        metrics.record_result(platform, chunk["app_id"], ledger.FAILED)
+    await _close(recorder, book)
+
+
+def _result_of(platform: str, chunk: dict, chunk_id: str, claim: str, index: int, delivery: Delivery, sent: tuple,
+               attempts: dict, limit: float) -> Result:
+    """The result of one delivery's tries (``sent``: outcome, answer, requeue_after): final, retry later, or dead letter."""
+    outcome, answer, requeue_after = sent
+    reason = getattr(answer, "reason", None) if answer is not None else "transport error"
+    if outcome in STATE_BY_OUTCOME:
+        return Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome,
+                      token_invalid_since=getattr(answer, "token_invalid_since", None), index=index)
+    if time.time() + (requeue_after or 0.0) >= limit:
+        result = Result(delivery, ledger.DEAD_LETTER, "gave up", index=index,
+                        dead_letter=_dead_letter_doc(platform, chunk, chunk_id, index, delivery, reason, attempts, claim))
+        metrics.record_dead_letters(platform, chunk["app_id"], 1)
+        return result
+    return Result(delivery, ledger.RETRY, reason, retry_after=requeue_after, index=index)
+
+
+async def _after_run(ctx: DeliveryContext, platform: str, chunk: dict, results: list[Result], attempts: dict) -> None:
+    """Suspend an app whose credentials were refused; re-enqueue what must be tried again."""
     refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
     if refused:
         await asyncio.to_thread(_suspend, ctx.db, chunk["app_id"], platform, refused[0].reason or "credentials refused")

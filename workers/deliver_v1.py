@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pymongo import UpdateMany
@@ -60,6 +61,8 @@ class Recorder:
     platform: str
     entries: dict
     pending: list[Result] = field(default_factory=list)
+    #: What a dead token does, by the entry's ``dead_token`` (``DeliveryContext.dead_token_actions``).
+    dead_token_actions: Mapping[str, Callable] = field(default_factory=lambda: dict(DEAD_TOKEN_ACTIONS))
 
     def add(self, result: Result) -> None:
         self.pending.append(result)
@@ -102,7 +105,7 @@ class Recorder:
                 dead.setdefault(action, []).append(result)
         for action, dead_results in dead.items():
             invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
-            DEAD_TOKEN_ACTIONS[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
+            self.dead_token_actions[action](self.db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
                                        invalid_since=invalid_since)
         now = time.time()
         groups: dict[tuple[str, str | None], list[str]] = {}
@@ -132,7 +135,7 @@ async def deliver_chunk_v1(ctx: DeliveryContext, platform: str, chunk: dict) -> 
     if not mine:
         return
     app = await asyncio.to_thread(ctx.db[collections.APPS].find_one, {"_id": chunk["app_id"]})
-    recorder = Recorder(ctx.db, claim, platform, chunk["entries"])
+    recorder = Recorder(ctx.db, claim, platform, chunk["entries"], dead_token_actions=ctx.dead_token_actions)
     work = [by_id[i] for i in mine]
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
     if unavailable:

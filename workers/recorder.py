@@ -144,17 +144,7 @@ class Recorder:
 
     def _flush(self, group: list) -> None:
         """Write the news of several chunks: their side effects first, then all chunk updates in one bulk write."""
-        prepared = []
-        for key, book, items, closing in group:
-            try:
-                update = self._prepare(book, [r for _, r in items], release=closing and book.release)
-            except ConnectionFailure as error:
-                self._keep(key, book, items, error)
-            except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
-                log.exception("recording outcomes of %s failed", book.cid)
-                self._finish(key, book, error)
-            else:
-                prepared.append((key, book, items, closing, update))
+        prepared = self._prepare_group(group)
         if not prepared:
             return
         collection = prepared[0][1].db[collections.LEDGER]
@@ -170,15 +160,38 @@ class Recorder:
             for key, book, *_ in prepared:
                 self._finish(key, book, error)
             return
+        lost = self._lost(collection, prepared) if result.matched_count < len(prepared) else set()
+        self._written(prepared, lost)
+
+    def _prepare_group(self, group: list) -> list:
+        """Each chunk's side effects and update; a chunk whose preparation fails is kept (MongoDB away) or finished."""
+        prepared = []
+        for key, book, items, closing in group:
+            try:
+                update = self._prepare(book, [r for _, r in items], release=closing and book.release)
+            except ConnectionFailure as error:
+                self._keep(key, book, items, error)
+            except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
+                log.exception("recording outcomes of %s failed", book.cid)
+                self._finish(key, book, error)
+            else:
+                prepared.append((key, book, items, closing, update))
+        return prepared
+
+    @staticmethod
+    def _lost(collection, prepared: list) -> set:
+        """Some chunk is no longer held by its run (taken over after a still heartbeat): find which."""
         lost = set()
-        if result.matched_count < len(prepared):
-            # Some chunk is no longer held by its run (taken over after a still heartbeat): find which.
-            db_counters.count()
-            holders = {d["_id"]: d.get("c") for d in collection.find({"_id": {"$in": [b.cid for _, b, *_ in prepared]}}, {"c": 1})}
-            for key, book, _, closing, _ in prepared:
-                holder = holders.get(book.cid)
-                if holder != book.claim and not (holder is None and closing and book.release):
-                    lost.add(key)
+        db_counters.count()
+        holders = {d["_id"]: d.get("c") for d in collection.find({"_id": {"$in": [b.cid for _, b, *_ in prepared]}}, {"c": 1})}
+        for key, book, _, closing, _ in prepared:
+            holder = holders.get(book.cid)
+            if holder != book.claim and not (holder is None and closing and book.release):
+                lost.add(key)
+        return lost
+
+    def _written(self, prepared: list, lost: set) -> None:
+        """After the bulk write: finish the chunks lost or closed, note the heartbeat and the answer-to-ledger latency."""
         done = time.monotonic()
         for key, book, items, closing, _ in prepared:
             if key in lost:

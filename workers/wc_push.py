@@ -27,7 +27,6 @@ from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
 from shared import ledger
-from shared.commands import Publisher
 from shared.send_entry import SendEntry
 from shared.wc_payload import RAW, Notification, PayloadError, body_for
 from shared.wc_push import (
@@ -45,11 +44,11 @@ from shared.wc_push import (
 )
 from shared.write_order import order_of
 from workers import expand
-from workers.writes import upsert_if_newer, written_by
+from workers.writes import WriteContext, takes_context, upsert_if_newer, written_by
 
 log = logging.getLogger(__name__)
 
-#: The entry's ``dead_token`` action (see workers.deliver.DEAD_TOKEN_ACTIONS): delete the client.
+#: The entry's ``dead_token`` action (registered by :data:`DEAD_TOKEN_ACTIONS`): delete the client.
 DEAD_TOKEN_ACTION = "wc_push_client"
 #: Times a token swap is retried after losing an insert race to an older registration.
 MAX_SWAP_TRIES = 5
@@ -58,19 +57,6 @@ PENDING_STATES = ledger.CLAIMABLE
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Dispatch:
-    """Where accepted notifications are expanded: the worker's publisher (bound by :func:`bind`)."""
-
-    publisher: Publisher | None = None
-    chunk_size: int = 500
-
-
-def bind(publisher: Publisher, *, chunk_size: int) -> None:
-    """Give the notification handler the worker's publisher (called once per worker process)."""
-    Dispatch.publisher = publisher
-    Dispatch.chunk_size = chunk_size
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -192,8 +178,10 @@ def delete_dead_clients(db: Database, device_ids: list[str], reason: str, *, inv
 
 # --- notifications ------------------------------------------------------------------------------
 
-def accept_notification(db: Database, cmd: dict) -> dict:
-    """Accept a notification once per (tenant, client, id) and expand it; answer the outcome."""
+@takes_context
+def accept_notification(ctx: WriteContext, cmd: dict) -> dict:
+    """Accept a notification once per (tenant, client, id) and expand it with the context's publisher; answer the outcome."""
+    db = ctx.db
     tenant, client_id = cmd["tenant_id"], cmd["client_id"]
     key = client_key(tenant, client_id)
     client = db[collections.WCP_CLIENTS].find_one({"_id": key})
@@ -224,7 +212,7 @@ def accept_notification(db: Database, cmd: dict) -> dict:
             return {"outcome": REPEAT}
         doc = existing  # this very command accepted it before a crash: dispatch again (idempotent)
     try:
-        _dispatch(db, doc, key, notification, cmd)
+        _dispatch(ctx, doc, key, notification, cmd)
     except PayloadError as error:
         log.warning("notification %s not deliverable: %s", doc["_id"], error)
         notifications.update_one({"_id": doc["_id"]}, {"$set": {"error": str(error)}})
@@ -232,12 +220,12 @@ def accept_notification(db: Database, cmd: dict) -> dict:
     return {"outcome": NEW}
 
 
-def _dispatch(db: Database, doc: dict, key: str, notification: Notification, cmd: dict) -> None:
+def _dispatch(ctx: WriteContext, doc: dict, key: str, notification: Notification, cmd: dict) -> None:
     platform = doc["platform"]
     if platform is None:
         return  # noop client: accepted and deduplicated, nothing to deliver
-    if Dispatch.publisher is None:
-        raise RuntimeError("workers.wc_push.bind() was not called: no publisher to expand notifications")
+    if ctx.publisher is None or ctx.settings is None:
+        raise RuntimeError("a write context without a publisher and settings cannot expand notifications")
     body, silent = body_for(notification, platform)
     device = {"_id": device_id(key, doc["token"]), "token": doc["token"], "platform": platform, "environment": doc["environment"]}
     entry = SendEntry.for_device(device, body.to_json(), silent=silent, dead_token=DEAD_TOKEN_ACTION).to_json()
@@ -249,7 +237,7 @@ def _dispatch(db: Database, doc: dict, key: str, notification: Notification, cmd
         "mode": "ASYNCHRONOUS",
         "entries": [entry],
     }
-    expand.expand_send(db, Dispatch.publisher, send, chunk_size=Dispatch.chunk_size)
+    expand.expand_send(ctx.db, ctx.publisher, send, chunk_size=ctx.settings.delivery_chunk_size)
 
 
 def purge(db: Database, *, older_than_seconds: float) -> dict:
@@ -307,3 +295,6 @@ HANDLERS = {
     "wcp.tenant.create": create_tenant,
     "wcp.tenant.delete": delete_tenant,
 }
+
+#: This family's dead-token action, registered with the delivery workers (workers/actors.py).
+DEAD_TOKEN_ACTIONS = {DEAD_TOKEN_ACTION: delete_dead_clients}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pymongo import UpdateOne
@@ -22,7 +23,9 @@ from pymongo.errors import DuplicateKeyError
 from shared import activation_status
 from shared import db as collections
 from shared import device_lookup as lookup
-from shared.commands import REMOVED
+from shared.commands import REMOVED, Publisher
+from shared.device_lookup import device_id
+from shared.settings import Settings
 from shared.write_order import order_of
 
 #: How many times a read-modify-write of a device retries after losing a race.
@@ -31,9 +34,24 @@ MAX_OPTIMISTIC_TRIES = 10
 NS_PER_MS = 1_000_000
 
 
-def device_id(app_id: str, token: str) -> str:
-    """A device's natural ``_id``: one registration per token within an app."""
-    return f"{app_id}:{token}"
+@dataclass(frozen=True)
+class WriteContext:
+    """What a write handler may need from the worker process, passed in by :func:`apply`.
+
+    Most handlers need the database only and take ``(db, cmd)``; one marked
+    :func:`takes_context` takes ``(ctx, cmd)`` (e.g. to publish the deliveries
+    it expands, in chunks of ``settings.delivery_chunk_size``).
+    """
+
+    db: Database
+    publisher: Publisher | None = None
+    settings: Settings | None = None
+
+
+def takes_context(handler):
+    """Mark a write handler that takes the :class:`WriteContext` instead of the database."""
+    handler.takes_context = True
+    return handler
 
 
 def _now() -> datetime:
@@ -251,14 +269,15 @@ HANDLERS = {
 }
 
 
-def apply(db: Database, cmd: dict, handlers: dict) -> None:
+def apply(ctx: WriteContext, cmd: dict, handlers: dict) -> None:
     """Apply one write command with its handler, then record that it was applied (the API waits for that).
 
     A handler may answer a result (a dict) that the API reads back with the
     applied record, e.g. whether a notification id was new or a repeat.
     """
-    result = handlers[cmd["kind"]](db, cmd)
-    mark_applied(db, cmd["id"], result)
+    handler = handlers[cmd["kind"]]
+    result = handler(ctx, cmd) if getattr(handler, "takes_context", False) else handler(ctx.db, cmd)
+    mark_applied(ctx.db, cmd["id"], result)
 
 
 def mark_applied(db: Database, command_id: str, result: dict | None = None) -> None:

@@ -1,4 +1,4 @@
-"""DESIGN.md section 2, each guarantee against the real broker, database and simulators."""
+"""The delivery guarantees (README "Guarantees and how they are kept"), each against the real broker, database and simulators."""
 from __future__ import annotations
 
 import time

@@ -38,6 +38,7 @@ from tests.integration.conftest import TEST_SETTINGS, apns_token, fcm_token
 from tests.unit.test_wc_push import client_jwt
 from tests.waiting import wait_for
 from workers import wc_push as handlers
+from workers.writes import WriteContext
 
 ADMIN_TOKEN = "wc-push-admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -752,10 +753,10 @@ def test_a_redelivered_accepting_command_is_still_new_and_another_is_a_repeat(da
         "notification_id": "n1",
         "notification": {"form": "legacy", "topic": "t", "flags": 1, "blob": "b"},
     }
-    assert handlers.accept_notification(database, notify) == {"outcome": "new"}
-    assert handlers.accept_notification(database, notify) == {"outcome": "new"}
-    assert handlers.accept_notification(database, {**notify, "id": new_id()}) == {"outcome": "repeat"}
-    assert handlers.accept_notification(database, {**notify, "client_id": "zz"}) == {"outcome": "client_not_found"}
+    assert handlers.accept_notification(WriteContext(database), notify) == {"outcome": "new"}
+    assert handlers.accept_notification(WriteContext(database), notify) == {"outcome": "new"}
+    assert handlers.accept_notification(WriteContext(database), {**notify, "id": new_id()}) == {"outcome": "repeat"}
+    assert handlers.accept_notification(WriteContext(database), {**notify, "client_id": "zz"}) == {"outcome": "client_not_found"}
 
 
 def test_purge_forgets_old_notifications_and_tombstones_only(database):
@@ -768,9 +769,9 @@ def test_purge_forgets_old_notifications_and_tombstones_only(database):
         "id": new_id(), "kind": "wcp.notify", "received_at": time.time_ns(), "tenant_id": tenant, "client_id": "live",
         "app_id": tenant_app_id(tenant), "notification_id": "fresh", "notification": {"form": "legacy", "topic": "t", "flags": 1, "blob": "b"},
     }
-    assert handlers.accept_notification(database, notify) == {"outcome": "new"}
+    assert handlers.accept_notification(WriteContext(database), notify) == {"outcome": "new"}
     handlers.purge(database, older_than_seconds=60)
     clients = database[collections.WCP_CLIENTS]
     assert clients.find_one({"_id": client_key(tenant, "gone")}) is None
     assert clients.find_one({"_id": client_key(tenant, "live")}) is not None
-    assert handlers.accept_notification(database, {**notify, "id": new_id()}) == {"outcome": "repeat"}
+    assert handlers.accept_notification(WriteContext(database), {**notify, "id": new_id()}) == {"outcome": "repeat"}

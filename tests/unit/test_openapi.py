@@ -8,7 +8,7 @@ import pytest
 from schemathesis.specs.openapi.definitions import OPENAPI_30
 
 from api import openapi
-from api import schema as s
+from api import schema as sc
 from api.app import create_app
 
 #: Routes that are not API operations: static files of the docs page.
@@ -68,9 +68,9 @@ def test_the_document_carries_the_bounds_the_api_enforces(app, document):
 
 
 def test_a_schema_validates_what_it_documents(app):
-    spec = s.Wrapped(s.Obj({"appId": s.Id(required=True), "size": s.Int(minimum=1, maximum=5), "kind": s.Choice(["apns", "fcm"])}))
+    spec = sc.Wrapped(sc.Obj({"appId": sc.Id(required=True), "size": sc.Int(minimum=1, maximum=5), "kind": sc.Choice(["apns", "fcm"])}))
     with app.test_request_context():
-        assert s.check(spec, {"requestObject": {"appId": 7, "size": 5, "kind": "APNS"}}, "") == {"appId": "7", "size": 5, "kind": "apns"}
+        assert sc.check(spec, {"requestObject": {"appId": 7, "size": 5, "kind": "APNS"}}, "") == {"appId": "7", "size": 5, "kind": "apns"}
         for body, field in (
             ({}, "requestObject"),
             ({"requestObject": {}}, "requestObject.appId"),
@@ -81,7 +81,7 @@ def test_a_schema_validates_what_it_documents(app):
             ({"requestObject": []}, "requestObject"),
         ):
             with pytest.raises(Exception) as failure:
-                s.check(spec, body, "")
+                sc.check(spec, body, "")
             assert failure.value.field == field, (body, failure.value)
             assert failure.value.status == 400
 
@@ -89,23 +89,23 @@ def test_a_schema_validates_what_it_documents(app):
 def test_list_items_are_named_by_index(app):
     with app.test_request_context():
         with pytest.raises(Exception) as failure:
-            s.check(s.List(s.Str()), ["a", "", "c"], "requestObject.users")
+            sc.check(sc.List(sc.Str()), ["a", "", "c"], "requestObject.users")
     assert failure.value.field == "requestObject.users[1]"
 
 
 def test_a_lone_surrogate_is_refused_where_mongodb_could_not_store_it(app):
     with app.test_request_context():
         with pytest.raises(Exception) as failure:
-            s.check(s.Obj({"userId": s.Str()}), {"userId": "a\ud800b"}, "requestObject")
+            sc.check(sc.Obj({"userId": sc.Str()}), {"userId": "a\ud800b"}, "requestObject")
         assert failure.value.field == "requestObject.userId"
-        assert s.check(s.Obj({"userId": s.Str()}), {"userId": "žluťoučký kůň 🐎"}, "requestObject") == {"userId": "žluťoučký kůň 🐎"}
+        assert sc.check(sc.Obj({"userId": sc.Str()}), {"userId": "žluťoučký kůň 🐎"}, "requestObject") == {"userId": "žluťoučký kůň 🐎"}
 
 
 def test_a_numeric_id_is_held_to_the_id_length(app):
     with app.test_request_context():
-        assert s.check(s.Id(), 42, "appId") == "42"
+        assert sc.check(sc.Id(), 42, "appId") == "42"
         with pytest.raises(Exception) as failure:
-            s.check(s.Id(max_length=5), 10**6, "appId")
+            sc.check(sc.Id(max_length=5), 10**6, "appId")
         assert failure.value.field == "appId"
 
 

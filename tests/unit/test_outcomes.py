@@ -1,4 +1,4 @@
-"""Every row of the outcome table (DESIGN.md section 3), for every provider."""
+"""Every row of the outcome table (the docstring of workers/delivery/outcomes.py), for every provider."""
 import pytest
 
 from shared.commands import PUSH_PROVIDERS

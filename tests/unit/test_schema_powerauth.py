@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api import openapi
-from api import schema as s
+from api import schema as sc
 from api.app import create_app
 from api.powerauth import MESSAGE, MESSAGE_BODY
 from shared import db as collections
@@ -516,7 +516,7 @@ def _same_outcome(fast, slow, value):
     def outcome(spec):
         try:
             return ("ok", spec.clean(value, "x"))
-        except s.Invalid as invalid:
+        except sc.Invalid as invalid:
             return ("invalid", invalid.path, invalid.message)
 
     return outcome(fast), outcome(slow)
@@ -524,10 +524,10 @@ def _same_outcome(fast, slow, value):
 
 def as_obj(field):
     """``field`` with every FastObj in it an Obj."""
-    if isinstance(field, s.Obj):
-        return s.Obj({k: as_obj(f) for k, f in field.properties.items()}, closed=field.closed, required=field.required)
-    if isinstance(field, s.List):
-        return s.List(as_obj(field.items), min_items=field.min_items, max_items=field.max_items, unique=field.unique)
+    if isinstance(field, sc.Obj):
+        return sc.Obj({k: as_obj(f) for k, f in field.properties.items()}, closed=field.closed, required=field.required)
+    if isinstance(field, sc.List):
+        return sc.List(as_obj(field.items), min_items=field.min_items, max_items=field.max_items, unique=field.unique)
     return field
 
 
@@ -560,8 +560,8 @@ def test_fast_obj_cleans_and_fails_exactly_as_obj(value):
         for fast in (MESSAGE_BODY, MESSAGE):
             first, second = _same_outcome(fast, as_obj(fast), value)
             assert first == second
-        closed_fast = s.FastObj({"a": s.Int(required=True), "b": s.Bool(default=False)}, closed=True)
-        closed_slow = s.Obj({"a": s.Int(required=True), "b": s.Bool(default=False)}, closed=True)
+        closed_fast = sc.FastObj({"a": sc.Int(required=True), "b": sc.Bool(default=False)}, closed=True)
+        closed_slow = sc.Obj({"a": sc.Int(required=True), "b": sc.Bool(default=False)}, closed=True)
         first, second = _same_outcome(closed_fast, closed_slow, value)
         assert first == second
     assert value == sent  # the request's JSON is never changed (an unchanged object is answered as it is)

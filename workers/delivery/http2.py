@@ -313,24 +313,31 @@ class Http2Connection(asyncio.Protocol):
                     stream.body += event.data
                     if event.end_stream:
                         self._end_stream(event.stream_id)
-            elif kind is ngh2.TrailersReceived:
-                if event.stream_id in streams:
-                    self._end_stream(event.stream_id)  # trailers end the stream; the answer is complete
-            elif kind is ngh2.StreamClosed or kind is ngh2.StreamReset:
-                if event.stream_id in streams:
-                    self._end_stream(event.stream_id, TransportError(f"stream reset (error {event.error_code})"))
-            elif kind is ngh2.SettingsReceived:
-                self.max_streams = min(self.h2.remote_settings[ngh2.Setting.MAX_CONCURRENT_STREAMS], MAX_STREAMS_CAP)
-                if not self.settings_received.done():
-                    self.settings_received.set_result(None)
-                if self.on_stream_freed is not None:
-                    self.on_stream_freed()
-            elif kind is ngh2.GoAwayReceived:
-                self._goaway(event.last_stream_id)
-            elif kind is ngh2.ConnectionClosed:
-                self._lost(TransportError(f"connection to {self.authority.decode()} closed by the server (error {event.error_code})"))
-                return
+            elif self._other_event(event, kind):
+                return  # the connection is gone
         self._flush()
+
+    def _other_event(self, event, kind) -> bool:
+        """Every event but a response's headers and data (the per-answer hot path stays in ``data_received``); True when the
+        connection is lost."""
+        if kind is ngh2.TrailersReceived:
+            if event.stream_id in self.streams:
+                self._end_stream(event.stream_id)  # trailers end the stream; the answer is complete
+        elif kind is ngh2.StreamClosed or kind is ngh2.StreamReset:
+            if event.stream_id in self.streams:
+                self._end_stream(event.stream_id, TransportError(f"stream reset (error {event.error_code})"))
+        elif kind is ngh2.SettingsReceived:
+            self.max_streams = min(self.h2.remote_settings[ngh2.Setting.MAX_CONCURRENT_STREAMS], MAX_STREAMS_CAP)
+            if not self.settings_received.done():
+                self.settings_received.set_result(None)
+            if self.on_stream_freed is not None:
+                self.on_stream_freed()
+        elif kind is ngh2.GoAwayReceived:
+            self._goaway(event.last_stream_id)
+        elif kind is ngh2.ConnectionClosed:
+            self._lost(TransportError(f"connection to {self.authority.decode()} closed by the server (error {event.error_code})"))
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.failure = exc
