@@ -7,6 +7,7 @@ import uuid
 import pymongo
 
 from shared import ledger
+from shared.backlog import BACKLOG_CACHE_SECONDS
 from tests.integration.conftest import TEST_SETTINGS, fcm_token, register
 from tests.waiting import wait_for
 
@@ -65,3 +66,21 @@ def test_a_cap_of_zero_is_no_cap_and_the_limits_route_names_a_bad_field(api, new
     assert api.ok("/push/message/send", send)["responseObject"]["messageId"]
     bad = api.post("/admin/app/limits", {"appId": app_id, "maxQueuedDeliveries": -1})
     assert bad.status_code == 400 and "requestObject.maxQueuedDeliveries" in bad.json()["responseObject"]["message"]
+
+
+def test_the_backlog_per_app_lane_and_provider_is_in_admin_queues_and_metrics(api, new_app, stack):
+    db = pymongo.MongoClient(stack.mongo_uri)["push"]
+    app_id = new_app()
+    backlog = waiting_chunks(db, app_id, 10)  # chunks of 4: 4 + 4 + 2
+    db["ledger"].update_one({"_id": ledger.chunk_id(backlog, "fcm", 0)}, {"$set": {"c": "a-worker"}})
+    db["ledger"].update_one({"_id": ledger.chunk_id(backlog, "fcm", 1)}, {"$set": {"s": "srrp"}})
+    db["ledger"].update_many({"m": backlog}, {"$inc": {"at": -30.0}})
+    time.sleep(BACKLOG_CACHE_SECONDS + 0.3)
+
+    rows = [r for r in api.get("/admin/queues").json()["backlog"] if r["app"] == app_id]
+    assert rows == [{"app": app_id, "lane": "bulk", "provider": "fcm", "waiting": 5, "in_flight": 4, "retry": 2,
+                     "oldest_waiting_seconds": rows[0]["oldest_waiting_seconds"]}]
+    assert 30 <= rows[0]["oldest_waiting_seconds"] < 120
+    text = api.get("/metrics").text
+    assert f'push_app_deliveries_waiting{{app="{app_id}",lane="bulk",provider="fcm"}} 5.0' in text
+    assert f'push_app_deliveries_in_flight{{app="{app_id}",lane="bulk",provider="fcm"}} 4.0' in text
