@@ -7,7 +7,7 @@ code ``ERROR_TOO_MANY_QUEUED``, in the PowerAuth envelope.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 
 from api import schema as sc
 from api.context import services
@@ -32,21 +32,12 @@ LIMITS = wrapped({
 })
 
 
-def _counts() -> queue_cap.WaitingCounts:
-    counts = current_app.extensions.get("push.waiting_counts")
-    if counts is None:
-        svc = services()
-        counts = current_app.extensions["push.waiting_counts"] = queue_cap.WaitingCounts(
-            svc.db, seconds=svc.settings.queued_cache_seconds)
-    return counts
-
-
 def check(app: dict) -> None:
     """Refuse (429) a send of ``app`` while its waiting deliveries are at or above its cap."""
     cap = queue_cap.cap_of(app, services().settings.max_queued_deliveries_per_app)
     if cap <= 0:
         return
-    waiting = services().guarded_read(lambda: _counts().of(app["_id"]))
+    waiting = services().waiting_deliveries(app["_id"])
     if waiting >= cap:
         raise ApiError(429, f"application {app['_id']} has {waiting} deliveries waiting, its cap is {cap}: try again later",
                        field="requestObject.appId", code="ERROR_TOO_MANY_QUEUED", retry_after=RETRY_AFTER_SECONDS)
