@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
+from pymongo.errors import PyMongoError
 
 from api import schema as sc
 from api.context import services
 from api.errors import ApiError, bad_request, renders_errors, unavailable
 from api.powerauth_envelope import render_error
 from api.services import Services
-from shared import commands, ledger, logs, metrics
+from shared import backlog, commands, ledger, logs, metrics
 from shared import db as collections
 
 blueprint = Blueprint("admin_ops", __name__)
@@ -86,7 +87,8 @@ COUNT = sc.Int(minimum=0)
     "Every queue's depth, unacknowledged messages and consumers (RabbitMQ management API, else AMQP)",
     query={"peek": sc.Flag(default=False, description="Also the age of each queue's oldest message")},
     responses={200: sc.Obj({"queues": sc.List(sc.Json(object_only=True)), "source": TEXT,
-                            "totals": sc.Obj({"ready": COUNT, "unacked": COUNT, "dead": COUNT})})},
+                            "totals": sc.Obj({"ready": COUNT, "unacked": COUNT, "dead": COUNT}),
+                            "backlog": sc.List(sc.Json(object_only=True))})},
 )
 def admin_queues() -> Response:
     rows, source = _queues(sc.query()["peek"])
@@ -95,7 +97,11 @@ def admin_queues() -> Response:
         "unacked": sum(r["unacked"] for r in rows),
         "dead": sum(r["depth"] for r in rows if r["kind"] == "dead"),
     }
-    return jsonify({"queues": rows, "source": source, "totals": totals, "at": time.time()})
+    try:  # the queue figures answer without MongoDB
+        apps = [b.as_json() for b in backlog.cached(services().db)]
+    except PyMongoError:
+        apps = None
+    return jsonify({"queues": rows, "source": source, "totals": totals, "backlog": apps, "at": time.time()})
 
 
 _stats_cache: dict = {}

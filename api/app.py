@@ -21,6 +21,7 @@ from api import (
     openapi,
     powerauth,
     powerauth_envelope,
+    queue_cap,
     wc_bridge,
     wc_push,
     wc_push_auth,
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(control.blueprint)
     app.register_blueprint(failure_lists.blueprint)
     app.register_blueprint(outcome_feeds.blueprint)
+    app.register_blueprint(queue_cap.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)
     wc_bridge.install(app, app.extensions["push"])

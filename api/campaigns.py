@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from api import auth, limits, sender_control
+from api import auth, limits, queue_cap, sender_control
 from api import schema as sc
 from api.context import services
 from api.errors import ApiError, renders_errors
@@ -230,5 +230,6 @@ def send_live(campaign_id: str):
                                     command("campaign.send", campaign_id=campaign_id), kind="campaign")
         return ok({"sendAt": send_at.isoformat()})
     if not campaign.get("sent"):
+        queue_cap.check(services().find_one(collections.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]})
         services().publish(commands.EXPAND_CAMPAIGN, command("campaign.send", campaign_id=campaign_id))
     return ok()

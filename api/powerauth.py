@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from flask import Blueprint, Response
 
-from api import auth, idempotency, limits, sender_control
+from api import auth, idempotency, limits, queue_cap, sender_control
 from api import schema as sc
 from api.context import services
 from api.errors import bad_request, not_found, renders_errors
@@ -325,6 +325,7 @@ def _send(entries: list[dict], app: dict, mode: str, *, validate_only: bool = Fa
         mode = "ASYNCHRONOUS"
     if validate_only:  # every check of a send, nothing published (api/sender_control.py)
         return ok({"mode": mode, "validateOnly": True, "validation": sender_control.validate_send(svc, app, entries)})
+    queue_cap.check(app)
     send = command("send", app_id=app["_id"], mode=mode, entries=entries, lane=commands.send_lane(mode, entries))
     send["id"] = message_id(app["_id"]) or send["id"]
     if send_at is not None:

@@ -22,7 +22,7 @@ from pymongo.database import Database
 
 from api.errors import unavailable
 from api.outcome_waiter import OutcomeWaiter, WaiterFull
-from shared import commands, ledger
+from shared import commands, ledger, queue_cap
 from shared import db as collections
 from shared.broker import connection_parameters
 from shared.commands import Publisher
@@ -102,6 +102,14 @@ class Services:
     def outbound(self) -> OutboundPolicy:
         """What URLs given to the server may reach (webhooks, token endpoints): shared/outbound.py."""
         return OutboundPolicy.from_settings(self.settings)
+
+    @cached_property
+    def waiting_counts(self) -> queue_cap.WaitingCounts:
+        """Deliveries waiting per app, read at most every ``queued_cache_seconds`` (shared/queue_cap.py: the cap per app)."""
+        return queue_cap.WaitingCounts(self.db, seconds=self.settings.queued_cache_seconds)
+
+    def waiting_deliveries(self, app_id: str) -> int:
+        return self.guarded_read(lambda: self.waiting_counts.of(app_id))
 
     # --- publishing ---------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
     DELIVERIES: [([("message_id", 1)], {}), ([("message_id", 1), ("state", 1)], {})],
-    LEDGER: [([("m", 1)], {}), ([("m", 1), ("o", 1)], {}), ([("at", 1)], {})],
+    LEDGER: [([("m", 1)], {}), ([("m", 1), ("o", 1)], {}), ([("o", 1), ("app", 1)], {}), ([("at", 1)], {})],
     CAMPAIGN_USERS: [([("c", 1), ("u", 1)], {})],  # nx-27017 refuses "_id" in a compound index
     CAMPAIGNS: [([("created_at", 1)], {})],
     MESSAGES: [([("app_id", 1), ("created_at", 1)], {})],

@@ -125,12 +125,17 @@ def insert_ignoring_duplicates(collection, documents: list[dict]) -> None:
 # --- building and publishing chunks -----------------------------------------------------------
 
 
-def chunk_document(message_id: str, app_id: str, provider: str, index: int, deliveries: list[Delivery], *, now: float) -> dict:
-    return {
+def chunk_document(message_id: str, app_id: str, provider: str, index: int, deliveries: list[Delivery], *, now: float,
+                   lane: str | None = None) -> dict:
+    """A chunk's document; ``l`` names its lane when not bulk (the per-app backlog, shared/backlog.py)."""
+    doc = {
         "_id": chunk_id(message_id, provider, index), "m": message_id, "p": provider, "app": app_id, "i": index,
         "d": [d.compact() for d in deliveries], "s": CHAR[PENDING] * len(deliveries), "r": {},
         "c": None, "hb": 0, "o": bool(deliveries), "at": now,
     }
+    if lane and lane != BULK:
+        doc["l"] = lane
+    return doc
 
 
 def chunk_message(message_id: str, app_id: str, provider: str, index: int, entries: Mapping[str, dict], used: Iterable[int], *,

@@ -423,6 +423,7 @@ class QueueCollector:
             for app_id, not_after in sorted(expiries.items()):
                 family.add_metric([app_id], not_after)
             yield family
+        yield from self._backlog()
         suspended = self._suspended()
         if suspended is not None:
             family = GaugeMetricFamily("push_suspended_providers", "Apps whose provider is suspended (credentials refused).", labels=["provider"])
@@ -449,6 +450,30 @@ class QueueCollector:
             return out
         except Exception:  # noqa: BLE001 - a scrape answers what it can
             return None
+
+    def _backlog(self):
+        """Per app, lane and provider: deliveries waiting, in flight, in retry, and the oldest waiting age (shared/backlog.py)."""
+        if self.db is None:
+            return
+        from prometheus_client.core import GaugeMetricFamily
+
+        from shared import backlog
+
+        try:
+            rows = backlog.cached(self.db)
+        except Exception:  # noqa: BLE001 - a scrape answers what it can
+            return
+        labels = ["app", "lane", "provider"]
+        families = {
+            "waiting": GaugeMetricFamily("push_app_deliveries_waiting", "Open deliveries of chunks no worker holds.", labels=labels),
+            "in_flight": GaugeMetricFamily("push_app_deliveries_in_flight", "Open deliveries of chunks a worker holds.", labels=labels),
+            "retry": GaugeMetricFamily("push_app_deliveries_retry", "Open deliveries waiting for a retry.", labels=labels),
+            "oldest_waiting_seconds": GaugeMetricFamily("push_app_oldest_waiting_seconds", "Age of the oldest open chunk.", labels=labels),
+        }
+        for row in rows:
+            for key, family in families.items():
+                family.add_metric([row.app, row.lane, row.provider], float(getattr(row, key)))
+        yield from families.values()
 
     def _suspended(self) -> dict | None:
         if self.db is None:

@@ -106,6 +106,11 @@ class Settings:
     max_apns_payload_bytes: int = 4096
     max_fcm_payload_bytes: int = 4096
     max_hms_payload_bytes: int = 4096
+    #: Most deliveries waiting (open in the ledger) per app before its sends are refused with 429 (shared/queue_cap.py);
+    #: an app's own cap (``POST /admin/app/limits``) wins. 0: no cap.
+    max_queued_deliveries_per_app: int = 5_000_000
+    #: Seconds an API process reuses its count of waiting deliveries per app.
+    queued_cache_seconds: float = 2.0
     #: Registration rate limits (token bucket per API process): requests per second and burst,
     #: per client IP and per API key. 0: no limit.
     rate_limit_ip_per_second: float = 0.0

@@ -68,7 +68,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     started = time.time()
     docs = []
     for platform, items in deliveries.items():
-        docs.extend(ledger.chunk_document(message_id, cmd["app_id"], platform, n, part, now=started)
+        docs.extend(ledger.chunk_document(message_id, cmd["app_id"], platform, n, part, now=started, lane=cmd.get("lane"))
                     for n, part in enumerate(_parts(list(items.values()), chunk_size)))
     insert_ignoring_duplicates(db[collections.LEDGER], docs)
     entries_by_key = {str(index): entry for index, entry in enumerate(entries)}

@@ -43,6 +43,9 @@ class FakeServices:
     def message_counts(self, message_id):
         return None
 
+    def waiting_deliveries(self, app_id):
+        return 0
+
     def wait_for_outcome(self, message_id):
         return None
 
