@@ -313,6 +313,42 @@ def test_the_outcome_webhook_receives_every_dead_token_once_by_id_signed(api, ne
         receiver.server.shutdown()
 
 
+def test_message_done_is_told_once_per_message_when_every_delivery_is_final(api, new_app, stack):
+    """``message_done``: once per message (id from the message id), after its last delivery; only the events the feed asks for."""
+    receiver = Receiver(refuse=0)
+    secret = "s3cret-" + uuid.uuid4().hex
+    app_id = new_app()
+    try:
+        api.ok("/admin/app/webhook", {"appId": app_id, "url": receiver.url, "secret": secret, "events": ["message_done"]})
+        users = [user() for _ in range(12)]
+        for i, u in enumerate(users):  # 4 dead APNs tokens, 4 good APNs, 4 good FCM: several chunks over two providers
+            token = apns_token("dead") if i < 4 else apns_token() if i < 8 else fcm_token()
+            register(api, app_id, token, "fcm" if i >= 8 else "apns", u)
+        message_id = api.ok("/push/message/batch/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [
+            {"userId": u, "body": {"title": "done?"}} for u in users]})["responseObject"]["messageId"]
+        empty_id = api.ok("/push/message/batch/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [
+            {"userId": user(), "body": {"title": "nobody"}}]})["responseObject"]["messageId"]
+
+        deadline = time.monotonic() + 60
+        while len({e["messageId"] for e in receiver.accepted_events()}) < 2:
+            assert time.monotonic() < deadline, receiver.posts
+            time.sleep(0.2)
+        time.sleep(2.0)  # nothing more comes
+
+        accepted = receiver.accepted_events()
+        assert {e["type"] for e in accepted} == {"message_done"}  # dead tokens were not asked for
+        assert sorted(e["id"] for e in accepted) == sorted([f"message_done:{message_id}", f"message_done:{empty_id}"])
+        done = next(e for e in accepted if e["messageId"] == message_id)
+        assert done["total"] == 12 and done["states"] == {"sent": 8, "dead_token": 4} and done["appId"] == app_id
+        assert next(e for e in accepted if e["messageId"] == empty_id)["total"] == 0
+        database = pymongo.MongoClient(stack.mongo_uri)["push"]
+        assert database["ledger"].count_documents({"m": message_id, "o": {"$in": [True, 1]}}) == 0
+        assert database["outbox"].count_documents({"app_id": app_id, "type": "dead_token"}) == 0  # not even written
+        assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
+    finally:
+        receiver.server.shutdown()
+
+
 def test_a_cancelled_scheduled_send_never_reaches_the_simulator(api, new_app, stack, apns_sim):
     """POST /push/message/{id}/cancel before the due time: the releaser drops the schedule unsent."""
     app_id = new_app()
