@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -211,6 +213,47 @@ def test_a_schedule_claimed_by_a_killed_releaser_is_taken_over_after_the_lease(a
     assert arrived - due <= 1.0 + RELEASE_LEASE_SECONDS, arrived - due
     time.sleep(1.0)
     assert apns_sim.delivered(token) == 1 and scheduled.find_one({"_id": message_id}) is None
+
+
+def test_a_releasing_worker_sigkilled_at_the_due_time_loses_and_repeats_nothing(api, new_app, stack, apns_sim):
+    """A real SIGKILL of the worker process whose releaser claimed the due schedule (its pid is in the claim).
+
+    Dramatiq stops the rest of that process's group; spare groups on the same queues keep consuming,
+    and their releasers take the schedule over once the lease runs out (or the expansion's idempotence
+    makes a repeat of an already published one nothing)."""
+    stack.start_workers(suffix="-spare")
+    killed_group = None
+    try:
+        app_id = new_app()
+        alice, token = user(), apns_token()
+        register(api, app_id, token, "apns", alice)
+        time.sleep(4.0)  # the spare groups are up
+        due, send_at = at(4)
+        message_id = api.ok("/push/message/send", {"appId": app_id, "sendAt": send_at, "mode": "ASYNCHRONOUS",
+                                                   "message": {"userId": alice, "body": {"title": "kill"}}})["responseObject"]["messageId"]
+        scheduled = pymongo.MongoClient(stack.mongo_uri)["push"]["scheduled"]
+        while time.time() < due - 0.3:
+            time.sleep(0.05)
+        claim = None
+        while claim is None and time.time() < due + 2.0:
+            doc = scheduled.find_one({"_id": message_id}, {"claim": 1}) or {}
+            claim = doc.get("claim")
+        assert claim, "no releaser claimed the schedule at its time"
+        pid = int(claim.split("-", 1)[0])
+        killed_group = next(name for name, process in stack.processes.items() if process.pid == os.getpgid(pid))
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
+
+        arrived = first_delivery_time(apns_sim, token, not_before=due)
+        assert arrived - due <= 1.0 + RELEASE_LEASE_SECONDS, (arrived - due, killed_at - due)
+        time.sleep(1.5)
+        assert apns_sim.delivered(token) == 1 and scheduled.find_one({"_id": message_id}) is None
+    finally:
+        if killed_group is not None:  # stopped by Dramatiq once one of its processes died: start it again
+            stack.stop(killed_group, kill=True)
+            if not killed_group.endswith("-spare"):
+                stack.start_workers([killed_group.removeprefix("workers-")])
+        stack.stop_workers(suffix="-spare")
 
 
 def test_scheduled_campaign_is_shown_scheduled_and_sent_at_its_time(api, new_app, apns_sim):
