@@ -51,5 +51,6 @@ def set_webhook():
     except OutboundRefused as refused:
         raise bad_request("requestObject.url", f"is not allowed: {refused}") from None
     webhook = {"url": data["url"], "secret": data["secret"], "events": sorted(data["events"])}
+    webhook = services().credential_keys.seal(app["_id"], "webhook", webhook)  # sealed in the command and at rest, never answered
     services().write(command("app.webhook", app_id=app["_id"], webhook=webhook))
     return ok()

@@ -387,6 +387,11 @@ def test_message_done_is_told_once_per_message_when_every_delivery_is_final(api,
         database = pymongo.MongoClient(stack.mongo_uri)["push"]
         assert database["ledger"].count_documents({"m": message_id, "o": {"$in": [True, 1]}}) == 0
         assert database["outbox"].count_documents({"app_id": app_id, "type": "dead_token"}) == 0  # not even written
+        stored = database["apps"].find_one({"_id": app_id})["webhook"]
+        assert "secret" not in stored and "sealed" in stored and secret not in json.dumps(stored)  # sealed at rest
+        assert secret not in api.get("/admin/app/list").text
+        for collection, field in (("scheduled", "send_at"), ("outbox", "next_at")):  # the due look-ups' indexes
+            assert [(field, 1)] in [list(map(tuple, i["key"])) for i in database[collection].index_information().values()], collection
         assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
     finally:
         receiver.server.shutdown()
