@@ -31,7 +31,10 @@ WEBHOOK = wrapped({
     "secret": sc.Str(required=True, max_length=MAX_SECRET, description=f"The HMAC-SHA256 signing secret, at least {MIN_SECRET} characters",
                      example="0123456789abcdef0123"),
     "events": sc.List(sc.Choice({e: e for e in EVENT_TYPES}), min_items=1, unique=True, required=True,
-                      description="Which events to send: dead_token, failed (message_done is accepted, not sent yet)"),
+                      description="Which events to send. Each event has id, type, appId, createdAt and: "
+                                  "dead_token / failed: messageId, token, platform, reason, at; "
+                                  "message_done (once per message, when every delivery of it is final): "
+                                  "messageId, total, states (deliveries by final state), at"),
 })
 
 
@@ -48,5 +51,6 @@ def set_webhook():
     except OutboundRefused as refused:
         raise bad_request("requestObject.url", f"is not allowed: {refused}") from None
     webhook = {"url": data["url"], "secret": data["secret"], "events": sorted(data["events"])}
+    webhook = services().credential_keys.seal(app["_id"], "webhook", webhook)  # sealed in the command and at rest, never answered
     services().write(command("app.webhook", app_id=app["_id"], webhook=webhook))
     return ok()

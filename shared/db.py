@@ -25,7 +25,7 @@ APPS = "apps"
 #: Projection of an app document without its provider secrets (APNs key and certificate, FCM service account,
 #: HMS client secret; in clear or sealed: shared/sealed_credentials.py): what every read that answers a client uses.
 HIDDEN_CREDENTIALS = {"apns.private_key": 0, "apns.certificate": 0, "fcm.service_account": 0, "hms.client_secret": 0,
-                      "apns.sealed": 0, "fcm.sealed": 0, "hms.sealed": 0}
+                      "apns.sealed": 0, "fcm.sealed": 0, "hms.sealed": 0, "webhook.secret": 0, "webhook.sealed": 0}
 #: An app's ``apns.auth``: provider token (a .p8 key; documents without ``auth`` are this) or client certificate.
 APNS_TOKEN, APNS_CERTIFICATE = "token", "certificate"
 DEVICES = "devices"
@@ -80,6 +80,9 @@ INDEXES = {
     WC_CALLS: [([("session_id", 1)], {})],
     INBOX: [([("user_id", 1), ("created_at", -1)], {})],
     API_KEYS: [([("app_id", 1)], {})],
+    # The releaser's and the outcome feed's due look-ups (shared/scheduling.py, shared/outbox.py).
+    "scheduled": [([("send_at", 1)], {})],
+    "outbox": [([("next_at", 1)], {})],
 }
 
 #: Date field of each collection whose documents MongoDB removes once it has passed (TTL index).

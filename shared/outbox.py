@@ -37,6 +37,14 @@ def add_events(db: Database, events: list[dict]) -> None:
     ledger.insert_ignoring_duplicates(db[OUTBOX], events)
 
 
+def add_wanted(db: Database, app_id: str | None, events: list[dict]) -> None:
+    """Write those of one app's events its outcome webhook asks for (none without a webhook: nobody to tell)."""
+    webhook = webhook_of(db, app_id) if app_id and events else None
+    wanted = [e for e in events if webhook and e["type"] in webhook.get("events", ())]
+    if wanted:
+        add_events(db, wanted)
+
+
 def webhook_of(db: Database, app_id: str) -> dict | None:
     """The app's outcome webhook ``{url, secret, events}``, or None."""
     app = db[collections.APPS].find_one({"_id": app_id}, {"webhook": 1})
@@ -66,6 +74,34 @@ def outcome_events(app_id: str | None, platform: str, results) -> list[dict]:
         for r in results
         if r.state in EVENT_OF_STATE
     ]
+
+
+def wants(db: Database, app_id: str | None, type_: str) -> bool:
+    """Whether the app's outcome webhook asks for events of ``type_`` (no outbox document is written otherwise)."""
+    webhook = webhook_of(db, app_id) if app_id else None
+    return bool(webhook) and type_ in webhook.get("events", ())
+
+
+def message_done(db: Database, app_id: str | None, message_ids) -> None:
+    """Add the ``message_done`` event of each message whose deliveries are all final, once its app's feed asks for it.
+
+    Called after a chunk's last open delivery is recorded (workers/recorder.py) and after a
+    message is expanded (workers/expand.py, workers/campaigns.py): whichever of two racing
+    writers looks last sees every chunk final. The event's ``_id`` is the message id's, so
+    two that see it done add one event.
+    """
+    if not wants(db, app_id, MESSAGE_DONE):
+        return
+    events = []
+    for message_id in dict.fromkeys(message_ids):
+        message = db[collections.MESSAGES].find_one({"_id": message_id}, {"app_id": 1, "expanded": 1, "total": 1})
+        if not message or not message.get("expanded") or message.get("app_id") != app_id or ledger.has_open(db, message_id):
+            continue
+        counts = ledger.state_counts(db, [message_id])
+        events.append(event(message["app_id"], MESSAGE_DONE, message_id,
+                            {"messageId": message_id, "total": message.get("total", 0), "states": dict(counts), "at": time.time()}))
+    if events:
+        add_events(db, events)
 
 
 HANDLERS = {"app.webhook": set_webhook}

@@ -37,7 +37,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from shared.settings import Settings
 
 #: Fields of each provider's credentials that are secret (sealed); the rest stays readable.
-SECRET_FIELDS = {"apns": ("private_key", "certificate"), "fcm": ("service_account",), "hms": ("client_secret",)}
+#: ``webhook`` is an app's outcome-feed webhook (shared/outbox.py): its signing secret is sealed the same way.
+SECRET_FIELDS = {"apns": ("private_key", "certificate"), "fcm": ("service_account",), "hms": ("client_secret",),
+                 "webhook": ("secret",)}
 #: Where the sealed secrets sit in a provider's credentials.
 SEALED = "sealed"
 #: Version of the sealed form.

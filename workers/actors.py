@@ -11,6 +11,7 @@ from shared import audit, commands, device_lookup, halt, ledger, outbox, queue_c
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
+from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
 from workers import auth, campaigns, dead_letters, deliver, expand, inbox, outcome_feed, scheduler, wc_bridge, wc_push, writes
 from workers.deliver import DeliveryContext, ProviderClients, deliver_chunk
@@ -101,4 +102,5 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     for queue in commands.TX_QUEUES.values():
         broker.declare_queue(queue_name(settings, queue))
     scheduler.start_releaser(db, publisher)  # scheduled sends, released when due (shared/scheduling.py), once every actor is declared
-    outcome_feed.start_sender(db, OutboundSession(OutboundPolicy.from_settings(settings)))  # the apps' outcome webhooks (shared/outbox.py)
+    outcome_feed.start_sender(db, OutboundSession(OutboundPolicy.from_settings(settings)),  # the apps' outcome webhooks (shared/outbox.py)
+                              CredentialKeys.from_settings(settings))  # which open their sealed secrets

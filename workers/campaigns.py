@@ -22,7 +22,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
-from shared import db_counters, halt, ledger
+from shared import db_counters, halt, ledger, outbox
 from shared import device_lookup as lookup
 from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, EXPAND_CAMPAIGN, Publisher
 from shared.ledger import Delivery, delivery_id, insert_ignoring_duplicates
@@ -141,6 +141,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         {"_id": campaign_id},
         {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": progress["chunks"]}},
     )
+    outbox.message_done(db, campaign["app_id"], [campaign_id])  # all its chunks may be final already
     publisher.publish(CAMPAIGN_CHECK, {"campaign_id": campaign_id})
     campaigns.update_one({"_id": campaign_id}, {"$set": {"state": "expanded", "devices_total": sum(totals.values())}})
 

@@ -16,7 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as collections
-from shared import db_counters, halt, ledger
+from shared import db_counters, halt, ledger, outbox
 from shared import device_lookup as lookup
 from shared.commands import BULK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 
@@ -80,6 +80,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     db[collections.MESSAGES].update_one(
         {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": chunks}}
     )
+    outbox.message_done(db, cmd["app_id"], [message_id])  # all its chunks may be final already (or it has none)
 
 
 def chunk_payload(

@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 from shared.commands import new_id
 from shared.outbound import OutboundRefused, OutboundSession
 from shared.outbox import OUTBOX, webhook_of
+from shared.sealed_credentials import CredentialKeys, CredentialsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,19 @@ def post(session: OutboundSession, webhook: dict, events: list[dict]) -> str | N
     return None if 200 <= answer.status_code < 300 else f"HTTP {answer.status_code}"
 
 
-def send_due(db: Database, session: OutboundSession, *, now: float | None = None) -> int:
+def opened_webhook(db: Database, keys: CredentialKeys | None, app_id: str) -> dict | None:
+    """The app's webhook with its secret opened (sealed at rest: shared/sealed_credentials.py); None without one or if it does not open."""
+    webhook = webhook_of(db, app_id)
+    if not webhook or keys is None:
+        return webhook
+    try:
+        return keys.open(app_id, "webhook", webhook)
+    except CredentialsUnavailable as error:
+        log.warning("outcome feed of %s: %s", app_id, error)
+        return None
+
+
+def send_due(db: Database, session: OutboundSession, *, now: float | None = None, keys: CredentialKeys | None = None) -> int:
     """Claim due events, send them per app, settle each; answer how many were settled (sent, dropped or delayed)."""
     now = time.time() if now is None else now
     outbox = db[OUTBOX]
@@ -88,7 +101,7 @@ def send_due(db: Database, session: OutboundSession, *, now: float | None = None
         by_app.setdefault(doc["app_id"], []).append(doc)
     settled = 0
     for app_id, events in by_app.items():
-        webhook = webhook_of(db, app_id)
+        webhook = opened_webhook(db, keys, app_id)
         wanted = [e for e in events if webhook and e["type"] in webhook.get("events", ())]
         unwanted = [e["_id"] for e in events if e not in wanted]
         if unwanted:  # no feed for them: nobody to tell
@@ -113,10 +126,10 @@ def send_due(db: Database, session: OutboundSession, *, now: float | None = None
     return settled
 
 
-def run_sender(db: Database, session: OutboundSession, *, stop: threading.Event) -> None:
+def run_sender(db: Database, session: OutboundSession, *, stop: threading.Event, keys: CredentialKeys | None = None) -> None:
     while not stop.is_set():
         try:
-            if send_due(db, session):
+            if send_due(db, session, keys=keys):
                 continue
         except PyMongoError as error:
             log.warning("outcome feed paused, MongoDB: %s", error)
@@ -125,8 +138,8 @@ def run_sender(db: Database, session: OutboundSession, *, stop: threading.Event)
         stop.wait(POLL_SECONDS)
 
 
-def start_sender(db: Database, session: OutboundSession) -> threading.Event:
-    """Start this process's outcome feed sender thread; set the answered event to stop it."""
+def start_sender(db: Database, session: OutboundSession, keys: CredentialKeys | None = None) -> threading.Event:
+    """Start this process's outcome feed sender thread; set the answered event to stop it. ``keys`` open the webhooks' secrets."""
     stop = threading.Event()
-    threading.Thread(target=run_sender, args=(db, session), kwargs={"stop": stop}, name="outcome-feed", daemon=True).start()
+    threading.Thread(target=run_sender, args=(db, session), kwargs={"stop": stop, "keys": keys}, name="outcome-feed", daemon=True).start()
     return stop

@@ -64,6 +64,8 @@ class ChunkBook:
     failing_since: float | None = None
     #: The chunk's app, whose outcome feed hears of its failures (shared/outbox.py).
     app_id: str | None = None
+    #: Its last open delivery was recorded (its message may be done: ``outbox.message_done``).
+    closed: bool = False
 
 
 class Recorder:
@@ -210,6 +212,19 @@ class Recorder:
                     finished = not book.pending
                 if finished:
                     self._finish(key, book, None)
+        self._messages_done([b for k, b, *_ in prepared if k not in lost])
+
+    @staticmethod
+    def _messages_done(books: list) -> None:
+        """After the write: the messages of chunks whose last open delivery it recorded may be done (outbox.message_done)."""
+        for book in books:
+            if book.closed or any(ch in ledger.OPEN_CHARS for ch in book.states):
+                continue
+            book.closed = True
+            try:
+                outbox.message_done(book.db, book.app_id, [book.cid.rsplit(":", 2)[0]])
+            except Exception:  # noqa: BLE001 - the next chunk's write or the expansion tells it
+                log.exception("message_done of %s", book.cid)
 
     def _keep(self, key: str, book: ChunkBook, items: list, error: BaseException) -> None:
         """MongoDB unreachable: keep the outcomes for the next flush, until ``give_up``."""
@@ -252,7 +267,7 @@ class Recorder:
                                             invalid_since=invalid_since)
         events = outbox.outcome_events(book.app_id, book.provider, results)
         if events:  # before the outcomes, as the dead tokens: a kill between the two loses no event
-            outbox.add_events(db, events)
+            outbox.add_wanted(db, book.app_id, events)
         letters = [r.dead_letter for r in results if r.state == ledger.DEAD_LETTER and r.dead_letter]
         if letters:
             ledger.insert_ignoring_duplicates(db[collections.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once

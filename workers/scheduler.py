@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -22,7 +23,7 @@ def release_due(db: Database, publisher: Publisher, *, now: float | None = None)
     due = [d["_id"] for d in schedules.find({"send_at": {"$lte": now}, "lease_until": {"$lt": now}}, {"_id": 1}).limit(RELEASE_BATCH)]
     if not due:
         return 0
-    claim = new_id()
+    claim = f"{os.getpid()}-{new_id()}"  # the releasing process (a fault test kills it at its claim)
     schedules.update_many({"_id": {"$in": due}, "lease_until": {"$lt": now}},
                           {"$set": {"claim": claim, "lease_until": now + RELEASE_LEASE_SECONDS}})
     released = 0

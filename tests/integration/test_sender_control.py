@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -213,6 +215,47 @@ def test_a_schedule_claimed_by_a_killed_releaser_is_taken_over_after_the_lease(a
     assert apns_sim.delivered(token) == 1 and scheduled.find_one({"_id": message_id}) is None
 
 
+def test_a_releasing_worker_sigkilled_at_the_due_time_loses_and_repeats_nothing(api, new_app, stack, apns_sim):
+    """A real SIGKILL of the worker process whose releaser claimed the due schedule (its pid is in the claim).
+
+    Dramatiq stops the rest of that process's group; spare groups on the same queues keep consuming,
+    and their releasers take the schedule over once the lease runs out (or the expansion's idempotence
+    makes a repeat of an already published one nothing)."""
+    stack.start_workers(suffix="-spare")
+    killed_group = None
+    try:
+        app_id = new_app()
+        alice, token = user(), apns_token()
+        register(api, app_id, token, "apns", alice)
+        time.sleep(4.0)  # the spare groups are up
+        due, send_at = at(4)
+        message_id = api.ok("/push/message/send", {"appId": app_id, "sendAt": send_at, "mode": "ASYNCHRONOUS",
+                                                   "message": {"userId": alice, "body": {"title": "kill"}}})["responseObject"]["messageId"]
+        scheduled = pymongo.MongoClient(stack.mongo_uri)["push"]["scheduled"]
+        while time.time() < due - 0.3:
+            time.sleep(0.05)
+        claim = None
+        while claim is None and time.time() < due + 2.0:
+            doc = scheduled.find_one({"_id": message_id}, {"claim": 1}) or {}
+            claim = doc.get("claim")
+        assert claim, "no releaser claimed the schedule at its time"
+        pid = int(claim.split("-", 1)[0])
+        killed_group = next(name for name, process in stack.processes.items() if process.pid == os.getpgid(pid))
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
+
+        arrived = first_delivery_time(apns_sim, token, not_before=due)
+        assert arrived - due <= 1.0 + RELEASE_LEASE_SECONDS, (arrived - due, killed_at - due)
+        time.sleep(1.5)
+        assert apns_sim.delivered(token) == 1 and scheduled.find_one({"_id": message_id}) is None
+    finally:
+        if killed_group is not None:  # stopped by Dramatiq once one of its processes died: start it again
+            stack.stop(killed_group, kill=True)
+            if not killed_group.endswith("-spare"):
+                stack.start_workers([killed_group.removeprefix("workers-")])
+        stack.stop_workers(suffix="-spare")
+
+
 def test_scheduled_campaign_is_shown_scheduled_and_sent_at_its_time(api, new_app, apns_sim):
     app_id = new_app()
     users, tokens = [user(), user()], [apns_token(), apns_token()]
@@ -309,6 +352,47 @@ def test_the_outcome_webhook_receives_every_dead_token_once_by_id_signed(api, ne
         assert refused_ids <= {e["id"] for e in accepted}  # the refused batch was sent again
         assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
         assert not valid_signature("another-secret-123", receiver.posts[0][1], receiver.posts[0][2])
+    finally:
+        receiver.server.shutdown()
+
+
+def test_message_done_is_told_once_per_message_when_every_delivery_is_final(api, new_app, stack):
+    """``message_done``: once per message (id from the message id), after its last delivery; only the events the feed asks for."""
+    receiver = Receiver(refuse=0)
+    secret = "s3cret-" + uuid.uuid4().hex
+    app_id = new_app()
+    try:
+        api.ok("/admin/app/webhook", {"appId": app_id, "url": receiver.url, "secret": secret, "events": ["message_done"]})
+        users = [user() for _ in range(12)]
+        for i, u in enumerate(users):  # 4 dead APNs tokens, 4 good APNs, 4 good FCM: several chunks over two providers
+            token = apns_token("dead") if i < 4 else apns_token() if i < 8 else fcm_token()
+            register(api, app_id, token, "fcm" if i >= 8 else "apns", u)
+        message_id = api.ok("/push/message/batch/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [
+            {"userId": u, "body": {"title": "done?"}} for u in users]})["responseObject"]["messageId"]
+        empty_id = api.ok("/push/message/batch/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [
+            {"userId": user(), "body": {"title": "nobody"}}]})["responseObject"]["messageId"]
+
+        deadline = time.monotonic() + 60
+        while len({e["messageId"] for e in receiver.accepted_events()}) < 2:
+            assert time.monotonic() < deadline, receiver.posts
+            time.sleep(0.2)
+        time.sleep(2.0)  # nothing more comes
+
+        accepted = receiver.accepted_events()
+        assert {e["type"] for e in accepted} == {"message_done"}  # dead tokens were not asked for
+        assert sorted(e["id"] for e in accepted) == sorted([f"message_done:{message_id}", f"message_done:{empty_id}"])
+        done = next(e for e in accepted if e["messageId"] == message_id)
+        assert done["total"] == 12 and done["states"] == {"sent": 8, "dead_token": 4} and done["appId"] == app_id
+        assert next(e for e in accepted if e["messageId"] == empty_id)["total"] == 0
+        database = pymongo.MongoClient(stack.mongo_uri)["push"]
+        assert database["ledger"].count_documents({"m": message_id, "o": {"$in": [True, 1]}}) == 0
+        assert database["outbox"].count_documents({"app_id": app_id, "type": "dead_token"}) == 0  # not even written
+        stored = database["apps"].find_one({"_id": app_id})["webhook"]
+        assert "secret" not in stored and "sealed" in stored and secret not in json.dumps(stored)  # sealed at rest
+        assert secret not in api.get("/admin/app/list").text
+        for collection, field in (("scheduled", "send_at"), ("outbox", "next_at")):  # the due look-ups' indexes
+            assert [(field, 1)] in [list(map(tuple, i["key"])) for i in database[collection].index_information().values()], collection
+        assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
     finally:
         receiver.server.shutdown()
 
