@@ -19,7 +19,7 @@ from api.errors import ApiError, bad_request, renders_errors, unavailable
 from api.powerauth_envelope import render_error
 from api.services import Services
 from shared import backlog, commands, ledger, logs, metrics
-from shared import db as collections
+from shared import db as mongo
 
 blueprint = Blueprint("admin_ops", __name__)
 renders_errors(blueprint, "powerauth", render_error)
@@ -172,7 +172,7 @@ def _dead_letter_reasons(query: dict) -> dict:
     """``{reason: count}`` of the dead letters matching ``query``."""
     s = services()
     rows = s.guarded_read(
-        lambda: list(s.db[collections.DEAD_LETTERS].aggregate([{"$match": {**WAITING, **query}}, {"$group": {"_id": "$reason", "n": {"$sum": 1}}}]))
+        lambda: list(s.db[mongo.DEAD_LETTERS].aggregate([{"$match": {**WAITING, **query}}, {"$group": {"_id": "$reason", "n": {"$sum": 1}}}]))
     )
     return {row["_id"] or "?": row["n"] for row in rows}
 
@@ -198,7 +198,7 @@ def dead_letters() -> Response:
     limit, include_requeued = params["limit"], params["all"]
     query = {k: params[k] for k in ("app_id", "platform") if params.get(k)}
     listed = query if include_requeued else {**WAITING, **query}
-    docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find(listed).sort("at", -1).limit(limit)))
+    docs = s.guarded_read(lambda: list(s.db[mongo.DEAD_LETTERS].find(listed).sort("at", -1).limit(limit)))
     reasons = _dead_letter_reasons(query)
     return jsonify({"items": [_dead_letter_json(d) for d in docs], "total": sum(reasons.values()), "reasons": reasons})
 
@@ -231,13 +231,13 @@ def requeue_dead_letters() -> Response:
     if everything:
         if ids is not None:
             raise bad_request("ids", "give either ids or all, not both")
-        docs = s.guarded_read(lambda: list(s.db[collections.DEAD_LETTERS].find(WAITING, {"delivery_id": 1}).limit(MAX_REQUEUE)))
+        docs = s.guarded_read(lambda: list(s.db[mongo.DEAD_LETTERS].find(WAITING, {"delivery_id": 1}).limit(MAX_REQUEUE)))
         ids = sorted({d["delivery_id"] for d in docs})
     else:
         if ids is None:
             raise bad_request("ids", "must be a non-empty list of dead letter ids (or give all: true)")
         known = s.guarded_read(
-            lambda: {d["delivery_id"] for d in s.db[collections.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}, {"delivery_id": 1})}
+            lambda: {d["delivery_id"] for d in s.db[mongo.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}, {"delivery_id": 1})}
         )
         unknown = [i for i in ids if i not in known]
         if unknown:

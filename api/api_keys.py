@@ -14,7 +14,7 @@ from api import schema as sc
 from api.context import services
 from api.errors import ApiError, renders_errors
 from api.powerauth_envelope import APP_ID, APP_REQUEST, TEXT, answer, existing_app, ok, render_error, wrapped
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command
 
 MAX_KEY_NAME = 128
@@ -62,7 +62,7 @@ KEY_LIST = answer(sc.Obj({"appId": TEXT, "keys": sc.List(KEY)}))
 def _keys_of(app: dict):
     svc = services()
     docs = svc.guarded_read(
-        lambda: list(svc.db[collections.API_KEYS].find({"app_id": app["_id"]}, {"hash": 0}).sort("_id", 1))
+        lambda: list(svc.db[mongo.API_KEYS].find({"app_id": app["_id"]}, {"hash": 0}).sort("_id", 1))
     )
     return ok({"appId": app["_id"], "keys": [_key_object(d) for d in docs]})
 
@@ -95,7 +95,7 @@ def revoke_key():
     data = sc.body()
     app = existing_app(data)
     key_id = data["keyId"]
-    doc = services().find_one(collections.API_KEYS, {"_id": key_id, "app_id": app["_id"]}, {"hash": 0})
+    doc = services().find_one(mongo.API_KEYS, {"_id": key_id, "app_id": app["_id"]}, {"hash": 0})
     if doc is None:
         raise ApiError(400, f"API key not found: {key_id} (requestObject.keyId)", field="requestObject.keyId", code="ERROR_KEY_NOT_FOUND")
     services().write(command("auth.key.revoke", key_id=key_id, app_id=app["_id"]))

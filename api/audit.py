@@ -18,7 +18,7 @@ from api.context import services
 from api.errors import renders_errors
 from api.powerauth_envelope import render_error
 from shared import audit, commands
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def read_audit() -> Response:
     query = {"_id": {"$lt": params["before"]}} if params.get("before") else {}
     svc = services()
     docs = svc.guarded_read(
-        lambda: list(svc.db[collections.AUDIT_LOG].find(query).sort("_id", -1).limit(params["limit"]))
+        lambda: list(svc.db[mongo.AUDIT_LOG].find(query).sort("_id", -1).limit(params["limit"]))
     )
     items = [
         {"id": doc["_id"], "at": _iso(doc.get("at")), **{name: doc.get(name) for name in ("who", "action", "path", "status")},

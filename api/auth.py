@@ -27,7 +27,7 @@ from flask import current_app, g, request
 
 from api.context import services
 from api.errors import ApiError
-from shared import db as collections
+from shared import db as mongo
 
 KEY_PREFIX = "pk"
 #: Paths that need an app's key (or the admin key), and paths that need the admin key. Every other path
@@ -138,7 +138,7 @@ def authenticate(key: str) -> Principal | None:
     if key_id is None:
         return None
     svc = services()
-    doc = key_cache().get(key_id, lambda kid: svc.find_one(collections.API_KEYS, {"_id": kid}))
+    doc = key_cache().get(key_id, lambda kid: svc.find_one(mongo.API_KEYS, {"_id": kid}))
     if not doc or doc.get("revoked_at") or not doc.get("hash"):
         return None
     if not hmac.compare_digest(digest(key).encode(), str(doc["hash"]).encode()):

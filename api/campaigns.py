@@ -16,7 +16,7 @@ from api.errors import ApiError, renders_errors
 from api.powerauth import MESSAGE_BODY, parse_body, result_object
 from api.powerauth_envelope import OK, existing_app, json_response, ok, render_error
 from shared import commands, halt
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import PUSH_PROVIDERS, command
 from shared.send_entry import SendEntry
 
@@ -29,7 +29,7 @@ DEFAULT_PAGE_SIZE = 100
 
 
 def _campaign(campaign_id: str) -> dict:
-    campaign = services().find_one(collections.CAMPAIGNS, {"_id": campaign_id})
+    campaign = services().find_one(mongo.CAMPAIGNS, {"_id": campaign_id})
     if campaign is None:
         raise ApiError(400, f"Campaign with entered ID does not exist: {campaign_id} (path id)", field="id", location="path",
                        code="ERROR_CAMPAIGN_NOT_FOUND")
@@ -112,7 +112,7 @@ def create_campaign():
 @sc.operation("Delete a campaign and its users", path=CAMPAIGN_ID, responses={200: answer(sc.Obj({"deleted": sc.Bool()}))})
 def delete_campaign(campaign_id: str):
     if not auth.current().is_admin:
-        existing = services().find_one(collections.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
+        existing = services().find_one(mongo.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
         if existing is not None:
             auth.require_app(existing["app_id"], "id")
     result = _write("campaign.delete", campaign_id=campaign_id)
@@ -136,7 +136,7 @@ def list_campaigns():
     if not principal.is_admin:
         query["app_id"] = principal.app_id
     svc = services()
-    campaigns = svc.guarded_read(lambda: list(svc.db[collections.CAMPAIGNS].find(query).sort("created_at", 1)))
+    campaigns = svc.guarded_read(lambda: list(svc.db[mongo.CAMPAIGNS].find(query).sort("created_at", 1)))
     return ok([campaign_object(c) for c in campaigns])
 
 
@@ -169,7 +169,7 @@ def list_users(campaign_id: str):
     svc = services()
     docs = svc.guarded_read(
         lambda: list(
-            svc.db[collections.CAMPAIGN_USERS].find({"c": campaign_id}, {"u": 1}).sort("u", 1).skip(page * size).limit(size)
+            svc.db[mongo.CAMPAIGN_USERS].find({"c": campaign_id}, {"u": 1}).sort("u", 1).skip(page * size).limit(size)
         )
     )
     body = {"status": "OK", "page": page, "size": size, "responseObject": {"campaignId": campaign_id, "users": [d["u"] for d in docs]}}
@@ -191,7 +191,7 @@ VALIDATION_ANSWER = {"validateOnly": sc.Bool(), "validation": sender_control.VAL
 
 def _validation(campaign: dict, user_ids: list[str] | None = None):
     svc = services()
-    app = svc.find_one(collections.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]}
+    app = svc.find_one(mongo.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]}
     return ok({"validateOnly": True, "validation": sender_control.validate_campaign(svc, app, campaign, user_ids)})
 
 
@@ -230,6 +230,6 @@ def send_live(campaign_id: str):
                                     command("campaign.send", campaign_id=campaign_id), kind="campaign")
         return ok({"sendAt": send_at.isoformat()})
     if not campaign.get("sent"):
-        queue_cap.check(services().find_one(collections.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]})
+        queue_cap.check(services().find_one(mongo.APPS, {"_id": campaign["app_id"]}) or {"_id": campaign["app_id"]})
         services().publish(commands.EXPAND_CAMPAIGN, command("campaign.send", campaign_id=campaign_id))
     return ok()

@@ -16,7 +16,7 @@ from api.campaigns import CAMPAIGN_ID, _campaign, _write, answer
 from api.context import services
 from api.errors import renders_errors
 from api.powerauth_envelope import ok, render_error
-from shared import db as collections
+from shared import db as mongo
 from shared import halt
 
 blueprint = Blueprint("control", __name__)
@@ -62,7 +62,7 @@ def cancel_campaign(campaign_id: str):
              responses={200: HALT_ANSWER})
 def cancel_message(message_id: str):
     svc = services()
-    message = svc.find_one(collections.MESSAGES, {"_id": message_id}, {"app_id": 1})
+    message = svc.find_one(mongo.MESSAGES, {"_id": message_id}, {"app_id": 1})
     if message is not None:
         auth.require_app(message["app_id"], "messageId")
         app_id = message["app_id"]

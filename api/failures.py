@@ -13,7 +13,7 @@ from api import schema as sc
 from api.context import services
 from api.errors import ApiError, not_found, renders_errors
 from api.powerauth_envelope import answer, ok, render_error
-from shared import db as collections
+from shared import db as mongo
 from shared.failures import FAILURE_STATES, failures
 
 blueprint = Blueprint("failures", __name__)
@@ -73,7 +73,7 @@ def _page(message_id: str) -> dict:
 @sc.operation("A send's failed and dead-token deliveries, a page at a time", path={"message_id": sc.Str()}, query=PAGE,
               responses={200: failure_list(messageId=True)})
 def message_failures(message_id: str):
-    message = services().find_one(collections.MESSAGES, {"_id": message_id}, {"app_id": 1})
+    message = services().find_one(mongo.MESSAGES, {"_id": message_id}, {"app_id": 1})
     if message is None:
         raise not_found(f"Message not found: {message_id}", field="messageId", location="path")
     auth.require_app(message["app_id"], "messageId")
@@ -84,7 +84,7 @@ def message_failures(message_id: str):
 @sc.operation("A campaign's failed and dead-token deliveries (of its live send), a page at a time",
               path={"campaign_id": sc.Str()}, query=PAGE, responses={200: failure_list(campaignId=True)})
 def campaign_failures(campaign_id: str):
-    campaign = services().find_one(collections.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
+    campaign = services().find_one(mongo.CAMPAIGNS, {"_id": campaign_id}, {"app_id": 1})
     if campaign is None:
         raise ApiError(400, f"Campaign with entered ID does not exist: {campaign_id} (path id)", field="id", location="path",
                        code="ERROR_CAMPAIGN_NOT_FOUND")

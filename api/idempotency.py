@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from api import schema as sc
 from api.errors import ApiError
 from api.services import Services
-from shared import db as collections
+from shared import db as mongo
 
 HEADER = "Idempotency-Key"
 #: The header as the routes that take it declare it (documented in /openapi.json).
@@ -53,11 +53,11 @@ def claim(services: Services, scope: str) -> str | None:
     key = sc.check(HEADERS[HEADER], key, HEADER, location="header")
     resource_id = derived_id(scope, key)
     digest = body_digest()
-    keys = services.db[collections.IDEMPOTENCY_KEYS]
+    keys = services.db[mongo.IDEMPOTENCY_KEYS]
     try:
         services.guarded_read(lambda: keys.insert_one({"_id": resource_id, "digest": digest, "at": datetime.now(UTC)}))
     except DuplicateKeyError:
-        first = services.find_one(collections.IDEMPOTENCY_KEYS, {"_id": resource_id}, {"digest": 1})
+        first = services.find_one(mongo.IDEMPOTENCY_KEYS, {"_id": resource_id}, {"digest": 1})
         if first is not None and first.get("digest") != digest:
             raise ApiError(
                 422, f"{HEADER}: this key was already used with another request body; use a new key for a new request",

@@ -27,7 +27,7 @@ from api import schema as sc
 from api.context import services
 from api.errors import ApiError, renders_errors
 from api.powerauth_envelope import TEXT, answer, json_response, ok, render_error, wrapped
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command, new_id
 
 #: Message types and their canonical (lower-case) names, as the reference's ``MessageType``.
@@ -127,7 +127,7 @@ def require_apps(app_ids: list[str], field: str, *, location: str = "body") -> N
     for app_id in app_ids:
         auth.require_app(app_id, field)
     svc = services()
-    found = svc.guarded_read(lambda: {doc["_id"] for doc in svc.db[collections.APPS].find({"_id": {"$in": app_ids}}, {"_id": 1})})
+    found = svc.guarded_read(lambda: {doc["_id"] for doc in svc.db[mongo.APPS].find({"_id": {"$in": app_ids}}, {"_id": 1})})
     missing = [app_id for app_id in app_ids if app_id not in found]
     if missing:
         raise ApiError(
@@ -140,7 +140,7 @@ def require_apps(app_ids: list[str], field: str, *, location: str = "body") -> N
 
 
 def existing_message(inbox_id: str) -> dict:
-    message = services().find_one(collections.INBOX, {"_id": inbox_id})
+    message = services().find_one(mongo.INBOX, {"_id": inbox_id})
     if message is None:
         raise ApiError(400, f"Inbox message not found: {inbox_id}", code=MESSAGE_NOT_FOUND)
     principal = auth.current()
@@ -172,7 +172,7 @@ def post_message() -> Response:
         applications=app_ids,
     )
     applied = svc.write(post)
-    stored = svc.find_one(collections.INBOX, {"_id": post["inbox_id"]}) if applied else None
+    stored = svc.find_one(mongo.INBOX, {"_id": post["inbox_id"]}) if applied else None
     if stored is None:
         # Not seen applied (a 202: the write is durable all the same): answer what will be stored.
         stored = {"_id": post["inbox_id"], "created_at": created_time(post), "read": False, "read_at": None, **post}
@@ -210,7 +210,7 @@ def list_messages() -> Response:
     svc = services()
     messages = svc.guarded_read(
         lambda: list(
-            svc.db[collections.INBOX]
+            svc.db[mongo.INBOX]
             .find(query, {"body": 0})
             .sort([("created_at", -1), ("_id", -1)])
             .skip(page * size)
@@ -234,7 +234,7 @@ def count_messages() -> Response:
     svc = services()
     rows = svc.guarded_read(
         lambda: list(
-            svc.db[collections.INBOX].aggregate(
+            svc.db[mongo.INBOX].aggregate(
                 [
                     {"$match": {"user_id": user_id, "applications": {"$in": [app_id]}}},
                     {"$group": {"_id": "$read", "n": {"$sum": 1}}},

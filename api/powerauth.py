@@ -28,7 +28,7 @@ from api.context import services
 from api.errors import bad_request, not_found, renders_errors
 from api.powerauth_envelope import APP_ID, APP_REQUEST, OK, TEXT, answer, existing_app, json_response, ok, render_error, wrapped
 from shared import commands, halt
-from shared import db as collections
+from shared import db as mongo
 from shared import device_lookup as lookup
 from shared.commands import ACTIVATION_STATES, command
 from shared.outbound import OutboundRefused
@@ -393,7 +393,7 @@ def send_batch():
 def message_detail(message_id: str):
     """Where an (ASYNCHRONOUS) send stands: per-platform counts."""
     svc = services()
-    message = svc.find_one(collections.MESSAGES, {"_id": message_id}, {"app_id": 1, "created_at": 1, "send_at": 1})
+    message = svc.find_one(mongo.MESSAGES, {"_id": message_id}, {"app_id": 1, "created_at": 1, "send_at": 1})
     if message is None:
         raise not_found(f"Message not found: {message_id}", field="messageId", location="path")
     auth.require_app(message["app_id"], "messageId")
@@ -430,7 +430,7 @@ APP_LIST = answer(sc.Obj({"applicationList": sc.List(APP_SUMMARY)}))
 
 def all_apps() -> list[dict]:
     svc = services()
-    return svc.guarded_read(lambda: list(svc.db[collections.APPS].find({}, collections.HIDDEN_CREDENTIALS).sort("_id", 1)))
+    return svc.guarded_read(lambda: list(svc.db[mongo.APPS].find({}, mongo.HIDDEN_CREDENTIALS).sort("_id", 1)))
 
 
 @blueprint.route("/admin/app/list", methods=["GET", "POST"])

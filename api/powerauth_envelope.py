@@ -14,7 +14,7 @@ from api import auth
 from api import schema as sc
 from api.context import services
 from api.errors import ApiError
-from shared import db as collections
+from shared import db as mongo
 
 #: A string in an answer: any length, possibly empty (answers are not bounded like requests).
 TEXT = sc.Str(max_length=None, allow_empty=True)
@@ -62,7 +62,7 @@ def existing_app(data: dict, prefix: str = "requestObject.", *, location: str = 
     """The app ``data["appId"]`` names (cleaned by the route's schema), if the request's key may act for it."""
     app_id = sc.check(APP_ID, data.get("appId"), prefix + "appId", location=location)
     auth.require_app(app_id, prefix + "appId")
-    app = services().find_one(collections.APPS, {"_id": app_id})
+    app = services().find_one(mongo.APPS, {"_id": app_id})
     if app is None:
         raise ApiError(400, f"Application not found: {app_id} ({prefix}appId)", field=prefix + "appId", location=location)
     return app

@@ -26,7 +26,7 @@ from flask import request
 from api import schema as sc
 from api.errors import bad_request
 from api.services import Services
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command
 from shared.device_lookup import send_targets as targets
 from shared.payload import Body, apns_push, fcm_message, fcm_ttl_seconds
@@ -150,7 +150,7 @@ def validate_campaign(svc: Services, app: dict, campaign: dict, user_ids: list[s
             return
         after = ""
         while True:
-            users = [d["u"] for d in svc.db[collections.CAMPAIGN_USERS]
+            users = [d["u"] for d in svc.db[mongo.CAMPAIGN_USERS]
                      .find({"c": campaign["_id"], "u": {"$gt": after}}, {"u": 1}).sort("u", 1).limit(CAMPAIGN_USERS_PER_READ)]
             if not users:
                 return

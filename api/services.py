@@ -23,7 +23,7 @@ from pymongo.database import Database
 from api.errors import unavailable
 from api.outcome_waiter import OutcomeWaiter, WaiterFull
 from shared import commands, ledger, queue_cap
-from shared import db as collections
+from shared import db as mongo
 from shared.broker import connection_parameters
 from shared.commands import Publisher
 from shared.outbound import OutboundPolicy
@@ -133,7 +133,7 @@ class Services:
         self.publish(commands.APPLY_WRITE, command)
         try:
             applied = poll(
-                lambda: self.db[collections.COMMANDS].find_one({"_id": command["id"]}),
+                lambda: self.db[mongo.COMMANDS].find_one({"_id": command["id"]}),
                 timeout=self.settings.api_apply_wait_seconds,
             )
         except pymongo.errors.PyMongoError as error:
@@ -169,7 +169,7 @@ class Services:
         """
         messages = {
             m["_id"]: m
-            for m in self.db[collections.MESSAGES].find(
+            for m in self.db[mongo.MESSAGES].find(
                 {"_id": {"$in": list(message_ids)}}, {"expanded": 1, "totals": 1, "chunks": 1, "summary": 1}
             )
         }
@@ -189,7 +189,7 @@ class Services:
     def _counts_v1(self, message_id: str, message: dict) -> dict:
         """Counts of an old-format message (one row per delivery in ``deliveries``)."""
         counts = {platform: {"sent": 0, "pending": 0, "failed": 0, "total": total} for platform, total in message["totals"].items()}
-        deliveries = self.db[collections.DELIVERIES]
+        deliveries = self.db[mongo.DELIVERIES]
         if sum(message["totals"].values()) <= COUNT_BY_FIND_UP_TO:
             by_state = Counter(d["ps"] for d in deliveries.find({"message_id": message_id}, {"ps": 1, "_id": 0}))
             rows = [{"_id": ps, "n": n} for ps, n in by_state.items()]
@@ -245,7 +245,7 @@ class Services:
         """A live check that MongoDB takes a write (a reachable server that cannot write is down), bounded in time."""
         try:
             with pymongo.timeout(DATABASE_CHECK_SECONDS):
-                self.db[collections.HEALTH].update_one(
+                self.db[mongo.HEALTH].update_one(
                     {"_id": HEALTH_PROBE_ID}, {"$set": {"at": datetime.now(UTC)}}, upsert=True
                 )
             return True

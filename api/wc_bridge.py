@@ -55,7 +55,7 @@ from api.errors import ApiError, bad_request, not_found, renders_errors, unavail
 from api.powerauth import VERSION
 from api.services import Services
 from shared import commands
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command
 from shared.outbound import OutboundRefused, parse
 from shared.payload import Body
@@ -117,7 +117,7 @@ def live(doc: dict | None, at: datetime | None = None) -> dict | None:
     """The document unless it is absent, deleted or past its ``expires_at``."""
     if doc is None or doc.get("deleted"):
         return None
-    expires = doc.get(collections.EXPIRES_AT)
+    expires = doc.get(mongo.EXPIRES_AT)
     if expires is not None and stored_date(expires) <= (at or now()):
         return None
     return doc
@@ -126,7 +126,7 @@ def live(doc: dict | None, at: datetime | None = None) -> dict | None:
 def stored_payload(doc: dict, at: datetime | None = None) -> dict:
     """A stored payload with the reference's TTL fields: ``expires`` (ms since the epoch) and ``ttlInSeconds``
     (whole seconds left, rounded up: 0 once ``expires_at`` has passed, exactly when :func:`live` says expired)."""
-    expires = stored_date(doc[collections.EXPIRES_AT]).timestamp()
+    expires = stored_date(doc[mongo.EXPIRES_AT]).timestamp()
     left = expires - (at.timestamp() if at is not None else time.time())
     return {"encryptionPayload": doc["payload"], "expires": int(expires * 1000), "ttlInSeconds": max(0, math.ceil(left))}
 
@@ -151,7 +151,7 @@ def live_session(session_id: str, projection: dict | None = None) -> dict | None
     if len(session_id) > sc.MAX_ID_LENGTH:
         return None
     fields = {"deleted": 1, "expires_at": 1, **(projection or {})}
-    return live(services().find_one(collections.WC_SESSIONS, {"_id": session_id}, fields))
+    return live(services().find_one(mongo.WC_SESSIONS, {"_id": session_id}, fields))
 
 
 def existing_session(session_id: str, projection: dict | None = None) -> dict:
@@ -165,7 +165,7 @@ def existing_call(call_id: str, projection: dict | None = None) -> dict:
     call = None
     if len(call_id) <= sc.MAX_ID_LENGTH:
         fields = {"session_id": 1, "expires_at": 1, **(projection or {})}
-        call = live(services().find_one(collections.WC_CALLS, {"_id": call_id}, fields))
+        call = live(services().find_one(mongo.WC_CALLS, {"_id": call_id}, fields))
     if call is None:
         raise not_found(f"Call request not found or expired: {call_id}", field="callId", location="path")
     return call
@@ -455,7 +455,7 @@ def notify_wallet(session_id: str, call_id: str, push: dict, dapp_name: str | No
     app_id = svc.settings.wc_bridge_push_app_id
     if provider is None or not app_id:
         return
-    app = svc.find_one(collections.APPS, {"_id": app_id}, {provider: 1})
+    app = svc.find_one(mongo.APPS, {"_id": app_id}, {provider: 1})
     if not app or not app.get(provider):
         return
     extras = {"sessionId": session_id, "callId": call_id}
@@ -486,7 +486,7 @@ def get_calls(session_id: str):
     svc = services()
     at = now()
     calls = svc.guarded_read(
-        lambda: list(svc.db[collections.WC_CALLS].find({"session_id": session_id}, {"payload": 1, "expires_at": 1}))
+        lambda: list(svc.db[mongo.WC_CALLS].find({"session_id": session_id}, {"payload": 1, "expires_at": 1}))
     )
     by_id = {call["_id"]: stored_payload(call, at) for call in calls if live(call, at)}
     return json_response({**by_id, "data": by_id})
@@ -521,7 +521,7 @@ NO_CONTENT_HEADERS = [("Content-Type", EMPTY_TYPE)]
 JSON_HEADERS = [("Content-Type", "application/json")]
 #: Polled kinds: the path prefix and the collection each reads.
 SESSION, CALL_STATUS = "session", "call-status"
-POLLED = {SESSION: collections.WC_SESSIONS, CALL_STATUS: collections.WC_CALL_STATUS}
+POLLED = {SESSION: mongo.WC_SESSIONS, CALL_STATUS: mongo.WC_CALL_STATUS}
 #: Seconds a poller waits for its batch before the request falls through to Flask's direct read.
 POLL_WAIT_SECONDS = 5.0
 #: Cached reads kept before the oldest are dropped, and the age (seconds) past which they go.

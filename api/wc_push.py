@@ -58,7 +58,7 @@ from api.wc_push_auth import (
     verify_relay_signature,
     verify_tenant_jwt,
 )
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command
 from shared.outbound import OutboundRefused
 from shared.wc_payload import LEGACY, RAW, Notification, PayloadError, decode_cleartext, raw_message_id
@@ -356,12 +356,12 @@ def tenant_for(tenant_id: str | None, *, read_default: bool = True) -> Tenant:
         app_id = svc.settings.wc_push_default_app or tenant_app_id(DEFAULT_TENANT)
         if not read_default:
             return Tenant(DEFAULT_TENANT, app_id, None)
-        app = svc.find_one(collections.APPS, {"_id": app_id}, collections.HIDDEN_CREDENTIALS)
+        app = svc.find_one(mongo.APPS, {"_id": app_id}, mongo.HIDDEN_CREDENTIALS)
         return Tenant(DEFAULT_TENANT, app_id, None if app and app.get("deleted") else app)
     if not TENANT_ID.match(tenant_id):
         raise fail(404, "TenantNotFound", f"tenant not found: {tenant_id}", field="tenant_id", location="path")
     app_id = tenant_app_id(tenant_id)
-    app = svc.find_one(collections.APPS, {"_id": app_id}, collections.HIDDEN_CREDENTIALS)
+    app = svc.find_one(mongo.APPS, {"_id": app_id}, mongo.HIDDEN_CREDENTIALS)
     if app is None or app.get("deleted"):
         raise fail(404, "TenantNotFound", f"tenant not found: {tenant_id}", field="tenant_id", location="path")
     return Tenant(tenant_id, app_id, app)
@@ -625,7 +625,7 @@ def get_tenant(tenant_id: str):
         url=tenant_url(tenant.id),
         enabled_providers=enabled_providers(app),
         apns_topic=apns.get("bundle"),
-        apns_type=apns.get("auth", collections.APNS_TOKEN) if apns else None,
+        apns_type=apns.get("auth", mongo.APNS_TOKEN) if apns else None,
         apns_certificate_expires_at=apns.get("not_after"),
         fcm_project_id=(app.get("fcm") or {}).get("project_id"),
         suspended=bool(suspended),
@@ -691,7 +691,7 @@ def update_apns(tenant_id: str):
                 400, "InvalidMultipartBody", "send either apns_certificate or a token key (apns_pkcs8_pem…), not both", field="apns_certificate"
             )
         return set_provider(tenant, "apns", certificate_credentials(fields, topic))
-    stored = (services().find_one(collections.APPS, {"_id": tenant.app_id}) or {}).get("apns") or {}
+    stored = (services().find_one(mongo.APPS, {"_id": tenant.app_id}) or {}).get("apns") or {}
     if pem is None and key_id is None and team_id is None:
         if topic is None or not stored:
             raise fail(
@@ -714,7 +714,7 @@ def update_apns(tenant_id: str):
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise fail(400, "BadApnsCredentials", "apns_pkcs8_pem must be an APNs token key (EC P-256)", field="apns_pkcs8_pem")
     credentials = {
-        "auth": collections.APNS_TOKEN,
+        "auth": mongo.APNS_TOKEN,
         "bundle": topic,
         "key_id": key_id,
         "team_id": team_id,
@@ -740,7 +740,7 @@ def certificate_credentials(fields: dict[str, str | bytes], topic: str | None) -
     if topic is None:
         raise fail(400, "InvalidMultipartBody", "apns_topic is required: the certificate's subject names no UID (bundle id)", field="apns_topic")
     return {
-        "auth": collections.APNS_CERTIFICATE,
+        "auth": mongo.APNS_CERTIFICATE,
         "bundle": topic,
         "environment": "production",
         "certificate": certificate.certificate_pem,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pymongo
 
 from devstack.stack import VENV_BIN, free_port, port_open, wait_until
-from shared import db as collections
+from shared import db as mongo
 from shared.device_lookup import activation_key, device_id, user_key
 
 APP = "bench-lookup"
@@ -51,10 +51,10 @@ def seed(db, start: int, count: int) -> None:
             )
             users.append({"_id": user_key(APP, f"u{i}"), "d": [f"{now}:{_id}"]})
             activations += [{"_id": activation_key(a), "d": [f"{now}:{_id}"]} for a in acts]
-        db[collections.DEVICES].insert_many(devices, ordered=False)
-        db[collections.USER_DEVICES].insert_many(users, ordered=False)
+        db[mongo.DEVICES].insert_many(devices, ordered=False)
+        db[mongo.USER_DEVICES].insert_many(users, ordered=False)
         if activations:
-            db[collections.ACTIVATION_DEVICES].insert_many(activations, ordered=False)
+            db[mongo.ACTIVATION_DEVICES].insert_many(activations, ordered=False)
 
 
 def timed(query) -> tuple[float, int]:
@@ -68,7 +68,7 @@ def timed(query) -> tuple[float, int]:
 
 
 def queries(db, size: int, users_per_query: int) -> dict:
-    devices, user_devices = db[collections.DEVICES], db[collections.USER_DEVICES]
+    devices, user_devices = db[mongo.DEVICES], db[mongo.USER_DEVICES]
     projection = {"token": 1, "platform": 1, "environment": 1, "activations": 1, "user_ids": 1}
     users = [f"u{i}" for i in random.sample(range(size), users_per_query)]
     one = users[:1]
@@ -89,7 +89,7 @@ def queries(db, size: int, users_per_query: int) -> dict:
         return len(list(devices.find({"activation_ids": {"$in": [activation]}}, {"app_id": 1})))
 
     def activation_lookup():
-        doc = db[collections.ACTIVATION_DEVICES].find_one({"_id": activation_key(activation)})
+        doc = db[mongo.ACTIVATION_DEVICES].find_one({"_id": activation_key(activation)})
         ids = [e.split(":", 1)[1] for e in doc["d"]]
         return len(list(devices.find({"_id": {"$in": ids}}, {"app_id": 1})))
 
@@ -121,7 +121,7 @@ def main() -> None:
         try:
             wait_until(lambda: port_open(port), what="nx-27017")
             db = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}")["lookup"]
-            collections.ensure_indexes(db)
+            mongo.ensure_indexes(db)
             seeded = 0
             for size in sorted(args.sizes):
                 seed(db, seeded, size - seeded)

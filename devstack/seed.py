@@ -9,7 +9,7 @@ import time
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared import device_lookup
 from shared.device_lookup import device_id
 
@@ -20,7 +20,7 @@ SEED_BATCH = 5000
 def seed_devices(db: Database, app_id: str, users: list[str], tokens: list[str], platforms: list[str]) -> None:
     """One active registration per (user, token, platform), without activations, and its lookup entries."""
     now_ns = time.time_ns()
-    devices = db[collections.DEVICES]
+    devices = db[mongo.DEVICES]
     docs = []
     for user, token, platform in zip(users, tokens, platforms, strict=True):
         docs.append(

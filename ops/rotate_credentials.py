@@ -24,7 +24,7 @@ from collections import Counter
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared.sealed_credentials import SECRET_FIELDS, CredentialKeys, CredentialsUnavailable, new_key_entry
 from shared.settings import load
 
@@ -35,7 +35,7 @@ def rotate(db: Database, keys: CredentialKeys, *, dry_run: bool = False) -> Coun
         raise ValueError("PUSH_CREDENTIAL_KEYS is empty: nothing to seal with")
     counts: Counter = Counter()
     projection = {field: 1 for provider in SECRET_FIELDS for field in (provider, f"{provider}_ts")}
-    for app in db[collections.APPS].find({}, projection):
+    for app in db[mongo.APPS].find({}, projection):
         for provider in SECRET_FIELDS:
             credentials = app.get(provider)
             if not credentials:
@@ -53,7 +53,7 @@ def rotate(db: Database, keys: CredentialKeys, *, dry_run: bool = False) -> Coun
             if not dry_run:
                 ts_field = f"{provider}_ts"
                 # Only if no newer write replaced them meanwhile (that one is sealed by the API already).
-                result = db[collections.APPS].update_one(
+                result = db[mongo.APPS].update_one(
                     {"_id": app["_id"], ts_field: app.get(ts_field)}, {"$set": {provider: rewrapped}}
                 )
                 if not result.modified_count:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = load()
     keys = CredentialKeys.from_settings(settings)
-    counts = rotate(collections.connect(settings), keys, dry_run=args.dry_run)
+    counts = rotate(mongo.connect(settings), keys, dry_run=args.dry_run)
     for kind, count in sorted(counts.items()):
         print(f"{kind}: {count}")
     print(f"sealing key: {keys.current}{' (dry run: nothing written)' if args.dry_run else ''}")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 
 #: Status documents read per query (``_id`` ``$in``).
 KEYS_PER_QUERY = 1000
@@ -31,7 +31,7 @@ def statuses(db: Database, app_id: str, activation_ids: Iterable[str]) -> dict[s
     keys = [key for activation in ids for key in (status_key(None, activation), status_key(app_id, activation))]
     found: dict[str, dict] = {}
     for start in range(0, len(keys), KEYS_PER_QUERY):
-        for doc in db[collections.ACTIVATIONS].find({"_id": {"$in": keys[start : start + KEYS_PER_QUERY]}}, {"status": 1, "ts": 1}):
+        for doc in db[mongo.ACTIVATIONS].find({"_id": {"$in": keys[start : start + KEYS_PER_QUERY]}}, {"status": 1, "ts": 1}):
             found[doc["_id"]] = doc
     result = {}
     for activation in ids:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import db as collections
+from shared import db as mongo
 
 #: Write command kind of an audit entry.
 RECORD = "audit.record"
@@ -55,7 +55,7 @@ def target_of(body) -> dict:
 def record(db: Database, cmd: dict) -> None:
     """Store one entry (a redelivered command stores nothing twice)."""
     try:
-        db[collections.AUDIT_LOG].insert_one(
+        db[mongo.AUDIT_LOG].insert_one(
             {
                 "_id": entry_id(cmd["received_at"], cmd["id"]),
                 "at": datetime.fromtimestamp(cmd["received_at"] / 1e9, UTC),

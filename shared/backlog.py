@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import BULK
 from shared.ledger import CHAR, PENDING, RETRY
 
@@ -46,7 +46,7 @@ def compute(db: Database, *, now: float | None = None) -> list[Backlog]:
     now = time.time() if now is None else now
     rows: dict[tuple, Backlog] = {}
     projection = {"app": 1, "p": 1, "s": 1, "c": 1, "l": 1, "at": 1, "_id": 0}
-    for doc in db[collections.LEDGER].find({"o": True}, projection):
+    for doc in db[mongo.LEDGER].find({"o": True}, projection):
         key = (str(doc.get("app")), doc.get("l") or BULK, doc.get("p"))
         row = rows.get(key) or rows.setdefault(key, Backlog(*key))
         states = doc.get("s") or ""

@@ -1,4 +1,4 @@
-"""MongoDB access shared by the API (reads) and the workers (writes).
+"""MongoDB access shared by the API (reads) and the workers (writes): ``from shared import db as mongo``.
 
 pymongo directly rather than mongoengine: the hot paths are bulk operations
 (``insert_many``, ``bulk_write``, ``update_many`` by ``_id``), and mongoengine

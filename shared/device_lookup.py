@@ -40,7 +40,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from shared import activation_status, db_counters
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import ACTIVE
 
 #: Keys read or written per query (``$in`` list length, bulk size).
@@ -82,8 +82,8 @@ def parse_entry(value: str) -> tuple[int, str]:
 def add(db: Database, app_id: str, device_id: str, ts: int, *, users: Iterable[str] = (), activations: Iterable[str] = ()) -> None:
     """Record that the write at ``ts`` gives device ``device_id`` these users and activations (idempotent)."""
     value = entry(ts, device_id)
-    _add_all(db, collections.USER_DEVICES, [(user_key(app_id, u), value) for u in users])
-    _add_all(db, collections.ACTIVATION_DEVICES, [(activation_key(a), value) for a in activations])
+    _add_all(db, mongo.USER_DEVICES, [(user_key(app_id, u), value) for u in users])
+    _add_all(db, mongo.ACTIVATION_DEVICES, [(activation_key(a), value) for a in activations])
 
 
 def add_devices(db: Database, devices: Iterable[dict]) -> None:
@@ -94,8 +94,8 @@ def add_devices(db: Database, devices: Iterable[dict]) -> None:
         if not device.get("deleted"):
             users += [(user_key(device["app_id"], u), value) for u in device.get("user_ids") or ()]
         activations += [(activation_key(a), value) for a in device.get("activation_ids") or ()]
-    _add_all(db, collections.USER_DEVICES, users)
-    _add_all(db, collections.ACTIVATION_DEVICES, activations)
+    _add_all(db, mongo.USER_DEVICES, users)
+    _add_all(db, mongo.ACTIVATION_DEVICES, activations)
 
 
 def _add_all(db: Database, collection: str, pairs: list[tuple[str, str]]) -> None:
@@ -116,8 +116,8 @@ def prune(db: Database, device: dict, *, users: Iterable[str] = (), activations:
     """
     holds_users = set() if gone or device.get("deleted") else set(device.get("user_ids") or ())
     holds_activations = set() if gone else set(device.get("activation_ids") or ())
-    _prune(db, collections.USER_DEVICES, device, {user_key(device["app_id"], u): u in holds_users for u in users})
-    _prune(db, collections.ACTIVATION_DEVICES, device, {activation_key(a): a in holds_activations for a in activations})
+    _prune(db, mongo.USER_DEVICES, device, {user_key(device["app_id"], u): u in holds_users for u in users})
+    _prune(db, mongo.ACTIVATION_DEVICES, device, {activation_key(a): a in holds_activations for a in activations})
 
 
 def _prune(db: Database, collection: str, device: dict, held_by_key: dict[str, bool]) -> None:
@@ -143,7 +143,7 @@ def device_ids_by_user(db: Database, app_id: str, users: Iterable[str]) -> dict[
     user_by_key = {user_key(app_id, u): u for u in users}
     found: dict[str, set[str]] = {}
     for part in _parts(sorted(user_by_key), KEYS_PER_QUERY):
-        for doc in db[collections.USER_DEVICES].find({"_id": {"$in": part}}):
+        for doc in db[mongo.USER_DEVICES].find({"_id": {"$in": part}}):
             found[user_by_key[doc["_id"]]] = {parse_entry(value)[1] for value in doc.get("d") or ()}
     return found
 
@@ -158,7 +158,7 @@ def devices_by_user(db: Database, app_id: str, users: Iterable[str], projection:
     wanted = sorted(set().union(*ids_by_user.values())) if ids_by_user else []
     devices = {}
     for part in _parts(wanted, KEYS_PER_QUERY):
-        for device in db[collections.DEVICES].find(
+        for device in db[mongo.DEVICES].find(
             {"_id": {"$in": part}, "deleted": False, "active": True}, {**projection, "user_ids": 1}
         ):
             devices[device["_id"]] = device
@@ -172,11 +172,11 @@ def devices_by_user(db: Database, app_id: str, users: Iterable[str], projection:
 
 def devices_holding_activation(db: Database, activation_id: str, projection: dict, *, limit: int | None = None) -> list[dict]:
     """The stored devices (tombstones too) that list ``activation_id``."""
-    doc = db[collections.ACTIVATION_DEVICES].find_one({"_id": activation_key(activation_id)})
+    doc = db[mongo.ACTIVATION_DEVICES].find_one({"_id": activation_key(activation_id)})
     ids = sorted({parse_entry(value)[1] for value in (doc or {}).get("d") or ()})
     holders = []
     for part in _parts(ids, KEYS_PER_QUERY):
-        for device in db[collections.DEVICES].find({"_id": {"$in": part}}, {**projection, **FIELDS}):
+        for device in db[mongo.DEVICES].find({"_id": {"$in": part}}, {**projection, **FIELDS}):
             if activation_id in (device.get("activation_ids") or ()):
                 holders.append(device)
                 if limit is not None and len(holders) >= limit:
@@ -194,17 +194,17 @@ def backfill(db: Database) -> bool:
     must be stopped first: what they register later is not in it (run
     ``python -m shared.device_lookup`` again after a rolling upgrade).
     """
-    if db[collections.MIGRATIONS].find_one({"_id": BACKFILL_MIGRATION}):
+    if db[mongo.MIGRATIONS].find_one({"_id": BACKFILL_MIGRATION}):
         return False
     run_backfill(db)
-    db[collections.MIGRATIONS].update_one({"_id": BACKFILL_MIGRATION}, {"$set": {"done": True}}, upsert=True)
+    db[mongo.MIGRATIONS].update_one({"_id": BACKFILL_MIGRATION}, {"$set": {"done": True}}, upsert=True)
     return True
 
 
 def run_backfill(db: Database) -> int:
     """Add the entries of every stored device (idempotent); answer how many devices were read."""
     batch, count = [], 0
-    for device in db[collections.DEVICES].find({}, FIELDS):
+    for device in db[mongo.DEVICES].find({}, FIELDS):
         batch.append(device)
         if len(batch) == BACKFILL_BATCH:
             add_devices(db, batch)
@@ -223,9 +223,9 @@ def main() -> None:
     """``python -m shared.device_lookup``: fill the lookup from the stored devices (again), e.g. after a rolling upgrade."""
     from shared.settings import load
 
-    db = collections.connect(load())
+    db = mongo.connect(load())
     print(f"device lookup: {run_backfill(db)} devices read", flush=True)
-    db[collections.MIGRATIONS].update_one({"_id": BACKFILL_MIGRATION}, {"$set": {"done": True}}, upsert=True)
+    db[mongo.MIGRATIONS].update_one({"_id": BACKFILL_MIGRATION}, {"$set": {"done": True}}, upsert=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared import ledger
 
 #: Delivery states that are failures, and what each is called in the list.
@@ -31,11 +31,11 @@ def failures(db: Database, message_ids: list[str], page: int, size: int) -> tupl
     """
     ids = list(message_ids)
     chars = {ledger.CHAR[state] for state in FAILURE_STATES}
-    chunks = db[collections.LEDGER]
+    chunks = db[mongo.LEDGER]
     match = {"m": {"$in": ids}}
     counts = {doc["_id"]: sum(ch in chars for ch in doc["s"]) for doc in chunks.find(match, {"s": 1})}
     old_match = {"message_id": {"$in": ids}, "state": {"$in": list(FAILURE_STATES)}}
-    old_total = db[collections.DELIVERIES].count_documents(old_match)
+    old_total = db[mongo.DELIVERIES].count_documents(old_match)
     skip, found = page * size, []
     wanted = [cid for cid in sorted(counts) if counts[cid]]
     for cid in wanted:
@@ -52,7 +52,7 @@ def failures(db: Database, message_ids: list[str], page: int, size: int) -> tupl
             found.append(_failure(delivery.token, doc["p"], ledger.STATE[doc["s"][i]], (doc.get("r") or {}).get(str(i)), doc.get("u")))
             if len(found) == size:
                 return sum(counts.values()) + old_total, found
-    for row in db[collections.DELIVERIES].find(old_match, {"platform": 1, "state": 1, "reason": 1, "at": 1}).sort("_id", 1).skip(
+    for row in db[mongo.DELIVERIES].find(old_match, {"platform": 1, "state": 1, "reason": 1, "at": 1}).sort("_id", 1).skip(
             skip).limit(size - len(found)):
         found.append(_failure(token_of(row["_id"]), row.get("platform"), row["state"], row.get("reason"), row.get("at")))
     return sum(counts.values()) + old_total, found

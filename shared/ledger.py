@@ -38,7 +38,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from shared import db as collections
+from shared import db as mongo
 from shared import db_counters
 from shared.commands import BULK
 
@@ -163,7 +163,7 @@ def write_chunks(db: Database, message_id: str, app_id: str, provider: str, deli
         chunk_document(message_id, app_id, provider, first_index + n, deliveries[start:start + chunk_size], now=now)
         for n, start in enumerate(range(0, len(deliveries), chunk_size))
     ]
-    insert_ignoring_duplicates(db[collections.LEDGER], docs)
+    insert_ignoring_duplicates(db[mongo.LEDGER], docs)
     return docs
 
 
@@ -208,7 +208,7 @@ def claim(db: Database, cid: str, claim_id: str, watch: list | None) -> tuple[di
     A free chunk is taken at once; a held one only when ``watch`` shows its heartbeat
     has not moved for a lease (:class:`LeaseWatch`). (None, None): no such chunk.
     """
-    ledger = db[collections.LEDGER]
+    ledger = db[mongo.LEDGER]
     grab = {"$set": {"c": claim_id, "hb": 0}}
     db_counters.count(trips=1, written=1)
     doc = ledger.find_one_and_update({"_id": cid, "c": None}, grab, return_document=ReturnDocument.AFTER)
@@ -231,7 +231,7 @@ def claim(db: Database, cid: str, claim_id: str, watch: list | None) -> tuple[di
 
 def release(db: Database, cid: str, claim_id: str) -> None:
     db_counters.count(trips=1, written=1)
-    db[collections.LEDGER].update_one({"_id": cid, "c": claim_id}, {"$set": {"c": None}})
+    db[mongo.LEDGER].update_one({"_id": cid, "c": claim_id}, {"$set": {"c": None}})
 
 
 def outcome_update(states: str, reasons: Mapping[int, str | None], *, release_claim: bool = False) -> dict:
@@ -251,7 +251,7 @@ def change_free_chunk(db: Database, cid: str, changes: Mapping[int, tuple[str, s
     A compare-and-set on the whole state string (retried when it moved). Answers the indexes changed;
     none when the chunk is held (its holder records them).
     """
-    ledger = db[collections.LEDGER]
+    ledger = db[mongo.LEDGER]
     for _ in range(tries):
         doc = ledger.find_one({"_id": cid}, {"s": 1, "c": 1})
         if doc is None or doc.get("c") is not None:
@@ -291,7 +291,7 @@ def counts_of_messages(db: Database, messages: list[Mapping]) -> dict[str, dict[
         result[message["_id"]] = {p: Counter() for p in (message.get("totals") or {})}
         wanted.extend(chunk_ids(message))
     if wanted:
-        for doc in db[collections.LEDGER].find({"_id": {"$in": wanted}}, {"m": 1, "p": 1, "s": 1}):
+        for doc in db[mongo.LEDGER].find({"_id": {"$in": wanted}}, {"m": 1, "p": 1, "s": 1}):
             per = result[doc["m"]].setdefault(doc["p"], Counter())
             for ch, n in Counter(doc["s"]).items():
                 per[STATE[ch]] += n
@@ -306,7 +306,7 @@ def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
     """
     ids = list(message_ids)
     found = []
-    for doc in db[collections.LEDGER].find({"m": {"$in": ids}}):
+    for doc in db[mongo.LEDGER].find({"m": {"$in": ids}}):
         held = doc.get("c") is not None
         for i, delivery in enumerate(deliveries_of(doc)):
             state = STATE[doc["s"][i]]
@@ -315,7 +315,7 @@ def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
             found.append({"_id": delivery.id, "message_id": doc["m"], "platform": doc["p"], "device_id": delivery.device_id,
                           "token": delivery.token, "state": state, "reason": (doc.get("r") or {}).get(str(i)),
                           "chunk": doc["_id"], "index": i})
-    for doc in db[collections.DELIVERIES].find({"message_id": {"$in": ids}}):
+    for doc in db[mongo.DELIVERIES].find({"message_id": {"$in": ids}}):
         found.append({"token": doc["_id"].rsplit(":", 1)[1], **doc})
     return found
 
@@ -324,10 +324,10 @@ def state_counts(db: Database, message_ids: Iterable[str]) -> Counter:
     """Deliveries of these messages by state (either format), reading only the chunks' state strings and holders."""
     ids = list(message_ids)
     counts: Counter = Counter()
-    for doc in db[collections.LEDGER].find({"m": {"$in": ids}}, {"s": 1, "c": 1, "_id": 0}):
+    for doc in db[mongo.LEDGER].find({"m": {"$in": ids}}, {"s": 1, "c": 1, "_id": 0}):
         for ch, n in Counter(doc["s"]).items():
             counts[SENDING if ch == CHAR[PENDING] and doc.get("c") is not None else STATE[ch]] += n
-    for row in db[collections.DELIVERIES].aggregate([{"$match": {"message_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
+    for row in db[mongo.DELIVERIES].aggregate([{"$match": {"message_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
         counts[row["_id"]] += row["n"]
     return counts
 
@@ -335,11 +335,11 @@ def state_counts(db: Database, message_ids: Iterable[str]) -> Counter:
 def all_counts(db: Database) -> dict[str, Counter]:
     """``{provider: Counter(state)}`` of every delivery kept (chunks and old rows), for /admin/stats."""
     counts: dict[str, Counter] = {}
-    for doc in db[collections.LEDGER].find({}, {"p": 1, "s": 1, "_id": 0}):
+    for doc in db[mongo.LEDGER].find({}, {"p": 1, "s": 1, "_id": 0}):
         per = counts.setdefault(doc["p"], Counter())
         for ch, n in Counter(doc["s"]).items():
             per[STATE[ch]] += n
-    for row in db[collections.DELIVERIES].aggregate([{"$group": {"_id": "$ps", "n": {"$sum": 1}}}]):
+    for row in db[mongo.DELIVERIES].aggregate([{"$group": {"_id": "$ps", "n": {"$sum": 1}}}]):
         if row["_id"]:
             platform, _, state = str(row["_id"]).partition(":")
             counts.setdefault(platform, Counter())[state] += row["n"]
@@ -349,9 +349,9 @@ def all_counts(db: Database) -> dict[str, Counter]:
 def has_open(db: Database, message_id: str) -> bool:
     """Whether some delivery of the message still awaits an outcome (either format)."""
     # nx-27017 may read a $set boolean back as 1: both match.
-    if db[collections.LEDGER].find_one({"m": message_id, "o": {"$in": [True, 1]}}, {"_id": 1}) is not None:
+    if db[mongo.LEDGER].find_one({"m": message_id, "o": {"$in": [True, 1]}}, {"_id": 1}) is not None:
         return True
-    return db[collections.DELIVERIES].find_one({"message_id": message_id, "state": {"$in": list(OPEN_STATES)}}, {"_id": 1}) is not None
+    return db[mongo.DELIVERIES].find_one({"message_id": message_id, "state": {"$in": list(OPEN_STATES)}}, {"_id": 1}) is not None
 
 
 # --- retention --------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def purge(db: Database, *, retention_days: float, now: float | None = None) -> d
     (by ``_id``); a purge stopped half-way is completed by the next. Rows of the old format older than that go too.
     """
     cutoff = (time.time() if now is None else now) - retention_days * 86400.0
-    ledger, messages = db[collections.LEDGER], db[collections.MESSAGES]
+    ledger, messages = db[mongo.LEDGER], db[mongo.MESSAGES]
     purged_messages = purged_chunks = 0
     while True:
         old = {d["m"] for d in ledger.find({"at": {"$lt": cutoff}}, {"m": 1}).limit(PURGE_BATCH)}
@@ -389,7 +389,7 @@ def purge(db: Database, *, retention_days: float, now: float | None = None) -> d
             for start in range(0, len(ids), PURGE_BATCH):
                 purged_chunks += ledger.delete_many({"_id": {"$in": ids[start:start + PURGE_BATCH]}}).deleted_count
             purged_messages += 1
-    old_rows = db[collections.DELIVERIES].delete_many({"at": {"$lt": cutoff}}).deleted_count
+    old_rows = db[mongo.DELIVERIES].delete_many({"at": {"$lt": cutoff}}).deleted_count
     return {"messages": purged_messages, "chunks": purged_chunks, "old_rows": old_rows}
 
 

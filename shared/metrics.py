@@ -437,11 +437,11 @@ class QueueCollector:
             return None
         from datetime import datetime
 
-        from shared import db as collections
+        from shared import db as mongo
 
         try:
             out = {}
-            for app in self.db[collections.APPS].find({"apns.auth": collections.APNS_CERTIFICATE}, {"apns.not_after": 1}):
+            for app in self.db[mongo.APPS].find({"apns.auth": mongo.APNS_CERTIFICATE}, {"apns.not_after": 1}):
                 not_after = (app.get("apns") or {}).get("not_after")
                 if isinstance(not_after, str):
                     out[app["_id"]] = datetime.fromisoformat(not_after).timestamp()
@@ -478,11 +478,11 @@ class QueueCollector:
     def _suspended(self) -> dict | None:
         if self.db is None:
             return None
-        from shared import db as collections
+        from shared import db as mongo
 
         try:
             counts = dict.fromkeys(commands.PUSH_PROVIDERS, 0)
-            for app in self.db[collections.APPS].find({}, {"suspended": 1}):
+            for app in self.db[mongo.APPS].find({}, {"suspended": 1}):
                 for provider, reason in (app.get("suspended") or {}).items():
                     if reason:
                         counts[provider] = counts.get(provider, 0) + 1

@@ -17,7 +17,7 @@ import time
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared import ledger
 
 OUTBOX = "outbox"
@@ -47,14 +47,14 @@ def add_wanted(db: Database, app_id: str | None, events: list[dict]) -> None:
 
 def webhook_of(db: Database, app_id: str) -> dict | None:
     """The app's outcome webhook ``{url, secret, events}``, or None."""
-    app = db[collections.APPS].find_one({"_id": app_id}, {"webhook": 1})
+    app = db[mongo.APPS].find_one({"_id": app_id}, {"webhook": 1})
     return (app or {}).get("webhook") or None
 
 
 def set_webhook(db: Database, cmd: dict) -> None:
     """The ``app.webhook`` write (the last one the API received wins; two filters, not ``$or``, for nx-27017)."""
     update = {"$set": {"webhook": cmd["webhook"], "webhook_ts": cmd["received_at"]}}
-    apps = db[collections.APPS]
+    apps = db[mongo.APPS]
     if not apps.update_one({"_id": cmd["app_id"], "webhook_ts": {"$lt": cmd["received_at"]}}, update).matched_count:
         apps.update_one({"_id": cmd["app_id"], "webhook_ts": {"$exists": False}}, update)
 
@@ -94,7 +94,7 @@ def message_done(db: Database, app_id: str | None, message_ids) -> None:
         return
     events = []
     for message_id in dict.fromkeys(message_ids):
-        message = db[collections.MESSAGES].find_one({"_id": message_id}, {"app_id": 1, "expanded": 1, "total": 1})
+        message = db[mongo.MESSAGES].find_one({"_id": message_id}, {"app_id": 1, "expanded": 1, "total": 1})
         if not message or not message.get("expanded") or message.get("app_id") != app_id or ledger.has_open(db, message_id):
             continue
         counts = ledger.state_counts(db, [message_id])

@@ -16,7 +16,7 @@ from collections import Counter
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared.ledger import OPEN_CHARS
 
 #: The app document's field holding its own cap.
@@ -26,7 +26,7 @@ FIELD = "max_queued_deliveries"
 def waiting_by_app(db: Database) -> Counter:
     """``Counter(app id: open deliveries)`` over the ledger's open chunks (one query, states and app only)."""
     counts: Counter = Counter()
-    for doc in db[collections.LEDGER].find({"o": True}, {"app": 1, "s": 1, "_id": 0}):
+    for doc in db[mongo.LEDGER].find({"o": True}, {"app": 1, "s": 1, "_id": 0}):
         states = doc.get("s") or ""
         counts[doc.get("app")] += sum(states.count(ch) for ch in OPEN_CHARS)
     return counts
@@ -62,7 +62,7 @@ def set_limits(db: Database, cmd: dict) -> None:
     """The ``app.limits`` write: the app's own cap (None: back to the default)."""
     value = cmd.get("max_queued_deliveries")
     update = {"$set": {FIELD: value}} if value is not None else {"$unset": {FIELD: ""}}
-    db[collections.APPS].update_one({"_id": cmd["app_id"]}, update)
+    db[mongo.APPS].update_one({"_id": cmd["app_id"]}, update)
 
 
 HANDLERS = {"app.limits": set_limits}

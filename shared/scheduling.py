@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import db as collections
+from shared import db as mongo
 
 SCHEDULED = "scheduled"
 #: Seconds a releaser holds the schedules it claimed (DESIGN: at most 5).
@@ -39,11 +39,11 @@ def schedule(db: Database, cmd: dict) -> None:
         pass  # a redelivered command
     at = datetime.fromtimestamp(send_at, UTC)
     if cmd["actor_kind"] == "campaign":
-        db[collections.CAMPAIGNS].update_one({"_id": cmd["target_id"]}, {"$set": {"send_at": at}})
+        db[mongo.CAMPAIGNS].update_one({"_id": cmd["target_id"]}, {"$set": {"send_at": at}})
         return
     send = cmd["payload"]
     try:
-        db[collections.MESSAGES].insert_one({"_id": send["id"], "app_id": send["app_id"], "kind": send["kind"], "mode": send.get("mode"),
+        db[mongo.MESSAGES].insert_one({"_id": send["id"], "app_id": send["app_id"], "kind": send["kind"], "mode": send.get("mode"),
                                              "created_at": datetime.now(UTC), "received_at": send["received_at"], "expanded": False,
                                              "send_at": at})
     except DuplicateKeyError:

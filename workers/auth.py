@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 
 #: Dramatiq's loggers that print a message with its arguments (``actor(args…)``) on failure.
 DRAMATIQ_MESSAGE_LOGGERS = ("dramatiq.worker.WorkerThread",)
 
 
 def create_key(db: Database, cmd: dict) -> None:
-    db[collections.API_KEYS].update_one(
+    db[mongo.API_KEYS].update_one(
         {"_id": cmd["key_id"]},
         {
             "$setOnInsert": {
@@ -36,7 +36,7 @@ def create_key(db: Database, cmd: dict) -> None:
 
 
 def revoke_key(db: Database, cmd: dict) -> None:
-    db[collections.API_KEYS].update_one(
+    db[mongo.API_KEYS].update_one(
         {"_id": cmd["key_id"]},
         {"$set": {"revoked_at": datetime.now(UTC)}, "$setOnInsert": {"app_id": cmd["app_id"], "hash": None}},
         upsert=True,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import db as collections
+from shared import db as mongo
 from shared import db_counters, halt, ledger, outbox
 from shared import device_lookup as lookup
 from shared.commands import CAMPAIGN_CHECK, DELIVER_ACTOR_BY_PROVIDER, EXPAND_CAMPAIGN, Publisher
@@ -52,7 +52,7 @@ def _now() -> datetime:
 
 def create_campaign(db: Database, cmd: dict) -> None:
     try:
-        db[collections.CAMPAIGNS].insert_one(
+        db[mongo.CAMPAIGNS].insert_one(
             {"_id": cmd["campaign_id"], "app_id": cmd["app_id"], "body": cmd["body"], "sent": False,
              "state": "created", "created_at": _now(), "timestamp_sent": None}
         )
@@ -61,19 +61,19 @@ def create_campaign(db: Database, cmd: dict) -> None:
 
 
 def delete_campaign(db: Database, cmd: dict) -> dict:
-    deleted = db[collections.CAMPAIGNS].delete_one({"_id": cmd["campaign_id"]}).deleted_count > 0
-    db[collections.CAMPAIGN_USERS].delete_many({"c": cmd["campaign_id"]})
+    deleted = db[mongo.CAMPAIGNS].delete_one({"_id": cmd["campaign_id"]}).deleted_count > 0
+    db[mongo.CAMPAIGN_USERS].delete_many({"c": cmd["campaign_id"]})
     return {"deleted": deleted}
 
 
 def add_users(db: Database, cmd: dict) -> dict:
     campaign_id = cmd["campaign_id"]
-    if db[collections.CAMPAIGNS].find_one({"_id": campaign_id}, {"_id": 1}) is None:
+    if db[mongo.CAMPAIGNS].find_one({"_id": campaign_id}, {"_id": 1}) is None:
         return {"error": "campaign not found"}
     users = sorted(set(cmd["users"]))
     for start in range(0, len(users), USERS_PER_BATCH):
         insert_ignoring_duplicates(
-            db[collections.CAMPAIGN_USERS],
+            db[mongo.CAMPAIGN_USERS],
             [{"_id": user_doc_id(campaign_id, u), "c": campaign_id, "u": u} for u in users[start : start + USERS_PER_BATCH]],
         )
     return {"added": len(users)}
@@ -83,7 +83,7 @@ def delete_users(db: Database, cmd: dict) -> dict:
     ids = [user_doc_id(cmd["campaign_id"], u) for u in set(cmd["users"])]
     deleted = 0
     for start in range(0, len(ids), USERS_PER_BATCH):
-        deleted += db[collections.CAMPAIGN_USERS].delete_many({"_id": {"$in": ids[start : start + USERS_PER_BATCH]}}).deleted_count
+        deleted += db[mongo.CAMPAIGN_USERS].delete_many({"_id": {"$in": ids[start : start + USERS_PER_BATCH]}}).deleted_count
     return {"deleted": deleted}
 
 
@@ -104,7 +104,7 @@ def campaign_entry(campaign: dict) -> dict:
 
 def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int, users_per_batch: int = USERS_PER_BATCH) -> None:
     """Expand a live send, resuming where an earlier run of the same campaign stopped."""
-    campaigns = db[collections.CAMPAIGNS]
+    campaigns = db[mongo.CAMPAIGNS]
     campaign_id = cmd["campaign_id"]
     campaign = campaigns.find_one({"_id": campaign_id})
     if campaign is None or campaign.get("sent") or campaign.get("state") == "expanded":
@@ -112,7 +112,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
     if campaign.get("state") != "sending":
         campaigns.update_one({"_id": campaign_id, "state": "created"}, {"$set": {"state": "sending", "started_at": _now()}})
     try:
-        db[collections.MESSAGES].insert_one(
+        db[mongo.MESSAGES].insert_one(
             {"_id": campaign_id, "app_id": campaign["app_id"], "kind": "campaign", "mode": "ASYNCHRONOUS",
              "created_at": _now(), "received_at": cmd["received_at"], "expanded": False}
         )
@@ -126,7 +126,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
             return  # paused: this expansion comes back, from its cursor, once resumed
         users = [
             doc["u"]
-            for doc in db[collections.CAMPAIGN_USERS]
+            for doc in db[mongo.CAMPAIGN_USERS]
             .find({"c": campaign_id, "u": {"$gt": after}}, {"u": 1})
             .sort("u", 1)
             .limit(users_per_batch)
@@ -137,7 +137,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         after = users[-1]
         campaigns.update_one({"_id": campaign_id}, {"$set": {"cursor": after, "progress": progress}})
     totals = progress["totals"]
-    db[collections.MESSAGES].update_one(
+    db[mongo.MESSAGES].update_one(
         {"_id": campaign_id},
         {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": progress["chunks"]}},
     )
@@ -177,7 +177,7 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
         docs.extend(ledger.chunk_document(campaign_id, campaign["app_id"], platform, first + n, part, now=now) for n, part in enumerate(parts))
         chunks[platform] = first + len(parts)
         totals[platform] = totals.get(platform, 0) + len(deliveries)
-    insert_ignoring_duplicates(db[collections.LEDGER], docs)
+    insert_ignoring_duplicates(db[mongo.LEDGER], docs)
     ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries, first_attempt_at=now)
     return {"chunks": chunks, "totals": totals}
 
@@ -192,18 +192,18 @@ def _delivered_in_earlier_batches(db: Database, campaign_id: str, first_user: st
     if not earlier:
         return set()
     db_counters.count()
-    found = db[collections.CAMPAIGN_USERS].find({"_id": {"$in": list(earlier)}}, {"_id": 1})
+    found = db[mongo.CAMPAIGN_USERS].find({"_id": {"$in": list(earlier)}}, {"_id": 1})
     return {device for doc in found for device in earlier[doc["_id"]]}
 
 
 def check_campaign(db: Database, publisher: Publisher, job: dict) -> None:
     """Mark the campaign sent once none of its deliveries awaits an outcome; else look again later."""
     campaign_id = job["campaign_id"]
-    campaign = db[collections.CAMPAIGNS].find_one({"_id": campaign_id}, {"sent": 1})
+    campaign = db[mongo.CAMPAIGNS].find_one({"_id": campaign_id}, {"sent": 1})
     if campaign is None or campaign.get("sent"):
         return
     if not ledger.has_open(db, campaign_id):
-        db[collections.CAMPAIGNS].update_one(
+        db[mongo.CAMPAIGNS].update_one(
             {"_id": campaign_id}, {"$set": {"sent": True, "state": halt.finished_state(db, campaign_id), "timestamp_sent": _now()}}
         )
         return

@@ -20,7 +20,7 @@ import time
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared import ledger
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher
 from shared.ledger import Delivery
@@ -37,7 +37,7 @@ def requeue(ctx: WriteContext, cmd: dict) -> dict:
     db, publisher = ctx.db, ctx.publisher
     ids = list(dict.fromkeys(cmd["delivery_ids"]))
     docs = {}
-    for doc in db[collections.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}):
+    for doc in db[mongo.DEAD_LETTERS].find({"delivery_id": {"$in": ids}}):
         if doc.get("delivery") and doc.get("entry") is not None:
             docs[doc["delivery_id"]] = doc  # any one carries what a chunk needs
     skipped = [i for i in ids if i not in docs]
@@ -49,12 +49,12 @@ def requeue(ctx: WriteContext, cmd: dict) -> dict:
     for delivery_id, doc in docs.items():
         by_platform.setdefault(doc["platform"], []).append(delivery_id)
     for platform, platform_ids in by_platform.items():
-        db[collections.DELIVERIES].update_many(
+        db[mongo.DELIVERIES].update_many(
             {"_id": {"$in": platform_ids}, "state": "dead_letter"},
             {"$set": {"state": "retry", "ps": f"{platform}:retry", "reason": "requeued", "at": now}},
         )
     claimable = {
-        d["_id"] for d in db[collections.DELIVERIES].find({"_id": {"$in": list(docs)}, "state": {"$in": list(CLAIMABLE)}}, {"_id": 1})
+        d["_id"] for d in db[mongo.DELIVERIES].find({"_id": {"$in": list(docs)}, "state": {"$in": list(CLAIMABLE)}}, {"_id": 1})
     }
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for delivery_id in claimable:
@@ -70,7 +70,7 @@ def requeue(ctx: WriteContext, cmd: dict) -> dict:
                 DELIVER_ACTOR_BY_PROVIDER[platform],
                 chunk_payload(message_id, app_id, entries, deliveries, first_attempt_at=now),
             )
-    db[collections.DEAD_LETTERS].update_many(
+    db[mongo.DEAD_LETTERS].update_many(
         {"delivery_id": {"$in": list(docs) + requeued}}, {"$set": {"requeued_at": now, "requeue_command": cmd["id"]}}
     )
     return {"requeued": len(claimable) + len(requeued), "skipped": skipped}
@@ -84,7 +84,7 @@ def _requeue_chunks(db: Database, publisher: Publisher, docs: dict[str, dict], n
     requeued = []
     for cid, group in by_chunk.items():
         ledger.change_free_chunk(db, cid, {d["index"]: (ledger.RETRY, "requeued") for d in group}, only_from=ledger.CHAR[ledger.DEAD_LETTER])
-        chunk = db[collections.LEDGER].find_one({"_id": cid}, {"s": 1, "c": 1})
+        chunk = db[mongo.LEDGER].find_one({"_id": cid}, {"s": 1, "c": 1})
         open_now = [d for d in group if chunk and chunk.get("c") is None and chunk["s"][d["index"]] in ledger.OPEN_CHARS]
         skipped.extend(d["delivery_id"] for d in group if d not in open_now)
         if not open_now:

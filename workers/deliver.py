@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from shared import db as collections
+from shared import db as mongo
 from shared import db_counters, halt, ledger, metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.ledger import Delivery
@@ -132,7 +132,7 @@ class ProviderClients:
                 self.settings.apns_development_url if environment == "development" else self.settings.apns_production_url
             )
             signer, ssl_context = None, self._ssl_context
-            if credentials.get("auth") == collections.APNS_CERTIFICATE:
+            if credentials.get("auth") == mongo.APNS_CERTIFICATE:
                 ssl_context = certificate_context(
                     ca_file=self.settings.provider_ca_file or None,
                     certificate_pem=credentials["certificate"],
@@ -252,7 +252,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
         await asyncio.to_thread(ledger.release, ctx.db, doc["_id"], claim)
         return
     db_counters.count()
-    app = await asyncio.to_thread(ctx.db[collections.APPS].find_one, {"_id": chunk["app_id"]})
+    app = await asyncio.to_thread(ctx.db[mongo.APPS].find_one, {"_id": chunk["app_id"]})
     recorder = ctx.recorder
     book = recorder.open(ctx.db, doc, claim, platform, chunk["entries"], dead_token_action)
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
@@ -356,7 +356,7 @@ async def _close(recorder: Recorder, book) -> None:
 
 
 def _suspend(db: Database, app_id: str, platform: str, reason: str) -> None:
-    db[collections.APPS].update_one({"_id": app_id}, {"$set": {f"suspended.{platform}": reason}})
+    db[mongo.APPS].update_one({"_id": app_id}, {"$set": {f"suspended.{platform}": reason}})
 
 
 def _dead_letter_doc(platform: str, chunk: dict, cid: str, index: int, delivery: Delivery, reason: str | None,

@@ -19,7 +19,7 @@ from pymongo import UpdateMany
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 
-from shared import db as collections
+from shared import db as mongo
 from shared import metrics
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, new_id
 from shared.ledger import CLAIMABLE, Delivery
@@ -118,7 +118,7 @@ class Recorder:
             )
             for (state, reason), ids in groups.items()
         ]
-        self.db[collections.DELIVERIES].bulk_write(operations, ordered=False)
+        self.db[mongo.DELIVERIES].bulk_write(operations, ordered=False)
 
 
 async def deliver_chunk_v1(ctx: DeliveryContext, platform: str, chunk: dict) -> None:
@@ -134,7 +134,7 @@ async def deliver_chunk_v1(ctx: DeliveryContext, platform: str, chunk: dict) -> 
         _requeue(ctx, platform, chunk, held, delay)
     if not mine:
         return
-    app = await asyncio.to_thread(ctx.db[collections.APPS].find_one, {"_id": chunk["app_id"]})
+    app = await asyncio.to_thread(ctx.db[mongo.APPS].find_one, {"_id": chunk["app_id"]})
     recorder = Recorder(ctx.db, claim, platform, chunk["entries"], dead_token_actions=ctx.dead_token_actions)
     work = [by_id[i] for i in mine]
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
@@ -214,7 +214,7 @@ async def _schedule_retries(ctx: DeliveryContext, platform: str, chunk: dict, re
 
 def _claim(db: Database, platform: str, ids: list[str], claim: str, lease_seconds: float) -> tuple[list[str], dict[str, float]]:
     """Claim what is claimable; answer (claimed ids, {held id: lease end}) for the rest not final."""
-    deliveries = db[collections.DELIVERIES]
+    deliveries = db[mongo.DELIVERIES]
     now = time.time()
     grab = {"$set": {"state": "sending", "ps": f"{platform}:sending", "claim": claim, "lease_until": now + lease_seconds}}
     claimed = deliveries.update_many({"_id": {"$in": ids}, "state": {"$in": list(CLAIMABLE)}}, grab).modified_count
@@ -231,7 +231,7 @@ def _claim(db: Database, platform: str, ids: list[str], claim: str, lease_second
 
 
 def _renew_lease(db: Database, ids: list[str], claim: str, lease_seconds: float) -> None:
-    db[collections.DELIVERIES].update_many(
+    db[mongo.DELIVERIES].update_many(
         {"_id": {"$in": ids}, "claim": claim, "state": "sending"}, {"$set": {"lease_until": time.time() + lease_seconds}}
     )
 
@@ -239,11 +239,11 @@ def _renew_lease(db: Database, ids: list[str], claim: str, lease_seconds: float)
 def _dead_letter(db: Database, platform: str, chunk: dict, results: list[Result], claim: str) -> None:
     now = time.time()
     ids = [r.delivery.id for r in results]
-    db[collections.DELIVERIES].update_many(
+    db[mongo.DELIVERIES].update_many(
         {"_id": {"$in": ids}, "claim": claim},
         {"$set": {"state": "dead_letter", "ps": f"{platform}:dead_letter", "reason": "gave up", "at": now}},
     )
-    db[collections.DEAD_LETTERS].insert_many(
+    db[mongo.DEAD_LETTERS].insert_many(
         [
             {
                 "delivery_id": r.delivery.id,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import db as collections
+from shared import db as mongo
 from shared import db_counters, halt, ledger, outbox
 from shared import device_lookup as lookup
 from shared.commands import BULK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
@@ -37,7 +37,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     now = datetime.now(UTC)
     db_counters.count(written=1)
     try:
-        db[collections.MESSAGES].insert_one(
+        db[mongo.MESSAGES].insert_one(
             {
                 "_id": message_id,
                 "app_id": cmd["app_id"],
@@ -70,14 +70,14 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     for platform, items in deliveries.items():
         docs.extend(ledger.chunk_document(message_id, cmd["app_id"], platform, n, part, now=started, lane=cmd.get("lane"))
                     for n, part in enumerate(_parts(list(items.values()), chunk_size)))
-    insert_ignoring_duplicates(db[collections.LEDGER], docs)
+    insert_ignoring_duplicates(db[mongo.LEDGER], docs)
     entries_by_key = {str(index): entry for index, entry in enumerate(entries)}
     ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries_by_key, first_attempt_at=started,
                           lane=cmd.get("lane"))
     totals = {platform: len(items) for platform, items in deliveries.items()}
     chunks = {platform: -(-len(items) // chunk_size) for platform, items in deliveries.items()}
     db_counters.count(written=1)
-    db[collections.MESSAGES].update_one(
+    db[mongo.MESSAGES].update_one(
         {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": chunks}}
     )
     outbox.message_done(db, cmd["app_id"], [message_id])  # all its chunks may be final already (or it has none)

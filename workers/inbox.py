@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import db as collections
+from shared import db as mongo
 from shared.write_order import order_of
 
 #: Most inbox messages marked read by one ``update_many`` (by ``_id``, the fast path on nx-27017).
@@ -44,7 +44,7 @@ def post_message(db: Database, cmd: dict) -> dict:
         "ts": order_of(cmd),
     }
     try:
-        db[collections.INBOX].insert_one(message)
+        db[mongo.INBOX].insert_one(message)
     except DuplicateKeyError:
         pass
     return {"inboxId": cmd["inbox_id"]}
@@ -52,7 +52,7 @@ def post_message(db: Database, cmd: dict) -> dict:
 
 def read_message(db: Database, cmd: dict) -> dict:
     """Mark one message read; the first read's time stays (a second read changes nothing)."""
-    result = db[collections.INBOX].update_one(
+    result = db[mongo.INBOX].update_one(
         {"_id": cmd["inbox_id"], "read": False},
         {"$set": {"read": True, "read_at": received_time(cmd)}},
     )
@@ -61,7 +61,7 @@ def read_message(db: Database, cmd: dict) -> dict:
 
 def read_all_messages(db: Database, cmd: dict) -> dict:
     """Mark read every unread message of the user in the app that the API received before this command."""
-    inbox = db[collections.INBOX]
+    inbox = db[mongo.INBOX]
     query = {
         "user_id": cmd["user_id"],
         "applications": {"$in": [cmd["app_id"]]},

@@ -27,7 +27,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure
 
-from shared import db as collections
+from shared import db as mongo
 from shared import db_counters, ledger, outbox
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class Recorder:
         prepared = self._prepare_group(group)
         if not prepared:
             return
-        collection = prepared[0][1].db[collections.LEDGER]
+        collection = prepared[0][1].db[mongo.LEDGER]
         db_counters.count(written=len(prepared))
         try:
             result = collection.bulk_write([update for *_, update in prepared], ordered=False)
@@ -270,7 +270,7 @@ class Recorder:
             outbox.add_wanted(db, book.app_id, events)
         letters = [r.dead_letter for r in results if r.state == ledger.DEAD_LETTER and r.dead_letter]
         if letters:
-            ledger.insert_ignoring_duplicates(db[collections.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once
+            ledger.insert_ignoring_duplicates(db[mongo.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once
         reasons = {}
         for result in results:
             book.states[result.index] = ledger.CHAR[result.state]

@@ -39,7 +39,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import DELIVER_CHUNK_WEBHOOK, Publisher, new_id
 from shared.outbound import OutboundRefused, OutboundSession, parse
 from shared.settings import Settings
@@ -83,7 +83,7 @@ def _now() -> datetime:
 
 def new_session(db: Database, cmd: dict) -> None:
     upsert_if_newer(
-        db[collections.WC_SESSIONS],
+        db[mongo.WC_SESSIONS],
         cmd["session_id"],
         order_of(cmd),
         {"payload": None, "push": None, "deleted": False, "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
@@ -93,7 +93,7 @@ def new_session(db: Database, cmd: dict) -> None:
 
 def update_session(db: Database, cmd: dict) -> None:
     """The wallet's session details and push target; a deleted session stays deleted."""
-    db[collections.WC_SESSIONS].update_one(
+    db[mongo.WC_SESSIONS].update_one(
         {"_id": cmd["session_id"], "ts": {"$lt": order_of(cmd)}, "deleted": False},
         {
             "$set": {
@@ -110,20 +110,20 @@ def delete_session(db: Database, cmd: dict) -> None:
     """Tombstone the session (a late update cannot bring it back) and drop its calls."""
     session_id = cmd["session_id"]
     upsert_if_newer(
-        db[collections.WC_SESSIONS],
+        db[mongo.WC_SESSIONS],
         session_id,
         order_of(cmd),
         {"payload": None, "push": None, "deleted": True, "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
     )
-    call_ids = [doc["_id"] for doc in db[collections.WC_CALLS].find({"session_id": session_id}, {"_id": 1})]
+    call_ids = [doc["_id"] for doc in db[mongo.WC_CALLS].find({"session_id": session_id}, {"_id": 1})]
     if call_ids:
-        db[collections.WC_CALLS].delete_many({"_id": {"$in": call_ids}})
-        db[collections.WC_CALL_STATUS].delete_many({"_id": {"$in": call_ids}})
+        db[mongo.WC_CALLS].delete_many({"_id": {"$in": call_ids}})
+        db[mongo.WC_CALL_STATUS].delete_many({"_id": {"$in": call_ids}})
 
 
 def new_call(db: Database, cmd: dict) -> None:
     try:
-        db[collections.WC_CALLS].insert_one(
+        db[mongo.WC_CALLS].insert_one(
             {
                 "_id": cmd["call_id"],
                 "session_id": cmd["session_id"],
@@ -141,7 +141,7 @@ def new_call(db: Database, cmd: dict) -> None:
 
 def set_call_status(db: Database, cmd: dict) -> None:
     upsert_if_newer(
-        db[collections.WC_CALL_STATUS],
+        db[mongo.WC_CALL_STATUS],
         cmd["call_id"],
         order_of(cmd),
         {"payload": cmd["payload"], "expires_at": expires_at(cmd, cmd["ttl_seconds"])},
@@ -178,11 +178,11 @@ def purge_expired(db: Database, now: datetime | None = None) -> int:
     """Delete documents whose ``expires_at`` has passed (what the TTL index does, for servers without one)."""
     now = now or _now()
     deleted = 0
-    for collection in collections.TTL_COLLECTIONS:
-        ids = [doc["_id"] for doc in db[collection].find({collections.EXPIRES_AT: {"$lt": now}}, {"_id": 1})]
+    for collection in mongo.TTL_COLLECTIONS:
+        ids = [doc["_id"] for doc in db[collection].find({mongo.EXPIRES_AT: {"$lt": now}}, {"_id": 1})]
         for start in range(0, len(ids), PURGE_BATCH):
             part = ids[start : start + PURGE_BATCH]
-            deleted += db[collection].delete_many({"_id": {"$in": part}, collections.EXPIRES_AT: {"$lt": now}}).deleted_count
+            deleted += db[collection].delete_many({"_id": {"$in": part}, mongo.EXPIRES_AT: {"$lt": now}}).deleted_count
     return deleted
 
 
@@ -269,7 +269,7 @@ def post_with_retries(ctx: WebhookContext, url: str, body: dict, *, earlier_atte
 
 def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
     """Claim, POST and record one webhook push; answers the state recorded (None when not claimed)."""
-    pushes = ctx.db[collections.WC_PUSHES]
+    pushes = ctx.db[mongo.WC_PUSHES]
     push_id = job["id"]
     keep_until = datetime.fromtimestamp(
         job["first_attempt_at"] + ctx.settings.delivery_max_age_seconds + PUSH_RECORD_KEEP_SECONDS, UTC
@@ -284,7 +284,7 @@ def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
                 "session_id": job.get("session_id"),
                 "attempts": 0,
                 "created_at": _now(),
-                collections.EXPIRES_AT: keep_until,
+                mongo.EXPIRES_AT: keep_until,
             }
         },
         upsert=True,
@@ -318,7 +318,7 @@ def deliver_webhook(ctx: WebhookContext, job: dict) -> str | None:
     if state == "retry":
         ctx.publisher.publish(DELIVER_CHUNK_WEBHOOK, {**job, "attempts": attempts}, delay_ms=int(wait * 1000))
     elif state == DEAD_LETTER:
-        ctx.db[collections.DEAD_LETTERS].insert_one(
+        ctx.db[mongo.DEAD_LETTERS].insert_one(
             {
                 "delivery_id": push_id,
                 "message_id": job.get("call_id"),

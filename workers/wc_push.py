@@ -25,7 +25,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from shared import db as collections
+from shared import db as mongo
 from shared import ledger
 from shared.send_entry import SendEntry
 from shared.wc_payload import RAW, Notification, PayloadError, body_for
@@ -78,7 +78,7 @@ def register_client(db: Database, cmd: dict) -> dict:
         "deleted": False,
         "updated_at": _now(),
     }
-    if not upsert_if_newer(db[collections.WCP_CLIENTS], key, ts, fields):
+    if not upsert_if_newer(db[mongo.WCP_CLIENTS], key, ts, fields):
         return {"applied": False}
     _take_token(db, tenant, client, token, ts)
     return {"applied": True}
@@ -86,7 +86,7 @@ def register_client(db: Database, cmd: dict) -> dict:
 
 def _take_token(db: Database, tenant: str, client: str, token: str, ts: int) -> None:
     """Make ``client`` the token's owner unless a newer registration owns it; evict the loser."""
-    tokens = db[collections.WCP_TOKENS]
+    tokens = db[mongo.WCP_TOKENS]
     _id = token_key(tenant, token)
     for _ in range(MAX_SWAP_TRIES):
         try:
@@ -114,7 +114,7 @@ def _take_token(db: Database, tenant: str, client: str, token: str, ts: int) -> 
 def evict(db: Database, tenant: str, client: str, token: str, ts: int, reason: str) -> None:
     """Tombstone a client that still holds ``token`` and is older than ``ts``; cancel what it has pending."""
     key = client_key(tenant, client)
-    result = db[collections.WCP_CLIENTS].update_one(
+    result = db[mongo.WCP_CLIENTS].update_one(
         {"_id": key, "token": token, "deleted": False, "ts": {"$lt": ts}},
         {"$set": {"deleted": True, "ts": ts, "reason": reason, "updated_at": _now()}},
     )
@@ -126,7 +126,7 @@ def delete_client(db: Database, cmd: dict) -> dict:
     """Unregister: tombstone the client (even one not yet created) and cancel its pending notifications."""
     key = client_key(cmd["tenant_id"], cmd["client_id"])
     stored = upsert_if_newer(
-        db[collections.WCP_CLIENTS],
+        db[mongo.WCP_CLIENTS],
         key,
         order_of(cmd),
         {"deleted": True, "tenant_id": cmd["tenant_id"], "client_id": cmd["client_id"], "reason": "unregistered", "updated_at": _now()},
@@ -140,7 +140,7 @@ def delete_client(db: Database, cmd: dict) -> dict:
 def drop_pending(db: Database, key: str, reason: str) -> None:
     """Fail the client's deliveries not yet sent and forget its notifications."""
     notifications = list(
-        db[collections.WCP_NOTIFICATIONS].find({"client_key": key}, {"message_id": 1, "token": 1, "platform": 1})
+        db[mongo.WCP_NOTIFICATIONS].find({"client_key": key}, {"message_id": 1, "token": 1, "platform": 1})
     )
     by_platform: dict[str, list[str]] = {}
     for doc in notifications:
@@ -151,12 +151,12 @@ def drop_pending(db: Database, key: str, reason: str) -> None:
             ledger.change_free_chunk(db, ledger.chunk_id(doc["message_id"], doc["platform"], 0), {0: (ledger.FAILED, reason)},
                                      only_from=ledger.OPEN_CHARS)
     for platform, ids in by_platform.items():  # the old format
-        db[collections.DELIVERIES].update_many(
+        db[mongo.DELIVERIES].update_many(
             {"_id": {"$in": ids}, "state": {"$in": list(PENDING_STATES)}},
             {"$set": {"state": "failed", "ps": f"{platform}:failed", "reason": reason}},
         )
     if notifications:
-        db[collections.WCP_NOTIFICATIONS].delete_many({"_id": {"$in": [d["_id"] for d in notifications]}})
+        db[mongo.WCP_NOTIFICATIONS].delete_many({"_id": {"$in": [d["_id"] for d in notifications]}})
 
 
 def delete_dead_clients(db: Database, device_ids: list[str], reason: str, *, invalid_since: Mapping[str, int] | None = None) -> None:
@@ -170,7 +170,7 @@ def delete_dead_clients(db: Database, device_ids: list[str], reason: str, *, inv
         key, _, token = device.rpartition(SEP)
         stamp = invalid_since.get(device)
         for when in written_by(stamp) if stamp is not None else [{}]:
-            db[collections.WCP_CLIENTS].update_one(
+            db[mongo.WCP_CLIENTS].update_one(
                 {"_id": key, "token": token, "deleted": False, **when},
                 {"$set": {"deleted": True, "reason": f"dead token: {reason}", "updated_at": _now()}},
             )
@@ -184,13 +184,13 @@ def accept_notification(ctx: WriteContext, cmd: dict) -> dict:
     db = ctx.db
     tenant, client_id = cmd["tenant_id"], cmd["client_id"]
     key = client_key(tenant, client_id)
-    client = db[collections.WCP_CLIENTS].find_one({"_id": key})
+    client = db[mongo.WCP_CLIENTS].find_one({"_id": key})
     if client is None or client.get("deleted"):
         return {"outcome": CLIENT_NOT_FOUND}
     notification = Notification.from_json(cmd["notification"])
     if client.get("always_raw") and notification.form != RAW:
         return {"outcome": RAW_ONLY}
-    notifications = db[collections.WCP_NOTIFICATIONS]
+    notifications = db[mongo.WCP_NOTIFICATIONS]
     doc = {
         "_id": notification_key(tenant, client_id, cmd["notification_id"]),
         "tenant_id": tenant,
@@ -248,11 +248,11 @@ def purge(db: Database, *, older_than_seconds: float) -> dict:
     """
     limit_ns = time.time_ns() - int(older_than_seconds * 1e9)
     limit = datetime.fromtimestamp(limit_ns / 1e9, UTC)
-    notifications = db[collections.WCP_NOTIFICATIONS].delete_many({"created_at": {"$lt": limit}}).deleted_count
-    tombstones = [d["_id"] for d in db[collections.WCP_CLIENTS].find({"deleted": True}, {"_id": 1, "ts": 1}) if d["ts"] < limit_ns]
+    notifications = db[mongo.WCP_NOTIFICATIONS].delete_many({"created_at": {"$lt": limit}}).deleted_count
+    tombstones = [d["_id"] for d in db[mongo.WCP_CLIENTS].find({"deleted": True}, {"_id": 1, "ts": 1}) if d["ts"] < limit_ns]
     clients = 0
     if tombstones:
-        clients = db[collections.WCP_CLIENTS].delete_many({"_id": {"$in": tombstones}, "deleted": True, "ts": {"$lt": limit_ns}}).deleted_count
+        clients = db[mongo.WCP_CLIENTS].delete_many({"_id": {"$in": tombstones}, "deleted": True, "ts": {"$lt": limit_ns}}).deleted_count
     return {"notifications": notifications, "clients": clients}
 
 
@@ -261,7 +261,7 @@ def purge(db: Database, *, older_than_seconds: float) -> dict:
 def create_tenant(db: Database, cmd: dict) -> dict:
     """Create (or revive) a tenant's app document; credentials already there stay."""
     stored = upsert_if_newer(
-        db[collections.APPS],
+        db[mongo.APPS],
         cmd["app_id"],
         order_of(cmd),
         {"tenant_id": cmd["tenant_id"], "wc_push": True, "deleted": False},
@@ -273,18 +273,18 @@ def create_tenant(db: Database, cmd: dict) -> dict:
 def delete_tenant(db: Database, cmd: dict) -> dict:
     """Delete a tenant: its credentials, its clients and their notifications."""
     stored = upsert_if_newer(
-        db[collections.APPS],
+        db[mongo.APPS],
         cmd["app_id"],
         order_of(cmd),
         {"tenant_id": cmd["tenant_id"], "wc_push": True, "deleted": True, "apns": None, "fcm": None, "suspended": {}},
         on_insert={"created_at": _now(), "apns_ts": 0, "fcm_ts": 0},
     )
     if stored:
-        db[collections.WCP_CLIENTS].update_many(
+        db[mongo.WCP_CLIENTS].update_many(
             {"tenant_id": cmd["tenant_id"], "deleted": False},
             {"$set": {"deleted": True, "reason": "tenant deleted", "updated_at": _now()}},
         )
-        db[collections.WCP_NOTIFICATIONS].delete_many({"tenant_id": cmd["tenant_id"]})
+        db[mongo.WCP_NOTIFICATIONS].delete_many({"tenant_id": cmd["tenant_id"]})
     return {"applied": stored}
 
 

@@ -21,7 +21,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import activation_status
-from shared import db as collections
+from shared import db as mongo
 from shared import device_lookup as lookup
 from shared.commands import REMOVED, Publisher
 from shared.device_lookup import device_id
@@ -79,7 +79,7 @@ def upsert_if_newer(collection, _id: str, ts: int, fields: dict, *, on_insert: d
 
 def create_app(db: Database, cmd: dict) -> None:
     try:
-        db[collections.APPS].insert_one(
+        db[mongo.APPS].insert_one(
             {"_id": cmd["app_id"], "created_at": _now(), "apns_ts": 0, "fcm_ts": 0, "hms_ts": 0, "suspended": {}}
         )
     except DuplicateKeyError:
@@ -91,8 +91,8 @@ def set_app_provider(db: Database, cmd: dict) -> None:
     provider = cmd["provider"]
     ts_field = f"{provider}_ts"
     # An app created before a provider was known here (HMS) has no time for it yet: it starts at 0.
-    db[collections.APPS].update_one({"_id": cmd["app_id"], ts_field: {"$exists": False}}, {"$set": {ts_field: 0}})
-    db[collections.APPS].update_one(
+    db[mongo.APPS].update_one({"_id": cmd["app_id"], ts_field: {"$exists": False}}, {"$set": {ts_field: 0}})
+    db[mongo.APPS].update_one(
         {"_id": cmd["app_id"], ts_field: {"$lt": order_of(cmd)}},
         {
             "$set": {provider: cmd["credentials"], ts_field: order_of(cmd)},
@@ -125,7 +125,7 @@ def register_device(db: Database, cmd: dict) -> None:
         "updated_at": _now(),
     }
     _id = device_id(cmd["app_id"], cmd["token"])
-    devices = db[collections.DEVICES]
+    devices = db[mongo.DEVICES]
     before = devices.find_one({"_id": _id}, lookup.FIELDS) or {}
     lookup.add(db, cmd["app_id"], _id, ts, users=fields["user_ids"], activations=fields["activation_ids"])
     if not upsert_if_newer(devices, _id, ts, fields):
@@ -149,7 +149,7 @@ def register_device(db: Database, cmd: dict) -> None:
 def delete_device(db: Database, cmd: dict) -> None:
     """Tombstone the registration, even one not yet created (a create may still be queued)."""
     _id = device_id(cmd["app_id"], cmd["token"])
-    devices = db[collections.DEVICES]
+    devices = db[mongo.DEVICES]
     before = devices.find_one({"_id": _id}, lookup.FIELDS)
     ts = order_of(cmd)
     stored = upsert_if_newer(
@@ -172,7 +172,7 @@ def detach_activation(db: Database, app_id: str | None, activation_id: str, ts: 
     write to the same registration is never overwritten. The registrations are
     found through ``activation_devices`` (by ``_id``), not by ``activation_ids``.
     """
-    devices = db[collections.DEVICES]
+    devices = db[mongo.DEVICES]
     for doc in lookup.devices_holding_activation(db, activation_id, {"activations": 1}):
         if doc["_id"] == keep or doc.get("deleted") or (app_id is not None and doc.get("app_id") != app_id):
             continue
@@ -206,7 +206,7 @@ def update_activation_status(db: Database, cmd: dict) -> None:
     that app's (every app's) registrations."""
     app_id = cmd.get("app_id")
     key = activation_status.status_key(app_id, cmd["activation_id"])
-    stored = upsert_if_newer(db[collections.ACTIVATIONS], key, order_of(cmd), {"status": cmd["status"], "app_id": app_id})
+    stored = upsert_if_newer(db[mongo.ACTIVATIONS], key, order_of(cmd), {"status": cmd["status"], "app_id": app_id})
     if stored and cmd["status"] == REMOVED:
         detach_activation(db, app_id, cmd["activation_id"], order_of(cmd))
 
@@ -235,7 +235,7 @@ def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invali
     """
     invalid_since = invalid_since or {}
     update = {"$set": {"active": False, "dead_reason": reason, "updated_at": _now()}}
-    devices = db[collections.DEVICES]
+    devices = db[mongo.DEVICES]
     unconditional = [device for device in device_ids if device not in invalid_since]
     if unconditional:
         devices.update_many({"_id": {"$in": unconditional}}, update)
@@ -247,10 +247,10 @@ def mark_dead_tokens(db: Database, device_ids: list[str], reason: str, *, invali
 def purge_tombstones(db: Database, *, older_than_seconds: float) -> int:
     """Delete tombstones older than any command still queued can be (the queue's age limit)."""
     limit = time.time_ns() - int(older_than_seconds * 1e9)
-    tombstones = [d for d in db[collections.DEVICES].find({"deleted": True}, lookup.FIELDS) if d["ts"] < limit]
+    tombstones = [d for d in db[mongo.DEVICES].find({"deleted": True}, lookup.FIELDS) if d["ts"] < limit]
     if not tombstones:
         return 0
-    deleted = db[collections.DEVICES].delete_many(
+    deleted = db[mongo.DEVICES].delete_many(
         {"_id": {"$in": [d["_id"] for d in tombstones]}, "deleted": True, "ts": {"$lt": limit}}
     ).deleted_count
     for tombstone in tombstones:
@@ -285,6 +285,6 @@ def mark_applied(db: Database, command_id: str, result: dict | None = None) -> N
     if result is not None:
         record["result"] = result
     try:
-        db[collections.COMMANDS].insert_one(record)
+        db[mongo.COMMANDS].insert_one(record)
     except DuplicateKeyError:
         pass

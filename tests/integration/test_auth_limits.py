@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from devstack.stack import free_port
-from shared import db as collections
+from shared import db as mongo
 from tests import waiting
 from tests.integration.conftest import apns_token
 from workers import auth as key_writes
@@ -246,13 +246,13 @@ def test_key_writes_are_idempotent_in_any_order(stack):
         create = {"key_id": k1, "app_id": "a", "hash": "h1", "name": None}
         key_writes.create_key(db, create)
         key_writes.create_key(db, create)  # redelivered
-        assert [d["_id"] for d in db[collections.API_KEYS].find({"_id": {"$in": [k1, k2]}})] == [k1]
+        assert [d["_id"] for d in db[mongo.API_KEYS].find({"_id": {"$in": [k1, k2]}})] == [k1]
         key_writes.revoke_key(db, {"key_id": k2, "app_id": "a"})  # the revoke lands first
         key_writes.create_key(db, {"key_id": k2, "app_id": "a", "hash": "h2"})
-        doc = db[collections.API_KEYS].find_one({"_id": k2})
+        doc = db[mongo.API_KEYS].find_one({"_id": k2})
         assert doc["revoked_at"] is not None and doc["hash"] is None
     finally:
-        db[collections.API_KEYS].delete_many({"_id": {"$in": [k1, k2]}})
+        db[mongo.API_KEYS].delete_many({"_id": {"$in": [k1, k2]}})
         client.close()
 
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from devstack.stack import ROOT, free_port
-from shared import db as collections
+from shared import db as mongo
 from shared.broker import make_broker
 from shared.commands import APPLY_WRITE, Publisher, command
 from shared.settings import load
@@ -64,7 +64,7 @@ def publisher(stack) -> Publisher:
 
 
 def applied(database, command_id: str) -> dict:
-    return waiting.wait_for(lambda: database[collections.COMMANDS].find_one({"_id": command_id}), timeout=30, what=f"{command_id} applied")
+    return waiting.wait_for(lambda: database[mongo.COMMANDS].find_one({"_id": command_id}), timeout=30, what=f"{command_id} applied")
 
 
 def test_a_command_queued_by_an_older_api_is_ordered_by_its_receive_time(api, new_app, stack, publisher):
@@ -155,7 +155,7 @@ def test_a_walletconnect_unregister_answered_after_the_registration_wins(api, sk
     assert registered.status_code == 200, registered.text
     gone = requests.delete(f"{skewed['behind'].base_url}/clients/{client_id}", timeout=60)
     assert gone.status_code == 200, gone.text
-    client = pymongo.MongoClient(stack.mongo_uri)["push"][collections.WCP_CLIENTS].find_one({"_id": client_key("default", client_id)})
+    client = pymongo.MongoClient(stack.mongo_uri)["push"][mongo.WCP_CLIENTS].find_one({"_id": client_key("default", client_id)})
     assert client["deleted"] in (True, 1), client  # nx-27017 answers a $set boolean as 1
 
 

@@ -14,7 +14,7 @@ import uuid
 import pymongo
 import pytest
 
-from shared import db as collections
+from shared import db as mongo
 from shared import device_lookup
 from shared.commands import command
 from shared.device_lookup import send_targets as _targets
@@ -41,7 +41,7 @@ def lookup_pairs(db, collection: str) -> list[tuple[str, str]]:
 def held_pairs(db) -> tuple[list, list]:
     """What the lookup must hold exactly: (user key, device) of live users, (activation, device) of every device."""
     users, activations = [], []
-    for device in db[collections.DEVICES].find():
+    for device in db[mongo.DEVICES].find():
         if not device.get("deleted"):
             users += [(device_lookup.user_key(device["app_id"], u), device["_id"]) for u in device["user_ids"]]
         activations += [(a, device["_id"]) for a in device["activation_ids"]]
@@ -50,8 +50,8 @@ def held_pairs(db) -> tuple[list, list]:
 
 def assert_lookup_matches_devices(db) -> None:
     users, activations = held_pairs(db)
-    assert lookup_pairs(db, collections.USER_DEVICES) == users
-    assert lookup_pairs(db, collections.ACTIVATION_DEVICES) == activations
+    assert lookup_pairs(db, mongo.USER_DEVICES) == users
+    assert lookup_pairs(db, mongo.ACTIVATION_DEVICES) == activations
 
 
 def test_lookup_matches_the_devices_whatever_order_writes_run_in_and_when_each_runs_twice(scratch):
@@ -69,7 +69,7 @@ def test_lookup_matches_the_devices_whatever_order_writes_run_in_and_when_each_r
         register_command(other_token, "u1", ["a1"]),
     ]
     for order in itertools.permutations(commands):
-        for name in (collections.DEVICES, collections.USER_DEVICES, collections.ACTIVATION_DEVICES):
+        for name in (mongo.DEVICES, mongo.USER_DEVICES, mongo.ACTIVATION_DEVICES):
             scratch[name].delete_many({})
         for cmd in [*order, *order]:  # every command redelivered after all of them ran
             writes.HANDLERS[cmd["kind"]](scratch, cmd)
@@ -91,18 +91,18 @@ def test_purged_tombstones_leave_the_lookup(scratch):
     writes.register_device(scratch, command("device.register", app_id=app_id, token=token, platform="apns",
                                             environment=None, user_id="u1", activation_ids=["a1"]))
     writes.delete_device(scratch, command("device.delete", app_id=app_id, token=token))
-    assert lookup_pairs(scratch, collections.ACTIVATION_DEVICES) == [("a1", f"{app_id}:{token}")]  # a tombstone keeps it
+    assert lookup_pairs(scratch, mongo.ACTIVATION_DEVICES) == [("a1", f"{app_id}:{token}")]  # a tombstone keeps it
 
     assert writes.purge_tombstones(scratch, older_than_seconds=0) == 1
 
-    assert lookup_pairs(scratch, collections.USER_DEVICES) == []
-    assert lookup_pairs(scratch, collections.ACTIVATION_DEVICES) == []
+    assert lookup_pairs(scratch, mongo.USER_DEVICES) == []
+    assert lookup_pairs(scratch, mongo.ACTIVATION_DEVICES) == []
 
 
 def test_a_database_without_the_lookup_is_filled_once(scratch):
     """An upgrade: devices written by a version without the lookup are still reached."""
     app_id = "app-b"
-    scratch[collections.DEVICES].insert_many([
+    scratch[mongo.DEVICES].insert_many([
         {"_id": f"{app_id}:t1", "app_id": app_id, "token": "t1", "platform": "apns", "environment": None,
          "activations": {"a1": "u1"}, "activation_ids": ["a1"], "user_ids": ["u1"], "deleted": False, "active": True, "ts": 5},
         {"_id": f"{app_id}:t2", "app_id": app_id, "token": "t2", "platform": "fcm", "environment": None,
@@ -119,7 +119,7 @@ def test_a_database_without_the_lookup_is_filled_once(scratch):
 
 def test_a_device_of_two_users_gets_one_delivery_per_entry_that_names_one_of_them(scratch):
     app_id = "app-s"
-    scratch[collections.DEVICES].insert_one(
+    scratch[mongo.DEVICES].insert_one(
         {"_id": f"{app_id}:t1", "app_id": app_id, "token": "t1", "platform": "apns", "environment": None,
          "activations": {"a1": "u1", "a2": "u2"}, "activation_ids": ["a1", "a2"], "user_ids": ["u1", "u2"],
          "deleted": False, "active": True, "ts": 5}
@@ -147,4 +147,4 @@ def test_sends_follow_a_token_moved_to_another_user_through_the_api(api, new_app
     assert total(second) == 0
     db = pymongo.MongoClient(stack.mongo_uri)["push"]
     keys = [device_lookup.user_key(app_id, u) for u in (first, second)]
-    assert [doc["d"] for doc in db[collections.USER_DEVICES].find({"_id": {"$in": keys}})] == [[], []]
+    assert [doc["d"] for doc in db[mongo.USER_DEVICES].find({"_id": {"$in": keys}})] == [[], []]

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from devstack.stack import free_port
-from shared import db as collections
+from shared import db as mongo
 from tests import waiting
 from tests.integration.conftest import Api
 from tests.integration.tcp_proxy import TcpProxy
@@ -55,7 +55,7 @@ def inbox_post(user: str, app_id: str, subject: str = "a subject") -> dict:
 
 
 def messages_of(database, user: str) -> list[dict]:
-    return list(database[collections.INBOX].find({"user_id": user}))
+    return list(database[mongo.INBOX].find({"user_id": user}))
 
 
 def test_a_post_queued_before_a_mongodb_outage_is_answered_202_with_its_id_and_stored_once(stack, proxied, mongo_proxy, database, new_app):

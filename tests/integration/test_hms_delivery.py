@@ -8,7 +8,7 @@ import orjson
 import pymongo
 import pytest
 
-from shared import db as collections
+from shared import db as mongo
 from shared.broker import make_broker
 from shared.commands import EXPAND_SEND, Publisher, command
 from shared.settings import load
@@ -64,7 +64,7 @@ def test_a_dead_hms_token_deactivates_the_registration(api, new_app, hms_sim, da
     answer = send(api, app_id, bob, {"title": "gone"})
 
     assert answer["result"]["hms"] == FAILED_ONE
-    device = database[collections.DEVICES].find_one({"_id": f"{app_id}:{dead}"})
+    device = database[mongo.DEVICES].find_one({"_id": f"{app_id}:{dead}"})
     assert device["active"] in (False, 0)  # nx-27017 answers a $set boolean as 0
     assert hms_sim.counts(dead) == {"delivered": 0, "attempts": 1, "shown": 0}
     (delivery,) = ledger_view.rows(database, answer["messageId"])
@@ -115,7 +115,7 @@ def test_a_message_hms_refuses_is_failed_without_retry_and_the_device_stays(api,
 
     assert delivery["state"] == "failed" and delivery["reason"].startswith("80300008")
     assert hms_sim.counts(token) == {"delivered": 0, "attempts": 1, "shown": 0}
-    assert database[collections.DEVICES].find_one({"_id": f"{app_id}:{token}"})["active"] in (True, 1)
+    assert database[mongo.DEVICES].find_one({"_id": f"{app_id}:{token}"})["active"] in (True, 1)
 
 
 def test_refused_hms_credentials_fail_the_send_and_suspend_hms_for_the_app(api, new_app, hms_sim, database):
@@ -129,7 +129,7 @@ def test_refused_hms_credentials_fail_the_send_and_suspend_hms_for_the_app(api, 
 
     assert answer["result"]["hms"] == FAILED_ONE
     assert hms_sim.counts(token)["attempts"] == 0
-    app = database[collections.APPS].find_one({"_id": app_id})
+    app = database[mongo.APPS].find_one({"_id": app_id})
     assert "token endpoint refused" in app["suspended"]["hms"]
 
 

@@ -6,7 +6,7 @@ import uuid
 import pymongo
 import pytest
 
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import command, new_id
 from workers import inbox as handlers
 
@@ -217,7 +217,7 @@ def test_redelivered_commands_change_nothing_the_second_time(stack, api, apps):
     )
     handlers.post_message(db, post_command)
     handlers.post_message(db, post_command)
-    assert len(list(db[collections.INBOX].find({"user_id": user}))) == 1
+    assert len(list(db[mongo.INBOX].find({"user_id": user}))) == 1
 
     read_command = command("inbox.read", inbox_id=post_command["inbox_id"])
     assert handlers.read_message(db, read_command) == {"changed": True}

@@ -8,7 +8,7 @@ import uuid
 import pymongo
 import pytest
 
-from shared import db as collections
+from shared import db as mongo
 from shared import ledger
 from shared.broker import make_broker
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
@@ -41,7 +41,7 @@ def test_a_chunk_written_twice_is_one_document(database):
     items = deliveries(message_id, 5)
     ledger.write_chunks(database, message_id, "app", "fcm", items, chunk_size=2)
     ledger.write_chunks(database, message_id, "app", "fcm", items, chunk_size=2)
-    docs = list(database[collections.LEDGER].find({"m": message_id}).sort("i", 1))
+    docs = list(database[mongo.LEDGER].find({"m": message_id}).sort("i", 1))
     assert [d["_id"] for d in docs] == [ledger.chunk_id(message_id, "fcm", i) for i in range(3)]
     assert [d["s"] for d in docs] == ["pp", "pp", "p"]
     assert [r["_id"] for r in ledger.rows(database, [message_id])] == [d.id for d in items]
@@ -55,7 +55,7 @@ def test_a_held_chunk_is_taken_over_only_after_its_heartbeat_stood_still(databas
     assert mine is None and found["c"] == "run-a"
     seen = ledger.LeaseWatch.seen(found)
     # The holder is alive: its heartbeat moved since run-b looked.
-    database[collections.LEDGER].update_one({"_id": doc["_id"]}, {"$inc": {"hb": 1}})
+    database[mongo.LEDGER].update_one({"_id": doc["_id"]}, {"$inc": {"hb": 1}})
     mine, found = ledger.claim(database, doc["_id"], "run-b", seen)
     assert mine is None and found["c"] == "run-a"
     # Still for a whole lease (the re-enqueued message came back and saw the same pair): taken over.
@@ -63,7 +63,7 @@ def test_a_held_chunk_is_taken_over_only_after_its_heartbeat_stood_still(databas
     assert mine is not None and mine["c"] == "run-b"
     # The old holder's outcome write no longer lands.
     update = ledger.outcome_update("sss", {})
-    assert database[collections.LEDGER].update_one({"_id": doc["_id"], "c": "run-a"}, update).matched_count == 0
+    assert database[mongo.LEDGER].update_one({"_id": doc["_id"], "c": "run-a"}, update).matched_count == 0
 
 
 def test_the_recorder_deactivates_dead_tokens_before_it_records_them_and_releases_the_claim(database):
@@ -72,7 +72,7 @@ def test_the_recorder_deactivates_dead_tokens_before_it_records_them_and_release
     seen_when_deactivating = []
 
     def deactivate(db, device_ids, reason, *, invalid_since=None):
-        seen_when_deactivating.append((device_ids, db[collections.LEDGER].find_one({"_id": doc["_id"]})["s"]))
+        seen_when_deactivating.append((device_ids, db[mongo.LEDGER].find_one({"_id": doc["_id"]})["s"]))
 
     recorder = Recorder({"device": deactivate}, heartbeat=1.0)
     items = ledger.deliveries_of(claimed)
@@ -86,7 +86,7 @@ def test_the_recorder_deactivates_dead_tokens_before_it_records_them_and_release
 
     asyncio.run(run())
     assert seen_when_deactivating == [([items[1].device_id], "ppp")]  # deactivated while nothing was recorded yet
-    after = database[collections.LEDGER].find_one({"_id": doc["_id"]})
+    after = database[mongo.LEDGER].find_one({"_id": doc["_id"]})
     assert after["s"] == "sdr" and after["c"] is None and after["o"] in (True, 1)
     assert after["r"] == {"1": "Unregistered", "2": "503"}
     assert recorder.latency()["n"] == 3
@@ -95,7 +95,7 @@ def test_the_recorder_deactivates_dead_tokens_before_it_records_them_and_release
 def test_the_recorder_says_when_its_claim_was_lost(database):
     doc = new_chunk(database, 1)
     claimed, _ = ledger.claim(database, doc["_id"], "run-x", None)
-    database[collections.LEDGER].update_one({"_id": doc["_id"]}, {"$set": {"c": "run-y"}})
+    database[mongo.LEDGER].update_one({"_id": doc["_id"]}, {"$set": {"c": "run-y"}})
     recorder = Recorder({}, heartbeat=1.0)
 
     async def run():
@@ -105,7 +105,7 @@ def test_the_recorder_says_when_its_claim_was_lost(database):
 
     with pytest.raises(ClaimLost):
         asyncio.run(run())
-    assert database[collections.LEDGER].find_one({"_id": doc["_id"]})["s"] == "p"
+    assert database[mongo.LEDGER].find_one({"_id": doc["_id"]})["s"] == "p"
 
 
 def test_a_free_chunk_changes_by_compare_and_set_and_a_held_one_not(database):
@@ -114,23 +114,23 @@ def test_a_free_chunk_changes_by_compare_and_set_and_a_held_one_not(database):
     assert ledger.change_free_chunk(database, doc["_id"], {1: (ledger.RETRY, "again")}, only_from="l") == []
     ledger.claim(database, doc["_id"], "run-h", None)
     assert ledger.change_free_chunk(database, doc["_id"], {0: (ledger.FAILED, "gone")}, only_from=ledger.OPEN_CHARS) == []
-    assert database[collections.LEDGER].find_one({"_id": doc["_id"]})["s"] == "pf"
+    assert database[mongo.LEDGER].find_one({"_id": doc["_id"]})["s"] == "pf"
 
 
 def test_retention_purges_old_chunks_and_keeps_the_messages_counts(database):
     message_id = new_id()
-    database[collections.MESSAGES].insert_one({"_id": message_id, "expanded": True, "totals": {"apns": 3, "fcm": 0},
+    database[mongo.MESSAGES].insert_one({"_id": message_id, "expanded": True, "totals": {"apns": 3, "fcm": 0},
                                                "chunks": {"apns": 1, "fcm": 0}})
     old = time.time() - 8 * 86400
     (doc,) = ledger.write_chunks(database, message_id, "app", "apns", deliveries(message_id, 3), chunk_size=500, now=old)
-    database[collections.LEDGER].update_one({"_id": doc["_id"]}, {"$set": {"s": "sfs", "o": False}})
+    database[mongo.LEDGER].update_one({"_id": doc["_id"]}, {"$set": {"s": "sfs", "o": False}})
     fresh = new_chunk(database)
 
     done = ledger.purge(database, retention_days=7)
     assert done["messages"] >= 1 and done["chunks"] >= 1
-    assert database[collections.LEDGER].find_one({"_id": doc["_id"]}) is None
-    assert database[collections.LEDGER].find_one({"_id": fresh["_id"]}) is not None
-    message = database[collections.MESSAGES].find_one({"_id": message_id})
+    assert database[mongo.LEDGER].find_one({"_id": doc["_id"]}) is None
+    assert database[mongo.LEDGER].find_one({"_id": fresh["_id"]}) is not None
+    message = database[mongo.MESSAGES].find_one({"_id": message_id})
     counts = ledger.counts_of_messages(database, [message])[message_id]
     assert counts["apns"] == {ledger.SENT: 2, ledger.FAILED: 1}
 
@@ -141,14 +141,14 @@ def test_an_old_format_chunk_queued_before_the_upgrade_is_delivered_as_before(ap
     database = pymongo.MongoClient(stack.mongo_uri)["push"]
     message_id = f"old-{uuid.uuid4().hex[:8]}"
     tokens = {"apns": [apns_token(), apns_token()], "fcm": [fcm_token()]}
-    database[collections.MESSAGES].insert_one({"_id": message_id, "app_id": app_id, "kind": "push", "mode": "ASYNCHRONOUS",
+    database[mongo.MESSAGES].insert_one({"_id": message_id, "app_id": app_id, "kind": "push", "mode": "ASYNCHRONOUS",
                                                "expanded": True, "totals": {"apns": 2, "fcm": 1}, "total": 3})
     entry = {"user_id": "u", "activation_id": None, "personal": False, "silent": False, "high_priority": True, "body": {"title": "old"}}
     settings = load(queue_prefix=stack.queue_prefix)
     publisher = Publisher(make_broker(settings, set_global=False), settings)
     for platform, platform_tokens in tokens.items():
         items = [ledger.Delivery(ledger.delivery_id(message_id, 0, t), f"{app_id}:{t}", t, 0, None) for t in platform_tokens]
-        database[collections.DELIVERIES].insert_many(
+        database[mongo.DELIVERIES].insert_many(
             [{"_id": d.id, "message_id": message_id, "platform": platform, "device_id": d.device_id, "state": "pending",
               "ps": f"{platform}:pending"} for d in items]
         )

@@ -24,7 +24,7 @@ import requests
 
 from devstack.credentials import make_credentials, register_with_simulators
 from devstack.stack import free_port
-from shared import db as collections
+from shared import db as mongo
 from shared.broker import make_broker
 from shared.commands import DELIVER_CHUNK_WEBHOOK, Publisher
 from shared.settings import load
@@ -165,7 +165,7 @@ def queue_push(publisher: Publisher, url: str) -> str:
 
 def final_record(database, push_id: str) -> dict:
     return waiting.wait_for(
-        lambda: database[collections.WC_PUSHES].find_one({"_id": push_id, "state": {"$in": ["sent", "failed", "dead_letter"]}}),
+        lambda: database[mongo.WC_PUSHES].find_one({"_id": push_id, "state": {"$in": ["sent", "failed", "dead_letter"]}}),
         timeout=OUTCOME_WAIT_SECONDS, what=f"outcome of push {push_id}",
     )
 
@@ -239,7 +239,7 @@ def test_the_worker_refuses_an_internal_token_uri_stored_earlier_and_suspends_fc
     register(api, app_id, token, "android", "ssrf-user")
     sent = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": "ssrf-user", "body": {"title": "t"}}})
     assert sent["responseObject"]["result"]["fcm"]["failed"] == 1, sent
-    app = database[collections.APPS].find_one({"_id": app_id}, {"suspended": 1})
+    app = database[mongo.APPS].find_one({"_id": app_id}, {"suspended": 1})
     assert "not allowed" in (app.get("suspended") or {}).get("fcm", ""), app
     assert fcm_sim.delivered(token) == 0
     assert_nothing_reached(servers)

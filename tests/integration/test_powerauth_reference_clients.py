@@ -9,7 +9,7 @@ import uuid
 import pymongo
 import pytest
 
-from shared import db as collections
+from shared import db as mongo
 from shared.sealed_credentials import CredentialKeys
 from tests.integration.conftest import TEST_SETTINGS, apns_token, fcm_token, register
 from tests.waiting import wait_for
@@ -66,7 +66,7 @@ def test_unconfigured_apps_are_listed(api, new_app):
 def test_the_deprecated_credential_routes_set_and_remove_each_provider(api, new_app, database):
     source = new_app()  # credentials the simulators know, uploaded again through the old routes
     app_id = bare_app(api)
-    stored = database[collections.APPS].find_one({"_id": source})
+    stored = database[mongo.APPS].find_one({"_id": source})
     # Sealed at rest (shared/sealed_credentials.py): opened with the stack's key to upload them again.
     keys = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"])
     stored = {**stored, "apns": keys.open(source, "apns", stored["apns"]), "fcm": keys.open(source, "fcm", stored["fcm"])}
@@ -98,7 +98,7 @@ def test_hms_credentials_are_stored_and_never_answered(api, database):
     app_id = bare_app(api)
     api.ok("/admin/app/hms", {"appId": app_id, **HMS})
 
-    stored = database[collections.APPS].find_one({"_id": app_id})["hms"]
+    stored = database[mongo.APPS].find_one({"_id": app_id})["hms"]
     assert HMS["clientSecret"] not in str(stored)  # sealed at rest (shared/sealed_credentials.py)
     opened = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"]).open(app_id, "hms", stored)
     assert opened == {"project_id": HMS["projectId"], "client_id": HMS["clientId"], "client_secret": HMS["clientSecret"]}
@@ -115,9 +115,9 @@ def test_hms_credentials_are_stored_and_never_answered(api, database):
 def test_hms_credentials_land_on_an_app_created_before_hms_was_known(api, database):
     app_id = f"older-{uuid.uuid4().hex[:8]}"
     # As create_app wrote apps before: no hms_ts.
-    database[collections.APPS].insert_one({"_id": app_id, "apns_ts": 0, "fcm_ts": 0, "suspended": {}})
+    database[mongo.APPS].insert_one({"_id": app_id, "apns_ts": 0, "fcm_ts": 0, "suspended": {}})
     api.ok("/admin/app/hms", {"appId": app_id, **HMS})
-    assert database[collections.APPS].find_one({"_id": app_id})["hms"]["project_id"] == HMS["projectId"]
+    assert database[mongo.APPS].find_one({"_id": app_id})["hms"]["project_id"] == HMS["projectId"]
 
 
 def test_hms_devices_register_and_the_result_reports_hms_and_huawei(api, new_app, database, apns_sim, hms_sim):
@@ -128,7 +128,7 @@ def test_hms_devices_register_and_the_result_reports_hms_and_huawei(api, new_app
     register(api, app_id, ios, "apns", dave)
     register(api, app_id, huawei, "huawei", dave)
     register(api, app_id, hms, "hms", dave)
-    platforms = sorted(d["platform"] for d in database[collections.DEVICES].find({"app_id": app_id}))
+    platforms = sorted(d["platform"] for d in database[mongo.DEVICES].find({"app_id": app_id}))
     assert platforms == ["apns", "hms", "hms"]
 
     result = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": dave, "body": {"title": "hi"}}})["responseObject"]["result"]
@@ -166,16 +166,16 @@ def test_a_registration_written_after_the_410_timestamp_is_not_deactivated_by_it
     register(api, app_id, dead, "apns", frank)
     first = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": frank, "body": {"title": "1"}}})["responseObject"]
     assert first["result"]["apns"]["failed"] == 1
-    assert database[collections.DEVICES].find_one(device)["active"] in (False, 0)  # nx-27017 answers a $set boolean as 0
+    assert database[mongo.DEVICES].find_one(device)["active"] in (False, 0)  # nx-27017 answers a $set boolean as 0
 
     register(api, app_id, dead, "apns", frank)  # the app registered the token again, after APNs' timestamp
-    assert database[collections.DEVICES].find_one(device)["active"] in (True, 1)
+    assert database[mongo.DEVICES].find_one(device)["active"] in (True, 1)
     second = api.ok("/push/message/send", {"appId": app_id, "message": {"userId": frank, "body": {"title": "2"}}})["responseObject"]
 
     # APNs still says 410, with its first timestamp; the answer comes once the dead-token action was applied.
     assert second["result"]["apns"] == {"sent": 0, "pending": 0, "failed": 1, "total": 1}
     assert apns_sim.counts(dead)["attempts"] == 2
-    assert database[collections.DEVICES].find_one(device)["active"] in (True, 1)
+    assert database[mongo.DEVICES].find_one(device)["active"] in (True, 1)
 
 
 def test_a_campaign_reaches_every_provider_hms_too(api, new_app, apns_sim, hms_sim):

@@ -19,7 +19,7 @@ import pytest
 
 from devstack.credentials import configure_app, make_credentials
 from devstack.stack import ROOT, Ports, Stack, free_port
-from shared import db as collections
+from shared import db as mongo
 from shared.commands import queue_name_for_prefix
 from shared.sealed_credentials import SEALED, CredentialKeys, new_key_entry
 from shared.settings import load
@@ -37,7 +37,7 @@ def database(stack):
 
 def test_uploaded_credentials_lie_sealed_in_mongodb_and_still_deliver(api, new_app, database, apns_sim, fcm_sim):
     app_id = new_app()
-    app = database[collections.APPS].find_one({"_id": app_id})
+    app = database[mongo.APPS].find_one({"_id": app_id})
     stored = json.dumps({"apns": app["apns"], "fcm": app["fcm"]}, default=str)
     assert not any(marker in stored for marker in SECRET_MARKERS), stored[:500]
     key_id = TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"].split(":", 1)[0]
@@ -85,12 +85,12 @@ def test_the_credentials_command_crosses_rabbitmq_sealed(stack):
 @pytest.fixture
 def scratch(tmp_path):
     """A database of its own: a separate nx-27017 (the databases of one nx-27017 file share their collections)."""
-    mongo = Stack(var_dir=tmp_path, ports=Ports(mongo=free_port()))
-    mongo.start_mongo()
-    client = pymongo.MongoClient(mongo.mongo_uri)
+    own = Stack(var_dir=tmp_path, ports=Ports(mongo=free_port()))
+    own.start_mongo()
+    client = pymongo.MongoClient(own.mongo_uri)
     yield client["push"]
     client.close()
-    mongo.stop_all()
+    own.stop_all()
 
 
 def rotate(stack, scratch, keys: str, *args: str) -> subprocess.CompletedProcess:
@@ -105,19 +105,19 @@ def test_the_rotation_command_rewraps_every_app_under_the_new_key(stack, scratch
     old_keys = CredentialKeys.parse(old)
     apns = {"auth": "token", "bundle": "com.r", "key_id": "K", "team_id": "T", "private_key": "-----BEGIN PRIVATE KEY-----\nR\n"}
     fcm = {"project_id": "p", "service_account": {"private_key": "FCM-R", "client_email": "r@p"}}
-    scratch[collections.APPS].insert_many([
+    scratch[mongo.APPS].insert_many([
         {"_id": "sealed-app", "apns": old_keys.seal("sealed-app", "apns", apns), "fcm": old_keys.seal("sealed-app", "fcm", fcm),
          "apns_ts": 5, "fcm_ts": 5},
         {"_id": "clear-app", "apns": apns, "fcm": None, "apns_ts": 3, "fcm_ts": 0},
     ])
     dry = rotate(stack, scratch, f"{new},{old}", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert scratch[collections.APPS].find_one({"_id": "clear-app"})["apns"] == apns
+    assert scratch[mongo.APPS].find_one({"_id": "clear-app"})["apns"] == apns
     done = rotate(stack, scratch, f"{new},{old}")
     assert done.returncode == 0, done.stderr
     assert "re-wrapped: 2" in done.stdout and "sealed (was in clear): 1" in done.stdout, done.stdout
     only_new = CredentialKeys.parse(new)
-    for app in scratch[collections.APPS].find():
+    for app in scratch[mongo.APPS].find():
         for provider, clear in (("apns", apns), ("fcm", fcm)):
             if app[provider] is None:
                 continue

@@ -17,7 +17,7 @@ import requests
 
 from devstack.credentials import configure_app, make_credentials, register_with_simulators
 from devstack.stack import free_port
-from shared import db as collections
+from shared import db as mongo
 from shared.broker import make_broker
 from shared.commands import APPLY_WRITE, DELIVER_CHUNK_WEBHOOK, Publisher, command
 from shared.settings import load
@@ -222,7 +222,7 @@ def test_call_request_is_stored_and_pushed_to_the_wallets_webhook(bridge, receiv
 
     posts = eventually(lambda: [b for b in receiver.posts_to("/push/ok") if b["callId"] == call_id], what="webhook POST")
     assert posts == [{"sessionId": session_id, "callId": call_id, "pushType": "fcm", "pushToken": push["token"], "dappName": "Uniswap"}]
-    record = eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": call_id, "state": "sent"}), what="sent record")
+    record = eventually(lambda: database[mongo.WC_PUSHES].find_one({"_id": call_id, "state": "sent"}), what="sent record")
     assert record["attempts"] == 1 and record["last_status"] == 200
 
     answer = bridge.request("GET", f"/session/{session_id}/call/{call_id}")
@@ -271,7 +271,7 @@ def test_webhook_failures_are_retried_with_backoff_and_recorded(bridge, receiver
 
     call_id = bridge.new_call(session_id)
 
-    record = eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": call_id, "state": "sent"}), what="sent record")
+    record = eventually(lambda: database[mongo.WC_PUSHES].find_one({"_id": call_id, "state": "sent"}), what="sent record")
     assert record["attempts"] == 3
     assert [b["callId"] for b in receiver.posts_to("/push/flaky")] == [call_id] * 3
 
@@ -285,10 +285,10 @@ def test_a_failing_webhook_never_loses_the_call_request(bridge, receiver, databa
     refused_call = bridge.new_call(refused)
     unreachable_call = bridge.new_call(unreachable)
 
-    record = eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": refused_call, "state": "failed"}), what="failed record")
+    record = eventually(lambda: database[mongo.WC_PUSHES].find_one({"_id": refused_call, "state": "failed"}), what="failed record")
     assert record["last_status"] == 410 and record["attempts"] == 1
     record = eventually(
-        lambda: database[collections.WC_PUSHES].find_one({"_id": unreachable_call, "state": "retry"}), what="retry record"
+        lambda: database[mongo.WC_PUSHES].find_one({"_id": unreachable_call, "state": "retry"}), what="retry record"
     )
     assert record["attempts"] >= 1 and "ConnectionError" in record["last_error"]
     for session_id, call_id in ((refused, refused_call), (unreachable, unreachable_call)):
@@ -328,7 +328,7 @@ def test_a_webhook_push_published_twice_is_posted_once(receiver, database, publi
     publisher.publish(DELIVER_CHUNK_WEBHOOK, job)
     publisher.publish(DELIVER_CHUNK_WEBHOOK, job)
 
-    eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": push_id, "state": "sent"}), what="sent record")
+    eventually(lambda: database[mongo.WC_PUSHES].find_one({"_id": push_id, "state": "sent"}), what="sent record")
     time.sleep(1.0)
     assert receiver.posts_to("/push/dup") == [{"callId": push_id}]
 
@@ -347,7 +347,7 @@ def test_the_worker_does_not_post_a_queued_webhook_whose_host_is_not_allowed(rec
     }
     publisher.publish(DELIVER_CHUNK_WEBHOOK, job)
 
-    record = eventually(lambda: database[collections.WC_PUSHES].find_one({"_id": push_id, "state": "failed"}), what="failed record")
+    record = eventually(lambda: database[mongo.WC_PUSHES].find_one({"_id": push_id, "state": "failed"}), what="failed record")
     assert record["attempts"] == 0 and "not allowed" in record["last_error"]
     assert receiver.posts_to("/push/refused") == []
 
@@ -376,13 +376,13 @@ def test_session_writes_applied_out_of_order_end_as_the_api_acknowledged_them(br
     delete = command("wc.session.delete", session_id=session_id, ttl_seconds=3600.0)
     # The delete was received last but is applied first.
     publisher.publish(APPLY_WRITE, delete)
-    eventually(lambda: database[collections.COMMANDS].find_one({"_id": delete["id"]}), what="delete applied")
+    eventually(lambda: database[mongo.COMMANDS].find_one({"_id": delete["id"]}), what="delete applied")
     publisher.publish(APPLY_WRITE, update)
-    eventually(lambda: database[collections.COMMANDS].find_one({"_id": update["id"]}), what="update applied")
+    eventually(lambda: database[mongo.COMMANDS].find_one({"_id": update["id"]}), what="update applied")
 
     assert bridge.request("GET", f"/session/{session_id}").status_code == 204
     # Truthy rather than True: nx-27017 answers a boolean $set on an existing document as 1.
-    assert database[collections.WC_SESSIONS].find_one({"_id": session_id, "deleted": True}) is not None
+    assert database[mongo.WC_SESSIONS].find_one({"_id": session_id, "deleted": True}) is not None
 
 
 def test_apns_and_fcm_wallets_are_pushed_through_the_delivery_pipeline(push_bridge, apns_sim, fcm_sim):
@@ -479,8 +479,8 @@ def test_call_data_expires_after_the_call_ttl(short_bridge, database):
     assert short_bridge.request("GET", f"/session/{session_id}/calls").json() == {"data": {}}
     assert short_bridge.request("POST", f"/call-status/{call_id}/new", json={"encryptionPayload": PAYLOAD}).status_code == 404
     # The TTL index removes them from MongoDB (nx-27017 when the collection is read).
-    eventually(lambda: database[collections.WC_CALLS].find_one({"_id": call_id}) is None, timeout=90, what="call removed")
-    eventually(lambda: database[collections.WC_CALL_STATUS].find_one({"_id": call_id}) is None, timeout=90, what="status removed")
+    eventually(lambda: database[mongo.WC_CALLS].find_one({"_id": call_id}) is None, timeout=90, what="call removed")
+    eventually(lambda: database[mongo.WC_CALL_STATUS].find_one({"_id": call_id}) is None, timeout=90, what="status removed")
 
 
 def test_a_session_lives_for_the_session_ttl_from_its_last_write(short_bridge, database):
@@ -498,12 +498,12 @@ def test_a_session_lives_for_the_session_ttl_from_its_last_write(short_bridge, d
     assert short_bridge.put_session(session_id).status_code == 404
     answer = short_bridge.request("POST", f"/session/{session_id}/call/new", json={"encryptionPayload": PAYLOAD})
     assert answer.status_code == 404 and "message" in answer.json()
-    eventually(lambda: database[collections.WC_SESSIONS].find_one({"_id": session_id}) is None, timeout=90, what="session removed")
+    eventually(lambda: database[mongo.WC_SESSIONS].find_one({"_id": session_id}) is None, timeout=90, what="session removed")
 
 
 def test_expiring_collections_have_ttl_indexes(database, bridge):
     bridge.wallet_session()
-    for collection in collections.TTL_COLLECTIONS:
+    for collection in mongo.TTL_COLLECTIONS:
         indexes = {tuple(index["key"].items()): index for index in database[collection].list_indexes()}
         assert indexes[(("expires_at", 1),)]["expireAfterSeconds"] == 0, collection
 

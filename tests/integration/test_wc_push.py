@@ -29,7 +29,7 @@ from api.app import create_app
 from api.wc_push_auth import did_key_for, signed_message
 from devstack.credentials import apns_certificate_p12, make_credentials, register_with_simulators
 from devstack.stack import free_port
-from shared import db as collections
+from shared import db as mongo
 from shared import ledger
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import load
@@ -285,7 +285,7 @@ def test_send_to_unknown_or_unregistered_client_is_a_202_delivering_nothing(api,
     assert wc.unregister(client).json() == {"status": "OK"}
     ignored = new_id()
     assert wc.send(client, ignored, encrypted()).status_code == 202
-    assert database[collections.WCP_NOTIFICATIONS].find_one({"_id": notification_key("default", client, ignored)}) is None
+    assert database[mongo.WCP_NOTIFICATIONS].find_one({"_id": notification_key("default", client, ignored)}) is None
     registered(wc, "fcm", token, client_id=client)
     assert wc.send(client, new_id(), encrypted()).status_code == 202
     assert delivered(fcm_sim, token) == 1
@@ -340,7 +340,7 @@ def test_dead_token_deletes_the_client(api, default_tenant, database, apns_sim, 
         client = registered(wc, kind, token)
         assert wc.send(client, new_id(), encrypted()).status_code == 202
         key = client_key("default", client)
-        wait_for(lambda key=key: database[collections.WCP_CLIENTS].find_one({"_id": key})["deleted"], timeout=DELIVERY_TIMEOUT, what=f"{kind} client deleted")
+        wait_for(lambda key=key: database[mongo.WCP_CLIENTS].find_one({"_id": key})["deleted"], timeout=DELIVERY_TIMEOUT, what=f"{kind} client deleted")
         attempts = simulator.counts(token)["attempts"]
         assert wc.send(client, new_id(), encrypted()).status_code == 202  # the client is gone: nothing more is tried
         time.sleep(1.0)
@@ -561,7 +561,7 @@ def test_certificate_tenant_delivers_with_the_client_certificate_and_no_token(st
     answer = upload_certificate(admin, tenant, p12, "s3cret")
     assert answer.status_code == 200, answer.get_data(as_text=True)
 
-    stored = database[collections.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
+    stored = database[mongo.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
     assert stored["auth"] == "certificate" and "key_id" not in stored and stored["bundle"] == topic
     assert no_secrets(str(stored))  # sealed at rest (shared/sealed_credentials.py); opened where a client is built
     opened = CredentialKeys.parse(TEST_SETTINGS["PUSH_CREDENTIAL_KEYS"]).open(tenant_app_id(tenant), "apns", stored)
@@ -588,7 +588,7 @@ def test_certificate_tenant_delivers_with_the_client_certificate_and_no_token(st
     assert answer.status_code == 200, answer.get_data(as_text=True)
     assert admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["apns_topic"] == other
     upload_credentials(admin, tenant, simulator_credentials(stack, apns_sim, fcm_sim, tenant), fcm=False)
-    stored = database[collections.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
+    stored = database[mongo.APPS].find_one({"_id": tenant_app_id(tenant)})["apns"]
     assert "certificate" not in stored and admin.get(f"/tenants/{tenant}", headers=ADMIN).get_json()["apns_type"] == "token"
 
     # The key never reaches a log line.
@@ -699,7 +699,7 @@ def test_token_owner_is_the_newest_registration_whatever_the_apply_order(databas
     # newer first, then the older one arrives late: the older must lose the token
     handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 2))
     handlers.register_client(database, register_cmd(tenant, "a", "tok", now + 1))
-    clients = database[collections.WCP_CLIENTS]
+    clients = database[mongo.WCP_CLIENTS]
     assert not clients.find_one({"_id": client_key(tenant, "b")})["deleted"]
     assert clients.find_one({"_id": client_key(tenant, "a")})["deleted"]
     # in order: the previous owner is evicted
@@ -717,27 +717,27 @@ def test_eviction_and_unregister_cancel_pending_deliveries(database):
     now = time.time_ns()
     handlers.register_client(database, register_cmd(tenant, "a", "tok", now, kind="fcm"))
     message_id = new_id()
-    database[collections.WCP_NOTIFICATIONS].insert_one(
+    database[mongo.WCP_NOTIFICATIONS].insert_one(
         {"_id": f"{tenant}\ta\tn1", "tenant_id": tenant, "client_key": client_key(tenant, "a"), "message_id": message_id, "token": "tok", "platform": "fcm"}
     )
     chunk = ledger.chunk_document(message_id, "app", "fcm", 0, [ledger.Delivery(f"{message_id}:0:tok", "d", "tok", 0, None)], now=time.time())
     chunk["s"] = ledger.CHAR[ledger.RETRY]
-    database[collections.LEDGER].insert_one(chunk)
+    database[mongo.LEDGER].insert_one(chunk)
     handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 1, kind="fcm"))
     (delivery,) = ledger.rows(database, [message_id])
     assert (delivery["state"], delivery["platform"]) == ("failed", "fcm") and delivery["reason"].startswith("token registered")
-    assert database[collections.WCP_NOTIFICATIONS].find_one({"_id": f"{tenant}\ta\tn1"}) is None
+    assert database[mongo.WCP_NOTIFICATIONS].find_one({"_id": f"{tenant}\ta\tn1"}) is None
 
     handlers.delete_client(database, {"id": new_id(), "received_at": now + 2, "tenant_id": tenant, "client_id": "b"})
-    assert database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    assert database[mongo.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
     # a registration acknowledged before the unregister but applied after it stays deleted
     handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 1, kind="fcm"))
-    assert database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    assert database[mongo.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
     # registered again, then its token taken: evicted again
     handlers.register_client(database, register_cmd(tenant, "b", "tok", now + 3, kind="fcm"))
-    assert not database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    assert not database[mongo.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
     handlers.register_client(database, register_cmd(tenant, "e", "tok", now + 4, kind="fcm"))
-    assert database[collections.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
+    assert database[mongo.WCP_CLIENTS].find_one({"_id": client_key(tenant, "b")})["deleted"]
 
 
 def test_a_redelivered_accepting_command_is_still_new_and_another_is_a_repeat(database):
@@ -771,7 +771,7 @@ def test_purge_forgets_old_notifications_and_tombstones_only(database):
     }
     assert handlers.accept_notification(WriteContext(database), notify) == {"outcome": "new"}
     handlers.purge(database, older_than_seconds=60)
-    clients = database[collections.WCP_CLIENTS]
+    clients = database[mongo.WCP_CLIENTS]
     assert clients.find_one({"_id": client_key(tenant, "gone")}) is None
     assert clients.find_one({"_id": client_key(tenant, "live")}) is not None
     assert handlers.accept_notification(WriteContext(database), {**notify, "id": new_id()}) == {"outcome": "repeat"}

@@ -9,7 +9,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import commands, metrics
-from shared import db as collections
+from shared import db as mongo
 from shared.settings import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def exported_names(monkeypatch) -> tuple[set[str], str]:
     monkeypatch.setattr(metrics, "queue_stats", lambda settings, peek=False: (stats, "management"))
     metrics.record_result("apns", "unit", "sent", 1.0)
     metrics.record_dead_letters("apns", "unit", 1)
-    db = {collections.APPS: Apps((datetime.now(UTC) + timedelta(days=10)).isoformat())}
+    db = {mongo.APPS: Apps((datetime.now(UTC) + timedelta(days=10)).isoformat())}
     body, _ = metrics.exposition(load({}), db)
     return {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}, body.decode()
 

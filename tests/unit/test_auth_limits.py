@@ -9,7 +9,7 @@ import pytest
 from api import auth
 from api.errors import ApiError
 from api.limits import TokenBuckets, check_payload
-from shared import db as collections
+from shared import db as mongo
 from shared.payload import Body
 from shared.settings import load
 from tests.unit import fakes
@@ -27,7 +27,7 @@ class FakeServices(fakes.FakeServices):
         self.lookups = 0
 
     def find_one(self, collection, query, projection=None):
-        self.lookups += collection == collections.API_KEYS
+        self.lookups += collection == mongo.API_KEYS
         doc = self.docs.get((collection, query["_id"]))
         if doc is None or any(doc.get(k) != v for k, v in query.items() if k != "_id"):
             return None
@@ -35,11 +35,11 @@ class FakeServices(fakes.FakeServices):
 
     def write(self, command):
         if command["kind"] == "auth.key.create":
-            self.docs[(collections.API_KEYS, command["key_id"])] = {
+            self.docs[(mongo.API_KEYS, command["key_id"])] = {
                 "_id": command["key_id"], "app_id": command["app_id"], "hash": command["hash"], "revoked_at": None,
             }
         if command["kind"] == "auth.key.revoke":
-            self.docs[(collections.API_KEYS, command["key_id"])]["revoked_at"] = datetime.now(UTC)
+            self.docs[(mongo.API_KEYS, command["key_id"])]["revoked_at"] = datetime.now(UTC)
         return super().write(command)
 
 
@@ -50,7 +50,7 @@ def make_client():
         # credentials) in test_wc_push.py and test_sealed_credentials.py.
         app, fake = fakes.app_with(FakeServices, wc_push_unauthenticated_allowed=True, credentials_unsealed_allowed=True, **settings)
         for app_id in ("app-a", "app-b"):
-            fake.docs[(collections.APPS, app_id)] = {
+            fake.docs[(mongo.APPS, app_id)] = {
                 "_id": app_id,
                 "apns": {"bundle": "com.a", "key_id": "K", "team_id": "T", "private_key": "-----BEGIN PRIVATE KEY-----SECRET"},
                 "fcm": {"project_id": "p", "service_account": {"private_key": "FCM-SECRET", "client_email": "x@y"}},
@@ -132,7 +132,7 @@ def test_another_apps_key_is_403_and_writes_nothing(secured):
     send = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS", "message": {"userId": "u", "body": {"title": "x"}}}}
     powerauth_error(client.post("/push/message/send", json=send, headers=bearer(key_b)), 403)
     assert fake.published == []
-    fake.docs[(collections.MESSAGES, "m1")] = {"_id": "m1", "app_id": "app-a", "created_at": datetime.now(UTC)}
+    fake.docs[(mongo.MESSAGES, "m1")] = {"_id": "m1", "app_id": "app-a", "created_at": datetime.now(UTC)}
     powerauth_error(client.get("/push/message/m1/detail", headers=bearer(key_b)), 403)
 
 
@@ -209,7 +209,7 @@ def test_batch_and_campaign_users_over_their_limits_are_400(make_client):
     assert fake.published == []
     batch["requestObject"]["batch"] = batch["requestObject"]["batch"][:3]
     assert client.post("/push/message/batch/send", json=batch).status_code == 200
-    fake.docs[(collections.CAMPAIGNS, "c1")] = {"_id": "c1", "app_id": "app-a", "body": {"title": "x"}}
+    fake.docs[(mongo.CAMPAIGNS, "c1")] = {"_id": "c1", "app_id": "app-a", "body": {"title": "x"}}
     too_many = client.post("/push/campaign/c1/user/add", json={"requestObject": [f"u{i}" for i in range(6)]})
     assert "requestObject" in powerauth_error(too_many, 400)["message"]
 

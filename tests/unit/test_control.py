@@ -4,7 +4,7 @@ from __future__ import annotations
 import jsonschema
 
 from api import openapi
-from shared import db as collections
+from shared import db as mongo
 from shared import halt
 from tests.unit.test_schema_powerauth import CREATED, answer_schema, make_client  # noqa: F401 - make_client is a fixture
 
@@ -12,8 +12,8 @@ from tests.unit.test_schema_powerauth import CREATED, answer_schema, make_client
 def test_pause_resume_cancel_write_one_halt_command_each_and_answer_the_state(make_client):  # noqa: F811
     app, http, fake = make_client()
     document = openapi.build(app, fake.settings)
-    fake.collections[collections.CAMPAIGNS] = {"c1": {"_id": "c1", "app_id": "app-a", "body": {}, "created_at": CREATED}}
-    fake.collections[collections.MESSAGES] = {"m1": {"_id": "m1", "app_id": "app-a", "created_at": CREATED}}
+    fake.collections[mongo.CAMPAIGNS] = {"c1": {"_id": "c1", "app_id": "app-a", "body": {}, "created_at": CREATED}}
+    fake.collections[mongo.MESSAGES] = {"m1": {"_id": "m1", "app_id": "app-a", "created_at": CREATED}}
     for action, state in (("pause", halt.PAUSED), ("resume", halt.RUNNING), ("cancel", halt.CANCELLED)):
         answer = http.post(f"/push/campaign/c1/{action}")
         assert answer.status_code == 200 and answer.get_json()["responseObject"] == {"id": "c1", "state": state}

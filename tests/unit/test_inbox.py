@@ -7,7 +7,7 @@ import pytest
 
 from api.app import create_app
 from api.inbox import created_time, detail_of, timestamp
-from shared import db as collections
+from shared import db as mongo
 from shared.settings import load
 from workers.inbox import received_time
 
@@ -34,10 +34,10 @@ class FakeServices:
         self.apps = {"app-one", "app-two"}
         self.messages: dict = {}
         self.commands: list = []
-        self.db = {collections.APPS: FakeCollection(self.apps)}
+        self.db = {mongo.APPS: FakeCollection(self.apps)}
 
     def find_one(self, collection, query, projection=None):
-        return self.messages.get(query["_id"]) if collection == collections.INBOX else None
+        return self.messages.get(query["_id"]) if collection == mongo.INBOX else None
 
     def write(self, command):
         self.commands.append(command)

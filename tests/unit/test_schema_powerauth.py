@@ -23,7 +23,7 @@ from api import openapi
 from api import schema as sc
 from api.app import create_app
 from api.powerauth import MESSAGE, MESSAGE_BODY
-from shared import db as collections
+from shared import db as mongo
 from shared.settings import load
 from tests.unit import fakes
 
@@ -73,13 +73,13 @@ class FakeServices(fakes.FakeServices):
         self.app("app-a")
 
     def app(self, app_id: str, **fields) -> None:
-        self.collections.setdefault(collections.APPS, {})[app_id] = {"_id": app_id, **fields}
+        self.collections.setdefault(mongo.APPS, {})[app_id] = {"_id": app_id, **fields}
 
     @property
     def db(self):
         return {name: FakeCollection(self.collections.setdefault(name, {}), self.queries) for name in (
-            collections.APPS, collections.API_KEYS, collections.INBOX, collections.DEAD_LETTERS, collections.DEVICES,
-            collections.MESSAGES, collections.DELIVERIES)}
+            mongo.APPS, mongo.API_KEYS, mongo.INBOX, mongo.DEAD_LETTERS, mongo.DEVICES,
+            mongo.MESSAGES, mongo.DELIVERIES)}
 
     def find_one(self, collection, query, projection=None):
         doc = self.collections.get(collection, {}).get(query["_id"])
@@ -474,12 +474,12 @@ def answer_schema(document: dict, path: str, method: str, status: int | str) -> 
 def test_answers_match_their_documented_schemas(make_client):
     app, http, fake = make_client()
     document = openapi.build(app, fake.settings)
-    fake.collections[collections.MESSAGES] = {"m1": {"_id": "m1", "app_id": "app-a", "created_at": CREATED}}
-    fake.collections[collections.INBOX] = {"i1": {
+    fake.collections[mongo.MESSAGES] = {"m1": {"_id": "m1", "app_id": "app-a", "created_at": CREATED}}
+    fake.collections[mongo.INBOX] = {"i1": {
         "_id": "i1", "user_id": "u1", "type": "text", "subject": "Subject!", "summary": "Summary!", "body": "Body!!!!",
         "applications": ["app-a"], "read": False, "created_at": CREATED}}
-    fake.collections[collections.API_KEYS] = {"k1": {"_id": "k1", "app_id": "app-a", "name": None, "created_at": CREATED}}
-    fake.collections[collections.DEAD_LETTERS] = {"d1": {"delivery_id": "d1", "app_id": "app-a", "delivery": {}, "entry": {}}}
+    fake.collections[mongo.API_KEYS] = {"k1": {"_id": "k1", "app_id": "app-a", "name": None, "created_at": CREATED}}
+    fake.collections[mongo.DEAD_LETTERS] = {"d1": {"delivery_id": "d1", "app_id": "app-a", "delivery": {}, "entry": {}}}
     inbox_post = {"userId": "u1", "type": "text", "subject": "Subject!", "summary": "Summary!", "body": "Body!!!!", "applications": ["app-a"]}
     calls = [
         ("get", "/push/service/status", None, "/push/service/status"),

@@ -15,7 +15,7 @@ import pytest
 
 from api import wc_bridge as api
 from api.app import create_app
-from shared import db as collections
+from shared import db as mongo
 from shared.outbound import OutboundPolicy, OutboundSession
 from shared.settings import load
 from tests.unit.test_wc_bridge import assert_payload_answer
@@ -35,8 +35,8 @@ class FakeServices:
         self.commands: list[dict] = []
         self.published: list[tuple[str, dict]] = []
         self.docs = {
-            collections.WC_SESSIONS: {SESSION: {"_id": SESSION, "deleted": False, "payload": None, "push": None}},
-            collections.WC_CALLS: {CALL: {"_id": CALL, "session_id": SESSION, "payload": PAYLOAD,
+            mongo.WC_SESSIONS: {SESSION: {"_id": SESSION, "deleted": False, "payload": None, "push": None}},
+            mongo.WC_CALLS: {CALL: {"_id": CALL, "session_id": SESSION, "payload": PAYLOAD,
                                      "expires_at": datetime.now(UTC) + timedelta(hours=1)}},
         }
 
@@ -231,7 +231,7 @@ def test_the_worker_records_a_webhook_the_outbound_check_refuses_as_failed_witho
     pushes = FakePushes()
     settings = load({}, delivery_in_process_tries=3)
     session = OutboundSession(OutboundPolicy(allowed_only=True))  # refuses every target before any connection
-    ctx = workers.WebhookContext(db={collections.WC_PUSHES: pushes}, publisher=None, settings=settings, session=session)
+    ctx = workers.WebhookContext(db={mongo.WC_PUSHES: pushes}, publisher=None, settings=settings, session=session)
     job = {"id": "p1", "url": "http://example.org/push", "body": {}, "call_id": "p1", "session_id": "s", "first_attempt_at": 0.0, "attempts": 0}
 
     assert workers.deliver_webhook(ctx, job) == workers.FAILED

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from api import openapi
 from api.app import create_app
-from shared import db as collections
+from shared import db as mongo
 from shared.settings import load
 from shared.wc_payload import raw_message_id
 from tests.unit import fakes
@@ -39,7 +39,7 @@ def make_client():
 def admin(make_client):
     """A client with tenant management on and a tenant ``acme`` (no credentials)."""
     app, client, fake = make_client(wc_push_admin_token="s3cret")
-    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    fake.docs[(mongo.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
     return app, client, fake
 
 
@@ -251,8 +251,8 @@ def tenant_jwt(sub, *, secret: str = JWT_SECRET, exp_in: float | None = 300, **c
 
 def test_a_tenant_jwt_manages_the_tenant_its_sub_names_and_no_other(make_client):
     _, client, fake = make_client(wc_push_tenant_jwt_secret=JWT_SECRET)
-    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
-    fake.docs[(collections.APPS, "wcp:other")] = {"_id": "wcp:other", "apns": None, "fcm": None}
+    fake.docs[(mongo.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    fake.docs[(mongo.APPS, "wcp:other")] = {"_id": "wcp:other", "apns": None, "fcm": None}
     assert client.get("/tenants/acme", headers=tenant_jwt("acme")).status_code == 200
     assert client.delete("/tenants/acme/apns", headers=tenant_jwt("acme", aud="authenticated")).status_code == 200
     # As the reference reads it, also without "Bearer ".
@@ -279,7 +279,7 @@ def test_a_tenant_jwt_manages_the_tenant_its_sub_names_and_no_other(make_client)
 )
 def test_a_bad_tenant_jwt_is_a_401_naming_the_header(make_client, headers, name):
     _, client, fake = make_client(wc_push_tenant_jwt_secret=JWT_SECRET)
-    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    fake.docs[(mongo.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
     failure(client.get("/tenants/acme", headers=headers()), 401, name, "Authorization", "header")
 
 
@@ -348,7 +348,7 @@ def test_form_parts_without_a_name_are_ignored_not_a_500(admin):
 def test_tenant_management_takes_the_admin_token_or_key_in_either_header(make_client):
     """README: a key goes in ``Authorization: Bearer`` or ``X-Api-Key``; /tenants refused X-Api-Key."""
     _, client, fake = make_client(wc_push_admin_token="s3cret", admin_key="adm1n")
-    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
+    fake.docs[(mongo.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": None}
     for headers in ({"X-Api-Key": "s3cret"}, {"X-Api-Key": "adm1n"}, {"Authorization": "Bearer adm1n"}, ADMIN):
         assert client.get("/tenants/acme", headers=headers).status_code == 200, headers
     for headers, field in (({"X-Api-Key": "wrong"}, "X-Api-Key"), ({"Authorization": "Basic s3cret"}, "Authorization"),

@@ -11,7 +11,7 @@ import requests
 
 from api import wc_bridge as api
 from api.errors import ApiError
-from shared import db as collections
+from shared import db as mongo
 from shared.settings import load
 from workers import wc_bridge as workers
 
@@ -145,7 +145,7 @@ class FakeDb(dict):
 def polled_db(delay: float = 0.0) -> FakeDb:
     later = datetime.now(UTC) + timedelta(hours=1)
     db = FakeDb()
-    db[collections.WC_SESSIONS] = FakeCollection(
+    db[mongo.WC_SESSIONS] = FakeCollection(
         {
             "ready": {"_id": "ready", "payload": {"data": "d"}, "expires_at": later},
             "waiting": {"_id": "waiting", "payload": None, "expires_at": later},
@@ -154,7 +154,7 @@ def polled_db(delay: float = 0.0) -> FakeDb:
         },
         delay=delay,
     )
-    db[collections.WC_CALL_STATUS] = FakeCollection({"c1": {"_id": "c1", "payload": "s", "expires_at": later}}, delay=delay)
+    db[mongo.WC_CALL_STATUS] = FakeCollection({"c1": {"_id": "c1", "payload": "s", "expires_at": later}}, delay=delay)
     return db
 
 
@@ -201,7 +201,7 @@ def test_a_failed_read_raises_for_the_route_to_answer():
     def broken(query, projection=None):
         raise ConnectionError("database down")
 
-    db[collections.WC_SESSIONS].find = broken
+    db[mongo.WC_SESSIONS].find = broken
     with pytest.raises(ConnectionError):
         api.PollReader(db, fresh_seconds=0.0).get(api.SESSION, "ready")
 
@@ -209,7 +209,7 @@ def test_a_failed_read_raises_for_the_route_to_answer():
 def test_the_reader_reads_by_id_with_a_projection():
     db = polled_db()
     answer("/session/ready", db)
-    assert db[collections.WC_SESSIONS].queries == [({"_id": {"$in": ["ready"]}}, api.POLL_PROJECTION)]
+    assert db[mongo.WC_SESSIONS].queries == [({"_id": {"$in": ["ready"]}}, api.POLL_PROJECTION)]
 
 
 def test_concurrent_pollers_share_batched_reads():
@@ -219,14 +219,14 @@ def test_concurrent_pollers_share_batched_reads():
     with ThreadPoolExecutor(len(keys)) as pool:
         docs = list(pool.map(lambda key: reader.get(api.SESSION, key), keys))
     assert [d["_id"] if d else None for d in docs] == [k if k != "unknown" else None for k in keys]
-    queries = db[collections.WC_SESSIONS].queries
+    queries = db[mongo.WC_SESSIONS].queries
     assert len(queries) <= 3 and sum(len(q["_id"]["$in"]) for q, _ in queries) <= 9
 
 
 def test_a_fresh_read_answers_again_until_this_process_writes():
     db = polled_db()
     reader = api.PollReader(db, fresh_seconds=60.0)
-    sessions = db[collections.WC_SESSIONS]
+    sessions = db[mongo.WC_SESSIONS]
     assert reader.get(api.SESSION, "waiting")["payload"] is None
     sessions.docs["waiting"] = {**sessions.docs["waiting"], "payload": "now"}
     assert reader.get(api.SESSION, "waiting")["payload"] is None
@@ -241,7 +241,7 @@ def test_a_fresh_read_answers_again_until_this_process_writes():
 def test_a_steadily_polled_id_is_refreshed_in_the_background():
     db = polled_db()
     reader = api.PollReader(db, fresh_seconds=0.2)
-    sessions = db[collections.WC_SESSIONS]
+    sessions = db[mongo.WC_SESSIONS]
     assert reader.get(api.SESSION, "waiting")["payload"] is None
     sessions.docs["waiting"] = {**sessions.docs["waiting"], "payload": "now"}
     changed_at = time.monotonic()
@@ -262,9 +262,9 @@ def test_an_id_no_longer_polled_is_no_longer_read():
     reader = api.PollReader(db, fresh_seconds=0.05)
     reader.get(api.SESSION, "ready")
     time.sleep(0.3)
-    reads = len(db[collections.WC_SESSIONS].queries)
+    reads = len(db[mongo.WC_SESSIONS].queries)
     time.sleep(0.3)
-    assert len(db[collections.WC_SESSIONS].queries) == reads
+    assert len(db[mongo.WC_SESSIONS].queries) == reads
 
 
 def test_without_freshness_every_poll_reads_anew():
@@ -272,7 +272,7 @@ def test_without_freshness_every_poll_reads_anew():
     reader = api.PollReader(db, fresh_seconds=0.0)
     reader.get(api.CALL_STATUS, "c1")
     reader.get(api.CALL_STATUS, "c1")
-    assert len(db[collections.WC_CALL_STATUS].queries) == 2
+    assert len(db[mongo.WC_CALL_STATUS].queries) == 2
 
 
 # --- webhook retries ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from api.wc_push_auth import (
     verify_client_jwt,
     verify_relay_signature,
 )
-from shared import db as collections
+from shared import db as mongo
 from shared.payload import Body, apns_push, fcm_message
 from shared.settings import load
 from shared.wc_payload import (
@@ -303,7 +303,7 @@ def test_send_to_an_unknown_client_is_a_202_as_the_reference_answers(make_client
 
 
 def with_client(fake, client_id="c1", tenant="default", **fields):
-    fake.docs[(collections.WCP_CLIENTS, client_key(tenant, client_id))] = {"deleted": False, **fields}
+    fake.docs[(mongo.WCP_CLIENTS, client_key(tenant, client_id))] = {"deleted": False, **fields}
 
 
 @pytest.mark.parametrize(
@@ -363,7 +363,7 @@ def test_unknown_tenant_is_a_404(make_client):
 
 def test_tenant_registration_needs_the_providers_credentials(make_client):
     client, fake = make_client()
-    fake.docs[(collections.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": {"project_id": "p"}}
+    fake.docs[(mongo.APPS, "wcp:acme")] = {"_id": "wcp:acme", "apns": None, "fcm": {"project_id": "p"}}
     body = failure(client.post("/acme/clients", json={"client_id": "c", "type": "apns", "token": "ab"}), 400)
     assert body["errors"][0]["name"] == "ProviderNotAvailable"
     assert client.post("/acme/clients", json={"client_id": "c", "type": "fcm_v1", "token": "t"}).status_code == 200
@@ -384,7 +384,7 @@ def test_tenant_management_needs_the_admin_token(make_client):
 
 def test_get_tenant_shows_providers_and_suspension(make_client):
     client, fake = make_client(wc_push_admin_token="s3cret")
-    fake.docs[(collections.APPS, "wcp:acme")] = {
+    fake.docs[(mongo.APPS, "wcp:acme")] = {
         "_id": "wcp:acme",
         "apns": {"bundle": "com.acme"},
         "fcm": None,
