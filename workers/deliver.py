@@ -122,15 +122,10 @@ class ProviderClients:
         self.keys = CredentialKeys.from_settings(settings)
 
     def apns(self, app: dict, environment: str | None) -> ApnsClient:
-        credentials = app["apns"]
-        environment = environment or credentials.get("environment") or "production"
-        key = ("apns", app["_id"], environment, app["apns_ts"])
-        client = self._clients.get(key)
-        if client is None:
-            credentials = self.keys.open(app["_id"], "apns", credentials)
-            origin = (
-                self.settings.apns_development_url if environment == "development" else self.settings.apns_production_url
-            )
+        environment = environment or app["apns"].get("environment") or "production"
+        origin = self.settings.apns_development_url if environment == "development" else self.settings.apns_production_url
+
+        def build(credentials: dict) -> ApnsClient:
             signer, ssl_context = None, self._ssl_context
             if credentials.get("auth") == mongo.APNS_CERTIFICATE:
                 ssl_context = certificate_context(
@@ -142,43 +137,21 @@ class ProviderClients:
                 signer = ApnsTokenSigner(
                     key_id=credentials["key_id"], team_id=credentials["team_id"], private_key_pem=credentials["private_key"]
                 )
-            client = ApnsClient(
-                origin=origin,
-                signer=signer,
-                topic=credentials["bundle"],
-                ssl_context=ssl_context,
-                connections=self.settings.provider_connections,
-                request_timeout=self.settings.provider_request_timeout,
-            )
-            self._replace(key, client)
-        return client
+            return ApnsClient(origin=origin, signer=signer, topic=credentials["bundle"], **self._pool(ssl_context))
+
+        return self._client(app, "apns", environment, app["apns_ts"], build)
 
     def fcm(self, app: dict) -> FcmClient:
-        credentials = app["fcm"]
-        key = ("fcm", app["_id"], None, app["fcm_ts"])
-        client = self._clients.get(key)
-        if client is None:
-            credentials = self.keys.open(app["_id"], "fcm", credentials)
+        def build(credentials: dict) -> FcmClient:
             auth = FcmAuth(
                 service_account_info=credentials["service_account"], outbound=self._outbound, ca_file=self.settings.provider_ca_file or None
             )
-            client = FcmClient(
-                origin=self.settings.fcm_url,
-                project_id=credentials["project_id"],
-                auth=auth,
-                ssl_context=self._ssl_context,
-                connections=self.settings.provider_connections,
-                request_timeout=self.settings.provider_request_timeout,
-            )
-            self._replace(key, client)
-        return client
+            return FcmClient(origin=self.settings.fcm_url, project_id=credentials["project_id"], auth=auth, **self._pool())
+
+        return self._client(app, "fcm", None, app["fcm_ts"], build)
 
     def hms(self, app: dict) -> HmsClient:
-        credentials = app["hms"]
-        key = ("hms", app["_id"], None, app.get("hms_ts", 0))
-        client = self._clients.get(key)
-        if client is None:
-            credentials = self.keys.open(app["_id"], "hms", credentials)
+        def build(credentials: dict) -> HmsClient:
             auth = HmsAuth(
                 token_url=self.settings.hms_token_url,
                 client_id=credentials["client_id"],
@@ -186,16 +159,22 @@ class ProviderClients:
                 outbound=self._outbound,
                 ca_file=self.settings.provider_ca_file or None,
             )
-            client = HmsClient(
-                origin=self.settings.hms_url,
-                project_id=credentials["project_id"],
-                auth=auth,
-                ssl_context=self._ssl_context,
-                connections=self.settings.provider_connections,
-                request_timeout=self.settings.provider_request_timeout,
-            )
+            return HmsClient(origin=self.settings.hms_url, project_id=credentials["project_id"], auth=auth, **self._pool())
+
+        return self._client(app, "hms", None, app.get("hms_ts", 0), build)
+
+    def _client(self, app: dict, provider: str, environment: str | None, credentials_ts, build):
+        """The app's pooled client for ``provider``, built from its opened credentials when they changed (``*_ts``)."""
+        key = (provider, app["_id"], environment, credentials_ts)
+        client = self._clients.get(key)
+        if client is None:
+            client = build(self.keys.open(app["_id"], provider, app[provider]))
             self._replace(key, client)
         return client
+
+    def _pool(self, ssl_context: ssl.SSLContext | None = None) -> dict:
+        return {"ssl_context": ssl_context or self._ssl_context, "connections": self.settings.provider_connections,
+                "request_timeout": self.settings.provider_request_timeout}
 
     def _replace(self, key: tuple, client) -> None:
         """Keep the new client; close the pool of the same app and provider with older credentials."""
