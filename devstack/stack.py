@@ -293,9 +293,13 @@ class Stack:
         """Start worker groups; tests start more groups on the same queues (``suffix`` names them) with other ``env``."""
         groups = self.worker_groups if groups is None else groups
         for group in groups:
-            # `make run` (the default ports): 9191, 9192, ... in group order; tests: free ports.
-            default = 9191 + list(self.worker_groups).index(group) if self.ports == Ports() and not suffix else free_port()
-            port = self.worker_metrics_ports.setdefault(group + suffix, default)
+            # `make run` (the default ports): 9191, 9192, ... in group order; tests: a free port at every start, so a
+            # group restarted after a SIGKILL does not need the port its killed processes may still hold for a moment.
+            if self.ports == Ports() and not suffix:
+                port = 9191 + list(self.worker_groups).index(group)
+            else:
+                port = free_port()
+            self.worker_metrics_ports[group + suffix] = port
             group_env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1",
                          "dramatiq_prom_db": str(self.metrics_dir(group + suffix)), **(env or {})}
             self._spawn(f"workers-{group}{suffix}", self.worker_argv(group), env=group_env)
