@@ -7,6 +7,7 @@ RabbitMQ is not started here: it is a system service (see ``scripts/ensure-rabbi
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,10 +52,29 @@ API_HEADER_TIMEOUT_MS = 30_000
 API_HEADER_BUFFER_BYTES = 8 * 1024
 
 
+#: Ports a stack of the tests or the benchmarks is given: below Linux's ephemeral range (32768-60999), so
+#: no outgoing connection of this machine (to RabbitMQ, a simulator, the API) can be given the port between
+#: the moment it is chosen here and the moment its server binds it, which a port the kernel chose from the
+#: ephemeral range allowed (a fuzz run's API once met a port taken that way).
+FREE_PORTS = range(20_000, 32_000)
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of :data:`FREE_PORTS` no server holds now and this process never gave before (chosen at random, so
+    two suites started side by side rarely try the same one; the bind check skips one already taken)."""
+    for _ in range(200):
+        port = random.choice(FREE_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
