@@ -19,7 +19,8 @@ from google.oauth2 import service_account
 
 from shared.outbound import OutboundPolicy, OutboundRefused, OutboundSession
 from workers.delivery.answer import ProviderAnswer, parse_retry_after
-from workers.delivery.http2 import Http2Pool, TransportError
+from workers.delivery.bearer import BearerClient
+from workers.delivery.http2 import TransportError
 
 SCOPES = ("https://www.googleapis.com/auth/firebase.messaging",)
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
@@ -75,7 +76,7 @@ class FcmAuth:
         self.credentials.token = None
 
 
-class FcmClient:
+class FcmClient(BearerClient):
     """Sends to FCM HTTP v1 for one project.
 
     Parameters:
@@ -87,22 +88,14 @@ class FcmClient:
 
     def __init__(self, *, origin: str, project_id: str, auth: FcmAuth, ssl_context: ssl.SSLContext,
                  connections: int = 2, request_timeout: float = 10.0):
-        self.path = f"/v1/projects/{project_id}/messages:send"
-        self.auth = auth
-        self.pool = Http2Pool(origin, ssl_context, connections=connections, request_timeout=request_timeout)
-        #: The whole header list for the current access token (it changes about once an hour).
-        self._headers: tuple[tuple[bytes, bytes], ...] = ()
-        self._headers_token: str | None = None
+        super().__init__(origin=origin, path=f"/v1/projects/{project_id}/messages:send", auth=auth, ssl_context=ssl_context,
+                         connections=connections, request_timeout=request_timeout)
 
     async def send(self, body: bytes) -> ProviderAnswer:
         """Send one request body (``{"message": {...}}``, already serialised)."""
-        answer = await self._send(body)
-        if answer.status == 401:
-            self.auth.invalidate()
-            answer = await self._send(body)
-        return answer
+        return await self._send_refreshing(body)
 
-    async def _send(self, body: bytes) -> ProviderAnswer:
+    async def _attempt(self, body: bytes) -> ProviderAnswer:
         try:
             token = await self.auth.token()
         except google.auth.exceptions.TransportError as error:
@@ -110,13 +103,7 @@ class FcmClient:
         except google.auth.exceptions.GoogleAuthError as error:
             # The token endpoint answered and refused the service account.
             return ProviderAnswer(status=401, reason=f"token endpoint refused: {error}")
-        if token is not self._headers_token:
-            self._headers_token = token
-            self._headers = (
-                (b":method", b"POST"), (b":scheme", b"https"), (b":authority", self.pool.authority), (b":path", self.path.encode()),
-                (b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json"),
-            )
-        answer = await self.pool.request(self._headers, body)
+        answer = await self.pool.request(self.headers(token), body)
         retry_after = parse_retry_after(answer.headers.get("retry-after"))
         if answer.status == 200:
             try:
@@ -126,9 +113,6 @@ class FcmClient:
             return ProviderAnswer(status=200, provider_id=name)
         reason, token_field = parse_error(answer.body)
         return ProviderAnswer(status=answer.status, reason=reason or f"HTTP {answer.status}", retry_after=retry_after, token_field=token_field)
-
-    async def close(self) -> None:
-        await self.pool.close()
 
 
 def parse_error(body: bytes) -> tuple[str | None, bool]:

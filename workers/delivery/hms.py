@@ -24,7 +24,8 @@ import requests
 
 from shared.outbound import OutboundPolicy, OutboundRefused, OutboundSession
 from workers.delivery.answer import ProviderAnswer, parse_retry_after
-from workers.delivery.http2 import Http2Pool, TransportError
+from workers.delivery.bearer import BearerClient
+from workers.delivery.http2 import TransportError
 from workers.delivery.outcomes import HMS_PARTIAL_SUCCESS
 
 TOKEN_TIMEOUT_SECONDS = 10
@@ -99,7 +100,7 @@ class HmsAuth:
         return token, float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else DEFAULT_TOKEN_SECONDS
 
 
-class HmsClient:
+class HmsClient(BearerClient):
     """Sends to HMS Push Kit for one project.
 
     Parameters:
@@ -111,37 +112,20 @@ class HmsClient:
 
     def __init__(self, *, origin: str, project_id: str, auth: HmsAuth, ssl_context: ssl.SSLContext,
                  connections: int = 2, request_timeout: float = 10.0):
-        self.path = f"/v2/{project_id}/messages:send"
-        self.auth = auth
-        self.pool = Http2Pool(origin, ssl_context, connections=connections, request_timeout=request_timeout)
-        #: The whole header list for the current access token (it changes about once an hour).
-        self._headers: tuple[tuple[bytes, bytes], ...] = ()
-        self._headers_token: str | None = None
+        super().__init__(origin=origin, path=f"/v2/{project_id}/messages:send", auth=auth, ssl_context=ssl_context,
+                         connections=connections, request_timeout=request_timeout)
 
     async def send(self, body: bytes, token: str) -> ProviderAnswer:
         """Send one request body (``{"validate_only": false, "message": {...}}``, already serialised) to ``token``."""
-        answer = await self._send(body, token)
-        if answer.status == 401:
-            self.auth.invalidate()
-            answer = await self._send(body, token)
-        return answer
+        return await self._send_refreshing(body, token)
 
-    async def _send(self, body: bytes, device_token: str) -> ProviderAnswer:
+    async def _attempt(self, body: bytes, device_token: str) -> ProviderAnswer:
         try:
             token = await self.auth.token()
         except HmsTokenRefused as refused:
             return ProviderAnswer(status=401, reason=str(refused))
-        if token is not self._headers_token:
-            self._headers_token = token
-            self._headers = (
-                (b":method", b"POST"), (b":scheme", b"https"), (b":authority", self.pool.authority), (b":path", self.path.encode()),
-                (b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json"),
-            )
-        answer = await self.pool.request(self._headers, body)
+        answer = await self.pool.request(self.headers(token), body)
         return read_answer(answer.status, answer.body, answer.headers.get("retry-after"), device_token)
-
-    async def close(self) -> None:
-        await self.pool.close()
 
 
 def read_answer(status: int, body: bytes, retry_after: str | None, device_token: str) -> ProviderAnswer:
