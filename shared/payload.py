@@ -220,23 +220,29 @@ def fcm_message(body: Body, *, silent: bool, high_priority: bool, display: str |
     if data:
         message["data"] = data
     if not silent:
-        notification: dict = {}
-        _put(notification, "title", body.title)
-        _put(notification, "body", body.body)
-        _put(notification, "icon", body.icon)
+        notification = _android_texts(body)
         _put(notification, "sound", body.sound)
         _put(notification, "tag", body.collapse_key)
         _put(notification, "click_action", body.category)
         _put(notification, "notification_count", body.badge)
-        _put(notification, "title_loc_key", body.title_loc_key)
-        _put(notification, "title_loc_args", list(body.title_loc_args) if body.title_loc_args else None)
-        _put(notification, "body_loc_key", body.body_loc_key)
-        _put(notification, "body_loc_args", list(body.body_loc_args) if body.body_loc_args else None)
         if notification:
             if display and "tag" not in notification:
                 notification["tag"] = display
             android["notification"] = notification
     return message
+
+
+def _android_texts(body: Body) -> dict:
+    """The fields FCM's and HMS's ``android.notification`` name alike: title, body, icon and the localized ones."""
+    notification: dict = {}
+    _put(notification, "title", body.title)
+    _put(notification, "body", body.body)
+    _put(notification, "icon", body.icon)
+    _put(notification, "title_loc_key", body.title_loc_key)
+    _put(notification, "title_loc_args", list(body.title_loc_args) if body.title_loc_args else None)
+    _put(notification, "body_loc_key", body.body_loc_key)
+    _put(notification, "body_loc_args", list(body.body_loc_args) if body.body_loc_args else None)
+    return notification
 
 
 def present_extras(extras: dict | None) -> dict:
@@ -252,11 +258,11 @@ def fcm_ttl_seconds(valid_until: datetime | None, now: datetime) -> int:
     return max(0, int((valid_until - now).total_seconds()))
 
 
-class FcmTemplate:
-    """An FCM request body serialised once; each device's token is spliced in.
+class _TokenTemplate:
+    """A request body serialised once, the device's token spliced in per send (FCM's and HMS's ``message``).
 
-    Serialising the whole message per device is the largest CPU cost of a batch
-    send; the token is the only part that differs.
+    Serialising the whole message per device is the largest CPU cost of a batch send; the token is the only
+    part that differs. ``message_bytes``: the message's size without its token (HMS checks it against 4096 bytes).
     """
 
     def __init__(self, message: dict, *, ttl_seconds: int):
@@ -265,8 +271,13 @@ class FcmTemplate:
         android["ttl"] = f"{ttl_seconds}s"
         message["android"] = android
         rest = orjson.dumps(message)
+        self.message_bytes = len(rest)
         # rest is b'{...}' and never empty (android is always there).
         self._tail = b"," + rest[1:] + b"}"
+
+
+class FcmTemplate(_TokenTemplate):
+    """An FCM v1 request body: ``{"message": {"token": ..., ...}}``."""
 
     def request_body(self, token: str) -> bytes:
         return b'{"message":{"token":' + orjson.dumps(token) + self._tail
@@ -285,13 +296,7 @@ def hms_message(body: Body, *, silent: bool, high_priority: bool, display: str |
     extras = present_extras(body.extras)
     notification: dict = {}
     if not silent:
-        _put(notification, "title", body.title)
-        _put(notification, "body", body.body)
-        _put(notification, "icon", body.icon)
-        _put(notification, "title_loc_key", body.title_loc_key)
-        _put(notification, "title_loc_args", list(body.title_loc_args) if body.title_loc_args else None)
-        _put(notification, "body_loc_key", body.body_loc_key)
-        _put(notification, "body_loc_args", list(body.body_loc_args) if body.body_loc_args else None)
+        notification = _android_texts(body)
         if body.sound == "default":
             notification["default_sound"] = True
         else:
@@ -321,21 +326,8 @@ def hms_ttl_seconds(valid_until: datetime | None, now: datetime) -> int:
     return min(HMS_MAX_TTL_SECONDS, max(0, int((valid_until - now).total_seconds())))
 
 
-class HmsTemplate:
-    """An HMS request body serialised once; each device's token is spliced in (one token per request).
-
-    ``message_bytes``: the size HMS checks against its 4096 bytes, the message without its token.
-    """
-
-    def __init__(self, message: dict, *, ttl_seconds: int):
-        message = dict(message)
-        android = dict(message.get("android", {}))
-        android["ttl"] = f"{ttl_seconds}s"
-        message["android"] = android
-        rest = orjson.dumps(message)
-        self.message_bytes = len(rest)
-        # rest is b'{...}' and never empty (android is always there).
-        self._tail = b"," + rest[1:] + b"}"
+class HmsTemplate(_TokenTemplate):
+    """An HMS request body (one token per request): ``{"validate_only": false, "message": {"token": [...], ...}}``."""
 
     def request_body(self, token: str) -> bytes:
         return b'{"validate_only":false,"message":{"token":[' + orjson.dumps(token) + b"]" + self._tail

@@ -403,21 +403,20 @@ def _apns_sender(ctx: DeliveryContext, app: dict, chunk: dict):
     return send
 
 
-def _fcm_sender(ctx: DeliveryContext, app: dict, chunk: dict):
+def _token_templates(chunk: dict, build_message, ttl_seconds, template) -> dict:
+    """Each entry's FCM or HMS request body serialised once, by entry key (``build_message``: fcm_message or hms_message)."""
     now = datetime.now(UTC)
     templates = {}
     for key, entry in chunk["entries"].items():
         body = Body.from_json(entry["body"])
-        ttl = fcm_ttl_seconds(body.valid_until, now)
-        templates[key] = FcmTemplate(
-            fcm_message(
-                body,
-                silent=entry.get("silent", False),
-                high_priority=entry.get("high_priority", True),
-                display=display_id(chunk["message_id"], key),
-            ),
-            ttl_seconds=ttl,
-        )
+        message = build_message(body, silent=entry.get("silent", False), high_priority=entry.get("high_priority", True),
+                                display=display_id(chunk["message_id"], key))
+        templates[key] = template(message, ttl_seconds=ttl_seconds(body.valid_until, now))
+    return templates
+
+
+def _fcm_sender(ctx: DeliveryContext, app: dict, chunk: dict):
+    templates = _token_templates(chunk, fcm_message, fcm_ttl_seconds, FcmTemplate)
     client = ctx.clients.fcm(app)
 
     def send(delivery: Delivery):
@@ -427,19 +426,7 @@ def _fcm_sender(ctx: DeliveryContext, app: dict, chunk: dict):
 
 
 def _hms_sender(ctx: DeliveryContext, app: dict, chunk: dict):
-    now = datetime.now(UTC)
-    templates = {}
-    for key, entry in chunk["entries"].items():
-        body = Body.from_json(entry["body"])
-        templates[key] = HmsTemplate(
-            hms_message(
-                body,
-                silent=entry.get("silent", False),
-                high_priority=entry.get("high_priority", True),
-                display=display_id(chunk["message_id"], key),
-            ),
-            ttl_seconds=hms_ttl_seconds(body.valid_until, now),
-        )
+    templates = _token_templates(chunk, hms_message, hms_ttl_seconds, HmsTemplate)
     client = ctx.clients.hms(app)
 
     def send(delivery: Delivery):
