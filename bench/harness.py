@@ -13,7 +13,7 @@ import pymongo
 import requests
 
 from devstack import seed
-from devstack.credentials import configure_app, make_credentials, register_with_simulators
+from devstack.credentials import SimulatorControls, provision_app
 from devstack.stack import ROOT, Ports, Stack
 from shared.settings import load
 
@@ -29,13 +29,7 @@ def bench_stack(**options) -> Stack:
 
 
 def create_app(stack: Stack, app_id: str) -> str:
-    credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id="BENCHKEY01")
-    register_with_simulators(
-        credentials,
-        apns_control=f"http://127.0.0.1:{stack.ports.apns_control}",
-        fcm_control=f"http://127.0.0.1:{stack.ports.fcm_control}",
-    )
-    configure_app(stack.api_url, app_id, credentials)
+    provision_app(stack.api_url, app_id, SimulatorControls.of(stack.ports), hms=False, key_id="BENCHKEY01")
     return app_id
 
 

@@ -161,6 +161,36 @@ def configure_app(api_url: str, app_id: str, credentials: AppCredentials, *, env
     )
 
 
+@dataclass(frozen=True)
+class SimulatorControls:
+    """Where a stack's simulators are told which credentials are genuine (their control endpoints)."""
+
+    fcm_port: int
+    apns: str
+    fcm: str
+    hms: str | None = None
+
+    @classmethod
+    def of(cls, ports) -> SimulatorControls:
+        """The controls of a stack's ``Ports`` (devstack.stack)."""
+        return cls(ports.fcm, f"http://127.0.0.1:{ports.apns_control}", f"http://127.0.0.1:{ports.fcm_control}",
+                   f"http://127.0.0.1:{ports.hms_control}")
+
+
+def provision_app(api_url: str, app_id: str, controls: SimulatorControls, *, hms: bool = True, key_id: str | None = None,
+                  environment: str = "production") -> AppCredentials:
+    """Create ``app_id`` with APNs and FCM credentials the simulators accept (and HMS ones when ``hms``)."""
+    credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{controls.fcm_port}",
+                                   key_id=key_id or f"K{secrets.token_hex(4)}".upper())
+    register_with_simulators(credentials, apns_control=controls.apns, fcm_control=controls.fcm)
+    configure_app(api_url, app_id, credentials, environment=environment)
+    if hms:
+        hms_credentials = make_hms_credentials(app_id)
+        register_with_hms_simulator(hms_credentials, hms_control=controls.hms)
+        configure_hms(api_url, app_id, hms_credentials)
+    return credentials
+
+
 def apns_certificate_p12(topic: str, password: str | None, *, cert_dir: Path | None, valid_days: int = CLIENT_VALID_DAYS) -> bytes:
     """An APNs client certificate for ``topic`` (its subject UID) with its key, as a PKCS#12 (.p12) file.
 

@@ -22,14 +22,7 @@ from urllib.parse import quote
 import pymongo
 import requests
 
-from devstack.credentials import (
-    configure_app,
-    configure_hms,
-    make_credentials,
-    make_hms_credentials,
-    register_with_hms_simulator,
-    register_with_simulators,
-)
+from devstack.credentials import SimulatorControls, provision_app
 from devstack.seed import seed_devices
 from devstack.stack import Stack
 from shared import ledger
@@ -88,15 +81,10 @@ class FaultRun:
         self.app_id = f"faults-{uuid.uuid4().hex[:8]}"
         self.apns_control = f"http://127.0.0.1:{stack.ports.apns_control}"
         self.fcm_control = f"http://127.0.0.1:{stack.ports.fcm_control}"
-        credentials = make_credentials(self.app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper())
-        register_with_simulators(credentials, apns_control=self.apns_control, fcm_control=self.fcm_control)
-        configure_app(stack.api_url, self.app_id, credentials)
         self.controls = {"apns": self.apns_control, "fcm": self.fcm_control}
         if "hms" in providers:
             self.controls["hms"] = f"http://127.0.0.1:{stack.ports.hms_control}"
-            hms = make_hms_credentials(self.app_id)
-            register_with_hms_simulator(hms, hms_control=self.controls["hms"])
-            configure_hms(stack.api_url, self.app_id, hms)
+        provision_app(stack.api_url, self.app_id, SimulatorControls.of(stack.ports), hms="hms" in providers)
         self.users: list[str] = []
         self.tokens: list[str] = []
         self.platforms: list[str] = []

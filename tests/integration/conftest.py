@@ -13,14 +13,7 @@ import uuid
 import pytest
 import requests
 
-from devstack.credentials import (
-    configure_app,
-    configure_hms,
-    make_credentials,
-    make_hms_credentials,
-    register_with_hms_simulator,
-    register_with_simulators,
-)
+from devstack.credentials import SimulatorControls, provision_app
 from shared.sealed_credentials import new_key_entry
 from tests.stacks import running_stack
 
@@ -137,12 +130,8 @@ def new_app(stack, apns_sim, fcm_sim, hms_sim):
 
     def make(app_id: str | None = None, **options) -> str:
         app_id = app_id or f"app-{uuid.uuid4().hex[:8]}"
-        credentials = make_credentials(app_id, fcm_origin=f"https://127.0.0.1:{stack.ports.fcm}", key_id=f"K{secrets.token_hex(4)}".upper())
-        register_with_simulators(credentials, apns_control=apns_sim.base_url, fcm_control=fcm_sim.base_url)
-        configure_app(stack.api_url, app_id, credentials, **options)
-        hms = make_hms_credentials(app_id)
-        register_with_hms_simulator(hms, hms_control=hms_sim.base_url)
-        configure_hms(stack.api_url, app_id, hms)
+        controls = SimulatorControls(stack.ports.fcm, apns_sim.base_url, fcm_sim.base_url, hms_sim.base_url)
+        provision_app(stack.api_url, app_id, controls, **options)
         return app_id
 
     return make
