@@ -74,7 +74,7 @@ INDEXES = {
     LEDGER: [([("m", 1)], {}), ([("m", 1), ("o", 1)], {}), ([("o", 1), ("app", 1)], {}), ([("at", 1)], {})],
     CAMPAIGN_USERS: [([("c", 1), ("u", 1)], {})],  # nx-27017 refuses "_id" in a compound index
     CAMPAIGNS: [([("created_at", 1)], {})],
-    MESSAGES: [([("app_id", 1), ("created_at", 1)], {})],
+    MESSAGES: [([("app_id", 1), ("created_at", 1)], {}), ([("done_told", 1), ("done_check_at", 1)], {})],
     WCP_CLIENTS: [([("tenant_id", 1)], {})],
     WCP_NOTIFICATIONS: [([("client_key", 1)], {}), ([("tenant_id", 1)], {})],
     WC_CALLS: [([("session_id", 1)], {})],

@@ -82,7 +82,7 @@ def wants(db: Database, app_id: str | None, type_: str) -> bool:
     return bool(webhook) and type_ in webhook.get("events", ())
 
 
-def message_done(db: Database, app_id: str | None, message_ids) -> None:
+def message_done(db: Database, app_id: str | None, message_ids, *, wanted: bool | None = None) -> None:
     """Add the ``message_done`` event of each message whose deliveries are all final, once its app's feed asks for it.
 
     Called after a chunk's last open delivery is recorded (workers/recorder.py) and after a
@@ -90,7 +90,7 @@ def message_done(db: Database, app_id: str | None, message_ids) -> None:
     writers looks last sees every chunk final. The event's ``_id`` is the message id's, so
     two that see it done add one event.
     """
-    if not wants(db, app_id, MESSAGE_DONE):
+    if not (wants(db, app_id, MESSAGE_DONE) if wanted is None else wanted):
         return
     events = []
     for message_id in dict.fromkeys(message_ids):
@@ -102,6 +102,46 @@ def message_done(db: Database, app_id: str | None, message_ids) -> None:
                             {"messageId": message_id, "total": message.get("total", 0), "states": dict(counts), "at": time.time()}))
     if events:
         add_events(db, events)
+        db[mongo.MESSAGES].update_many({"_id": {"$in": [e["data"]["messageId"] for e in events]}}, {"$set": {DONE_TOLD: True}})
+
+
+# --- message_done, whatever a kill interrupted ---------------------------------------------------
+
+#: A message's field: False from its expansion until its ``message_done`` event is written (True), only for an app
+#: whose feed asks for it. A worker killed between writing a message's last outcome and its event leaves it False,
+#: and :func:`sweep_message_done` writes the event.
+DONE_TOLD = "done_told"
+#: When the sweep looks at a message still open next (seconds since the epoch).
+DONE_CHECK_AT = "done_check_at"
+#: Seconds between two looks of the sweep at a message still open.
+DONE_SWEEP_SECONDS = 5.0
+#: Messages the sweep looks at per step.
+DONE_SWEEP_BATCH = 200
+
+
+def expansion_fields(db: Database, app_id: str | None) -> dict:
+    """What an expansion sets on its message besides ``expanded``: the mark the sweep follows, when the feed wants the event."""
+    return {DONE_TOLD: False, DONE_CHECK_AT: 0.0} if wants(db, app_id, MESSAGE_DONE) else {}
+
+
+def sweep_message_done(db: Database, *, now: float | None = None) -> int:
+    """Write the ``message_done`` event of the marked messages now done (the same event as :func:`message_done`);
+    look at those still open again after :data:`DONE_SWEEP_SECONDS`; answer how many were looked at."""
+    now = time.time() if now is None else now
+    messages = db[mongo.MESSAGES]
+    due = list(messages.find({DONE_TOLD: False, DONE_CHECK_AT: {"$lte": now}}, {"app_id": 1}).limit(DONE_SWEEP_BATCH))
+    if not due:
+        return 0
+    messages.update_many({"_id": {"$in": [m["_id"] for m in due]}}, {"$set": {DONE_CHECK_AT: now + DONE_SWEEP_SECONDS}})
+    by_app: dict[str, list[str]] = {}
+    for message in due:
+        by_app.setdefault(message.get("app_id"), []).append(message["_id"])
+    for app_id, ids in by_app.items():
+        if wants(db, app_id, MESSAGE_DONE):
+            message_done(db, app_id, ids, wanted=True)
+        else:  # the feed no longer asks for it
+            messages.update_many({"_id": {"$in": ids}}, {"$set": {DONE_TOLD: True}})
+    return len(due)
 
 
 HANDLERS = {"app.webhook": set_webhook}

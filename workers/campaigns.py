@@ -137,11 +137,14 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         after = users[-1]
         campaigns.update_one({"_id": campaign_id}, {"$set": {"cursor": after, "progress": progress}})
     totals = progress["totals"]
+    told = outbox.expansion_fields(db, campaign["app_id"])  # the feed asks for message_done: the sweep follows it
     db[mongo.MESSAGES].update_one(
         {"_id": campaign_id},
-        {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": progress["chunks"]}},
+        {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": progress["chunks"],
+                  **told}},
     )
-    outbox.message_done(db, campaign["app_id"], [campaign_id])  # all its chunks may be final already
+    if told:
+        outbox.message_done(db, campaign["app_id"], [campaign_id], wanted=True)  # all its chunks may be final already
     publisher.publish(CAMPAIGN_CHECK, {"campaign_id": campaign_id})
     campaigns.update_one({"_id": campaign_id}, {"$set": {"state": "expanded", "devices_total": sum(totals.values())}})
 

@@ -77,10 +77,13 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     totals = {platform: len(items) for platform, items in deliveries.items()}
     chunks = {platform: -(-len(items) // chunk_size) for platform, items in deliveries.items()}
     db_counters.count(written=1)
+    told = outbox.expansion_fields(db, cmd["app_id"])  # the feed asks for message_done: the sweep follows it
     db[mongo.MESSAGES].update_one(
-        {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": chunks}}
+        {"_id": message_id}, {"$set": {"expanded": True, "totals": totals, "total": sum(totals.values()), "chunks": chunks,
+                             **told}}
     )
-    outbox.message_done(db, cmd["app_id"], [message_id])  # all its chunks may be final already (or it has none)
+    if told:
+        outbox.message_done(db, cmd["app_id"], [message_id], wanted=True)  # all its chunks may be final already (or it has none)
 
 
 def chunk_payload(

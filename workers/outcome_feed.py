@@ -21,6 +21,7 @@ import requests
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from shared import outbox
 from shared.commands import new_id
 from shared.outbound import OutboundRefused, OutboundSession
 from shared.outbox import OUTBOX, webhook_of
@@ -127,8 +128,12 @@ def send_due(db: Database, session: OutboundSession, *, now: float | None = None
 
 
 def run_sender(db: Database, session: OutboundSession, *, stop: threading.Event, keys: CredentialKeys | None = None) -> None:
+    swept = 0.0
     while not stop.is_set():
         try:
+            if time.monotonic() - swept >= outbox.DONE_SWEEP_SECONDS:
+                swept = time.monotonic()
+                outbox.sweep_message_done(db)  # a message_done a killed worker did not write
             if send_due(db, session, keys=keys):
                 continue
         except PyMongoError as error:

@@ -387,6 +387,7 @@ def test_message_done_is_told_once_per_message_when_every_delivery_is_final(api,
         database = pymongo.MongoClient(stack.mongo_uri)["push"]
         assert database["ledger"].count_documents({"m": message_id, "o": {"$in": [True, 1]}}) == 0
         assert database["outbox"].count_documents({"app_id": app_id, "type": "dead_token"}) == 0  # not even written
+        assert database["messages"].find_one({"_id": message_id})["done_told"] in (True, 1)  # marked, then told: the sweep is done
         stored = database["apps"].find_one({"_id": app_id})["webhook"]
         assert "secret" not in stored and "sealed" in stored and secret not in json.dumps(stored)  # sealed at rest
         assert secret not in api.get("/admin/app/list").text
@@ -395,6 +396,50 @@ def test_message_done_is_told_once_per_message_when_every_delivery_is_final(api,
         assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
     finally:
         receiver.server.shutdown()
+
+
+def test_a_message_done_a_killed_worker_did_not_write_is_told_once_by_the_sweep(api, new_app, stack):
+    """The state a worker SIGKILLed between recording a message's last outcome and writing its ``message_done`` leaves:
+    every delivery final, the message marked by its expansion, no event. The workers' sweep tells it, once."""
+    receiver = Receiver(refuse=0)
+    secret = "s3cret-" + uuid.uuid4().hex
+    app_id = new_app()
+    database = pymongo.MongoClient(stack.mongo_uri)["push"]
+    try:
+        api.ok("/admin/app/webhook", {"appId": app_id, "url": receiver.url, "secret": secret, "events": ["dead_token"]})
+        users = [user() for _ in range(3)]
+        for u in users:
+            register(api, app_id, apns_token(), "apns", u)
+        message_id = api.ok("/push/message/batch/send", {"appId": app_id, "mode": "ASYNCHRONOUS", "batch": [
+            {"userId": u, "body": {"title": "told?"}} for u in users]})["responseObject"]["messageId"]
+        deadline = time.monotonic() + 60
+        while not (database["messages"].find_one({"_id": message_id, "expanded": True})
+                   and database["ledger"].count_documents({"m": message_id, "o": {"$in": [True, 1]}}) == 0):
+            assert time.monotonic() < deadline, "the message was not delivered"
+            time.sleep(0.2)
+        # What the kill leaves: the feed asks for message_done, the expansion marked the message, no event written.
+        api.ok("/admin/app/webhook", {"appId": app_id, "url": receiver.url, "secret": secret, "events": ["message_done"]})
+        database["messages"].update_one({"_id": message_id}, {"$set": {"done_told": False, "done_check_at": 0.0}})
+        assert database["outbox"].count_documents({"_id": f"message_done:{message_id}"}) == 0
+
+        deadline = time.monotonic() + 30
+        while not receiver.accepted_events():
+            assert time.monotonic() < deadline, "the sweep never told the message done"
+            time.sleep(0.2)
+        time.sleep(outbox_sweep_seconds() * 2 + 1)  # further sweeps add nothing
+        accepted = receiver.accepted_events()
+        assert [e["id"] for e in accepted] == [f"message_done:{message_id}"]
+        assert accepted[0]["total"] == 3 and accepted[0]["states"] == {"sent": 3}
+        assert database["messages"].find_one({"_id": message_id})["done_told"] in (True, 1)
+        assert all(valid_signature(secret, headers, body) for _, headers, body in receiver.posts)
+    finally:
+        receiver.server.shutdown()
+
+
+def outbox_sweep_seconds() -> float:
+    from shared.outbox import DONE_SWEEP_SECONDS
+
+    return DONE_SWEEP_SECONDS
 
 
 def test_a_cancelled_scheduled_send_never_reaches_the_simulator(api, new_app, stack, apns_sim):
