@@ -25,7 +25,8 @@ def failures(db: Database, message_ids: list[str], page: int, size: int) -> tupl
     """(how many failures the messages have, page ``page`` of ``size`` of them in a stable order).
 
     Each failure: ``token`` (whole), ``platform``, ``state`` (one of :data:`FAILURE_STATES`), ``reason``, ``at``
-    (an aware datetime: when its ledger chunk's outcomes were last written, or None when not recorded).
+    (an aware datetime: when the provider's answer came, for chunks recorded before that was kept when its
+    chunk's outcomes were last written, or None when not recorded).
     Read from the ledger's chunks in ``_id`` order (their state strings first, for the count), then the
     old format's rows (``deliveries``) of messages expanded before the ledger.
     """
@@ -49,7 +50,8 @@ def failures(db: Database, message_ids: list[str], page: int, size: int) -> tupl
             if skip:
                 skip -= 1
                 continue
-            found.append(_failure(delivery.token, doc["p"], ledger.STATE[doc["s"][i]], (doc.get("r") or {}).get(str(i)), doc.get("u")))
+            at = (doc.get("t") or {}).get(str(i), doc.get("u"))  # its answer's time; chunks written before ``t``: the chunk's
+            found.append(_failure(delivery.token, doc["p"], ledger.STATE[doc["s"][i]], (doc.get("r") or {}).get(str(i)), at))
             if len(found) == size:
                 return sum(counts.values()) + old_total, found
     for row in db[mongo.DELIVERIES].find(old_match, {"platform": 1, "state": 1, "reason": 1, "at": 1}).sort("_id", 1).skip(

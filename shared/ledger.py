@@ -9,6 +9,7 @@ them): one document per chunk in the ``ledger`` collection, with a natural
      d: [[device id, token, entry, environment], ...],   # the chunk's deliveries, in order
      s: "ppsf...",        # one state character per delivery (``CHAR``)
      r: {"<i>": reason},  # why delivery i failed, waits or gave up (absent when sent)
+     t: {"<i>": seconds}, # when the provider's answer of failed delivery i came (failures list, outcome feed)
      c: claim id | None,  # the run that holds the chunk
      hb: int,             # the holder's heartbeat: the lease (``LeaseWatch``)
      o: bool,             # some delivery still open (pending or retry)
@@ -234,11 +235,15 @@ def release(db: Database, cid: str, claim_id: str) -> None:
     db[mongo.LEDGER].update_one({"_id": cid, "c": claim_id}, {"$set": {"c": None}})
 
 
-def outcome_update(states: str, reasons: Mapping[int, str | None], *, release_claim: bool = False) -> dict:
-    """The update that records a chunk's states (the whole string: idempotent) and the reasons that changed."""
+def outcome_update(states: str, reasons: Mapping[int, str | None], *, release_claim: bool = False,
+                   times: Mapping[int, float] | None = None) -> dict:
+    """The update that records a chunk's states (the whole string: idempotent), the reasons that changed and, for
+    deliveries not sent, when the provider answered (``t``: index → unix time; readers fall back to ``u``)."""
     fields: dict = {"s": states, "o": any(ch in OPEN_CHARS for ch in states), "u": time.time()}
     for index, reason in reasons.items():
         fields[f"r.{index}"] = reason
+    for index, at in (times or {}).items():
+        fields[f"t.{index}"] = at
     if release_claim:
         fields["c"] = None
     return {"$set": fields, "$inc": {"hb": 1}}

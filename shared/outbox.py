@@ -70,7 +70,7 @@ def outcome_events(app_id: str | None, platform: str, results) -> list[dict]:
     return [
         event(app_id, EVENT_OF_STATE[r.state], r.delivery.id,
               {"messageId": r.delivery.id.split(":", 1)[0], "token": r.delivery.token, "platform": platform, "reason": r.reason,
-               "at": time.time()})
+               "at": getattr(r, "at", None) or time.time()})
         for r in results
         if r.state in EVENT_OF_STATE
     ]

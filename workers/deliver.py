@@ -100,6 +100,8 @@ class Result:
     index: int = -1
     #: The dead letter to write with a ``dead_letter`` outcome.
     dead_letter: dict | None = None
+    #: When its outcome came (unix time; set by the recorder when the run did not).
+    at: float | None = None
 
 
 class ProviderClients:

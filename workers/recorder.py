@@ -170,7 +170,7 @@ class Recorder:
         prepared = []
         for key, book, items, closing in group:
             try:
-                update = self._prepare(book, [r for _, r in items], release=closing and book.release)
+                update = self._prepare(book, _answered_at(items), release=closing and book.release)
             except ConnectionFailure as error:
                 self._keep(key, book, items, error)
             except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
@@ -271,12 +271,30 @@ class Recorder:
         letters = [r.dead_letter for r in results if r.state == ledger.DEAD_LETTER and r.dead_letter]
         if letters:
             ledger.insert_ignoring_duplicates(db[mongo.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once
-        reasons = {}
+        reasons, times = {}, {}
         for result in results:
             book.states[result.index] = ledger.CHAR[result.state]
             if result.state != ledger.SENT or result.index in reasons:
                 reasons[result.index] = result.reason
-        return UpdateOne({"_id": book.cid, "c": book.claim}, ledger.outcome_update("".join(book.states), reasons, release_claim=release))
+            if result.state in FAILURE_TIMED:
+                times[result.index] = result.at
+        return UpdateOne({"_id": book.cid, "c": book.claim},
+                         ledger.outcome_update("".join(book.states), reasons, release_claim=release, times=times))
+
+
+#: States whose time is recorded per delivery (``t``: what the failures list answers); a sent one's is its chunk's.
+FAILURE_TIMED = frozenset({ledger.FAILED, ledger.DEAD_TOKEN, ledger.EXPIRED, ledger.DEAD_LETTER})
+
+
+def _answered_at(items: list) -> list:
+    """The results of ``(monotonic time added, result)`` pairs, each with ``at``: that moment as a unix time."""
+    offset = time.time() - time.monotonic()
+    results = []
+    for added, result in items:
+        if getattr(result, "at", None) is None:
+            result.at = added + offset
+        results.append(result)
+    return results
 
 
 #: Buckets (seconds) of ``push_outcome_record_seconds``: from a provider's answer to its outcome in the ledger.

@@ -92,6 +92,35 @@ def test_the_recorder_deactivates_dead_tokens_before_it_records_them_and_release
     assert recorder.latency()["n"] == 3
 
 
+def test_each_failure_keeps_the_time_of_its_answer_not_of_its_chunks_last_write(database):
+    """Two failures of one chunk recorded by two flushes half a second apart: the failures list answers each one's time."""
+    from shared.failures import failures
+
+    doc = new_chunk(database, 3)
+    claimed, _ = ledger.claim(database, doc["_id"], "run-t", None)
+    recorder = Recorder({"device": lambda *a, **k: None}, heartbeat=1.0)
+    items = ledger.deliveries_of(claimed)
+    answered = []
+
+    async def run():
+        book = recorder.open(database, claimed, "run-t", "apns", {"0": {}}, lambda entry: "device")
+        answered.append(time.time())
+        recorder.add(book, Result(items[0], ledger.FAILED, "BadDeviceToken", index=0))
+        await asyncio.sleep(0.6)  # written by an earlier flush than the next ones
+        answered.append(time.time())
+        recorder.add(book, Result(items[1], ledger.DEAD_TOKEN, "Unregistered", index=1))
+        recorder.add(book, Result(items[2], ledger.SENT, index=2))
+        await asyncio.sleep(0.6)
+        await recorder.close(book)
+
+    asyncio.run(run())
+    total, listed = failures(database, [doc["m"]], 0, 10)
+    assert total == 2
+    at = {f["reason"]: f["at"].timestamp() for f in listed}
+    assert abs(at["BadDeviceToken"] - answered[0]) < 0.05 and abs(at["Unregistered"] - answered[1]) < 0.05
+    assert database[mongo.LEDGER].find_one({"_id": doc["_id"]})["u"] - at["Unregistered"] > 0.4  # not the chunk's last write
+
+
 def test_the_recorder_says_when_its_claim_was_lost(database):
     doc = new_chunk(database, 1)
     claimed, _ = ledger.claim(database, doc["_id"], "run-x", None)
