@@ -41,6 +41,8 @@ MESSAGES = "messages"
 DELIVERIES = "deliveries"
 #: The delivery ledger: one document per chunk of deliveries (shared/ledger.py).
 LEDGER = "ledger"
+#: Each ledger chunk's device list (``_id`` the chunk's), written once at insert (shared/ledger.py ``insert_chunks``).
+LEDGER_DEVICES = "ledger_devices"
 DEAD_LETTERS = "dead_letters"
 CAMPAIGNS = "campaigns"
 #: A campaign's users, one document each: ``c`` the campaign id, ``u`` the user id.

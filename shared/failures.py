@@ -43,7 +43,7 @@ def failures(db: Database, message_ids: list[str], page: int, size: int) -> tupl
         if skip >= counts[cid]:
             skip -= counts[cid]
             continue
-        doc = chunks.find_one({"_id": cid})
+        doc = ledger.with_devices(db, [chunks.find_one({"_id": cid})])[0]
         for i, delivery in enumerate(ledger.deliveries_of(doc)):
             if doc["s"][i] not in chars:
                 continue

@@ -106,9 +106,31 @@ def chunk_id(message_id: str, provider: str, index: int) -> str:
 
 
 def deliveries_of(doc: Mapping) -> list[Delivery]:
-    """A chunk document's deliveries, in order (index ``i`` is ``s[i]``)."""
+    """A chunk document's deliveries, in order (index ``i`` is ``s[i]``); the document has its ``d`` (:func:`with_devices`)."""
     message_id = doc["m"]
     return [Delivery(delivery_id(message_id, entry, token), device, token, entry, env) for device, token, entry, env in doc["d"]]
+
+
+def with_devices(db: Database, docs: list[dict]) -> list[dict]:
+    """The chunk documents with their ``d`` (read from ``ledger_devices``, one trip for all; a chunk written before
+    the split keeps its own ``d``)."""
+    wanted = [doc["_id"] for doc in docs if "d" not in doc]
+    if wanted:
+        db_counters.count(trips=1)
+        found = {d["_id"]: d["d"] for d in db[mongo.LEDGER_DEVICES].find({"_id": {"$in": wanted}}, {"d": 1})}
+        for doc in docs:
+            if "d" not in doc:
+                doc["d"] = found.get(doc["_id"], [])
+    return docs
+
+
+def insert_chunks(db: Database, docs: list[dict]) -> None:
+    """Insert chunk documents (made by :func:`chunk_document`, with their ``d``), idempotent on ``_id``: the device list
+    into ``ledger_devices`` first (written once, never changed), then the rest into ``ledger``, which every outcome
+    flush rewrites: kept small, so a flush costs the database a few hundred bytes per chunk, not the whole list."""
+    insert_ignoring_duplicates(db[mongo.LEDGER_DEVICES], [{"_id": doc["_id"], "m": doc["m"], "d": doc["d"], "at": doc["at"]}
+                                                         for doc in docs])
+    insert_ignoring_duplicates(db[mongo.LEDGER], [{k: v for k, v in doc.items() if k != "d"} for doc in docs])
 
 
 def insert_ignoring_duplicates(collection, documents: list[dict]) -> None:
@@ -164,7 +186,7 @@ def write_chunks(db: Database, message_id: str, app_id: str, provider: str, deli
         chunk_document(message_id, app_id, provider, first_index + n, deliveries[start:start + chunk_size], now=now)
         for n, start in enumerate(range(0, len(deliveries), chunk_size))
     ]
-    insert_ignoring_duplicates(db[mongo.LEDGER], docs)
+    insert_chunks(db, docs)
     return docs
 
 
@@ -214,7 +236,7 @@ def claim(db: Database, cid: str, claim_id: str, watch: list | None) -> tuple[di
     db_counters.count(trips=1, written=1)
     doc = ledger.find_one_and_update({"_id": cid, "c": None}, grab, return_document=ReturnDocument.AFTER)
     if doc is not None:
-        return doc, None
+        return with_devices(db, [doc])[0], None
     db_counters.count(trips=1)
     found = ledger.find_one({"_id": cid}, {"c": 1, "hb": 1, "o": 1})
     if found is None:
@@ -225,7 +247,7 @@ def claim(db: Database, cid: str, claim_id: str, watch: list | None) -> tuple[di
                                          return_document=ReturnDocument.AFTER)
         if doc is not None:
             log.info("chunk %s taken over from %s (heartbeat still for a lease)", cid, found["c"])
-            return doc, None
+            return with_devices(db, [doc])[0], None
         found = ledger.find_one({"_id": cid}, {"c": 1, "hb": 1, "o": 1}) or found
     return None, found
 
@@ -311,7 +333,7 @@ def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
     """
     ids = list(message_ids)
     found = []
-    for doc in db[mongo.LEDGER].find({"m": {"$in": ids}}):
+    for doc in with_devices(db, list(db[mongo.LEDGER].find({"m": {"$in": ids}}))):
         held = doc.get("c") is not None
         for i, delivery in enumerate(deliveries_of(doc)):
             state = STATE[doc["s"][i]]
@@ -392,7 +414,9 @@ def purge(db: Database, *, retention_days: float, now: float | None = None) -> d
             if message.get("summary") is None:
                 messages.update_one({"_id": message_id}, {"$set": {"summary": {p: dict(c) for p, c in summary.items()}}})
             for start in range(0, len(ids), PURGE_BATCH):
-                purged_chunks += ledger.delete_many({"_id": {"$in": ids[start:start + PURGE_BATCH]}}).deleted_count
+                part = {"_id": {"$in": ids[start:start + PURGE_BATCH]}}
+                db[mongo.LEDGER_DEVICES].delete_many(part)  # first: a purge stopped between the two finds the chunk again
+                purged_chunks += ledger.delete_many(part).deleted_count
             purged_messages += 1
     old_rows = db[mongo.DELIVERIES].delete_many({"at": {"$lt": cutoff}}).deleted_count
     return {"messages": purged_messages, "chunks": purged_chunks, "old_rows": old_rows}

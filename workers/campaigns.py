@@ -180,7 +180,7 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
         docs.extend(ledger.chunk_document(campaign_id, campaign["app_id"], platform, first + n, part, now=now) for n, part in enumerate(parts))
         chunks[platform] = first + len(parts)
         totals[platform] = totals.get(platform, 0) + len(deliveries)
-    insert_ignoring_duplicates(db[mongo.LEDGER], docs)
+    ledger.insert_chunks(db, docs)
     ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries, first_attempt_at=now)
     return {"chunks": chunks, "totals": totals}
 

@@ -70,7 +70,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     for platform, items in deliveries.items():
         docs.extend(ledger.chunk_document(message_id, cmd["app_id"], platform, n, part, now=started, lane=cmd.get("lane"))
                     for n, part in enumerate(_parts(list(items.values()), chunk_size)))
-    insert_ignoring_duplicates(db[mongo.LEDGER], docs)
+    ledger.insert_chunks(db, docs)
     entries_by_key = {str(index): entry for index, entry in enumerate(entries)}
     ledger.publish_chunks(publisher, DELIVER_ACTOR_BY_PROVIDER, docs, entries_by_key, first_attempt_at=started,
                           lane=cmd.get("lane"))

@@ -44,6 +44,10 @@ def test_a_chunk_written_twice_is_one_document(database):
     docs = list(database[mongo.LEDGER].find({"m": message_id}).sort("i", 1))
     assert [d["_id"] for d in docs] == [ledger.chunk_id(message_id, "fcm", i) for i in range(3)]
     assert [d["s"] for d in docs] == ["pp", "pp", "p"]
+    # The device lists live apart, written once: an outcome flush rewrites only the small state document.
+    assert not any("d" in d for d in docs)
+    devices = list(database[mongo.LEDGER_DEVICES].find({"m": message_id}).sort("_id", 1))
+    assert [d["_id"] for d in devices] == [d["_id"] for d in docs] and [len(d["d"]) for d in devices] == [2, 2, 1]
     assert [r["_id"] for r in ledger.rows(database, [message_id])] == [d.id for d in items]
 
 
@@ -158,6 +162,7 @@ def test_retention_purges_old_chunks_and_keeps_the_messages_counts(database):
     done = ledger.purge(database, retention_days=7)
     assert done["messages"] >= 1 and done["chunks"] >= 1
     assert database[mongo.LEDGER].find_one({"_id": doc["_id"]}) is None
+    assert database[mongo.LEDGER_DEVICES].find_one({"_id": doc["_id"]}) is None
     assert database[mongo.LEDGER].find_one({"_id": fresh["_id"]}) is not None
     message = database[mongo.MESSAGES].find_one({"_id": message_id})
     counts = ledger.counts_of_messages(database, [message])[message_id]
