@@ -7,9 +7,9 @@ after a crash, never sends a delivery that already has an outcome, and never one
 another live run holds. A held chunk is looked at again after one lease; when its
 holder's heartbeat has not moved for that long (``LeaseWatch``: no clocks compared
 across hosts) the run takes it over and sends only what has no outcome.
-Outcomes are written by the process's recorder thread every ~20 ms, one update
+Outcomes are written by the process's recorder thread every ~5 ms, one update
 per chunk guarded by the claim, so a crash leaves at most the requests in flight
-and the last ~20 ms of answers unrecorded; the send gate
+and the last ~5 ms of answers (plus one write) unrecorded; the send gate
 (``delivery_max_in_flight`` per provider per process) bounds the former. Those
 are sent again after the lease; each carries its notification's ``display_id``
 (shared/payload.py), so a device the provider had already reached shows it once.

@@ -1,4 +1,4 @@
-"""Outcomes written to the ledger off the event loop: one thread per worker process, flushing every ~20 ms.
+"""Outcomes written to the ledger off the event loop: one thread per worker process, flushing every ~5 ms.
 
 The event loop only appends a result to its chunk's :class:`ChunkBook` (no I/O);
 the recorder thread, every ``interval``, writes for each chunk that has news:
@@ -33,7 +33,7 @@ from shared import db_counters, ledger, outbox
 log = logging.getLogger(__name__)
 
 #: Seconds between two flushes.
-INTERVAL_SECONDS = 0.02
+INTERVAL_SECONDS = 0.005
 #: How long outcomes that cannot be written (MongoDB away) are kept before the chunk's run fails.
 GIVE_UP_SECONDS = 300.0
 #: Latencies kept for :meth:`Recorder.latency` (the newest).

@@ -17,9 +17,12 @@ import requests
 
 from tests import ledger_view
 from tests.faults.harness import FaultRun
+from tests.waiting import wait_for
 
 #: Deliveries sent before a fault lands: the send is well under way, far from done.
 UNDER_WAY = 3_000
+#: Deliveries of held chunks still open (being sent) when the delivery workers are killed.
+SENDING_AT_KILL = 200
 #: Batches acknowledged before RabbitMQ is cut: the send is under way, most batches still to come.
 BATCHES_BEFORE_OUTAGE = 5
 
@@ -27,6 +30,9 @@ BATCHES_BEFORE_OUTAGE = 5
 def test_delivery_workers_sigkilled_mid_send_then_restarted(run: FaultRun, stack):
     run.start_send()
     run.wait_sent_at_least(UNDER_WAY)
+    # Kill while chunks are being sent (held, with open deliveries), not in a pause between two batches: the wire
+    # repeats then measure what the send gate and the recorder leave unrecorded at a kill.
+    wait_for(lambda: run.states().get("sending", 0) >= SENDING_AT_KILL, timeout=60, what="chunks being sent", every=0.02)
     run.fault()
     stack.stop_workers(["deliver"], kill=True)
     # Claimed and without a recorded outcome at the kill: the provider may have taken these an
