@@ -12,7 +12,7 @@ baseline's (the repeated groups e2e and http in interleaved rounds), and each
 figure's line is followed by ``baseline_<figure>`` and
 ``ratio_<figure>_to_baseline`` (``n/a`` where the baseline has no such
 figure). The large campaign runs on the current tree only; the baseline is
-compared on the small one.
+compared on the small one, in the campaign group and in the lanes group alike.
 """
 from __future__ import annotations
 
