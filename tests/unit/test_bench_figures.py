@@ -1,7 +1,7 @@
 """The figure lines of make bench: formatting, baseline lines, ratios, n/a."""
 from __future__ import annotations
 
-from bench.__main__ import size_label
+from bench.__main__ import FULL, QUICK, lanes_users, size_label
 from bench.figures import comparison_lines, format_value, ratio
 
 
@@ -62,3 +62,9 @@ def test_derived_figures_can_go_without_a_ratio_line():
 
 def test_campaign_sizes_are_named_as_the_figures_say():
     assert [size_label(n) for n in (100_000, 1_000_000, 10_000, 50_000, 1234)] == ["100k", "1m", "10k", "50k", "1234"]
+
+
+def test_the_baseline_runs_the_lanes_campaign_at_the_small_size_only():
+    assert lanes_users(FULL, 0) == 1_000_000
+    assert lanes_users(FULL, 1) == FULL.campaign_small == 100_000
+    assert lanes_users(QUICK, 1) == QUICK.campaign_small
