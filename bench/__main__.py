@@ -13,6 +13,8 @@ figure's line is followed by ``baseline_<figure>`` and
 ``ratio_<figure>_to_baseline`` (``n/a`` where the baseline has no such
 figure). The large campaign runs on the current tree only; the baseline is
 compared on the small one, in the campaign group and in the lanes group alike.
+The lanes group takes its "alone" campaign rate from the campaign group's run of
+the same size on the same stack when there is one (a full run: 1M once alone).
 """
 from __future__ import annotations
 
@@ -157,8 +159,10 @@ def lanes_users(sizes: Sizes, index: int) -> int:
     return sizes.lanes_users if index == 0 else min(sizes.lanes_users, sizes.campaign_small)
 
 
-def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int) -> list[dict]:
-    """The group's figures on each stack (the current tree's first, then the baseline's)."""
+def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | None, sizes: Sizes, repeats: int,
+              measured: dict | None = None) -> list[dict]:
+    """The group's figures on each stack (the current tree's first, then the baseline's); ``measured``: the figures
+    of the current stack so far (the lanes group takes its "alone" campaign rate from the campaign group's)."""
     if group == "client":
         return client_group(stacks, code, sizes, repeats)
     if group == "limit":
@@ -166,7 +170,9 @@ def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | Non
     if group == "e2e":
         return interleaved([E2eBench(stack, devices=sizes.devices) for stack in stacks], repeats)
     if group == "lanes":
-        return [measure_lanes(stack, users=lanes_users(sizes, i), idle_sends=sizes.lanes_idle_sends) for i, stack in enumerate(stacks)]
+        return [measure_lanes(stack, users=lanes_users(sizes, i), idle_sends=sizes.lanes_idle_sends,
+                              alone_per_s=(measured or {}).get(f"campaign_{size_label(lanes_users(sizes, i))}_per_s") if i == 0 else None)
+                for i, stack in enumerate(stacks)]
     if group in PER_STACK:
         return [PER_STACK[group](stack, sizes, repeats) for stack in stacks]
     if group == "http":
@@ -205,7 +211,7 @@ def main() -> None:
             stack.start()
         for group in groups:
             group_started = time.time()
-            results = run_group(group, stacks, code, sizes, args.repeats)
+            results = run_group(group, stacks, code, sizes, args.repeats, current)
             emit(comparison_lines(results[0], results[1] if code else None))
             current.update(results[0])
             if code:
@@ -213,6 +219,7 @@ def main() -> None:
             if group == "campaign":
                 large = campaign_figures(stacks[0], sizes.campaign_large)
                 emit(comparison_lines(large, None))
+                current.update(large)  # the lanes group's "alone" rate when it runs at this size
                 small_rss, large_rss = campaign_rss(results[0], sizes.campaign_small), campaign_rss(large, sizes.campaign_large)
                 current["ratio_campaign_rss_large_to_small"] = max(large_rss[g] / small_rss[g] for g in large_rss)
             # What each group costs of make bench's time budget.

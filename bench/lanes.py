@@ -158,21 +158,26 @@ def _seed(stack: Stack, app_id: str, prefix: str, count: int) -> list[str]:
     return users
 
 
-def measure_lanes(stack: Stack, *, users: int, idle_sends: int) -> dict:
-    """The lanes figures on a started stack (the current tree's or a baseline's: everything goes through the API)."""
+def measure_lanes(stack: Stack, *, users: int, idle_sends: int, alone_per_s: float | None = None) -> dict:
+    """The lanes figures on a started stack (the current tree's or a baseline's: everything goes through the API).
+
+    ``alone_per_s``: the rate of a campaign to as many users measured alone on this stack in the same run (make bench's
+    campaign group): then it is the "alone" rate and only the loaded campaign runs (one 1M campaign less).
+    """
     tag = uuid.uuid4().hex[:6]
     app_a, app_b, app_c = (_create_app(stack, f"bench-lanes-{name}-{tag}") for name in "abc")
     campaign_users = _seed(stack, app_a, f"la-{tag}", users)
     otp_user = f"lb-{tag}-otp"
     seed_devices(stack, app_b, [otp_user], ["0" + secrets.token_hex(32)[1:]], ["apns"])
     batch_users = _seed(stack, app_c, f"lc-{tag}", BATCH_SIZE)
-    alone_campaign, loaded_campaign = _new_campaign(stack, app_a, campaign_users), _new_campaign(stack, app_a, campaign_users)
+    alone_campaign = _new_campaign(stack, app_a, campaign_users) if alone_per_s is None else None
+    loaded_campaign = _new_campaign(stack, app_a, campaign_users)
     del campaign_users
 
     idle = SyncSender(stack, app_b, otp_user)
     idle.run(count=idle_sends)
     batch_alone_s = _batch_seconds(stack, app_c, batch_users)
-    alone_s = _run_campaign(stack, alone_campaign, users, lambda: 0)
+    alone_s = _run_campaign(stack, alone_campaign, users, lambda: 0) if alone_campaign else users / alone_per_s
 
     during = SyncSender(stack, app_b, otp_user)
     done = threading.Event()

@@ -6,7 +6,8 @@ them): one document per chunk in the ``ledger`` collection, with a natural
 ``_id`` made of the message id, the provider and the chunk's index::
 
     {_id: "<message>:<provider>:<index>", m: message id, p: provider, app: app id,
-     d: [[device id, token, entry, environment], ...],   # the chunk's deliveries, in order
+     d: [[device id, token, entry, environment], ...],   # the chunk's deliveries, in order: kept apart in
+                          # ``ledger_devices`` (same ``_id``, written once; ``insert_chunks``, ``with_devices``)
      s: "ppsf...",        # one state character per delivery (``CHAR``)
      r: {"<i>": reason},  # why delivery i failed, waits or gave up (absent when sent)
      t: {"<i>": seconds}, # when the provider's answer of failed delivery i came (failures list, outcome feed)
@@ -120,6 +121,8 @@ def with_devices(db: Database, docs: list[dict]) -> list[dict]:
         found = {d["_id"]: d["d"] for d in db[mongo.LEDGER_DEVICES].find({"_id": {"$in": wanted}}, {"d": 1})}
         for doc in docs:
             if "d" not in doc:
+                if doc["_id"] not in found:  # inserted before its state document: only a purge removes it
+                    log.warning("chunk %s has no device list (purged?): nothing of it is sent", doc["_id"])
                 doc["d"] = found.get(doc["_id"], [])
     return docs
 
