@@ -55,6 +55,9 @@ class Settings:
     delivery_chunk_size: int = 500
     #: Campaign users expanded per batch of a live send (memory stays bounded by this).
     campaign_users_per_batch: int = 5000
+    #: Most deliveries of one campaign open in the ledger (queued or being sent) before its expansion waits for them
+    #: (workers/campaigns.py ``paced``): another app's bulk send then waits behind at most this many of it.
+    campaign_deliveries_ahead: int = 20_000
     #: Seconds a worker owns the deliveries it claimed; after a crash they are retried once this passes.
     delivery_lease_seconds: float = 60.0
     #: Most provider requests in flight per provider per worker process (bounds what a SIGKILL leaves unrecorded).

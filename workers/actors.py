@@ -78,7 +78,8 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
 
     def expand_campaign(command: dict) -> None:
         campaigns.expand_campaign(
-            db, publisher, command, chunk_size=settings.delivery_chunk_size, users_per_batch=settings.campaign_users_per_batch
+            db, publisher, command, chunk_size=settings.delivery_chunk_size, users_per_batch=settings.campaign_users_per_batch,
+            deliveries_ahead=settings.campaign_deliveries_ahead
         )
 
     def campaign_check(job: dict) -> None:

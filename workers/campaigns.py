@@ -102,8 +102,12 @@ def campaign_entry(campaign: dict) -> dict:
     return SendEntry.for_user(None, campaign["body"]).to_json()
 
 
-def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int, users_per_batch: int = USERS_PER_BATCH) -> None:
-    """Expand a live send, resuming where an earlier run of the same campaign stopped."""
+def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int, users_per_batch: int = USERS_PER_BATCH,
+                    deliveries_ahead: int | None = None) -> None:
+    """Expand a live send, resuming where an earlier run of the same campaign stopped.
+
+    ``deliveries_ahead``: the pacing bound (:func:`paced`); None expands without waiting.
+    """
     campaigns = db[mongo.CAMPAIGNS]
     campaign_id = cmd["campaign_id"]
     campaign = campaigns.find_one({"_id": campaign_id})
@@ -124,6 +128,8 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
     while not halt.is_cancelled(db, campaign_id, campaign["app_id"]):
         if halt.hold_expansion(db, publisher, EXPAND_CAMPAIGN, cmd, campaign_id):
             return  # paused: this expansion comes back, from its cursor, once resumed
+        if deliveries_ahead is not None and paced(db, publisher, cmd, campaign_id, chunk_size, deliveries_ahead):
+            return  # enough of it waits to be sent: it comes back, from its cursor
         users = [
             doc["u"]
             for doc in db[mongo.CAMPAIGN_USERS]
@@ -147,6 +153,25 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
         outbox.message_done(db, campaign["app_id"], [campaign_id], wanted=True)  # all its chunks may be final already
     publisher.publish(CAMPAIGN_CHECK, {"campaign_id": campaign_id})
     campaigns.update_one({"_id": campaign_id}, {"$set": {"state": "expanded", "devices_total": sum(totals.values())}})
+
+
+#: Seconds a paced expansion waits before it looks again (re-enqueued with a delay: no worker thread held).
+PACE_RECHECK_SECONDS = 1.0
+
+
+def paced(db: Database, publisher: Publisher, cmd: dict, campaign_id: str, chunk_size: int, deliveries_ahead: int) -> bool:
+    """Whether the campaign already has ``deliveries_ahead`` deliveries open (its open chunks × the chunk size, one
+    counted query on the ledger's ``(m, o)`` index); then its expansion comes back after :data:`PACE_RECHECK_SECONDS`.
+
+    Bulk work of other apps then waits behind at most that many of this campaign's deliveries, not behind all of them,
+    and the deliver workers still always have a queue to take from (the bound is far above what they hold at once).
+    """
+    db_counters.count()
+    open_chunks = db[mongo.LEDGER].count_documents({"m": campaign_id, "o": {"$in": [True, 1]}})
+    if open_chunks * chunk_size < deliveries_ahead:
+        return False
+    publisher.publish(EXPAND_CAMPAIGN, cmd, delay_ms=int(PACE_RECHECK_SECONDS * 1000))
+    return True
 
 
 def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: list[str], entries: dict, chunk_size: int,

@@ -29,11 +29,18 @@ CAMPAIGN_USERS = 12_000
 CHUNK_SIZE = 2
 #: Chunks that must still wait in the bulk queues when the SYNCHRONOUS send is answered.
 BACKLOG_AT_ANSWER = 1_000
+#: The campaigns' pacing bound (deliveries open before the expansion waits): 3,000 chunks of two.
+DELIVERIES_AHEAD = 6_000
+#: Users of another app's batch posted while the campaign runs (bulk, like the campaign).
+OTHER_BATCH = 100
+#: The stack's campaign users expanded per batch (``PUSH_CAMPAIGN_USERS_PER_BATCH``).
+USERS_PER_BATCH = 2_000
 
 
 @pytest.fixture(scope="module")
 def lane_stack(tmp_path_factory):
-    env = {**TEST_SETTINGS, "PUSH_DELIVERY_CHUNK_SIZE": str(CHUNK_SIZE), "PUSH_CAMPAIGN_USERS_PER_BATCH": "2000"}
+    env = {**TEST_SETTINGS, "PUSH_DELIVERY_CHUNK_SIZE": str(CHUNK_SIZE), "PUSH_CAMPAIGN_USERS_PER_BATCH": str(USERS_PER_BATCH),
+           "PUSH_CAMPAIGN_DELIVERIES_AHEAD": str(DELIVERIES_AHEAD)}
     with running_stack(tmp_path_factory.mktemp("lanes"), "lanes", env) as stack:
         yield stack
 
@@ -60,16 +67,21 @@ def ready_messages(stack, queues: tuple[str, ...]) -> int:
         connection.close()
 
 
+def seeded_campaign_users(db, app_id: str, count: int) -> list[str]:
+    tag = uuid.uuid4().hex[:6]
+    users = [f"cu-{tag}-{i:06d}" for i in range(count)]
+    seed.seed_devices(db, app_id, users, [apns_token() if i % 2 == 0 else f"f-{secrets.token_urlsafe(30)}" for i in range(count)],
+                      ["apns" if i % 2 == 0 else "fcm" for i in range(count)])
+    return users
+
+
 def test_a_synchronous_send_is_answered_while_a_campaign_has_thousands_of_chunks_waiting(lane_stack):
     import pymongo
 
     stack = lane_stack
     db = pymongo.MongoClient(stack.mongo_uri)["push"]
     campaign_app, tx_app = make_app(stack), make_app(stack)
-    tag = uuid.uuid4().hex[:6]
-    users = [f"cu-{tag}-{i:06d}" for i in range(CAMPAIGN_USERS)]
-    seed.seed_devices(db, campaign_app, users, [apns_token() if i % 2 == 0 else f"f-{secrets.token_urlsafe(30)}" for i in range(CAMPAIGN_USERS)],
-                      ["apns" if i % 2 == 0 else "fcm" for i in range(CAMPAIGN_USERS)])
+    users = seeded_campaign_users(db, campaign_app, CAMPAIGN_USERS)
     otp_token = apns_token()
     seed.seed_devices(db, tx_app, ["otp-user"], [otp_token], ["apns"])
     session = requests.Session()
@@ -94,3 +106,40 @@ def test_a_synchronous_send_is_answered_while_a_campaign_has_thousands_of_chunks
     assert seconds < 10, f"answered after {seconds:.1f}s"
     stats = requests.get(f"http://127.0.0.1:{stack.ports.apns_control}/counts/{otp_token}", timeout=10).json()
     assert stats["delivered"] == 1
+
+
+def test_another_apps_batch_is_delivered_while_a_paced_campaign_still_has_most_of_its_deliveries_to_send(lane_stack):
+    """Fair share in bulk: the campaign's expansion waits while DELIVERIES_AHEAD of it are open, so a batch of another
+    app posted after it started waits behind those, not behind the whole campaign (which it did before the pacing)."""
+    import pymongo
+
+    from shared import ledger
+
+    stack = lane_stack
+    db = pymongo.MongoClient(stack.mongo_uri)["push"]
+    campaign_app, other_app = make_app(stack), make_app(stack)
+    users = seeded_campaign_users(db, campaign_app, CAMPAIGN_USERS)
+    others = seeded_campaign_users(db, other_app, OTHER_BATCH)
+    session = requests.Session()
+    campaign_id = session.post(f"{stack.api_url}/push/campaign/create", timeout=60, json={"requestObject": {
+        "appId": campaign_app, "message": {"title": "Sale", "body": "for all"}}}).json()["responseObject"]["id"]
+    session.put(f"{stack.api_url}/push/campaign/{campaign_id}/user/add", json={"requestObject": users}, timeout=300).raise_for_status()
+    stack.stop_workers(["deliver"])  # nothing of the campaign is sent for now: only the pacing stops its expansion
+    try:
+        session.post(f"{stack.api_url}/push/campaign/send/live/{campaign_id}", timeout=60).raise_for_status()
+        waiting.wait_for(lambda: db["ledger"].count_documents({"m": campaign_id}) * CHUNK_SIZE >= DELIVERIES_AHEAD, timeout=120,
+                         every=0.1, what="the campaign's first deliveries expanded")
+        time.sleep(5)  # an unpaced expansion goes on to the whole campaign meanwhile
+        expanded = db["ledger"].count_documents({"m": campaign_id}) * CHUNK_SIZE
+        assert expanded <= DELIVERIES_AHEAD + USERS_PER_BATCH, f"{expanded} deliveries expanded: the expansion was not paced"
+        batch_id = session.post(f"{stack.api_url}/push/message/batch/send", timeout=60, json={"requestObject": {
+            "appId": other_app, "mode": "ASYNCHRONOUS", "batch": [{"userId": u, "body": {"title": "news"}} for u in others]}}
+        ).json()["responseObject"]["messageId"]
+    finally:
+        stack.start_workers(["deliver"])
+    waiting.wait_for(lambda: ledger.state_counts(db, [batch_id]).get("sent", 0) == OTHER_BATCH, timeout=180, every=0.2,
+                     what="the other app's batch delivered")
+    campaign_sent = ledger.state_counts(db, [campaign_id]).get("sent", 0)
+    assert campaign_sent <= CAMPAIGN_USERS - 2_000, f"the batch waited for the campaign: {campaign_sent} of it sent first"
+    waiting.wait_for(lambda: ledger.state_counts(db, [campaign_id]).get("sent", 0) == CAMPAIGN_USERS, timeout=300, every=0.5,
+                     what="the paced campaign delivered whole")
