@@ -10,7 +10,8 @@ across hosts) the run takes it over and sends only what has no outcome.
 Outcomes are written by the process's recorder thread every ~5 ms, one update
 per chunk guarded by the claim, so a crash leaves at most the requests in flight
 and the last ~5 ms of answers (plus one write) unrecorded; the send gate
-(``delivery_max_in_flight`` per provider per process) bounds the former. Those
+(workers/delivery/window.py: what the provider's answer time needs, at most
+``delivery_max_in_flight`` per provider per process) bounds the former. Those
 are sent again after the lease; each carries its notification's ``display_id``
 (shared/payload.py), so a device the provider had already reached shows it once.
 
@@ -55,6 +56,7 @@ from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.hms import HmsAuth, HmsClient
 from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome
 from workers.delivery.retry import RetryPolicy, deliver_with_retries
+from workers.delivery.window import SendWindow
 from workers.recorder import ClaimLost, Recorder
 from workers.writes import mark_dead_tokens
 
@@ -202,14 +204,15 @@ class DeliveryContext:
     def __post_init__(self):
         if self.recorder is None:
             self.recorder = Recorder(self.dead_token_actions, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
-        self._gates: dict[tuple[int, str], asyncio.Semaphore] = {}
+        self._gates: dict[tuple[int, str], SendWindow] = {}
 
-    def gate(self, provider: str) -> asyncio.Semaphore:
-        """The send gate of a provider in the running event loop: at most ``delivery_max_in_flight`` requests in flight."""
+    def gate(self, provider: str) -> SendWindow:
+        """The send gate of a provider in the running event loop: as many requests in flight as the provider's answer
+        time needs (workers/delivery/window.py), at most ``delivery_max_in_flight``."""
         key = (id(asyncio.get_running_loop()), provider)
         gate = self._gates.get(key)
         if gate is None:
-            gate = self._gates[key] = asyncio.Semaphore(max(1, self.settings.delivery_max_in_flight))
+            gate = self._gates[key] = SendWindow(self.settings.delivery_max_in_flight)
         return gate
 
 
@@ -249,7 +252,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     max_age_at = chunk["first_attempt_at"] + ctx.settings.delivery_max_age_seconds
 
     async def gated(delivery: Delivery):
-        async with gate:
+        async with gate.slot():
             return await send_one(delivery)
 
     async def run(index: int, delivery: Delivery) -> Result:

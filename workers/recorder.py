@@ -1,12 +1,13 @@
 """Outcomes written to the ledger off the event loop: one thread per worker process, flushing every ~5 ms.
 
 The event loop only appends a result to its chunk's :class:`ChunkBook` (no I/O);
-the recorder thread, every ``interval``, writes for each chunk that has news:
-first what dead tokens do to their registrations (deactivated BEFORE the outcome
+the recorder thread, every ``interval``, writes the news of every chunk that has some,
+in a few round trips per flush whatever the number of chunks: first what dead tokens
+do to their registrations (one update per reason) (deactivated BEFORE the outcome
 is recorded, so a crash in between leaves the delivery open — sent again after
 the lease, the provider says "dead" again — never recorded dead with its
-registration still active), then the dead letters, then the update of each chunk
-(its whole state string: idempotent; all chunks of a flush in one bulk write) guarded by the claim, which also bumps the
+registration still active), then the outcome events and dead letters (one insert
+each), then the update of each chunk (its whole state string: idempotent; all chunks of a flush in one bulk write) guarded by the claim, which also bumps the
 heartbeat (``hb``: the lease, shared/ledger.py ``LeaseWatch``). A chunk without
 news still gets its heartbeat bumped every ``heartbeat`` seconds while it is held.
 
@@ -29,6 +30,7 @@ from pymongo.errors import ConnectionFailure
 
 from shared import db as mongo
 from shared import db_counters, ledger, outbox
+from shared.failures import FAILURE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,8 @@ class Recorder:
                     log.exception("recorder: flush of %d chunks", len(group))
 
     def _flush(self, group: list) -> None:
-        """Write the news of several chunks: their side effects first, then all chunk updates in one bulk write."""
+        """Write the news of several chunks: their side effects first (batched: a few round trips per flush, not per
+        chunk), then all chunk updates in one bulk write."""
         prepared = self._prepare_group(group)
         if not prepared:
             return
@@ -166,19 +169,22 @@ class Recorder:
         self._written(prepared, lost)
 
     def _prepare_group(self, group: list) -> list:
-        """Each chunk's side effects and update; a chunk whose preparation fails is kept (MongoDB away) or finished."""
-        prepared = []
-        for key, book, items, closing in group:
-            try:
-                update = self._prepare(book, _answered_at(items), release=closing and book.release)
-            except ConnectionFailure as error:
+        """The group's side effects, written together, then each chunk's update; when the side effects cannot be
+        written, every chunk's outcomes are kept (MongoDB away) or its run fails (Dramatiq retries the chunk)."""
+        answered = [(key, book, items, closing, _answered_at(items)) for key, book, items, closing in group]
+        try:
+            self._side_effects(group[0][1].db, [(book, results) for _, book, _, _, results in answered if results])
+        except ConnectionFailure as error:
+            for key, book, items, _, _ in answered:
                 self._keep(key, book, items, error)
-            except Exception as error:  # noqa: BLE001 - handed to the chunk's run (Dramatiq retries the chunk)
-                log.exception("recording outcomes of %s failed", book.cid)
+            return []
+        except Exception as error:  # noqa: BLE001 - handed to the chunks' runs
+            log.exception("recording outcomes of %d chunks failed", len(group))
+            for key, book, *_ in answered:
                 self._finish(key, book, error)
-            else:
-                prepared.append((key, book, items, closing, update))
-        return prepared
+            return []
+        return [(key, book, items, closing, _update(book, results, release=closing and book.release))
+                for key, book, items, closing, results in answered]
 
     @staticmethod
     def _lost(collection, prepared: list) -> set:
@@ -216,15 +222,19 @@ class Recorder:
 
     @staticmethod
     def _messages_done(books: list) -> None:
-        """After the write: the messages of chunks whose last open delivery it recorded may be done (outbox.message_done)."""
+        """After the write: the messages of chunks whose last open delivery it recorded may be done (outbox.message_done),
+        one call per app (one webhook read)."""
+        by_app: dict[tuple, list] = {}
         for book in books:
             if book.closed or any(ch in ledger.OPEN_CHARS for ch in book.states):
                 continue
             book.closed = True
+            by_app.setdefault((id(book.db), book.app_id), []).append(book)
+        for group in by_app.values():
             try:
-                outbox.message_done(book.db, book.app_id, [book.cid.rsplit(":", 2)[0]])
-            except Exception:  # noqa: BLE001 - the next chunk's write or the expansion tells it
-                log.exception("message_done of %s", book.cid)
+                outbox.message_done(group[0].db, group[0].app_id, [book.cid.rsplit(":", 2)[0] for book in group])
+            except Exception:  # noqa: BLE001 - the next chunk's write, the expansion or the sweep tells it
+                log.exception("message_done of %d chunks", len(group))
 
     def _keep(self, key: str, book: ChunkBook, items: list, error: BaseException) -> None:
         """MongoDB unreachable: keep the outcomes for the next flush, until ``give_up``."""
@@ -253,37 +263,48 @@ class Recorder:
         except RuntimeError:  # the run's event loop is gone (the worker stops): nobody waits for it
             pass
 
-    def _prepare(self, book: ChunkBook, results: list, *, release: bool) -> UpdateOne:
-        """Deactivate dead tokens and write dead letters (before any outcome is recorded); answer the chunk's update."""
-        db = book.db
-        dead: dict[str, list] = {}
-        for result in results:
-            if result.state == ledger.DEAD_TOKEN:
-                dead.setdefault(book.dead_token_action(book.entries[str(result.delivery.entry)]), []).append(result)
-        for action, dead_results in dead.items():
+    def _side_effects(self, db: Database, news: list) -> None:
+        """Deactivate dead tokens, write outcome events and dead letters (before any outcome is recorded) for every
+        chunk of a flush: one deactivation per (action, reason), one webhook read and one insert per app, one insert
+        of dead letters."""
+        dead: dict[tuple, list] = {}
+        events_by_app: dict[str, list] = {}
+        letters = []
+        for book, results in news:
+            for result in results:
+                if result.state == ledger.DEAD_TOKEN:
+                    action = book.dead_token_action(book.entries[str(result.delivery.entry)])
+                    dead.setdefault((action, result.reason or "dead token"), []).append(result)
+                elif result.state == ledger.DEAD_LETTER and result.dead_letter:
+                    letters.append(dict(result.dead_letter))
+            events = outbox.outcome_events(book.app_id, book.provider, results)
+            if events:
+                events_by_app.setdefault(book.app_id, []).extend(events)
+        for (action, reason), dead_results in dead.items():
             invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
             db_counters.count(written=len(dead_results))
-            self.dead_token_actions[action](db, [r.delivery.device_id for r in dead_results], dead_results[0].reason or "dead token",
-                                            invalid_since=invalid_since)
-        events = outbox.outcome_events(book.app_id, book.provider, results)
-        if events:  # before the outcomes, as the dead tokens: a kill between the two loses no event
-            outbox.add_wanted(db, book.app_id, events)
-        letters = [r.dead_letter for r in results if r.state == ledger.DEAD_LETTER and r.dead_letter]
+            self.dead_token_actions[action](db, [r.delivery.device_id for r in dead_results], reason, invalid_since=invalid_since)
+        for app_id, events in events_by_app.items():  # before the outcomes, as the dead tokens: a kill between loses no event
+            outbox.add_wanted(db, app_id, events)
         if letters:
-            ledger.insert_ignoring_duplicates(db[mongo.DEAD_LETTERS], [dict(letter) for letter in letters])  # natural _id: once
-        reasons, times = {}, {}
-        for result in results:
-            book.states[result.index] = ledger.CHAR[result.state]
-            if result.state != ledger.SENT or result.index in reasons:
-                reasons[result.index] = result.reason
-            if result.state in FAILURE_TIMED:
-                times[result.index] = result.at
-        return UpdateOne({"_id": book.cid, "c": book.claim},
-                         ledger.outcome_update("".join(book.states), reasons, release_claim=release, times=times))
+            ledger.insert_ignoring_duplicates(db[mongo.DEAD_LETTERS], letters)  # natural _id: once
+
+
+def _update(book: ChunkBook, results: list, *, release: bool) -> UpdateOne:
+    """The chunk's update for its new results (after their side effects are written)."""
+    reasons, times = {}, {}
+    for result in results:
+        book.states[result.index] = ledger.CHAR[result.state]
+        if result.state != ledger.SENT or result.index in reasons:
+            reasons[result.index] = result.reason
+        if result.state in FAILURE_TIMED:
+            times[result.index] = result.at
+    return UpdateOne({"_id": book.cid, "c": book.claim},
+                     ledger.outcome_update("".join(book.states), reasons, release_claim=release, times=times))
 
 
 #: States whose time is recorded per delivery (``t``: what the failures list answers); a sent one's is its chunk's.
-FAILURE_TIMED = frozenset({ledger.FAILED, ledger.DEAD_TOKEN, ledger.EXPIRED, ledger.DEAD_LETTER})
+FAILURE_TIMED = frozenset(FAILURE_STATES)
 
 
 def _answered_at(items: list) -> list:

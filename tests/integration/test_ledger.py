@@ -96,6 +96,33 @@ def test_the_recorder_deactivates_dead_tokens_before_it_records_them_and_release
     assert recorder.latency()["n"] == 3
 
 
+def test_one_flush_writes_the_side_effects_of_all_its_chunks_together(database):
+    """Twenty chunks each with a dead token, answered within one flush: one deactivation call for all of them (one
+    round trip per reason, not one per chunk: under load per-chunk calls made each flush last 100-300 ms), and every
+    chunk's outcome recorded after it."""
+    docs = [new_chunk(database, 2) for _ in range(20)]
+    claimed = [ledger.claim(database, doc["_id"], "run-g", None)[0] for doc in docs]
+    calls = []
+
+    def deactivate(db, device_ids, reason, *, invalid_since=None):
+        calls.append((sorted(device_ids), reason, {d["s"] for d in db[mongo.LEDGER].find({"_id": {"$in": [c["_id"] for c in claimed]}})}))
+
+    recorder = Recorder({"device": deactivate}, heartbeat=1.0, interval=0.2)
+
+    async def run():
+        books = [recorder.open(database, doc, "run-g", "apns", {"0": {}}, lambda entry: "device") for doc in claimed]
+        for book, doc in zip(books, claimed, strict=True):
+            first, second = ledger.deliveries_of(doc)
+            recorder.add(book, Result(first, ledger.SENT, index=0))
+            recorder.add(book, Result(second, ledger.DEAD_TOKEN, "Unregistered", index=1))
+        await asyncio.gather(*(recorder.close(book) for book in books))
+
+    asyncio.run(run())
+    expected = sorted(ledger.deliveries_of(doc)[1].device_id for doc in claimed)
+    assert calls == [(expected, "Unregistered", {"pp"})]  # one call, made while nothing was recorded yet
+    assert {d["s"] for d in database[mongo.LEDGER].find({"_id": {"$in": [c["_id"] for c in claimed]}})} == {"sd"}
+
+
 def test_each_failure_keeps_the_time_of_its_answer_not_of_its_chunks_last_write(database):
     """Two failures of one chunk recorded by two flushes half a second apart: the failures list answers each one's time."""
     from shared.failures import failures
