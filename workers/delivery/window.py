@@ -8,7 +8,7 @@ provider, the socket or this event loop) and lengthen every answer. As TCP Vegas
 does, the gate compares each window's mean answer time with the least seen lately
 (``base``): ``limit * (1 - base / mean)`` requests are queued, not needed. Fewer
 than :data:`ALPHA` queued: the limit grows (doubling until the first queue is
-seen, then by one per window); more than :data:`BETA`: it shrinks by one. A
+seen, then by one per window); more than :data:`BETA`: it sheds half the excess. A
 provider answering over a WAN in 50 ms so gets hundreds in flight, one on
 loopback a few tens. ``base`` is forgotten every :data:`BASE_RESET_SECONDS` (the
 least answer time of a quieter moment would hold the limit low forever).
@@ -102,9 +102,9 @@ class SendWindow:
         queued = self.limit * (1.0 - self._base / mean) if mean > 0 else 0.0
         if queued < ALPHA:
             self.limit = self.limit * 2 if self._slow_start else self.limit + 1
-        elif queued > BETA:
+        elif queued > BETA:  # half the excess at once: slow start overshoots by up to twice what is needed
             self._slow_start = False
-            self.limit -= 1
+            self.limit -= max(1, int((queued - BETA) / 2))
         else:
             self._slow_start = False
         self.limit = min(max(self.limit, self.minimum), self.maximum)
