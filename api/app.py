@@ -26,6 +26,7 @@ from api import (
     wc_push,
     wc_push_auth,
 )
+from api import budgets as budget_routes
 from api import failures as failure_lists
 from api import outcome_feed as outcome_feeds
 from api.services import Services
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(control.blueprint)
     app.register_blueprint(failure_lists.blueprint)
     app.register_blueprint(outcome_feeds.blueprint)
+    app.register_blueprint(budget_routes.blueprint)
     app.register_blueprint(queue_cap.blueprint)
     app.register_blueprint(wc_bridge.blueprint)
     app.register_blueprint(wc_push.blueprint)

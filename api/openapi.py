@@ -33,6 +33,7 @@ TAG_OF_BLUEPRINT = {
     "control": "PowerAuth: control of running sends",
     "failures": "PowerAuth push",
     "outcome_feed": "PowerAuth push",
+    "budgets": "PowerAuth push",
     "admin_ops": "Admin: operations",
     "audit": "Admin: audit log",
     "openapi": "Documentation",

@@ -109,13 +109,16 @@ HANDLERS = {"halt.set": set_state}
 
 
 def hold_chunk(db: Database, publisher, actor_name: str, chunk: dict) -> bool:
-    """Before a chunk is claimed: a paused message's chunk waits (re-enqueued with a delay); True then.
+    """Before a chunk is claimed: a paused message's chunk waits (parked, looked at again after
+    :data:`PAUSE_RECHECK_SECONDS`); True then.
 
     A cancelled message's chunk is claimed as usual and each of its open deliveries is recorded
     ``cancelled`` by the delivery actor's per-send check, through the ledger's recorder, without a request.
     """
     if state(db, chunk["message_id"], chunk.get("app_id")) == PAUSED:
-        publisher.publish(actor_name, chunk, delay_ms=int(PAUSE_RECHECK_SECONDS * 1000))
+        from shared import scheduling  # parked in MongoDB (shared/scheduling.py), not held by the broker
+
+        scheduling.later(db, publisher, actor_name, chunk, delay=PAUSE_RECHECK_SECONDS, reason=scheduling.PAUSED, park=True)
         return True
     return False
 

@@ -13,12 +13,14 @@ before deleting makes the next publish it again, which the expansion ignores
 """
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as mongo
+from shared.commands import new_id
 
 SCHEDULED = "scheduled"
 #: Seconds a releaser holds the schedules it claimed (DESIGN: at most 5).
@@ -48,6 +50,26 @@ def schedule(db: Database, cmd: dict) -> None:
                                              "send_at": at})
     except DuplicateKeyError:
         pass
+
+
+#: Waits longer than this are parked in MongoDB rather than published with a delay: Dramatiq holds a delayed message
+#: unacknowledged in a worker's memory until its time, and RabbitMQ closes a channel holding one 30 minutes.
+PARK_AFTER_SECONDS = 10.0
+#: Why a chunk is parked (the backlog shows them): its app's provider budget is spent or blocked, or it is paused.
+THROTTLED, PAUSED = "throttled", "paused"
+
+
+def later(db: Database, publisher, actor: str, payload: dict, *, delay: float, reason: str, park: bool = False) -> None:
+    """Publish ``payload`` to ``actor`` after ``delay`` seconds: a short wait with a delay on the broker, a long one
+    (or ``park``) in ``scheduled``, released when due by the same releaser as scheduled sends (never cancelled there:
+    a cancelled message's chunk still records its deliveries ``cancelled``)."""
+    if not park and delay <= PARK_AFTER_SECONDS:
+        publisher.publish(actor, payload, delay_ms=max(0, int(delay * 1000)))
+        return
+    key = payload.get("chunk") or payload.get("message_id") or new_id()
+    db[SCHEDULED].insert_one({"_id": f"park:{key}:{new_id()}", "app_id": payload.get("app_id"), "send_at": time.time() + delay,
+                              "actor": actor, "payload": payload, "parked": reason, "chunk": payload.get("chunk"),
+                              "lease_until": 0.0, "claim": None})
 
 
 def pending_release(db: Database, target_id: str) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from shared import audit, commands, device_lookup, halt, ledger, outbox, queue_cap, scheduling
+from shared import audit, budgets, commands, device_lookup, halt, ledger, outbox, queue_cap, scheduling
 from shared.commands import Publisher, queue_name
 from shared.db import connect, ensure_indexes, ensure_ttl_indexes
 from shared.outbound import OutboundPolicy, OutboundSession
@@ -21,7 +21,7 @@ from workers.delivery.retry import RetryPolicy
 WRITE_HANDLERS = {
     **writes.HANDLERS, **campaigns.HANDLERS, **wc_bridge.HANDLERS, **wc_push.HANDLERS, **inbox.HANDLERS, **auth.HANDLERS,
     **audit.HANDLERS, **halt.HANDLERS, **scheduling.HANDLERS, **outbox.HANDLERS, **dead_letters.HANDLERS,
-    **queue_cap.HANDLERS,
+    **queue_cap.HANDLERS, **budgets.HANDLERS,
 }
 
 #: What a dead token does to its registration, by the entry's ``dead_token``: every family's action.

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pymongo.database import Database
 
 from shared import db as mongo
-from shared import db_counters, halt, ledger, metrics
+from shared import db_counters, halt, ledger, metrics, scheduling
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.ledger import Delivery
 from shared.outbound import OutboundPolicy
@@ -51,7 +51,9 @@ from shared.payload import (
 )
 from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
+from workers.delivery.answer import ProviderAnswer
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
+from workers.delivery.budget import BUDGET_REASON, ProcessBudgets
 from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.hms import HmsAuth, HmsClient
 from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome
@@ -205,6 +207,8 @@ class DeliveryContext:
         if self.recorder is None:
             self.recorder = Recorder(self.dead_token_actions, heartbeat=self.settings.delivery_lease_seconds / LEASE_RENEWALS)
         self._gates: dict[tuple[int, str], SendWindow] = {}
+        #: The shared provider budgets' local side (shared/budgets.py), one per process.
+        self.budgets = ProcessBudgets(self.db, max_in_process_wait=self.policy.max_in_process_wait)
 
     def gate(self, provider: str) -> SendWindow:
         """The send gate of a provider in the running event loop: as many requests in flight as the provider's answer
@@ -246,14 +250,11 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
 
     send_one = SENDERS[platform](ctx, app, chunk)
     classify = CLASSIFY_BY_PROVIDER[platform]
-    gate = ctx.gate(platform)
     attempts = chunk.get("attempts", {})
     valid_until = {key: _valid_until(entry) for key, entry in chunk["entries"].items()}
     max_age_at = chunk["first_attempt_at"] + ctx.settings.delivery_max_age_seconds
 
-    async def gated(delivery: Delivery):
-        async with gate.slot():
-            return await send_one(delivery)
+    gated = _budgeted(ctx, app, platform, send_one)
 
     async def run(index: int, delivery: Delivery) -> Result:
         deadline = valid_until[str(delivery.entry)]
@@ -280,6 +281,24 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     results = await asyncio.gather(*(run(i, d) for i, d in work))
     await _close(recorder, book)
     await _after_run(ctx, platform, chunk, results, attempts)
+
+
+def _budgeted(ctx: DeliveryContext, app: dict, platform: str, send_one):
+    """``send_one`` within the app's shared budget for the provider (shared/budgets.py) and the process's send gate;
+    a provider's 429 is told to the budget, a budget spent for longer than a wait here answers a 429 of its own."""
+    gate, classify = ctx.gate(platform), CLASSIFY_BY_PROVIDER[platform]
+
+    async def gated(delivery: Delivery) -> ProviderAnswer:
+        wait = await ctx.budgets.admit(app, platform)
+        if wait is not None:  # nothing sent: the delivery waits (parked when long) and comes back
+            return ProviderAnswer(429, BUDGET_REASON, retry_after=wait)
+        async with gate.slot():
+            answer = await send_one(delivery)
+        if classify(answer) is Outcome.THROTTLED:
+            await ctx.budgets.throttled(app["_id"], platform, answer.retry_after)
+        return answer
+
+    return gated
 
 
 def _not_claimed(ctx: DeliveryContext, platform: str, chunk: dict, found: dict | None) -> None:
@@ -314,7 +333,7 @@ def _result_of(platform: str, chunk: dict, chunk_id: str, claim: str, index: int
                         dead_letter=_dead_letter_doc(platform, chunk, chunk_id, index, delivery, reason, attempts, claim))
         metrics.record_dead_letters(platform, chunk["app_id"], 1)
         return result
-    return Result(delivery, ledger.RETRY, reason, retry_after=requeue_after, index=index)
+    return Result(delivery, ledger.RETRY, reason, retry_after=requeue_after, index=index, outcome=outcome)
 
 
 async def _after_run(ctx: DeliveryContext, platform: str, chunk: dict, results: list[Result], attempts: dict) -> None:
@@ -328,7 +347,10 @@ async def _after_run(ctx: DeliveryContext, platform: str, chunk: dict, results: 
         delay = max(r.retry_after or 0.0 for r in later)
         message = {**chunk, "attempts": {r.delivery.id: attempts.get(r.delivery.id, 0) for r in later}}
         message.pop("watch", None)
-        ctx.publisher.publish(DELIVER_ACTOR_BY_PROVIDER[platform], message, delay_ms=max(0, int(delay * 1000)))
+        # A long wait (a spent budget, a long Retry-After) is parked in MongoDB, not held by the broker.
+        reason = scheduling.THROTTLED if any(r.reason == BUDGET_REASON or r.outcome is Outcome.THROTTLED for r in later) else "retry"
+        await asyncio.to_thread(scheduling.later, ctx.db, ctx.publisher, DELIVER_ACTOR_BY_PROVIDER[platform], message,
+                                delay=delay, reason=reason)
 
 
 async def _close(recorder: Recorder, book) -> None:

@@ -28,7 +28,8 @@ def release_due(db: Database, publisher: Publisher, *, now: float | None = None)
                           {"$set": {"claim": claim, "lease_until": now + RELEASE_LEASE_SECONDS}})
     released = 0
     for doc in schedules.find({"_id": {"$in": due}, "claim": claim}):
-        if not halt.is_cancelled(db, doc["_id"], doc["payload"].get("app_id")):  # a cancel of a scheduled send (POST .../cancel)
+        # A cancel of a scheduled send (POST .../cancel) drops it; a parked chunk goes back whatever its state.
+        if doc.get("parked") or not halt.is_cancelled(db, doc["_id"], doc["payload"].get("app_id")):
             publisher.publish(doc["actor"], doc["payload"])
             released += 1
         schedules.delete_one({"_id": doc["_id"], "claim": claim})
