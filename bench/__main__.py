@@ -34,13 +34,14 @@ from bench.limit import measure_limit
 from bench.pipeline import E2eBench, measure_ingest, measure_sync
 from bench.simulators import measure_ceiling
 from bench.sync_concurrent import measure as measure_sync_concurrent
+from bench.throttle import measure_throttle
 from bench.wc_bridge import measure_visibility
 from bench.wc_bridge import seed as seed_sessions
 from bench.wc_push import measure_dedupe
 from devstack.stack import Stack
 
 #: Every figure group, in the order they run.
-GROUPS = ("client", "limit", "e2e", "ingest", "sync", "sync_concurrent", "campaign", "lanes", "http", "wc_poll", "dedupe", "simulators")
+GROUPS = ("client", "limit", "e2e", "throttle", "ingest", "sync", "sync_concurrent", "campaign", "lanes", "http", "wc_poll", "dedupe", "simulators")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Sizes:
       client_requests: APNs sends per sender and round of the client group (bench/client.py).
       lanes_users: users of the lanes group's campaign (bench/lanes.py; ``--lanes-users`` overrides it).
       lanes_idle_sends: SYNCHRONOUS sends of the lanes group's idle phase.
+      throttle: FCM notifications of the throttle group (bench/throttle.py: at its 1,000/s quota, ~40 s).
     """
 
     devices: int
@@ -75,6 +77,7 @@ class Sizes:
     client_requests: int = 10_000
     lanes_users: int = 1_000_000
     lanes_idle_sends: int = 1_000
+    throttle: int = 40_000
 
 
 # The limit sends 20,000 a run, not 50,000 as before the baseline: its sweep runs twice now, and
@@ -83,7 +86,7 @@ FULL = Sizes(devices=50_000, limit=20_000, ingest=80_000, campaign_small=100_000
              wc_poll_seconds=15.0, http_seconds=10.0, sync_concurrent_seconds=20.0, dedupe_clients=100, simulator_requests=30_000)
 QUICK = Sizes(devices=5_000, limit=5_000, ingest=20_000, campaign_small=10_000, campaign_large=50_000,
               wc_poll_seconds=5.0, http_seconds=3.0, sync_concurrent_seconds=5.0, dedupe_clients=20, simulator_requests=5_000,
-              client_requests=2_000, lanes_users=100_000, lanes_idle_sends=75)
+              client_requests=2_000, lanes_users=100_000, lanes_idle_sends=75, throttle=10_000)
 
 
 def size_label(users: int) -> str:
@@ -169,6 +172,8 @@ def run_group(group: str, stacks: list[Stack], code: baseline.BaselineCode | Non
         return limit_group(stacks, code, sizes, repeats)
     if group == "e2e":
         return interleaved([E2eBench(stack, devices=sizes.devices) for stack in stacks], repeats)
+    if group == "throttle":  # the current tree only (the baseline has no shared budget)
+        return [measure_throttle(stacks[0], notifications=sizes.throttle)] + ([{}] if code else [])
     if group == "lanes":
         return [measure_lanes(stack, users=lanes_users(sizes, i), idle_sends=sizes.lanes_idle_sends,
                               alone_per_s=(measured or {}).get(f"campaign_{size_label(lanes_users(sizes, i))}_per_s") if i == 0 else None)

@@ -13,9 +13,9 @@ minute, set by ``POST /admin/app/budget/update``), else the provider's documente
 default (:data:`DEFAULT_PER_MINUTE`: FCM v1 600,000 messages per minute per
 project); a provider without one is not rationed, but still honours a
 ``Retry-After``. A provider's 429 (or HMS flow control) lowers the rate for
-every worker (:func:`throttled`: × :data:`DECREASE`, the first time × :data:`FIRST_DECREASE`, at most once per
-:data:`DECREASE_EVERY_SECONDS`, remembering the rate it was refused at as
-``ceiling``) and blocks the budget until its ``Retry-After``; the rate comes
+every worker (:func:`throttled`: the ``ceiling`` becomes :data:`DECREASE` × the rate
+refused and the rate :data:`DECREASE` × the ceiling, at most once per
+:data:`DECREASE_EVERY_SECONDS`) and blocks the budget until its ``Retry-After``; the rate comes
 back by :data:`INCREASE` per :data:`INCREASE_EVERY_SECONDS` to just below the
 ceiling, then probes above it only slowly (:data:`PROBE`), so it settles near
 the provider's real quota with few 429s.
@@ -41,13 +41,13 @@ DEFAULT_PER_MINUTE = {"fcm": 600_000}
 SLICE_SECONDS = 0.05
 #: The longest a slice may start after it is taken (a worker waits that long in-process; longer: the chunk waits).
 MAX_AHEAD_SECONDS = 1.0
-#: The factor a 429 lowers the rate by, and how often it may (the burst of 429s one overload brings counts once);
-#: the first 429 of a budget that never met one lowers it more (the quota may be far below the configured rate).
-DECREASE, FIRST_DECREASE, DECREASE_EVERY_SECONDS = 0.8, 0.5, 1.0
+#: The factor a 429 lowers the rate's ceiling by (from the rate refused) and the rate by (from the ceiling), and how
+#: often it may (the burst of 429s one overload brings counts once).
+DECREASE, DECREASE_EVERY_SECONDS = 0.9, 1.0
 #: The factor the rate comes back by, how often, up to this share of the rate it was refused at.
 INCREASE, INCREASE_EVERY_SECONDS, BELOW_CEILING = 1.1, 1.0, 0.98
 #: Above that share, the factor and period of a probe for a higher quota.
-PROBE, PROBE_EVERY_SECONDS = 1.01, 5.0
+PROBE, PROBE_EVERY_SECONDS = 1.02, 2.0
 #: The lowest a rate is lowered to (per second).
 MIN_RATE = 1.0
 #: Compare-and-set attempts before a take answers "wait a moment".
@@ -75,8 +75,10 @@ class Grant:
     until: float | None = None
 
 
-def take(db: Database, app_id: str, provider: str, configured: float | None, *, now: float | None = None) -> Grant:
-    """Take a slice of the budget for this process (one compare-and-set)."""
+def take(db: Database, app_id: str, provider: str, configured: float | None, *, want: int | None = None,
+         now: float | None = None) -> Grant:
+    """Take a slice of the budget for this process (one compare-and-set): ``want`` requests (those waiting), at most
+    :data:`SLICE_SECONDS` of the rate (a slice not used by its end is lost to everyone)."""
     budgets = db[BUDGETS]
     key = budget_id(app_id, provider)
     for _ in range(CAS_TRIES):
@@ -96,7 +98,7 @@ def take(db: Database, app_id: str, provider: str, configured: float | None, *, 
         start = max(float(doc.get("tat", 0.0)), now)
         if start - now > MAX_AHEAD_SECONDS:
             return Grant(0, start, start - now - MAX_AHEAD_SECONDS / 2)
-        count = max(1, int(rate * SLICE_SECONDS))
+        count = max(1, min(int(rate * SLICE_SECONDS), want or 1 << 30))
         fields = {"tat": start + count / rate, "rate": rate, "configured": configured, "v": doc.get("v", 0) + 1}
         if rate != doc.get("rate"):
             fields["changed_at"] = now
@@ -151,8 +153,11 @@ def throttled(db: Database, app_id: str, provider: str, retry_after: float | Non
                   "v": doc.get("v", 0) + 1}
         rate = doc.get("rate")
         if rate is not None and now - doc.get("lowered_at", 0.0) >= DECREASE_EVERY_SECONDS:
-            fields.update(rate=max(MIN_RATE, rate * (DECREASE if doc.get("ceiling") else FIRST_DECREASE)), ceiling=rate,
-                          lowered_at=now, changed_at=now)
+            # The quota is taken to be below DECREASE x the rate refused (a provider's bucket refuses late: a rate a
+            # little above its quota is refused only once the bucket is empty); the rate falls below that and climbs
+            # back to just under it.
+            ceiling = rate * DECREASE
+            fields.update(rate=max(MIN_RATE, ceiling * DECREASE), ceiling=ceiling, lowered_at=now, changed_at=now)
         db_counters.count(written=1)
         if budgets.update_one({"_id": key, "v": doc.get("v", 0)}, {"$set": fields}).modified_count:
             return

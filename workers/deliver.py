@@ -293,6 +293,8 @@ def _budgeted(ctx: DeliveryContext, app: dict, platform: str, send_one):
         if wait is not None:  # nothing sent: the delivery waits (parked when long) and comes back
             return ProviderAnswer(429, BUDGET_REASON, retry_after=wait)
         async with gate.slot():
+            if (blocked := ctx.budgets.blocked_for(app["_id"], platform)) is not None:  # a 429 came while it waited
+                return ProviderAnswer(429, BUDGET_REASON, retry_after=blocked)
             answer = await send_one(delivery)
         if classify(answer) is Outcome.THROTTLED:
             await ctx.budgets.throttled(app["_id"], platform, answer.retry_after)

@@ -35,7 +35,11 @@ class _Local:
     left: int = 0
     start: float = 0.0
     until: float = 0.0
+    #: Until when this process sends nothing: the budget is taken ahead (``wait_until``) or a 429's Retry-After runs.
+    wait_until: float = 0.0
     blocked_until: float = 0.0
+    #: Coroutines waiting in :meth:`ProcessBudgets.admit`: the size of the next slice asked for.
+    waiting: int = 0
     told_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -53,10 +57,18 @@ class ProcessBudgets:
         local = self._local.get((app["_id"], provider))
         if local is None:
             local = self._local[(app["_id"], provider)] = _Local()
+        local.waiting += 1
+        try:
+            return await self._admit(local, app, provider)
+        finally:
+            local.waiting -= 1
+
+    async def _admit(self, local: _Local, app: dict, provider: str) -> float | None:
         while True:
             now = time.time()
-            if local.blocked_until > now:
-                wait = local.blocked_until - now
+            until = max(local.blocked_until, local.wait_until)
+            if until > now:
+                wait = until - now
                 if wait > self.max_in_process_wait:
                     return wait
                 await asyncio.sleep(wait)
@@ -70,12 +82,18 @@ class ProcessBudgets:
                 if local.left > 0 and time.time() <= local.until + SLICE_GRACE_SECONDS:
                     continue  # another coroutine took the next slice meanwhile
                 grant = await asyncio.to_thread(budgets.take, self.db, app["_id"], provider,
-                                                budgets.configured_per_second(app, provider))
+                                                budgets.configured_per_second(app, provider), want=local.waiting)
                 if grant.count:
                     local.left, local.start = grant.count, grant.start
                     local.until = grant.until if grant.until is not None else time.time() + UNRATIONED_SECONDS
                 else:
-                    local.left, local.blocked_until = 0, time.time() + grant.wait
+                    local.left, local.wait_until = 0, time.time() + grant.wait
+
+    def blocked_for(self, app_id: str, provider: str) -> float | None:
+        """Seconds this process still waits for the app's provider (a 429 came after the request was admitted), or None."""
+        local = self._local.get((app_id, provider))
+        wait = local.blocked_until - time.time() if local is not None else 0.0
+        return wait if wait > 0 else None
 
     async def throttled(self, app_id: str, provider: str, retry_after: float | None) -> None:
         """The provider answered 429 (or HMS flow control) to a request of this app."""
