@@ -6,7 +6,10 @@ strings, holders (``c``), lanes (``l``, absent: bulk) and insert times (``at``),
 - ``waiting``: open deliveries of chunks no worker holds (queued, or re-enqueued with a delay);
 - ``in_flight``: open deliveries of chunks a worker holds (claimed, being sent);
 - ``retry``: open deliveries in state ``retry`` (a provider answered a transient error; also counted above);
-- ``oldest_waiting_seconds``: age of the oldest open chunk (now minus its insert time).
+- ``oldest_waiting_seconds``: age of the oldest open chunk (now minus its insert time);
+- ``throttled``: open deliveries waiting for their app's provider budget (shared/budgets.py; also counted above);
+- ``parked``: open deliveries of chunks parked in MongoDB until due (a long budget wait, a paused message, a long
+  retry: shared/scheduling.py ``later``; also counted in ``waiting``), read from ``scheduled`` in the same pass.
 
 The cost is one read of the open chunks' small fields, at most once per ``BACKLOG_CACHE_SECONDS`` per process
 (:func:`cached`): scrapes and dashboards poll, the figure is for people and alerts.
@@ -20,8 +23,10 @@ from dataclasses import asdict, dataclass
 from pymongo.database import Database
 
 from shared import db as mongo
+from shared.budgets import BUDGET_REASON
 from shared.commands import BULK
 from shared.ledger import CHAR, PENDING, RETRY
+from shared.scheduling import SCHEDULED
 
 #: Seconds one process reuses its backlog figures.
 BACKLOG_CACHE_SECONDS = 5.0
@@ -36,6 +41,8 @@ class Backlog:
     in_flight: int = 0
     retry: int = 0
     oldest_waiting_seconds: float = 0.0
+    throttled: int = 0
+    parked: int = 0
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -45,7 +52,8 @@ def compute(db: Database, *, now: float | None = None) -> list[Backlog]:
     """The backlog of every (app, lane, provider) with open deliveries, sorted."""
     now = time.time() if now is None else now
     rows: dict[tuple, Backlog] = {}
-    projection = {"app": 1, "p": 1, "s": 1, "c": 1, "l": 1, "at": 1, "_id": 0}
+    projection = {"app": 1, "p": 1, "s": 1, "c": 1, "l": 1, "at": 1, "r": 1}
+    parked = {d.get("chunk") for d in db[SCHEDULED].find({"parked": {"$exists": True}}, {"chunk": 1})}
     for doc in db[mongo.LEDGER].find({"o": True}, projection):
         key = (str(doc.get("app")), doc.get("l") or BULK, doc.get("p"))
         row = rows.get(key) or rows.setdefault(key, Backlog(*key))
@@ -58,6 +66,10 @@ def compute(db: Database, *, now: float | None = None) -> list[Backlog]:
         else:
             row.waiting += pending + retry
         row.retry += retry
+        row.throttled += sum(1 for i, reason in (doc.get("r") or {}).items()
+                             if reason == BUDGET_REASON and states[int(i)] == CHAR[RETRY])
+        if doc["_id"] in parked:
+            row.parked += pending + retry
         row.oldest_waiting_seconds = max(row.oldest_waiting_seconds, now - float(doc.get("at") or now))
     return [rows[k] for k in sorted(rows) if rows[k].waiting + rows[k].in_flight]
 

@@ -35,6 +35,8 @@ from shared import db as mongo
 from shared import db_counters
 
 BUDGETS = "budgets"
+#: The reason a delivery waiting for its app's budget is recorded with (not a provider's answer: nothing was sent).
+BUDGET_REASON = "throttled: the app's provider budget is spent"
 #: Per-minute defaults by provider (documented quotas); a provider not named is not rationed unless configured.
 DEFAULT_PER_MINUTE = {"fcm": 600_000}
 #: Seconds of the budget's rate one slice holds.

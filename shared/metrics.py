@@ -452,7 +452,8 @@ class QueueCollector:
             return None
 
     def _backlog(self):
-        """Per app, lane and provider: deliveries waiting, in flight, in retry, and the oldest waiting age (shared/backlog.py)."""
+        """Per app, lane and provider: deliveries waiting, in flight, in retry, throttled, parked, and the oldest waiting age
+        (shared/backlog.py)."""
         if self.db is None:
             return
         from prometheus_client.core import GaugeMetricFamily
@@ -469,6 +470,10 @@ class QueueCollector:
             "in_flight": GaugeMetricFamily("push_app_deliveries_in_flight", "Open deliveries of chunks a worker holds.", labels=labels),
             "retry": GaugeMetricFamily("push_app_deliveries_retry", "Open deliveries waiting for a retry.", labels=labels),
             "oldest_waiting_seconds": GaugeMetricFamily("push_app_oldest_waiting_seconds", "Age of the oldest open chunk.", labels=labels),
+            "throttled": GaugeMetricFamily("push_app_deliveries_throttled", "Open deliveries waiting for the app's provider budget.",
+                                           labels=labels),
+            "parked": GaugeMetricFamily("push_app_deliveries_parked", "Open deliveries of chunks parked in MongoDB until due.",
+                                        labels=labels),
         }
         for row in rows:
             for key, family in families.items():

@@ -35,6 +35,7 @@ from pymongo.database import Database
 
 from shared import db as mongo
 from shared import db_counters, halt, ledger, metrics, scheduling
+from shared.budgets import BUDGET_REASON
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.ledger import Delivery
 from shared.outbound import OutboundPolicy
@@ -53,7 +54,7 @@ from shared.sealed_credentials import CredentialKeys
 from shared.settings import Settings
 from workers.delivery.answer import ProviderAnswer
 from workers.delivery.apns import ApnsClient, ApnsRequest, ApnsTokenSigner, certificate_context
-from workers.delivery.budget import BUDGET_REASON, ProcessBudgets
+from workers.delivery.budget import ProcessBudgets
 from workers.delivery.fcm import FcmAuth, FcmClient
 from workers.delivery.hms import HmsAuth, HmsClient
 from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome

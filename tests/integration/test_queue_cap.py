@@ -8,6 +8,7 @@ import pymongo
 
 from shared import ledger
 from shared.backlog import BACKLOG_CACHE_SECONDS
+from shared.budgets import BUDGET_REASON
 from tests.integration.conftest import TEST_SETTINGS, fcm_token, register
 from tests.waiting import wait_for
 
@@ -73,14 +74,20 @@ def test_the_backlog_per_app_lane_and_provider_is_in_admin_queues_and_metrics(ap
     app_id = new_app()
     backlog = waiting_chunks(db, app_id, 10)  # chunks of 4: 4 + 4 + 2
     db["ledger"].update_one({"_id": ledger.chunk_id(backlog, "fcm", 0)}, {"$set": {"c": "a-worker"}})
-    db["ledger"].update_one({"_id": ledger.chunk_id(backlog, "fcm", 1)}, {"$set": {"s": "srrp"}})
+    # One of the two retries waits for the app's provider budget; the last chunk is parked until due (an hour away).
+    db["ledger"].update_one({"_id": ledger.chunk_id(backlog, "fcm", 1)}, {"$set": {"s": "srrp", "r.1": BUDGET_REASON, "r.2": "503"}})
+    db["scheduled"].insert_one({"_id": f"park:{backlog}", "parked": "throttled", "chunk": ledger.chunk_id(backlog, "fcm", 2),
+                                "send_at": time.time() + 3600, "actor": "deliver_fcm", "payload": {}, "lease_until": 0.0, "claim": None})
     db["ledger"].update_many({"m": backlog}, {"$inc": {"at": -30.0}})
     time.sleep(BACKLOG_CACHE_SECONDS + 0.3)
 
     rows = [r for r in api.get("/admin/queues").json()["backlog"] if r["app"] == app_id]
     assert rows == [{"app": app_id, "lane": "bulk", "provider": "fcm", "waiting": 5, "in_flight": 4, "retry": 2,
-                     "oldest_waiting_seconds": rows[0]["oldest_waiting_seconds"]}]
+                     "oldest_waiting_seconds": rows[0]["oldest_waiting_seconds"], "throttled": 1, "parked": 2}]
     assert 30 <= rows[0]["oldest_waiting_seconds"] < 120
     text = api.get("/metrics").text
     assert f'push_app_deliveries_waiting{{app="{app_id}",lane="bulk",provider="fcm"}} 5.0' in text
     assert f'push_app_deliveries_in_flight{{app="{app_id}",lane="bulk",provider="fcm"}} 4.0' in text
+    assert f'push_app_deliveries_throttled{{app="{app_id}",lane="bulk",provider="fcm"}} 1.0' in text
+    assert f'push_app_deliveries_parked{{app="{app_id}",lane="bulk",provider="fcm"}} 2.0' in text
+    db["scheduled"].delete_one({"_id": f"park:{backlog}"})

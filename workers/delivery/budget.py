@@ -20,8 +20,6 @@ from pymongo.database import Database
 
 from shared import budgets
 
-#: The reason of a delivery that waits for its app's budget (not a provider's answer: nothing was sent).
-BUDGET_REASON = "throttled: the app's provider budget is spent"
 #: Seconds a slice of an unrationed budget is used before the budget is read again (a Retry-After may have come).
 UNRATIONED_SECONDS = 0.5
 #: Seconds past its end a slice's unused requests may still start.
