@@ -1,8 +1,9 @@
 """A worker process's side of the shared provider budgets (shared/budgets.py): slices held locally, waits, 429s told.
 
 Each (app, provider) has a local slice: requests this process may start, from
-when, until when. A send takes one; when none is left one coroutine takes the
-next slice from MongoDB (in a thread) while the others wait for it. A wait
+when, until when. A send takes one; when a quarter is left (or its end is near)
+the next slice is taken from MongoDB in the background (a thread), twice the size
+of the last (the budget caps it), so sends do not wait for the database. A wait
 shorter than ``max_in_process_wait`` is slept here; a longer one is answered to
 the caller, whose delivery then goes back to wait without a worker (a throttled
 chunk: ``workers.deliver``). A provider's 429 drops the slice, blocks this
@@ -13,15 +14,21 @@ burst of 429s).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from shared import budgets
 
+log = logging.getLogger(__name__)
+
 #: Seconds a slice of an unrationed budget is used before the budget is read again (a Retry-After may have come).
 UNRATIONED_SECONDS = 0.5
+#: Seconds before a slice's end at which the next one is taken.
+PREFETCH_SECONDS = 0.1
 #: Seconds past its end a slice's unused requests may still start.
 SLICE_GRACE_SECONDS = 0.05
 #: Shortest time between two 429s this process tells the budget of.
@@ -39,6 +46,9 @@ class _Local:
     #: Coroutines waiting in :meth:`ProcessBudgets.admit`: the size of the next slice asked for.
     waiting: int = 0
     told_at: float = 0.0
+    #: The current slice's size, and the next slice being taken (or taken) before this one runs out.
+    size: int = 0
+    fetch: asyncio.Future | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -73,19 +83,32 @@ class ProcessBudgets:
                 continue
             if local.left > 0 and now <= local.until + SLICE_GRACE_SECONDS:
                 local.left -= 1
+                if local.fetch is None and (local.left <= local.size // 4 or local.until - now < PREFETCH_SECONDS):
+                    # The next slice is taken while this one still serves: sends never stop for the database.
+                    local.fetch = asyncio.ensure_future(self._take(app, provider, max(local.waiting, 2 * local.size)))
                 if local.start > now:
                     await asyncio.sleep(local.start - now)
                 return None
             async with local.lock:
                 if local.left > 0 and time.time() <= local.until + SLICE_GRACE_SECONDS:
                     continue  # another coroutine took the next slice meanwhile
-                grant = await asyncio.to_thread(budgets.take, self.db, app["_id"], provider,
-                                                budgets.configured_per_second(app, provider), want=local.waiting)
-                if grant.count:
-                    local.left, local.start = grant.count, grant.start
+                fetch, local.fetch = local.fetch, None
+                grant = await fetch if fetch is not None else await self._take(app, provider, local.waiting)
+                if grant is None:
+                    local.wait_until = time.time() + SLICE_GRACE_SECONDS  # MongoDB away: look again shortly
+                elif grant.count:
+                    local.left, local.start, local.size = grant.count, grant.start, grant.count
                     local.until = grant.until if grant.until is not None else time.time() + UNRATIONED_SECONDS
                 else:
                     local.left, local.wait_until = 0, time.time() + grant.wait
+
+    async def _take(self, app: dict, provider: str, want: int) -> budgets.Grant | None:
+        try:
+            return await asyncio.to_thread(budgets.take, self.db, app["_id"], provider, budgets.configured_per_second(app, provider),
+                                           want=max(1, want))
+        except PyMongoError as error:
+            log.warning("budget of %s/%s not read: %s", app["_id"], provider, error)
+            return None
 
     def blocked_for(self, app_id: str, provider: str) -> float | None:
         """Seconds this process still waits for the app's provider (a 429 came after the request was admitted), or None."""
