@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a slice of an unrationed budget is used before the budget is read again (a Retry-After may have come).
 UNRATIONED_SECONDS = 0.5
+#: Seconds a slice may be used from its start, however short its share of the rate (a slice of 50 ms of a budget far
+#: above what this process sends would else expire unused at once; spent late it is a burst of one slice at most).
+SLICE_VALID_SECONDS = 1.0
 #: Seconds before a slice's end at which the next one is taken.
 PREFETCH_SECONDS = 0.1
 #: Seconds past its end a slice's unused requests may still start.
@@ -98,7 +101,8 @@ class ProcessBudgets:
                     local.wait_until = time.time() + SLICE_GRACE_SECONDS  # MongoDB away: look again shortly
                 elif grant.count:
                     local.left, local.start, local.size = grant.count, grant.start, grant.count
-                    local.until = grant.until if grant.until is not None else time.time() + UNRATIONED_SECONDS
+                    local.until = (grant.start + max(grant.until - grant.start, SLICE_VALID_SECONDS) if grant.until is not None
+                                   else time.time() + UNRATIONED_SECONDS)
                 else:
                     local.left, local.wait_until = 0, time.time() + grant.wait
 
