@@ -26,9 +26,10 @@ from contextlib import asynccontextmanager
 
 #: Queued requests below which the limit grows, and above which it shrinks. Larger than TCP's 2-4: the event loop
 #: stalls now and then (a chunk claimed, its payloads built) and the queued requests keep the provider busy meanwhile.
-#: Measured (bench e2e / worker-SIGKILL wire repeats of 20,000): 3-6 → 5,661-5,894/s, 24; 6-12 → 7,589/s, 50-110;
-#: 10-20 → 8,100/s, 203-264; a fixed 64 → 7,838/s, 342-534.
-ALPHA, BETA = 6, 12
+#: Measured 2026-12-03 (bench e2e, worker-SIGKILL wire repeats of 20,000): 3-6 → 5,661-5,894/s, 24; 6-12 → 7,589/s,
+#: 50-110 (0.80 x a fixed 64 in one invocation); 8-16 → 0.83 x a fixed 64, 0-78; 10-20 → 8,100/s, 203-264;
+#: a fixed 64 → 7,838/s, 342-534.
+ALPHA, BETA = 8, 16
 #: Seconds after which the least answer time seen is forgotten (taken again from the next window).
 BASE_RESET_SECONDS = 10.0
 #: The limit a gate starts at.
