@@ -29,7 +29,7 @@ def test_a_queueing_provider_gets_few_in_flight_and_a_wan_provider_many():
     assert settle(SendWindow(512), lambda in_flight: 0.05)[-1] == 512
     # 50 ms away and 0.2 ms of this process's time per request: ~250 in flight keep it busy, more only queue.
     limits = settle(SendWindow(512), lambda in_flight: max(0.05, 0.0002 * in_flight))
-    assert 250 <= min(limits[-100:]) and max(limits[-100:]) <= 250 + 2 * BETA
+    assert 250 <= min(limits[-100:]) and max(limits[-100:]) <= 250 + 3 * BETA  # near the need, not the maximum (512)
 
 
 def test_the_gate_never_lets_more_than_its_limit_in_flight_and_hands_every_slot_back():
