@@ -63,7 +63,7 @@ def budget_id(app_id: str, provider: str) -> str:
 def configured_per_second(app: dict | None, provider: str) -> float | None:
     """The app's budget for ``provider`` (per second): its own setting, else the provider's default, else None."""
     per_minute = ((app or {}).get("budgets") or {}).get(provider, DEFAULT_PER_MINUTE.get(provider))
-    return None if per_minute is None else max(MIN_RATE, per_minute / 60.0)
+    return None if per_minute is None else per_minute / 60.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def _rate(doc: dict, configured: float | None, now: float) -> float | None:
             rate = min(rate * INCREASE, BELOW_CEILING * ceiling)
     elif since >= PROBE_EVERY_SECONDS:
         rate = rate * PROBE
-    return max(MIN_RATE, min(rate, top))
+    return max(min(MIN_RATE, top), min(rate, top))  # a setting below MIN_RATE is kept
 
 
 def throttled(db: Database, app_id: str, provider: str, retry_after: float | None, *, now: float | None = None) -> None:

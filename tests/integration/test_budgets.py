@@ -5,6 +5,7 @@ spread over both deliver worker processes: one budget holds them together.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -100,3 +101,23 @@ def test_budget_settings_are_checked_and_answered(api, budget_stack):
     api.ok("/admin/app/budget", {"appId": app_id, "platform": "apns"})  # back to the default: none
     waiting.wait_for(lambda: api.ok("/admin/app/budget/detail", {"appId": app_id})["responseObject"][0]["configuredPerMinute"] is None,
                      timeout=30, what="the APNs budget removed")
+
+
+def test_a_long_budget_wait_is_parked_in_mongodb_and_released_when_due(api, budget_stack, fcm):
+    import pymongo
+
+    db = pymongo.MongoClient(budget_stack.mongo_uri)["push"]
+    app_id = make_app(budget_stack)
+    api.ok("/admin/app/budget", {"appId": app_id, "platform": "fcm", "perMinute": 3})  # one every 20 s
+    waiting.wait_for(lambda: api.ok("/admin/app/budget/detail", {"appId": app_id})["responseObject"][1]["configuredPerMinute"] == 3,
+                     timeout=30, what="the budget stored")
+    tokens = send_to_fcm_devices(api, app_id, 2)  # one chunk: the first is sent, the second must wait ~20 s
+    # Parked (no worker thread, nothing unacknowledged in RabbitMQ), recorded as waiting for the budget.
+    parked = waiting.wait_for(lambda: db["scheduled"].find_one({"app_id": app_id, "parked": "throttled"}), timeout=30,
+                              what="the chunk parked")
+    assert parked["send_at"] - time.time() > 10
+    assert sum(fcm.delivered(t) for t in tokens) == 1
+    waiting.wait_for(lambda: all(fcm.delivered(t) == 1 for t in tokens), timeout=60, what="the parked delivery released")
+    at = first_receipts(fcm, tokens)
+    assert at[1] - at[0] >= 15, at
+    assert db["scheduled"].find_one({"app_id": app_id}) is None
