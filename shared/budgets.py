@@ -85,12 +85,7 @@ def take(db: Database, app_id: str, provider: str, configured: float | None, *, 
     key = budget_id(app_id, provider)
     for _ in range(CAS_TRIES):
         now = time.time() if now is None else now
-        db_counters.count()
-        doc = budgets.find_one({"_id": key})
-        if doc is None:
-            if _create(budgets, key, configured, now):
-                continue
-            doc = budgets.find_one({"_id": key}) or {}
+        doc = _read(budgets, key, configured, now)
         blocked = float(doc.get("blocked_until", 0.0))
         if blocked > now:
             return Grant(0, blocked, blocked - now)
@@ -111,13 +106,20 @@ def take(db: Database, app_id: str, provider: str, configured: float | None, *, 
     return Grant(0, time.time(), SLICE_SECONDS)
 
 
-def _create(budgets, key: str, configured: float | None, now: float) -> bool:
+def _read(budgets, key: str, configured: float | None, now: float) -> dict:
+    """The budget document, created first when there is none (a racing creator's wins)."""
+    db_counters.count()
+    doc = budgets.find_one({"_id": key})
+    if doc is not None:
+        return doc
+    doc = {"_id": key, "rate": configured, "configured": configured, "tat": now, "blocked_until": 0.0, "ceiling": None,
+           "changed_at": now, "lowered_at": 0.0, "throttled": 0, "v": 0}
     try:
-        budgets.insert_one({"_id": key, "rate": configured, "configured": configured, "tat": now, "blocked_until": 0.0,
-                            "ceiling": None, "changed_at": now, "lowered_at": 0.0, "throttled": 0, "v": 0})
-        return True
+        db_counters.count(written=1)
+        budgets.insert_one(doc)
+        return doc
     except DuplicateKeyError:
-        return False
+        return budgets.find_one({"_id": key}) or doc
 
 
 def _rate(doc: dict, configured: float | None, now: float) -> float | None:
@@ -144,12 +146,7 @@ def throttled(db: Database, app_id: str, provider: str, retry_after: float | Non
     key = budget_id(app_id, provider)
     for _ in range(CAS_TRIES):
         now = time.time() if now is None else now
-        db_counters.count()
-        doc = budgets.find_one({"_id": key})
-        if doc is None:
-            if _create(budgets, key, None, now):
-                continue
-            doc = budgets.find_one({"_id": key}) or {}
+        doc = _read(budgets, key, None, now)
         blocked = max(float(doc.get("blocked_until", 0.0)), now + (retry_after or 0.0))
         fields = {"blocked_until": blocked, "tat": max(float(doc.get("tat", 0.0)), blocked), "throttled": doc.get("throttled", 0) + 1,
                   "v": doc.get("v", 0) + 1}
