@@ -31,8 +31,9 @@ BUDGET = wrapped({
 })
 DETAIL = wrapped({"appId": APP_ID})
 PROVIDER_BUDGET = sc.Obj({
-    "platform": sc.Str(), "configuredPerMinute": sc.Int(description="The setting, else the provider's default; null: none"),
-    "ratePerMinute": sc.Int(description="The rate the workers keep now (lower after a 429); null: not rationed yet"),
+    "platform": sc.Str(),
+    "configuredPerMinute": sc.Json(description="Requests per minute: the setting, else the provider's default; null: none"),
+    "ratePerMinute": sc.Json(description="Requests per minute the workers keep now (lower after a 429); null: not rationed yet"),
     "throttled": sc.Int(description="429s the provider answered (each lowers the rate, at most once a second)"),
     "blockedForMs": sc.Int(description="Milliseconds every worker still waits, from the provider's Retry-After"),
 })
