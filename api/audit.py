@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from api import auth
 from api import schema as sc
@@ -49,6 +50,15 @@ def actor() -> str:
     return "admin" if principal.is_admin else f"app:{principal.app_id}:{principal.key_id}"
 
 
+def _body():
+    """The request's JSON body, or None: unparsable, or past the route's size limit (the answer was a 413; reading it
+    here raises ``RequestEntityTooLarge``, which an after-request hook would turn into a 500)."""
+    try:
+        return request.get_json(silent=True)
+    except HTTPException:
+        return None
+
+
 def after_request(response: Response) -> Response:
     """Record an admin action (the app's after_request hook)."""
     if request.method in READ_METHODS or not request.path.startswith(ADMIN_PREFIXES) or request.url_rule is None:
@@ -59,7 +69,7 @@ def after_request(response: Response) -> Response:
         action=f"{request.method} {request.url_rule.rule}",
         path=request.path,
         status=response.status_code,
-        target=audit.target_of(request.get_json(silent=True)),
+        target=audit.target_of(_body()),
     )
     try:
         services().publish(commands.APPLY_WRITE, entry)
