@@ -23,6 +23,8 @@ import time
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from shared import scheduling
+
 #: Collection of halt states, ``_id`` the message (or campaign) id.
 HALTS = "halts"
 RUNNING = "running"
@@ -116,8 +118,6 @@ def hold_chunk(db: Database, publisher, actor_name: str, chunk: dict) -> bool:
     ``cancelled`` by the delivery actor's per-send check, through the ledger's recorder, without a request.
     """
     if state(db, chunk["message_id"], chunk.get("app_id")) == PAUSED:
-        from shared import scheduling  # parked in MongoDB (shared/scheduling.py), not held by the broker
-
         scheduling.later(db, publisher, actor_name, chunk, delay=PAUSE_RECHECK_SECONDS, reason=scheduling.PAUSED, park=True)
         return True
     return False
