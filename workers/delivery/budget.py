@@ -63,11 +63,15 @@ class ProcessBudgets:
         self.max_in_process_wait = max_in_process_wait
         self._local: dict[tuple[str, str], _Local] = {}
 
+    def _local_of(self, app_id: str, provider: str) -> _Local:
+        local = self._local.get((app_id, provider))
+        if local is None:
+            local = self._local[(app_id, provider)] = _Local()
+        return local
+
     async def admit(self, app: dict, provider: str) -> float | None:
         """Wait for a request's turn: None once it may start, else the seconds it must wait (too long to wait here)."""
-        local = self._local.get((app["_id"], provider))
-        if local is None:
-            local = self._local[(app["_id"], provider)] = _Local()
+        local = self._local_of(app["_id"], provider)
         local.waiting += 1
         try:
             return await self._admit(local, app, provider)
@@ -122,9 +126,7 @@ class ProcessBudgets:
 
     async def throttled(self, app_id: str, provider: str, retry_after: float | None) -> None:
         """The provider answered 429 (or HMS flow control) to a request of this app."""
-        local = self._local.get((app_id, provider))
-        if local is None:
-            local = self._local[(app_id, provider)] = _Local()
+        local = self._local_of(app_id, provider)
         now = time.time()
         local.left = 0
         local.blocked_until = max(local.blocked_until, now + (retry_after or 0.0))
