@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import commands, metrics
+from shared import backlog, commands, metrics
 from shared import db as mongo
 from shared.settings import load
 
@@ -39,6 +39,8 @@ def exported_names(monkeypatch) -> tuple[set[str], str]:
     monkeypatch.setattr(metrics, "queue_stats", lambda settings, peek=False: (stats, "management"))
     metrics.record_result("apns", "unit", "sent", 1.0)
     metrics.record_dead_letters("apns", "unit", 1)
+    rows = [backlog.Backlog("cert-app", lane, "apns", waiting=1, throttled=1, parked=1) for lane in ("tx", "bulk")]
+    monkeypatch.setattr(backlog, "cached", lambda db: rows)
     db = {mongo.APPS: Apps((datetime.now(UTC) + timedelta(days=10)).isoformat())}
     body, _ = metrics.exposition(load({}), db)
     return {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}, body.decode()
@@ -49,7 +51,7 @@ def test_every_alert_has_its_fields_and_uses_exported_metrics(monkeypatch):
     names, body = exported_names(monkeypatch)
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     assert {a["alert"] for a in alerts} >= {"PushTransactionalLaneSlow", "PushDeadLettersGrowing", "PushProviderSuspended",
-                                             "PushApnsCertificateExpiring"}
+                                             "PushApnsCertificateExpiring", "PushAppThrottled", "PushAppParkedLong"}
     for alert in alerts:
         assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"}, alert
         assert DURATION.match(alert["for"]) and alert["annotations"]["summary"]
@@ -57,6 +59,15 @@ def test_every_alert_has_its_fields_and_uses_exported_metrics(monkeypatch):
         used = set(METRIC.findall(alert["expr"]))
         assert used and used <= names, (alert["alert"], used - names)
     assert 'lane="tx"' in body and 'app="cert-app"' in body
+    assert "push_app_deliveries_throttled" in names and "push_app_deliveries_parked" in names
+
+
+def test_every_alert_has_its_paragraph_in_the_ops_readme():
+    rules = yaml.safe_load(RULES.read_text())
+    readme = (ROOT / "ops" / "README.md").read_text()
+    section = readme.split("### Alerts", 1)[1].split("\n## ", 1)[0]
+    for alert in (rule["alert"] for group in rules["groups"] for rule in group["rules"]):
+        assert f"`{alert}`" in section, alert
 
 
 def test_prometheus_loads_the_rules():
