@@ -9,7 +9,10 @@ strings, holders (``c``), lanes (``l``, absent: bulk) and insert times (``at``),
 - ``oldest_waiting_seconds``: age of the oldest open chunk (now minus its insert time);
 - ``throttled``: open deliveries waiting for their app's provider budget (shared/budgets.py; also counted above);
 - ``parked``: open deliveries of chunks parked in MongoDB until due (a long budget wait, a paused message, a long
-  retry: shared/scheduling.py ``later``; also counted in ``waiting``), read from ``scheduled`` in the same pass.
+  retry: shared/scheduling.py ``later``; also counted in ``waiting``), read from ``scheduled`` in the same pass;
+- ``paced``: entries of the app's bulk sends waiting for room under its bound (shared/pacing.py ``paced_sends``): not
+  expanded yet, so they have no provider (the row's provider is ``-``) and are in no other figure; the oldest
+  waiting age of that row is the oldest such send's.
 
 The cost is one read of the open chunks' small fields, at most once per ``BACKLOG_CACHE_SECONDS`` per process
 (:func:`cached`): scrapes and dashboards poll, the figure is for people and alerts.
@@ -26,8 +29,11 @@ from shared import db as mongo
 from shared.budgets import BUDGET_REASON
 from shared.commands import BULK
 from shared.ledger import CHAR, PENDING, RETRY
+from shared.pacing import PACED_SENDS
 from shared.scheduling import SCHEDULED
 
+#: The provider of a row of sends not expanded yet.
+NO_PROVIDER = "-"
 #: Seconds one process reuses its backlog figures.
 BACKLOG_CACHE_SECONDS = 5.0
 
@@ -43,6 +49,7 @@ class Backlog:
     oldest_waiting_seconds: float = 0.0
     throttled: int = 0
     parked: int = 0
+    paced: int = 0
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -71,7 +78,12 @@ def compute(db: Database, *, now: float | None = None) -> list[Backlog]:
         if doc["_id"] in parked:
             row.parked += pending + retry
         row.oldest_waiting_seconds = max(row.oldest_waiting_seconds, now - float(doc.get("at") or now))
-    return [rows[k] for k in sorted(rows) if rows[k].waiting + rows[k].in_flight]
+    for doc in db[PACED_SENDS].find({"released_at": None}, {"app": 1, "n": 1, "q": 1}):
+        key = (str(doc.get("app")), BULK, NO_PROVIDER)
+        row = rows.get(key) or rows.setdefault(key, Backlog(*key))
+        row.paced += doc.get("n") or 0
+        row.oldest_waiting_seconds = max(row.oldest_waiting_seconds, now - (doc.get("q") or now * 1e9) / 1e9)
+    return [rows[k] for k in sorted(rows) if rows[k].waiting + rows[k].in_flight + rows[k].paced]
 
 
 _lock = threading.Lock()

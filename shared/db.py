@@ -85,6 +85,7 @@ INDEXES = {
     # The releaser's and the outcome feed's due look-ups (shared/scheduling.py, shared/outbox.py).
     "scheduled": [([("send_at", 1)], {})],
     "outbox": [([("next_at", 1)], {})],
+    "paced_sends": [([("app", 1)], {})],  # shared/pacing.py
 }
 
 #: Date field of each collection whose documents MongoDB removes once it has passed (TTL index).

@@ -150,10 +150,14 @@ def insert_ignoring_duplicates(collection, documents: list[dict]) -> None:
 
 # --- building and publishing chunks -----------------------------------------------------------
 
+#: ``k`` of a campaign's chunks.
+CAMPAIGN_KIND = "c"
+
 
 def chunk_document(message_id: str, app_id: str, provider: str, index: int, deliveries: list[Delivery], *, now: float,
-                   lane: str | None = None) -> dict:
-    """A chunk's document; ``l`` names its lane when not bulk (the per-app backlog, shared/backlog.py)."""
+                   lane: str | None = None, kind: str | None = None) -> dict:
+    """A chunk's document; ``l`` names its lane when not bulk (the per-app backlog, shared/backlog.py), ``k`` marks a
+    campaign's (:data:`CAMPAIGN_KIND`: the pacing of an app's other bulk sends leaves them out, shared/pacing.py)."""
     doc = {
         "_id": chunk_id(message_id, provider, index), "m": message_id, "p": provider, "app": app_id, "i": index,
         "d": [d.compact() for d in deliveries], "s": CHAR[PENDING] * len(deliveries), "r": {},
@@ -161,6 +165,8 @@ def chunk_document(message_id: str, app_id: str, provider: str, index: int, deli
     }
     if lane and lane != BULK:
         doc["l"] = lane
+    if kind:
+        doc["k"] = kind
     return doc
 
 

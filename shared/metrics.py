@@ -474,6 +474,8 @@ class QueueCollector:
                                            labels=labels),
             "parked": GaugeMetricFamily("push_app_deliveries_parked", "Open deliveries of chunks parked in MongoDB until due.",
                                         labels=labels),
+            "paced": GaugeMetricFamily("push_app_entries_paced", "Entries of bulk sends waiting for room under the app's bound "
+                                       "(not expanded yet: provider '-').", labels=labels),
         }
         for row in rows:
             for key, family in families.items():

@@ -4,7 +4,7 @@ An app's cap is its ``max_queued_deliveries`` (set with ``POST /admin/app/limits
 ``PUSH_MAX_QUEUED_DELIVERIES_PER_APP`` (5,000,000: a million-user campaign on five providers' worth of
 devices, far below what fills RabbitMQ's disk at a few hundred bytes per chunk message). Waiting
 deliveries are the open deliveries (pending or retry) of the ledger's open chunks (``o``), counted for all
-apps in one read of those chunks' state strings, at most once per ``queued_cache_seconds`` per API
+apps in one read of those chunks' state strings (and the entries of sends waiting for room, shared/pacing.py), at most once per ``queued_cache_seconds`` per API
 process (:class:`WaitingCounts`): no scan per request. A send is refused while its app is at or above its
 cap (api/queue_cap.py).
 """
@@ -17,6 +17,7 @@ from collections import Counter
 from pymongo.database import Database
 
 from shared import db as mongo
+from shared import pacing
 from shared.ledger import OPEN_CHARS
 
 #: The app document's field holding its own cap.
@@ -24,11 +25,13 @@ FIELD = "max_queued_deliveries"
 
 
 def waiting_by_app(db: Database) -> Counter:
-    """``Counter(app id: open deliveries)`` over the ledger's open chunks (one query, states and app only)."""
+    """``Counter(app id: open deliveries)`` over the ledger's open chunks (one query, states and app only), plus the
+    entries of the app's bulk sends waiting for room (shared/pacing.py: not expanded yet, one delivery an entry at least)."""
     counts: Counter = Counter()
     for doc in db[mongo.LEDGER].find({"o": True}, {"app": 1, "s": 1, "_id": 0}):
         states = doc.get("s") or ""
         counts[doc.get("app")] += sum(states.count(ch) for ch in OPEN_CHARS)
+    counts.update(pacing.waiting_entries_by_app(db))
     return counts
 
 

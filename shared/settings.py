@@ -58,6 +58,9 @@ class Settings:
     #: Most deliveries of one campaign open in the ledger (queued or being sent) before its expansion waits for them
     #: (workers/campaigns.py ``paced``): another app's bulk send then waits behind at most this many of it.
     campaign_deliveries_ahead: int = 20_000
+    #: Most open deliveries of an app's other bulk sends (batches, ASYNCHRONOUS messages) before its next ones wait in
+    #: MongoDB for room (shared/pacing.py); 0: no bound.
+    app_bulk_deliveries_ahead: int = 20_000
     #: Seconds a worker owns the deliveries it claimed; after a crash they are retried once this passes.
     delivery_lease_seconds: float = 60.0
     #: Most provider requests in flight per provider per worker process (bounds what a SIGKILL leaves unrecorded).

@@ -65,7 +65,8 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
         writes.apply(write_context, command, WRITE_HANDLERS)
 
     def expand_send(command: dict) -> None:
-        expand.expand_send(db, publisher, command, chunk_size=settings.delivery_chunk_size)
+        expand.expand_send(db, publisher, command, chunk_size=settings.delivery_chunk_size,
+                           deliveries_ahead=settings.app_bulk_deliveries_ahead)
 
     async def deliver_apns(chunk: dict) -> None:
         await deliver_chunk(delivery, "apns", chunk)
@@ -102,6 +103,6 @@ def register(broker: dramatiq.Broker, settings: Settings) -> None:
     # The transactional lane's queues: the same actors (a message names its actor), consumed by the tx worker group.
     for queue in commands.TX_QUEUES.values():
         broker.declare_queue(queue_name(settings, queue))
-    scheduler.start_releaser(db, publisher)  # scheduled sends, released when due (shared/scheduling.py), once every actor is declared
+    scheduler.start_releaser(db, publisher, settings.app_bulk_deliveries_ahead)  # scheduled sends, released when due (shared/scheduling.py), once every actor is declared
     outcome_feed.start_sender(db, OutboundSession(OutboundPolicy.from_settings(settings)),  # the apps' outcome webhooks (shared/outbox.py)
                               CredentialKeys.from_settings(settings))  # which open their sealed secrets

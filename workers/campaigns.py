@@ -202,7 +202,8 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
     for platform, deliveries in by_platform.items():
         first = chunks.get(platform, 0)
         parts = [deliveries[start:start + chunk_size] for start in range(0, len(deliveries), chunk_size)]
-        docs.extend(ledger.chunk_document(campaign_id, campaign["app_id"], platform, first + n, part, now=now) for n, part in enumerate(parts))
+        docs.extend(ledger.chunk_document(campaign_id, campaign["app_id"], platform, first + n, part, now=now, kind=ledger.CAMPAIGN_KIND)
+                    for n, part in enumerate(parts))
         chunks[platform] = first + len(parts)
         totals[platform] = totals.get(platform, 0) + len(deliveries)
     ledger.insert_chunks(db, docs)

@@ -16,7 +16,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as mongo
-from shared import db_counters, halt, ledger, outbox
+from shared import db_counters, halt, ledger, outbox, pacing
 from shared import device_lookup as lookup
 from shared.commands import BULK, DELIVER_ACTOR_BY_PROVIDER, PUSH_PROVIDERS, Publisher
 
@@ -31,8 +31,12 @@ insert_ignoring_duplicates = ledger.insert_ignoring_duplicates
 PROVIDERS = PUSH_PROVIDERS
 
 
-def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int) -> None:
-    """Turn a send command into ledger chunks per provider and publish one deliver message per chunk."""
+def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: int, deliveries_ahead: int = 0) -> None:
+    """Turn a send command into ledger chunks per provider and publish one deliver message per chunk.
+
+    ``deliveries_ahead``: the bound per app on open deliveries of bulk sends (shared/pacing.py); a bulk send of an app
+    at its bound waits in ``paced_sends`` and is expanded when released. 0: no bound.
+    """
     message_id = cmd["id"]
     now = datetime.now(UTC)
     db_counters.count(written=1)
@@ -50,6 +54,8 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
         )
     except DuplicateKeyError:
         pass
+    if pacing.park_if_over(db, cmd, deliveries_ahead):
+        return  # its app has enough bulk work open: it waits for room, in MongoDB (the pacer releases it)
     # A send cancelled before its expansion (scheduled, or queued) expands to nothing.
     entries = [] if halt.is_cancelled(db, message_id, cmd["app_id"]) else cmd["entries"]
     deliveries: dict[str, dict[str, Delivery]] = {platform: {} for platform in PROVIDERS}
@@ -84,6 +90,7 @@ def expand_send(db: Database, publisher: Publisher, cmd: dict, *, chunk_size: in
     )
     if told:
         outbox.message_done(db, cmd["app_id"], [message_id], wanted=True)  # all its chunks may be final already (or it has none)
+    pacing.expanded(db, cmd, deliveries_ahead)
 
 
 def chunk_payload(

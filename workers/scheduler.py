@@ -9,7 +9,7 @@ import time
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from shared import halt
+from shared import halt, pacing
 from shared.commands import Publisher, new_id
 from shared.scheduling import RELEASE_BATCH, RELEASE_LEASE_SECONDS, RELEASE_POLL_SECONDS, SCHEDULED
 
@@ -36,9 +36,15 @@ def release_due(db: Database, publisher: Publisher, *, now: float | None = None)
     return released
 
 
-def run_releaser(db: Database, publisher: Publisher, *, stop: threading.Event) -> None:
+def run_releaser(db: Database, publisher: Publisher, *, stop: threading.Event, deliveries_ahead: int = 0) -> None:
+    """Release due schedules, and once every ``pacing.PACER_SECONDS`` the paced bulk sends that have room
+    (shared/pacing.py; ``deliveries_ahead`` its bound, 0: none)."""
+    paced_at = 0.0
     while not stop.is_set():
         try:
+            if deliveries_ahead > 0 and time.monotonic() - paced_at >= pacing.PACER_SECONDS:
+                paced_at = time.monotonic()
+                pacing.release(db, publisher, deliveries_ahead)
             if release_due(db, publisher):
                 continue  # more may be due: look again at once
         except PyMongoError as error:
@@ -48,8 +54,9 @@ def run_releaser(db: Database, publisher: Publisher, *, stop: threading.Event) -
         stop.wait(RELEASE_POLL_SECONDS)
 
 
-def start_releaser(db: Database, publisher: Publisher) -> threading.Event:
-    """Start the releaser thread of this process; set the answered event to stop it."""
+def start_releaser(db: Database, publisher: Publisher, deliveries_ahead: int = 0) -> threading.Event:
+    """Start the releaser thread of this process (scheduled sends, paced bulk sends); set the answered event to stop it."""
     stop = threading.Event()
-    threading.Thread(target=run_releaser, args=(db, publisher), kwargs={"stop": stop}, name="schedule-releaser", daemon=True).start()
+    threading.Thread(target=run_releaser, args=(db, publisher), kwargs={"stop": stop, "deliveries_ahead": deliveries_ahead},
+                     name="schedule-releaser", daemon=True).start()
     return stop

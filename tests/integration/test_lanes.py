@@ -35,12 +35,16 @@ DELIVERIES_AHEAD = 6_000
 OTHER_BATCH = 100
 #: The stack's campaign users expanded per batch (``PUSH_CAMPAIGN_USERS_PER_BATCH``).
 USERS_PER_BATCH = 2_000
+#: The stack's bound per app on open deliveries of bulk sends (``PUSH_APP_BULK_DELIVERIES_AHEAD``: shared/pacing.py).
+APP_BULK_AHEAD = 400
+#: Batches and their size that one app posts at once in the fair-share test (2.5 × the bound).
+BIG_SENDER_BATCHES, BIG_SENDER_BATCH = 10, 100
 
 
 @pytest.fixture(scope="module")
 def lane_stack(tmp_path_factory):
     env = {**TEST_SETTINGS, "PUSH_DELIVERY_CHUNK_SIZE": str(CHUNK_SIZE), "PUSH_CAMPAIGN_USERS_PER_BATCH": str(USERS_PER_BATCH),
-           "PUSH_CAMPAIGN_DELIVERIES_AHEAD": str(DELIVERIES_AHEAD)}
+           "PUSH_CAMPAIGN_DELIVERIES_AHEAD": str(DELIVERIES_AHEAD), "PUSH_APP_BULK_DELIVERIES_AHEAD": str(APP_BULK_AHEAD)}
     with running_stack(tmp_path_factory.mktemp("lanes"), "lanes", env) as stack:
         yield stack
 
@@ -143,3 +147,53 @@ def test_another_apps_batch_is_delivered_while_a_paced_campaign_still_has_most_o
     assert campaign_sent <= CAMPAIGN_USERS - 2_000, f"the batch waited for the campaign: {campaign_sent} of it sent first"
     waiting.wait_for(lambda: ledger.state_counts(db, [campaign_id]).get("sent", 0) == CAMPAIGN_USERS, timeout=300, every=0.5,
                      what="the paced campaign delivered whole")
+
+
+def post_batch(session, stack, app_id: str, users: list[str]) -> str:
+    answer = session.post(f"{stack.api_url}/push/message/batch/send", timeout=60, json={"requestObject": {
+        "appId": app_id, "mode": "ASYNCHRONOUS", "batch": [{"userId": u, "body": {"title": "news"}} for u in users]}})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["responseObject"]["messageId"]
+
+
+def test_one_apps_many_batches_wait_in_mongodb_and_another_apps_batch_goes_between_them(lane_stack):
+    """Fair share in bulk for batches (shared/pacing.py): an app posting 2.5 × its bound of batches at once has only its
+    bound (plus at most one batch, whatever ran at once) expanded; the rest wait in ``paced_sends``, another app's batch
+    posted after them is expanded at once and delivered while most of the first app's still wait, and every batch is
+    delivered whole, each delivery once. Without the bound, all ten batches are expanded ahead of the other app's."""
+    import pymongo
+
+    from shared import ledger, pacing
+
+    stack = lane_stack
+    db = pymongo.MongoClient(stack.mongo_uri)["push"]
+    big_app, small_app = make_app(stack), make_app(stack)
+    big_users = seeded_campaign_users(db, big_app, BIG_SENDER_BATCH)
+    small_users = seeded_campaign_users(db, small_app, OTHER_BATCH)
+    session = requests.Session()
+    stack.stop_workers(["deliver"])  # nothing is sent for now: only the bound stops the expansions
+    try:
+        big = [post_batch(session, stack, big_app, big_users) for _ in range(BIG_SENDER_BATCHES)]
+        waiting.wait_for(lambda: db["messages"].count_documents({"_id": {"$in": big}, "expanded": True}) + db[
+            pacing.PACED_SENDS].count_documents({"app": big_app}) >= BIG_SENDER_BATCHES, timeout=60, every=0.1,
+            what="each of the big sender's batches expanded or waiting")
+        time.sleep(3)  # an unbounded expansion (or a pacer releasing without room) goes on meanwhile
+        expanded = sum(ledger.state_counts(db, big).values())
+        assert expanded <= APP_BULK_AHEAD + BIG_SENDER_BATCH, f"{expanded} deliveries expanded: the batches were not held"
+        assert db[pacing.PACED_SENDS].count_documents({"app": big_app}) >= 3
+        small = post_batch(session, stack, small_app, small_users)
+        waiting.wait_for(lambda: sum(ledger.state_counts(db, [small]).values()) == OTHER_BATCH, timeout=60, every=0.1,
+                         what="the other app's batch expanded without waiting")
+    finally:
+        stack.start_workers(["deliver"])
+    waiting.wait_for(lambda: ledger.state_counts(db, [small]).get("sent", 0) == OTHER_BATCH, timeout=180, every=0.2,
+                     what="the other app's batch delivered")
+    big_sent = ledger.state_counts(db, big).get("sent", 0)
+    assert big_sent <= (BIG_SENDER_BATCHES - 2) * BIG_SENDER_BATCH, f"the batch waited for the big sender's: {big_sent} sent first"
+    waiting.wait_for(lambda: ledger.state_counts(db, big).get("sent", 0) == BIG_SENDER_BATCHES * BIG_SENDER_BATCH, timeout=300,
+                     every=0.5, what="every batch of the big sender delivered")
+    assert db[pacing.PACED_SENDS].count_documents({"app": big_app}) == 0
+    control = {"apns": stack.ports.apns_control, "fcm": stack.ports.fcm_control}
+    for device in db["devices"].find({"app_id": big_app}, {"token": 1, "platform": 1}):
+        got = requests.get(f"http://127.0.0.1:{control[device['platform']]}/counts/{device['token']}", timeout=10).json()
+        assert got["delivered"] == BIG_SENDER_BATCHES, (device, got)

@@ -1,0 +1,148 @@
+"""Fair share of bulk sends between apps (issue 15): a bound per app on the open deliveries of its bulk sends.
+
+The bulk deliver queues are first in, first out. Campaigns are paced on their own (workers/campaigns.py
+``paced``); this paces an app's other bulk sends (batches, ASYNCHRONOUS messages, WalletConnect pushes), so
+that one app posting a hundred 10,000-message batches does not put a million deliveries ahead of another
+app's batch of 1,000:
+
+- The expansion of a bulk send (workers/expand.py) looks at its app first (:func:`park_if_over`). When the app
+  already has ``PUSH_APP_BULK_DELIVERIES_AHEAD`` (20,000) open deliveries of bulk sends in the ledger, or sends
+  of it already wait here, the send is kept in ``paced_sends`` instead (``_id`` its message id, so a
+  redelivered command keeps one) and expanded later: it holds no worker thread, and nothing waits
+  unacknowledged in RabbitMQ.
+- A pacer in every worker process (:func:`release`, from workers/scheduler.py, once a second) gives each app
+  with waiting sends the room it has (the bound minus its open send deliveries, minus the entries of its sends
+  released and not yet expanded) and releases its oldest sends, by receive time, into that room: it marks each
+  one released by a compare-and-set (two pacers never release one send twice) and publishes its command again,
+  marked ``paced`` so that its expansion does not wait a second time. The expansion deletes the document once
+  its chunks are in the ledger. A released send whose expansion has not deleted it after
+  :data:`RELEASED_COUNTS_SECONDS` no longer takes room (its command is in RabbitMQ: publisher confirms).
+
+Within its bound an app's sends go in the order they came; across apps the deliver queues then hold at most
+about the bound plus one send of each app. The bound is counted in deliveries of chunks without a lane (bulk)
+that are not a campaign's (``k``), from their state strings (one read of the app's open chunks, on the
+``(o, app)`` index). A send beyond the bound is not refused: the cap of queued work (shared/queue_cap.py) counts
+paced sends' entries as waiting and refuses what passes it.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from shared import db as mongo
+from shared import db_counters
+from shared.commands import BULK, EXPAND_SEND, Publisher
+from shared.ledger import CAMPAIGN_KIND, OPEN_CHARS
+
+PACED_SENDS = "paced_sends"
+#: Seconds a released send whose expansion has not ended still takes room in its app's bound.
+RELEASED_COUNTS_SECONDS = 60.0
+#: Seconds after which the pacer forgets a released send whose expansion never ended (its command was dead-lettered:
+#: one requeued later is expanded without waiting).
+RELEASED_KEPT_SECONDS = 3600.0
+#: Seconds between two passes of the pacer.
+PACER_SECONDS = 1.0
+
+
+def open_send_deliveries(db: Database, app_id: str) -> int:
+    """Open deliveries of the app's bulk sends (not campaigns, not the transactional lane) in the ledger."""
+    db_counters.count()
+    total = 0
+    for doc in db[mongo.LEDGER].find({"o": True, "app": app_id}, {"s": 1, "l": 1, "k": 1, "_id": 0}):
+        if doc.get("k") == CAMPAIGN_KIND or (doc.get("l") or BULK) != BULK:
+            continue
+        states = doc.get("s") or ""
+        total += sum(states.count(ch) for ch in OPEN_CHARS)
+    return total
+
+
+def park_if_over(db: Database, cmd: dict, bound: int) -> bool:
+    """Whether this send waits in ``paced_sends`` (kept there now) rather than expanding now.
+
+    A send that may go registers itself first, as a release whose expansion runs (``released_at`` now), and only
+    then counts: of several expansions of one app that run at once, each counts those registered before it, so
+    together they pass the bound by at most one send (counted first, they would all pass it together).
+    """
+    if bound <= 0 or cmd.get("paced") or (cmd.get("lane") or BULK) != BULK:
+        return False
+    app_id, sends = cmd["app_id"], db[PACED_SENDS]
+    waiting = {"_id": cmd["id"], "app": app_id, "q": cmd["received_at"], "n": len(cmd.get("entries") or ()),
+               "payload": {**cmd, "paced": True}, "released_at": None}
+    db_counters.count()
+    if sends.find_one({"app": app_id, "released_at": None}, {"_id": 1}) is not None:
+        return _wait(sends, waiting)  # sends of the app wait already: this one goes behind them
+    now = time.time()
+    db_counters.count(trips=2, written=1)  # the registration, then the others'
+    try:
+        sends.insert_one({**{k: v for k, v in waiting.items() if k != "payload"}, "released_at": now})
+    except DuplicateKeyError:
+        return _still_waits(sends, cmd["id"])
+    others = sum(max(1, d.get("n") or 0) for d in sends.find({"app": app_id, "_id": {"$ne": cmd["id"]}}, {"n": 1, "released_at": 1})
+                 if d.get("released_at") and now - d["released_at"] < RELEASED_COUNTS_SECONDS)
+    if open_send_deliveries(db, app_id) + others < bound:
+        return False  # it expands now; its registration is deleted once its chunks are in the ledger (:func:`expanded`)
+    db_counters.count(written=1)
+    sends.update_one({"_id": cmd["id"]}, {"$set": {"payload": waiting["payload"], "released_at": None}})
+    return True
+
+
+def _wait(sends, doc: dict) -> bool:
+    db_counters.count(written=1)
+    try:
+        sends.insert_one(doc)
+    except DuplicateKeyError:
+        return _still_waits(sends, doc["_id"])
+    return True
+
+
+def _still_waits(sends, send_id: str) -> bool:
+    """A redelivered command whose send is here already: it waits if it waited (once), and goes on if it was being
+    expanded (registered or released: that run did not end)."""
+    db_counters.count()
+    mine = sends.find_one({"_id": send_id}, {"released_at": 1})
+    return mine is not None and mine.get("released_at") is None
+
+
+def expanded(db: Database, cmd: dict, bound: int) -> None:
+    """The send's chunks are in the ledger: its registration or release goes (its open deliveries count from now)."""
+    if bound > 0 and (cmd.get("lane") or BULK) == BULK:
+        db_counters.count(written=1)
+        db[PACED_SENDS].delete_one({"_id": cmd["id"]})
+
+
+def release(db: Database, publisher: Publisher, bound: int, *, now: float | None = None) -> int:
+    """Release each app's oldest waiting sends into the room its bound leaves; answer how many were released."""
+    now = time.time() if now is None else now
+    by_app: dict[str, list[dict]] = defaultdict(list)
+    for doc in db[PACED_SENDS].find({}, {"app": 1, "q": 1, "n": 1, "released_at": 1}):
+        by_app[doc["app"]].append(doc)
+    released = 0
+    for app_id, docs in by_app.items():
+        forgotten = [d["_id"] for d in docs if d.get("released_at") and now - d["released_at"] > RELEASED_KEPT_SECONDS]
+        if forgotten:
+            db[PACED_SENDS].delete_many({"_id": {"$in": forgotten}})
+        in_release = [d for d in docs if d.get("released_at") and now - d["released_at"] < RELEASED_COUNTS_SECONDS]
+        room = bound - open_send_deliveries(db, app_id) - sum(max(1, d.get("n") or 0) for d in in_release)
+        for doc in sorted((d for d in docs if not d.get("released_at")), key=lambda d: (d["q"], d["_id"])):
+            if room <= 0:
+                break
+            claimed = db[PACED_SENDS].find_one_and_update({"_id": doc["_id"], "released_at": None}, {"$set": {"released_at": now}},
+                                                          {"payload": 1})
+            if claimed is None:
+                continue  # another pacer released it
+            publisher.publish(EXPAND_SEND, claimed["payload"])
+            room -= max(1, doc.get("n") or 0)
+            released += 1
+    return released
+
+
+def waiting_entries_by_app(db: Database) -> dict[str, int]:
+    """Entries of the sends waiting here, by app (the cap of queued work counts them)."""
+    counts: dict[str, int] = defaultdict(int)
+    for doc in db[PACED_SENDS].find({}, {"app": 1, "n": 1, "released_at": 1}):
+        if not doc.get("released_at"):
+            counts[doc["app"]] += doc.get("n") or 0
+    return counts
