@@ -8,8 +8,8 @@ app's batch of 1,000:
 - The expansion of a bulk send (workers/expand.py) looks at its app first (:func:`park_if_over`). When the app
   already has ``PUSH_APP_BULK_DELIVERIES_AHEAD`` (20,000) open deliveries of bulk sends in the ledger, or sends
   of it already wait here, the send is kept in ``paced_sends`` instead (``_id`` its message id, so a
-  redelivered command keeps one) and expanded later: it holds no worker thread, and nothing waits
-  unacknowledged in RabbitMQ.
+  redelivered command keeps one; its command apart in ``paced_commands``) and expanded later: it holds no
+  worker thread, and nothing waits unacknowledged in RabbitMQ.
 - A pacer in every worker process (:func:`release`, from workers/scheduler.py, once a second) gives each app
   with waiting sends the room it has (the bound minus its open send deliveries, minus the entries of its sends
   released and not yet expanded) and releases its oldest sends, by receive time, into that room: it marks each
@@ -38,6 +38,9 @@ from shared.commands import BULK, EXPAND_SEND, Publisher
 from shared.ledger import CAMPAIGN_KIND, OPEN_CHARS
 
 PACED_SENDS = "paced_sends"
+#: The waiting sends' commands, apart (``_id`` the message id): every look at ``paced_sends`` reads whole documents
+#: (nx-27017 decodes a document before its projection), and a batch's command is up to megabytes.
+PACED_COMMANDS = "paced_commands"
 #: Seconds a released send whose expansion has not ended still takes room in its app's bound.
 RELEASED_COUNTS_SECONDS = 60.0
 #: Seconds after which the pacer forgets a released send whose expansion never ended (its command was dead-lettered:
@@ -69,32 +72,42 @@ def park_if_over(db: Database, cmd: dict, bound: int) -> bool:
     if bound <= 0 or cmd.get("paced") or (cmd.get("lane") or BULK) != BULK:
         return False
     app_id, sends = cmd["app_id"], db[PACED_SENDS]
-    waiting = {"_id": cmd["id"], "app": app_id, "q": cmd["received_at"], "n": len(cmd.get("entries") or ()),
-               "payload": {**cmd, "paced": True}, "released_at": None}
+    waiting = {"_id": cmd["id"], "app": app_id, "q": cmd["received_at"], "n": len(cmd.get("entries") or ()), "released_at": None}
     db_counters.count()
     if sends.find_one({"app": app_id, "released_at": None}, {"_id": 1}) is not None:
-        return _wait(sends, waiting)  # sends of the app wait already: this one goes behind them
+        return _wait(db, cmd, waiting)  # sends of the app wait already: this one goes behind them
     now = time.time()
     db_counters.count(trips=2, written=1)  # the registration, then the others'
     try:
-        sends.insert_one({**{k: v for k, v in waiting.items() if k != "payload"}, "released_at": now})
+        sends.insert_one({**waiting, "released_at": now})
     except DuplicateKeyError:
         return _still_waits(sends, cmd["id"])
     others = sum(max(1, d.get("n") or 0) for d in sends.find({"app": app_id, "_id": {"$ne": cmd["id"]}}, {"n": 1, "released_at": 1})
                  if d.get("released_at") and now - d["released_at"] < RELEASED_COUNTS_SECONDS)
     if open_send_deliveries(db, app_id) + others < bound:
         return False  # it expands now; its registration is deleted once its chunks are in the ledger (:func:`expanded`)
+    _keep_command(db, cmd)
     db_counters.count(written=1)
-    sends.update_one({"_id": cmd["id"]}, {"$set": {"payload": waiting["payload"], "released_at": None}})
+    sends.update_one({"_id": cmd["id"]}, {"$set": {"released_at": None}})
     return True
 
 
-def _wait(sends, doc: dict) -> bool:
+def _keep_command(db: Database, cmd: dict) -> None:
+    """The command a release publishes, written before its send is marked waiting (a pacer then always finds it)."""
     db_counters.count(written=1)
     try:
-        sends.insert_one(doc)
+        db[PACED_COMMANDS].insert_one({"_id": cmd["id"], "payload": {**cmd, "paced": True}})
     except DuplicateKeyError:
-        return _still_waits(sends, doc["_id"])
+        pass  # a redelivered command: one is kept
+
+
+def _wait(db: Database, cmd: dict, doc: dict) -> bool:
+    _keep_command(db, cmd)
+    db_counters.count(written=1)
+    try:
+        db[PACED_SENDS].insert_one(doc)
+    except DuplicateKeyError:
+        return _still_waits(db[PACED_SENDS], doc["_id"])
     return True
 
 
@@ -109,8 +122,9 @@ def _still_waits(sends, send_id: str) -> bool:
 def expanded(db: Database, cmd: dict, bound: int) -> None:
     """The send's chunks are in the ledger: its registration or release goes (its open deliveries count from now)."""
     if bound > 0 and (cmd.get("lane") or BULK) == BULK:
-        db_counters.count(written=1)
+        db_counters.count(trips=2, written=2)
         db[PACED_SENDS].delete_one({"_id": cmd["id"]})
+        db[PACED_COMMANDS].delete_one({"_id": cmd["id"]})  # kept if it waited (also when a redelivered copy went on)
 
 
 def release(db: Database, publisher: Publisher, bound: int, *, now: float | None = None) -> int:
@@ -124,16 +138,18 @@ def release(db: Database, publisher: Publisher, bound: int, *, now: float | None
         forgotten = [d["_id"] for d in docs if d.get("released_at") and now - d["released_at"] > RELEASED_KEPT_SECONDS]
         if forgotten:
             db[PACED_SENDS].delete_many({"_id": {"$in": forgotten}})
+            db[PACED_COMMANDS].delete_many({"_id": {"$in": forgotten}})
         in_release = [d for d in docs if d.get("released_at") and now - d["released_at"] < RELEASED_COUNTS_SECONDS]
         room = bound - open_send_deliveries(db, app_id) - sum(max(1, d.get("n") or 0) for d in in_release)
         for doc in sorted((d for d in docs if not d.get("released_at")), key=lambda d: (d["q"], d["_id"])):
             if room <= 0:
                 break
-            claimed = db[PACED_SENDS].find_one_and_update({"_id": doc["_id"], "released_at": None}, {"$set": {"released_at": now}},
-                                                          {"payload": 1})
-            if claimed is None:
+            claimed = db[PACED_SENDS].update_one({"_id": doc["_id"], "released_at": None}, {"$set": {"released_at": now}})
+            if not claimed.modified_count:
                 continue  # another pacer released it
-            publisher.publish(EXPAND_SEND, claimed["payload"])
+            kept = db[PACED_COMMANDS].find_one({"_id": doc["_id"]})
+            if kept is not None:  # else its expansion already ran (a redelivered command went on) and took it
+                publisher.publish(EXPAND_SEND, kept["payload"])
             room -= max(1, doc.get("n") or 0)
             released += 1
     return released

@@ -1,7 +1,7 @@
 """The bound per app on open deliveries of bulk sends (shared/pacing.py), on the real database and broker.
 
-The stack's MongoDB, in a database of this module's own (the stack's workers run pacers over theirs), and its
-RabbitMQ, on a queue prefix no worker consumes: what the pacer publishes is counted there, not run.
+A stack of this module's own, and the broker on a queue prefix no worker consumes: what the pacer publishes is
+counted there, not run.
 """
 from __future__ import annotations
 
@@ -16,17 +16,27 @@ from shared import db as mongo
 from shared.broker import connection_parameters, make_broker
 from shared.commands import EXPAND, Publisher, command, queue_name_for_prefix
 from shared.settings import load
+from tests.integration.conftest import TEST_SETTINGS
+from tests.stacks import running_stack
 
 BOUND = 1_000
 
 
+@pytest.fixture(scope="module")
+def pacing_stack(tmp_path_factory):
+    """A stack of its own whose workers run no pacer (bound 0): what the pacer finds and releases here is the test's.
+    (nx-27017 keeps one namespace of collections for every database name: README "nx-27017's gaps".)"""
+    with running_stack(tmp_path_factory.mktemp("pacing"), "pacing", {**TEST_SETTINGS, "PUSH_APP_BULK_DELIVERIES_AHEAD": "0"}) as stack:
+        yield stack
+
+
 @pytest.fixture
-def database(stack):
-    """A database of the test's own: what the pacer finds is this test's."""
-    client = pymongo.MongoClient(stack.mongo_uri, tz_aware=True)
-    name = f"pacing_{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
+def database(pacing_stack):
+    """The stack's database, with no send waiting from an earlier test."""
+    db = pymongo.MongoClient(pacing_stack.mongo_uri, tz_aware=True)["push"]
+    db[pacing.PACED_SENDS].delete_many({})
+    db[pacing.PACED_COMMANDS].delete_many({})
+    return db
 
 
 @pytest.fixture
@@ -85,6 +95,7 @@ def test_a_parked_send_waits_once_and_later_sends_queue_behind_it(database):
     assert pacing.park_if_over(database, first, BOUND)
     assert pacing.park_if_over(database, first, BOUND), "a redelivered command still waits"
     assert database[pacing.PACED_SENDS].count_documents({"app": app_id}) == 1
+    assert database[pacing.PACED_COMMANDS].count_documents({"_id": first["id"]}) == 1
     database[mongo.LEDGER].update_many({"app": app_id}, {"$set": {"o": False}})  # its open work is done
     assert pacing.park_if_over(database, batch(app_id, 1), BOUND), "a send must not overtake one waiting before it"
     assert queue_cap.waiting_by_app(database)[app_id] == 41, "waiting sends count against the cap of queued work"
@@ -108,11 +119,12 @@ def test_the_pacer_releases_the_oldest_sends_into_the_room_and_each_once(databas
     assert released == {sends[0]["id"], sends[1]["id"]}, "the oldest go first"
     assert pacing.release(database, publisher, BOUND) == 0, "released sends not expanded yet still take their room"
     assert published() == 2
-    payload = database[pacing.PACED_SENDS].find_one({"_id": sends[0]["id"]})["payload"]
+    payload = database[pacing.PACED_COMMANDS].find_one({"_id": sends[0]["id"]})["payload"]
     assert payload["paced"] is True and pacing.park_if_over(database, payload, BOUND) is False, "a released send does not wait again"
 
     pacing.expanded(database, payload, BOUND)
     assert database[pacing.PACED_SENDS].find_one({"_id": sends[0]["id"]}) is None
+    assert database[pacing.PACED_COMMANDS].find_one({"_id": sends[0]["id"]}) is None
     now = database[pacing.PACED_SENDS].find_one({"_id": sends[1]["id"]})["released_at"] + pacing.RELEASED_COUNTS_SECONDS + 1
     assert pacing.release(database, publisher, BOUND, now=now) == 2, "a release whose expansion never came stops taking room"
     assert published() == 4
