@@ -164,9 +164,6 @@ class Stack:
     worker_threads: int = 8
     #: ``--processes`` of the transactional lane's group.
     tx_worker_processes: int = 1
-    #: Niceness added to the bulk groups' processes (``PUSH_WORKER_NICE``), so that on this one host the transactional
-    #: group and the API take the CPU first.
-    bulk_worker_nice: int = int(os.environ.get("DEVSTACK_BULK_WORKER_NICE", "0"))
     api_workers: int = 2
     api_threads: int = 8
     api_header_timeout_ms: int = API_HEADER_TIMEOUT_MS
@@ -324,9 +321,7 @@ class Stack:
                 port = free_port()
             self.worker_metrics_ports[group + suffix] = port
             group_env = {"PUSH_WORKER_METRICS_PORT": str(port), "dramatiq_prom_host": "127.0.0.1",
-                         "dramatiq_prom_db": str(self.metrics_dir(group + suffix)),
-                         **({"PUSH_WORKER_NICE": str(self.bulk_worker_nice)} if group != TX_GROUP and self.bulk_worker_nice else {}),
-                         **(env or {})}
+                         "dramatiq_prom_db": str(self.metrics_dir(group + suffix)), **(env or {})}
             self._spawn(f"workers-{group}{suffix}", self.worker_argv(group), env=group_env)
 
     def stop_workers(self, groups=None, *, kill: bool = False, suffix: str = "") -> None:

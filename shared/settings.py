@@ -58,9 +58,6 @@ class Settings:
     #: Most deliveries of one campaign open in the ledger (queued or being sent) before its expansion waits for them
     #: (workers/campaigns.py ``paced``): another app's bulk send then waits behind at most this many of it.
     campaign_deliveries_ahead: int = 20_000
-    #: Added to each worker process's niceness at its start (``os.nice``). On one host, bulk groups at 10 leave the CPU
-    #: to the transactional group and the API whenever those have work (devstack; Kubernetes: CPU requests).
-    worker_nice: int = 0
     #: Most open deliveries of an app's other bulk sends (batches, ASYNCHRONOUS messages) before its next ones wait in
     #: MongoDB for room (shared/pacing.py); 0: no bound.
     app_bulk_deliveries_ahead: int = 20_000

@@ -3,8 +3,6 @@
 The CLI imports this module and consumes with the global broker, so this is
 the one place where importing sets things up.
 """
-import os
-
 from shared import logs
 from shared.broker import make_broker
 from shared.metrics import add_worker_prometheus
@@ -12,8 +10,6 @@ from shared.settings import load
 from workers.actors import register
 
 settings = load()
-if settings.worker_nice:
-    os.nice(settings.worker_nice)  # a bulk group on a shared host: the transactional lane and the API go first
 logs.configure(settings.log_format)
 broker = make_broker(settings)
 if settings.log_format == "json":
