@@ -83,7 +83,7 @@ def test_the_backlog_per_app_lane_and_provider_is_in_admin_queues_and_metrics(ap
 
     rows = [r for r in api.get("/admin/queues").json()["backlog"] if r["app"] == app_id]
     assert rows == [{"app": app_id, "lane": "bulk", "provider": "fcm", "waiting": 5, "in_flight": 4, "retry": 2,
-                     "oldest_waiting_seconds": rows[0]["oldest_waiting_seconds"], "throttled": 1, "parked": 2}]
+                     "oldest_waiting_seconds": rows[0]["oldest_waiting_seconds"], "throttled": 1, "parked": 2, "paced": 0}]
     assert 30 <= rows[0]["oldest_waiting_seconds"] < 120
     text = api.get("/metrics").text
     assert f'push_app_deliveries_waiting{{app="{app_id}",lane="bulk",provider="fcm"}} 5.0' in text
