@@ -16,7 +16,8 @@ app's batch of 1,000:
   one released by a compare-and-set (two pacers never release one send twice) and publishes its command again,
   marked ``paced`` so that its expansion does not wait a second time. The expansion deletes the document once
   its chunks are in the ledger. A released send whose expansion has not deleted it after
-  :data:`RELEASED_COUNTS_SECONDS` no longer takes room (its command is in RabbitMQ: publisher confirms).
+  :data:`RELEASED_COUNTS_SECONDS` no longer takes room, and after :data:`RELEASE_AGAIN_SECONDS` it is released
+  again (a pacer killed between its compare-and-set and its publish loses no send).
 
 Within its bound an app's sends go in the order they came; across apps the deliver queues then hold at most
 about the bound plus one send of each app. The bound is counted in deliveries of chunks without a lane (bulk)
@@ -26,6 +27,7 @@ paced sends' entries as waiting and refuses what passes it.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 
@@ -37,15 +39,20 @@ from shared import db_counters
 from shared.commands import BULK, EXPAND_SEND, Publisher
 from shared.ledger import CAMPAIGN_KIND, OPEN_CHARS
 
+log = logging.getLogger(__name__)
+
 PACED_SENDS = "paced_sends"
 #: The waiting sends' commands, apart (``_id`` the message id): every look at ``paced_sends`` reads whole documents
 #: (nx-27017 decodes a document before its projection), and a batch's command is up to megabytes.
 PACED_COMMANDS = "paced_commands"
 #: Seconds a released send whose expansion has not ended still takes room in its app's bound.
 RELEASED_COUNTS_SECONDS = 60.0
-#: Seconds after which the pacer forgets a released send whose expansion never ended (its command was dead-lettered:
-#: one requeued later is expanded without waiting).
-RELEASED_KEPT_SECONDS = 3600.0
+#: Seconds after which a released send whose expansion has not ended is released again (its process died between
+#: the release and the publish, or the expansion failed; a second expansion of one send inserts nothing twice), at
+#: most :data:`MOST_RELEASES` times (then Dramatiq's dead letters hold its failed command). A registration whose
+#: expansion did not end is dropped then: its command is still in RabbitMQ, redelivered.
+RELEASE_AGAIN_SECONDS = 600.0
+MOST_RELEASES = 5
 #: Seconds between two passes of the pacer.
 PACER_SECONDS = 1.0
 
@@ -72,14 +79,15 @@ def park_if_over(db: Database, cmd: dict, bound: int) -> bool:
     if bound <= 0 or cmd.get("paced") or (cmd.get("lane") or BULK) != BULK:
         return False
     app_id, sends = cmd["app_id"], db[PACED_SENDS]
-    waiting = {"_id": cmd["id"], "app": app_id, "q": cmd["received_at"], "n": len(cmd.get("entries") or ()), "released_at": None}
+    waiting = {"_id": cmd["id"], "app": app_id, "q": cmd["received_at"], "n": len(cmd.get("entries") or ()), "released_at": None,
+               "w": True}
     db_counters.count()
     if sends.find_one({"app": app_id, "released_at": None}, {"_id": 1}) is not None:
         return _wait(db, cmd, waiting)  # sends of the app wait already: this one goes behind them
     now = time.time()
     db_counters.count(trips=2, written=1)  # the registration, then the others'
     try:
-        sends.insert_one({**waiting, "released_at": now})
+        sends.insert_one({**waiting, "released_at": now, "w": False})
     except DuplicateKeyError:
         return _still_waits(sends, cmd["id"])
     others = sum(max(1, d.get("n") or 0) for d in sends.find({"app": app_id, "_id": {"$ne": cmd["id"]}}, {"n": 1, "released_at": 1})
@@ -88,7 +96,7 @@ def park_if_over(db: Database, cmd: dict, bound: int) -> bool:
         return False  # it expands now; its registration is deleted once its chunks are in the ledger (:func:`expanded`)
     _keep_command(db, cmd)
     db_counters.count(written=1)
-    sends.update_one({"_id": cmd["id"]}, {"$set": {"released_at": None}})
+    sends.update_one({"_id": cmd["id"]}, {"$set": {"released_at": None, "w": True}})
     return True
 
 
@@ -131,14 +139,11 @@ def release(db: Database, publisher: Publisher, bound: int, *, now: float | None
     """Release each app's oldest waiting sends into the room its bound leaves; answer how many were released."""
     now = time.time() if now is None else now
     by_app: dict[str, list[dict]] = defaultdict(list)
-    for doc in db[PACED_SENDS].find({}, {"app": 1, "q": 1, "n": 1, "released_at": 1}):
+    for doc in db[PACED_SENDS].find({}, {"app": 1, "q": 1, "n": 1, "released_at": 1, "w": 1, "tries": 1}):
         by_app[doc["app"]].append(doc)
     released = 0
     for app_id, docs in by_app.items():
-        forgotten = [d["_id"] for d in docs if d.get("released_at") and now - d["released_at"] > RELEASED_KEPT_SECONDS]
-        if forgotten:
-            db[PACED_SENDS].delete_many({"_id": {"$in": forgotten}})
-            db[PACED_COMMANDS].delete_many({"_id": {"$in": forgotten}})
+        _release_again(db, [d for d in docs if d.get("released_at") and now - d["released_at"] > RELEASE_AGAIN_SECONDS])
         in_release = [d for d in docs if d.get("released_at") and now - d["released_at"] < RELEASED_COUNTS_SECONDS]
         room = bound - open_send_deliveries(db, app_id) - sum(max(1, d.get("n") or 0) for d in in_release)
         for doc in sorted((d for d in docs if not d.get("released_at")), key=lambda d: (d["q"], d["_id"])):
@@ -149,10 +154,28 @@ def release(db: Database, publisher: Publisher, bound: int, *, now: float | None
                 continue  # another pacer released it
             kept = db[PACED_COMMANDS].find_one({"_id": doc["_id"]})
             if kept is not None:  # else its expansion already ran (a redelivered command went on) and took it
-                publisher.publish(EXPAND_SEND, kept["payload"])
+                try:
+                    publisher.publish(EXPAND_SEND, kept["payload"])
+                except Exception:
+                    db[PACED_SENDS].update_one({"_id": doc["_id"]}, {"$set": {"released_at": None}})  # it waits again
+                    raise
             room -= max(1, doc.get("n") or 0)
             released += 1
     return released
+
+
+def _release_again(db: Database, stale: list[dict]) -> None:
+    """Released sends whose expansion did not end wait again (released once more); registrations go."""
+    for doc in stale:
+        if doc.get("w") and (doc.get("tries") or 0) < MOST_RELEASES:
+            db[PACED_SENDS].update_one({"_id": doc["_id"], "released_at": doc["released_at"]},
+                                       {"$set": {"released_at": None}, "$inc": {"tries": 1}})
+            continue
+        if doc.get("w"):
+            log.error("paced send %s of app %s: released %d times, never expanded; left to Dramatiq's dead letters",
+                      doc["_id"], doc.get("app"), MOST_RELEASES)
+        db[PACED_SENDS].delete_one({"_id": doc["_id"], "released_at": doc["released_at"]})
+        db[PACED_COMMANDS].delete_one({"_id": doc["_id"]})
 
 
 def waiting_entries_by_app(db: Database) -> dict[str, int]:

@@ -143,3 +143,24 @@ def test_expansions_running_at_once_count_each_other(database):
     pacing.expanded(database, first, BOUND)
     pacing.expanded(database, second, BOUND)
     assert [d["_id"] for d in database[pacing.PACED_SENDS].find({"app": app_id})] == [third["id"]]
+
+
+def test_a_release_whose_expansion_never_ended_is_released_again_and_a_stale_registration_goes(database, quiet_queue):
+    """A pacer killed between its compare-and-set and its publish (or an expansion that failed) loses no send: after
+    RELEASE_AGAIN_SECONDS the send waits again and is released once more; a registration (its command is still in
+    RabbitMQ) is dropped."""
+    publisher, published = quiet_queue
+    app_id = new_app()
+    registered = batch(app_id, 10)
+    assert pacing.park_if_over(database, registered, BOUND) is False
+    open_chunks(database, app_id, BOUND)
+    waited = batch(app_id, 10)
+    assert pacing.park_if_over(database, waited, BOUND) is True
+    database[mongo.LEDGER].update_many({"app": app_id}, {"$set": {"o": False}})
+    assert pacing.release(database, publisher, BOUND) == 1
+    later = database[pacing.PACED_SENDS].find_one({"_id": waited["id"]})["released_at"] + pacing.RELEASE_AGAIN_SECONDS + 1
+    assert pacing.release(database, publisher, BOUND, now=later) == 0, "it waits again first"
+    assert database[pacing.PACED_SENDS].find_one({"_id": registered["id"]}) is None
+    assert pacing.release(database, publisher, BOUND, now=later + 1) == 1
+    assert database[pacing.PACED_SENDS].find_one({"_id": waited["id"]})["tries"] == 1
+    assert published() == 2
