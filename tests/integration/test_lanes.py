@@ -79,6 +79,12 @@ def seeded_campaign_users(db, app_id: str, count: int) -> list[str]:
     return users
 
 
+def apps_with_users(stack, db, *counts: int) -> list[tuple[str, list[str]]]:
+    """A new app per count, each with that many users of one device (half APNs, half FCM)."""
+    apps = [make_app(stack) for _ in counts]
+    return [(app_id, seeded_campaign_users(db, app_id, count)) for app_id, count in zip(apps, counts, strict=True)]
+
+
 def test_a_synchronous_send_is_answered_while_a_campaign_has_thousands_of_chunks_waiting(lane_stack):
     import pymongo
 
@@ -121,9 +127,7 @@ def test_another_apps_batch_is_delivered_while_a_paced_campaign_still_has_most_o
 
     stack = lane_stack
     db = pymongo.MongoClient(stack.mongo_uri)["push"]
-    campaign_app, other_app = make_app(stack), make_app(stack)
-    users = seeded_campaign_users(db, campaign_app, CAMPAIGN_USERS)
-    others = seeded_campaign_users(db, other_app, OTHER_BATCH)
+    (campaign_app, users), (other_app, others) = apps_with_users(stack, db, CAMPAIGN_USERS, OTHER_BATCH)
     session = requests.Session()
     campaign_id = session.post(f"{stack.api_url}/push/campaign/create", timeout=60, json={"requestObject": {
         "appId": campaign_app, "message": {"title": "Sale", "body": "for all"}}}).json()["responseObject"]["id"]
@@ -167,9 +171,7 @@ def test_one_apps_many_batches_wait_in_mongodb_and_another_apps_batch_goes_betwe
 
     stack = lane_stack
     db = pymongo.MongoClient(stack.mongo_uri)["push"]
-    big_app, small_app = make_app(stack), make_app(stack)
-    big_users = seeded_campaign_users(db, big_app, BIG_SENDER_BATCH)
-    small_users = seeded_campaign_users(db, small_app, OTHER_BATCH)
+    (big_app, big_users), (small_app, small_users) = apps_with_users(stack, db, BIG_SENDER_BATCH, OTHER_BATCH)
     session = requests.Session()
     stack.stop_workers(["deliver"])  # nothing is sent for now: only the bound stops the expansions
     try:
