@@ -112,7 +112,9 @@ class FaultRun:
         self.started_at = time.monotonic()
         self.batches_before_fault: int | None = None
         self.registrations: list[str] = []  # tokens whose registration the API acknowledged
+        self.registration_answers: Counter = Counter()  # acknowledged registrations by status (200 applied, 202 queued)
         self.registration_refusals = Counter()
+        self.registration_error: BaseException | None = None  # what stopped the registering thread, if anything
 
     def fault(self) -> None:
         """Note that the fault lands now (the counts show how far the send was)."""
@@ -189,15 +191,23 @@ class FaultRun:
                         self.registration_refusals[type(error).__name__] += 1
                         time.sleep(CLIENT_RETRY_PAUSE)
                         continue
-                    if answer.status_code == 200:
+                    if answer.status_code in (200, 202):  # 202: acknowledged, applied later (api/accepted.py)
                         self.registrations.append(token)
+                        self.registration_answers[answer.status_code] += 1
                         break
                     assert answer.status_code == 503, (answer.status_code, answer.text[:500])
                     self.registration_refusals[503] += 1
                     time.sleep(min(CLIENT_RETRY_PAUSE, float(answer.headers.get("Retry-After", 1))))
                 time.sleep(0.05)
 
-        thread = threading.Thread(target=loop, daemon=True)
+        def guarded() -> None:
+            try:
+                loop()
+            except BaseException as error:  # the scenario asserts none (a thread's error alone is only a warning)
+                self.registration_error = error
+                raise
+
+        thread = threading.Thread(target=guarded, daemon=True)
         thread.start()
         return thread
 

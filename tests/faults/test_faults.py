@@ -81,7 +81,9 @@ def test_mongo_sigkilled_and_restarted_on_the_same_file(run: FaultRun, stack):
     run.finish()
     stored = run.registrations_stored()
     print(f"registrations acknowledged during the send: {len(run.registrations)}, stored: {stored}, "
-          f"client retries: {dict(run.registration_refusals)}")
+          f"acknowledged as: {dict(run.registration_answers)}, client retries: {dict(run.registration_refusals)}")
+    assert run.registration_error is None, run.registration_error
+    assert not registering.is_alive() and stored == len(run.registrations)
 
 
 def test_apns_answers_503_for_30s_then_recovers(run: FaultRun, stack):
