@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 from pymongo.database import Database
 
 from shared import db as mongo
+from shared import pacing
 from shared.budgets import BUDGET_REASON
 from shared.commands import BULK
 from shared.ledger import CHAR, PENDING, RETRY
-from shared.pacing import PACED_SENDS
 from shared.scheduling import SCHEDULED
 
 #: The provider of a row of sends not expanded yet.
@@ -78,11 +78,9 @@ def compute(db: Database, *, now: float | None = None) -> list[Backlog]:
         if doc["_id"] in parked:
             row.parked += pending + retry
         row.oldest_waiting_seconds = max(row.oldest_waiting_seconds, now - float(doc.get("at") or now))
-    for doc in db[PACED_SENDS].find({"released_at": None}, {"app": 1, "n": 1, "q": 1}):
-        key = (str(doc.get("app")), BULK, NO_PROVIDER)
-        row = rows.get(key) or rows.setdefault(key, Backlog(*key))
-        row.paced += doc.get("n") or 0
-        row.oldest_waiting_seconds = max(row.oldest_waiting_seconds, now - (doc.get("q") or now * 1e9) / 1e9)
+    for app_id, (entries, oldest) in pacing.waiting_by_app(db).items():
+        rows[(app_id, BULK, NO_PROVIDER)] = Backlog(app_id, BULK, NO_PROVIDER, paced=entries,
+                                                    oldest_waiting_seconds=max(0.0, now - oldest / 1e9))
     return [rows[k] for k in sorted(rows) if rows[k].waiting + rows[k].in_flight + rows[k].paced]
 
 

@@ -178,10 +178,11 @@ def _release_again(db: Database, stale: list[dict]) -> None:
         db[PACED_COMMANDS].delete_one({"_id": doc["_id"]})
 
 
-def waiting_entries_by_app(db: Database) -> dict[str, int]:
-    """Entries of the sends waiting here, by app (the cap of queued work counts them)."""
-    counts: dict[str, int] = defaultdict(int)
-    for doc in db[PACED_SENDS].find({}, {"app": 1, "n": 1, "released_at": 1}):
-        if not doc.get("released_at"):
-            counts[doc["app"]] += doc.get("n") or 0
-    return counts
+def waiting_by_app(db: Database) -> dict[str, tuple[int, int]]:
+    """Per app, the entries of its sends waiting here and the receive time (ns) of the oldest: the cap of queued
+    work counts the entries (shared/queue_cap.py), the backlog shows both (shared/backlog.py)."""
+    found: dict[str, tuple[int, int]] = {}
+    for doc in db[PACED_SENDS].find({"released_at": None}, {"app": 1, "n": 1, "q": 1}):
+        entries, oldest = found.get(doc["app"], (0, doc["q"]))
+        found[doc["app"]] = (entries + (doc.get("n") or 0), min(oldest, doc["q"]))
+    return found

@@ -31,7 +31,7 @@ def waiting_by_app(db: Database) -> Counter:
     for doc in db[mongo.LEDGER].find({"o": True}, {"app": 1, "s": 1, "_id": 0}):
         states = doc.get("s") or ""
         counts[doc.get("app")] += sum(states.count(ch) for ch in OPEN_CHARS)
-    counts.update(pacing.waiting_entries_by_app(db))
+    counts.update({app_id: entries for app_id, (entries, _) in pacing.waiting_by_app(db).items()})
     return counts
 
 
