@@ -5,6 +5,7 @@ counted there, not run.
 """
 from __future__ import annotations
 
+import time
 import uuid
 
 import pika
@@ -62,10 +63,11 @@ def new_app() -> str:
 
 
 def open_chunks(database, app_id: str, deliveries: int, **kind) -> None:
-    """Open chunks of ``deliveries`` pending deliveries of one message of the app (bulk unless ``lane``)."""
+    """Open chunks of ``deliveries`` pending deliveries of one message of the app (bulk unless ``lane``), inserted now (the
+    stack's retention purge takes chunks inserted long ago)."""
     message_id = f"m-{uuid.uuid4().hex[:8]}"
     items = [ledger.Delivery(ledger.delivery_id(message_id, 0, f"t{i}"), f"{app_id}:t{i}", f"t{i}", 0, None) for i in range(deliveries)]
-    docs = [ledger.chunk_document(message_id, app_id, "apns", n, items[start:start + 500], now=0.0, **kind)
+    docs = [ledger.chunk_document(message_id, app_id, "apns", n, items[start:start + 500], now=time.time(), **kind)
             for n, start in enumerate(range(0, deliveries, 500))]
     ledger.insert_chunks(database, docs)
 
