@@ -8,7 +8,7 @@ simulator's CPU per request (all its processes). ``simulator_ceiling_per_s``
 is the smallest of the three.
 
 ``python -m bench.simulators --processes 1 2 3`` prints the figures for each
-count; ``--baseline <git ref>`` runs that ref's APNs and FCM simulators the same
+count; ``--baseline <git ref>`` runs that ref's simulators (those it has) the same
 way, interleaved round by round with today's (one process each: the count of
 before), and prints ``baseline_…`` beside each figure; ``--compare-h2`` runs
 today's on the ``h2`` engine too (``h2_…``). The machine is shared:
@@ -158,7 +158,7 @@ def measure_ceiling(*, processes: int = SIMULATOR_PROCESSES, count: int = REQUES
                 if compare_h2:
                     runs["h2_"].append(run_once(h2load, provider, ROOT, work, ["--processes", str(processes)], count,
                                                 {"SIMULATOR_HTTP2_ENGINE": "h2"}))
-                if baseline is not None and provider != "hms":
+                if baseline is not None and (baseline / "simulators" / f"{provider}.py").exists():
                     runs["baseline_"].append(run_once(h2load, provider, baseline, work, [], count))
             for prefix, results in runs.items():
                 if results:

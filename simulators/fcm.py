@@ -55,6 +55,8 @@ FAILURE_PREFIXES = (
     ("internal", 500, "INTERNAL", "INTERNAL", "Internal error encountered."),
     ("quota", 429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded for quota metric 'Send requests'."),
 )
+#: Where a token's behaviour starts (a plain token starts with none of them: no behaviour is read for it).
+BEHAVIOUR_PREFIXES = ("dead", "invalid", "delay", *(prefix for prefix, *_rest in FAILURE_PREFIXES))
 #: The message of FCM's 429 when a project's quota is spent.
 QUOTA_MESSAGE = FAILURE_PREFIXES[2][4]
 
@@ -136,20 +138,24 @@ class FcmSimulator:
         if not isinstance(token, str):
             return fcm_error(400, "INVALID_ARGUMENT", "Invalid value at 'message.token'", "INVALID_ARGUMENT",
                              [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.token"}]}])
-        numbered = any(number_after(token, prefix) is not None for prefix, *_rest in FAILURE_PREFIXES)
+        behaviour = token.startswith(BEHAVIOUR_PREFIXES)
+        numbered = behaviour and any(number_after(token, prefix) is not None for prefix, *_rest in FAILURE_PREFIXES)
         admitted = self.recorder.admit(token, numbered=numbered, quota_key=project_id)
         if isinstance(admitted, tuple):
-            return self._respond(request, project_id, message, token, admitted)
-        return self._respond_later(request, project_id, message, token, admitted)
+            return self._respond(request, project_id, message, token, admitted, behaviour)
+        return self._respond_later(request, project_id, message, token, admitted, behaviour)
 
-    async def _respond_later(self, request: Request, project_id: str, message: dict, token: str, admitted: Awaitable[Admission]) -> Response:
-        answer = self._respond(request, project_id, message, token, await admitted)
+    async def _respond_later(self, request: Request, project_id: str, message: dict, token: str, admitted: Awaitable[Admission],
+                             behaviour: bool) -> Response:
+        answer = self._respond(request, project_id, message, token, await admitted, behaviour)
         return answer if isinstance(answer, Response) else await answer
 
-    def _respond(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission) -> Response | Awaitable[Response]:
-        response = self._refusal(request, project_id, message, token, admitted)
+    def _respond(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission,
+                 behaviour: bool) -> Response | Awaitable[Response]:
+        """The answer; ``behaviour``: whether the token starts with a behaviour's prefix (else none is looked for)."""
+        response = self._refusal(request, project_id, message, token, admitted, behaviour)
         if response is None:
-            delay = number_after(token, "delay")
+            delay = behaviour and number_after(token, "delay")
             if delay:
                 return self._deliver_after(delay, request, project_id, message, token)
             response = self._delivered(project_id, message, token)
@@ -166,7 +172,8 @@ class FcmSimulator:
         return Response.json(200, {"name": f"projects/{project_id}/messages/0:{next(self.message_ids)}%{self.message_ids_suffix}"},
                              on_written=self.recorder.deliverer(token, notification_tag(message)))
 
-    def _refusal(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission) -> Response | None:
+    def _refusal(self, request: Request, project_id: str, message: dict, token: str, admitted: Admission,
+                 behaviour: bool) -> Response | None:
         attempt, retry_after = admitted
         if self.recorder.unavailable():
             return fcm_error(503, "UNAVAILABLE", "The service is currently unavailable.", "UNAVAILABLE")
@@ -189,6 +196,8 @@ class FcmSimulator:
                              [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.android.ttl"}]}])
         if retry_after is not None:
             return fcm_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE, "QUOTA_EXCEEDED", headers=[("retry-after", str(retry_after))])
+        if not behaviour:
+            return None
         if token.startswith("dead"):
             return fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")
         if token.startswith("invalid"):

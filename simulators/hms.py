@@ -76,13 +76,23 @@ TOO_LARGE = ("80300008", "The message body size exceeds the default value")
 BAD_TOKEN_COUNT = ("80300010", "The number of tokens in the message body exceeds the default value")
 
 
+#: Where a token's behaviour starts (a plain token starts with none of them: no behaviour is read for it).
+BEHAVIOUR_PREFIXES = ("dead", "delay", *(prefix for prefix, *_rest in FAILURE_PREFIXES))
 #: The last digits of a ``requestId`` (after the time in ns): a counter, not a random draw (a syscall) per answer.
 _request_ids = itertools.count()
+#: The success answer's text before its ``requestId`` (the answer every plain send gets: made without a JSON dump).
+_SUCCESS_HEAD = b'{"code":"%s","msg":"%s","requestId":"' % (SUCCESS[0].encode(), SUCCESS[1].encode())
+_JSON = ("content-type", "application/json")
 
 
 def hms_answer(status: int, code: str, msg: str, *, on_written=None) -> Response:
     return Response.json(status, {"code": code, "msg": msg, "requestId": f"{time.time_ns()}{next(_request_ids) % 1000:03d}"},
                          on_written=on_written)
+
+
+def hms_success(on_written=None) -> Response:
+    """``hms_answer(200, *SUCCESS)``, the same bytes."""
+    return Response(200, b'%s%d%03d"}' % (_SUCCESS_HEAD, time.time_ns(), next(_request_ids) % 1000), [_JSON], on_written)
 
 
 def notification_tag(message: dict) -> str | None:
@@ -196,42 +206,49 @@ class HmsSimulator:
         tokens = message.get("token") if isinstance(message, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
             tokens = []
-        admissions = [self.recorder.admit(token, numbered=self._numbered(token), quota_key=project_id if i == 0 else None)
+        behaviours = any(token.startswith(BEHAVIOUR_PREFIXES) for token in tokens)
+        admit = self.recorder.admit
+        admissions = [admit(token, numbered=behaviours and self._numbered(token), quota_key=project_id if i == 0 else None)
                       for i, token in enumerate(tokens)]
         if all(isinstance(admitted, tuple) for admitted in admissions):
-            return self._respond(request, project_id, body, tokens, admissions)
-        return self._respond_later(request, project_id, body, tokens, admissions)
+            return self._respond(request, project_id, body, tokens, admissions, behaviours)
+        return self._respond_later(request, project_id, body, tokens, admissions, behaviours)
 
     @staticmethod
     def _numbered(token: str) -> bool:
         return any(number_after(token, prefix) is not None for prefix, *_rest in FAILURE_PREFIXES)
 
-    async def _respond_later(self, request: Request, project_id: str, body, tokens: list[str], admissions: list) -> Response:
+    async def _respond_later(self, request: Request, project_id: str, body, tokens: list[str], admissions: list,
+                             behaviours: bool) -> Response:
         admitted = [a if isinstance(a, tuple) else await a for a in admissions]
-        answer = self._respond(request, project_id, body, tokens, admitted)
+        answer = self._respond(request, project_id, body, tokens, admitted, behaviours)
         return answer if isinstance(answer, Response) else await answer
 
-    def _respond(self, request: Request, project_id: str, body, tokens: list[str], admitted: list[Admission]) -> Response | Awaitable[Response]:
-        response = self._refusal(request, project_id, body, tokens, admitted)
+    def _respond(self, request: Request, project_id: str, body, tokens: list[str], admitted: list[Admission],
+                 behaviours: bool) -> Response | Awaitable[Response]:
+        """The answer; ``behaviours``: whether a token starts with a behaviour's prefix (else none is looked for)."""
+        response = self._refusal(request, project_id, body, tokens, admitted, behaviours)
         if response is None:
-            delay = max((number_after(token, "delay") or 0 for token in tokens), default=0)
+            delay = max((number_after(token, "delay") or 0 for token in tokens), default=0) if behaviours else 0
             if delay:
                 return self._deliver_after(delay, request, body, tokens)
-            response = self._delivered(body, tokens)
+            response = self._delivered(body, tokens, behaviours)
         self._keep(request, tokens, response.status)
         return response
 
     async def _deliver_after(self, delay: float, request: Request, body: dict, tokens: list[str]) -> Response:
         await asyncio.sleep(delay)
-        response = self._delivered(body, tokens)
+        response = self._delivered(body, tokens, True)
         self._keep(request, tokens, response.status)
         return response
 
     def _keep(self, request: Request, tokens: list[str], status: int) -> None:
+        keep = self.recorder.keep
         for token in tokens:
-            self.recorder.keep(token, request, status)
+            keep(token, request, status)
 
-    def _refusal(self, request: Request, project_id: str, body, tokens: list[str], admitted: list[Admission]) -> Response | None:
+    def _refusal(self, request: Request, project_id: str, body, tokens: list[str], admitted: list[Admission],
+                 behaviours: bool) -> Response | None:
         if self.recorder.unavailable():
             return hms_answer(503, "81000001", "Service unavailable")
         authorization = request.headers.get("authorization", "")
@@ -249,6 +266,8 @@ class HmsSimulator:
             return hms_answer(400, *TOO_LARGE)
         if admitted and admitted[0][1] is not None:
             return hms_answer(503, "81000001", "flow control, retry later")
+        if not behaviours:
+            return None
         for token, (attempt, _retry_after) in zip(tokens, admitted, strict=True):
             for prefix, status, code, text in FAILURE_PREFIXES:
                 failures = number_after(token, prefix)
@@ -258,23 +277,25 @@ class HmsSimulator:
             return hms_answer(400, *ALL_TOKENS_INVALID)
         return None
 
-    def _delivered(self, body: dict, tokens: list[str]) -> Response:
+    def _delivered(self, body: dict, tokens: list[str], behaviours: bool) -> Response:
         message = body["message"]
-        illegal = [token for token in tokens if token.startswith("dead")]
-        valid = [token for token in tokens if not token.startswith("dead")]
+        illegal = [token for token in tokens if token.startswith("dead")] if behaviours else []
+        valid = [token for token in tokens if not token.startswith("dead")] if behaviours else tokens
         deliver = None
         if not body.get("validate_only"):
             tag = notification_tag(message)
             deliverers = [self.recorder.deliverer(token, tag) for token in valid]
-
-            def deliver() -> None:
-                for delivered in deliverers:
-                    delivered()
+            if len(deliverers) == 1:
+                deliver = deliverers[0]
+            else:
+                def deliver() -> None:
+                    for delivered in deliverers:
+                        delivered()
 
         if illegal:
             summary = orjson.dumps({"success": len(valid), "failure": len(illegal), "illegal_tokens": illegal}).decode()
             return hms_answer(200, PARTIAL, summary, on_written=deliver)
-        return hms_answer(200, *SUCCESS, on_written=deliver)
+        return hms_success(deliver)
 
 
 def serving(recorder: Recorder) -> tuple:

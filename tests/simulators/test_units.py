@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 import hpack
+import orjson
 import pytest
 
 from simulators.hpack_codec import CachingDecoder, LiteralEncoder
@@ -63,3 +64,13 @@ def test_shown_counts_a_collapse_id_once_across_batches():
     tally.apply({"attempts": ["t"], "delivered": [["t", "m.0"], ["t", None], ["t", "m.1"]], "first_at": 3.0, "last_at": 4.0})
     assert tally.counts_of("t") == {"delivered": 4, "attempts": 3, "shown": 3}
     assert tally.stats()["first_at"] == 1.0 and tally.stats()["last_delivered_at"] == 4.0
+
+
+def test_hms_success_answer_is_the_json_hms_answer_makes():
+    from simulators.hms import SUCCESS, hms_answer, hms_success  # noqa: PLC0415
+
+    made, fast = orjson.loads(hms_answer(200, *SUCCESS).body), orjson.loads(hms_success().body)
+    assert set(made) == set(fast) == {"code", "msg", "requestId"}
+    assert (fast["code"], fast["msg"]) == (made["code"], made["msg"]) == SUCCESS
+    assert fast["requestId"].isdigit() and len(fast["requestId"]) == len(made["requestId"])
+    assert hms_success().headers == hms_answer(200, *SUCCESS).headers
