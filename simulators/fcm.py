@@ -196,19 +196,22 @@ class FcmSimulator:
                              [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.android.ttl"}]}])
         if retry_after is not None:
             return fcm_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE, "QUOTA_EXCEEDED", headers=[("retry-after", str(retry_after))])
-        if not behaviour:
-            return None
-        if token.startswith("dead"):
-            return fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")
-        if token.startswith("invalid"):
-            return fcm_error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT",
-                             [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.token",
-                                                                          "description": "The registration token is not a valid FCM registration token"}]}])
-        for prefix, status, grpc_status, code, text in FAILURE_PREFIXES:
-            failures = number_after(token, prefix)
-            if failures is not None and attempt <= failures:
-                return fcm_error(status, grpc_status, text, code, headers=[("retry-after", "1")] if status == 429 else None)
-        return None
+        return _behaviour_refusal(token, attempt) if behaviour else None
+
+
+def _behaviour_refusal(token: str, attempt: int) -> Response | None:
+    """The answer a behaviour token chooses for this attempt, if any."""
+    if token.startswith("dead"):
+        return fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")
+    if token.startswith("invalid"):
+        return fcm_error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT",
+                         [{"@type": BAD_REQUEST, "fieldViolations": [{"field": "message.token",
+                                                                      "description": "The registration token is not a valid FCM registration token"}]}])
+    for prefix, status, grpc_status, code, text in FAILURE_PREFIXES:
+        failures = number_after(token, prefix)
+        if failures is not None and attempt <= failures:
+            return fcm_error(status, grpc_status, text, code, headers=[("retry-after", "1")] if status == 429 else None)
+    return None
 
 
 def notification_tag(message: dict) -> str | None:

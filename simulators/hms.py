@@ -134,6 +134,18 @@ def _too_large(body: bytes, message: dict) -> bool:
     return len(body) > MAX_MESSAGE_BYTES and len(orjson.dumps({k: v for k, v in message.items() if k != "token"})) > MAX_MESSAGE_BYTES
 
 
+def _behaviour_refusal(tokens: list[str], admitted: list[Admission]) -> Response | None:
+    """The answer the tokens' behaviours choose for these attempts, if any."""
+    for token, (attempt, _retry_after) in zip(tokens, admitted, strict=True):
+        for prefix, status, code, text in FAILURE_PREFIXES:
+            failures = number_after(token, prefix)
+            if failures is not None and attempt <= failures:
+                return hms_answer(status, code, text)
+    if all(token.startswith("dead") for token in tokens):
+        return hms_answer(400, *ALL_TOKENS_INVALID)
+    return None
+
+
 class HmsSimulator:
     """The HMS Push Kit server API of one serving process.
 
@@ -266,16 +278,7 @@ class HmsSimulator:
             return hms_answer(400, *TOO_LARGE)
         if admitted and admitted[0][1] is not None:
             return hms_answer(503, "81000001", "flow control, retry later")
-        if not behaviours:
-            return None
-        for token, (attempt, _retry_after) in zip(tokens, admitted, strict=True):
-            for prefix, status, code, text in FAILURE_PREFIXES:
-                failures = number_after(token, prefix)
-                if failures is not None and attempt <= failures:
-                    return hms_answer(status, code, text)
-        if all(token.startswith("dead") for token in tokens):
-            return hms_answer(400, *ALL_TOKENS_INVALID)
-        return None
+        return _behaviour_refusal(tokens, admitted) if behaviours else None
 
     def _delivered(self, body: dict, tokens: list[str], behaviours: bool) -> Response:
         message = body["message"]
