@@ -293,16 +293,22 @@ def parse_body(body: dict) -> Body:
     )
 
 
-def parse_message(message: dict, prefix: str, default_priority: str, settings=None) -> dict:
+def parse_message(message: dict, prefix: str, default_priority: str, settings=None, checked: set | None = None) -> dict:
     """One PowerAuth ``PushMessage``, already cleaned by :data:`MESSAGE`, as a send entry.
 
     Only what the schema cannot know is checked: the provider payload sizes (named ``<prefix>body``).
+    ``checked``: the bodies (with their flags) of a batch already found within the sizes, so a batch of one body
+    builds its provider payloads once, not once per message (a body over a size is refused at its first message).
     """
     attributes = message.get("attributes") or {}
     body = parse_body(message["body"])
     high_priority = (message.get("priority") or default_priority) == "HIGH"
     silent = attributes.get("silent", False)
-    limits.check_payload(settings or services().settings, body, prefix + "body", silent=silent, high_priority=high_priority)
+    key = (orjson.dumps(message["body"], option=orjson.OPT_SORT_KEYS), silent, high_priority) if checked is not None else None
+    if key is None or key not in checked:
+        limits.check_payload(settings or services().settings, body, prefix + "body", silent=silent, high_priority=high_priority)
+        if key is not None:
+            checked.add(key)
     return SendEntry.for_user(
         message["userId"], body.to_json(), activation_id=message.get("activationId"),
         personal=attributes.get("personal", False), silent=silent, high_priority=high_priority,
@@ -378,7 +384,8 @@ def send_batch():
     data = sc.body()
     app = existing_app(data)
     settings, priority = services().settings, data["priority"]
-    entries = [parse_message(item, f"requestObject.batch[{i}].", priority, settings) for i, item in enumerate(data["batch"])]
+    checked: set = set()
+    entries = [parse_message(item, f"requestObject.batch[{i}].", priority, settings, checked) for i, item in enumerate(data["batch"])]
     return _send(entries, app, data["mode"], validate_only=data["validateOnly"], send_at=data.get("sendAt"))
 
 

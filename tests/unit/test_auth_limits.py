@@ -228,6 +228,30 @@ def test_oversized_provider_payload_is_400_naming_the_field(make_client):
     assert fake.published == [] and not fake.commands
 
 
+def test_a_batch_checks_each_distinct_body_once_and_still_names_the_oversized_one(make_client, monkeypatch):
+    from api import limits  # noqa: PLC0415
+
+    client, fake = make_client()
+    checked = []
+    real = limits.check_payload
+
+    def counting(settings, body, field, **flags):
+        checked.append(field)
+        return real(settings, body, field, **flags)
+
+    monkeypatch.setattr(limits, "check_payload", counting)
+    same = [{"userId": f"u{i}", "body": {"title": "t", "body": "b"}} for i in range(50)]
+    silent = {"userId": "s", "body": {"title": "t", "body": "b"}, "attributes": {"silent": True}}
+    batch = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS", "batch": [*same, silent, {"userId": "o", "body": {"title": "o"}}]}}
+    assert client.post("/push/message/batch/send", json=batch).status_code == 200
+    assert checked == ["requestObject.batch[0].body", "requestObject.batch[50].body", "requestObject.batch[51].body"]
+    big = {"userId": "u", "body": {"extras": {"k": "v" * 5000}}}
+    batch["requestObject"]["batch"] = [same[0], same[1], big, same[2]]
+    published = len(fake.published)
+    assert "requestObject.batch[2].body" in powerauth_error(client.post("/push/message/batch/send", json=batch), 400)["message"]
+    assert len(fake.published) == published
+
+
 def test_check_payload_measures_each_provider():
     settings = load({})
     check_payload(settings, Body(title="t", body="x" * 3800), "b", silent=False, high_priority=True)
