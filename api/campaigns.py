@@ -169,7 +169,7 @@ def list_users(campaign_id: str):
     svc = services()
     docs = svc.guarded_read(
         lambda: list(
-            svc.db[mongo.CAMPAIGN_USERS].find({"c": campaign_id}, {"u": 1}).sort("u", 1).skip(page * size).limit(size)
+            svc.db[mongo.CAMPAIGN_USERS].find({"c": campaign_id}, {"u": 1}).sort(mongo.CAMPAIGN_USERS_ORDER).skip(page * size).limit(size)
         )
     )
     body = {"status": "OK", "page": page, "size": size, "responseObject": {"campaignId": campaign_id, "users": [d["u"] for d in docs]}}

@@ -151,7 +151,7 @@ def validate_campaign(svc: Services, app: dict, campaign: dict, user_ids: list[s
         after = ""
         while True:
             users = [d["u"] for d in svc.db[mongo.CAMPAIGN_USERS]
-                     .find({"c": campaign["_id"], "u": {"$gt": after}}, {"u": 1}).sort("u", 1).limit(CAMPAIGN_USERS_PER_READ)]
+                     .find({"c": campaign["_id"], "u": {"$gt": after}}, {"u": 1}).sort(mongo.CAMPAIGN_USERS_ORDER).limit(CAMPAIGN_USERS_PER_READ)]
             if not users:
                 return
             count(users)

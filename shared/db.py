@@ -70,11 +70,17 @@ HEALTH = "health"
 #: ``Idempotency-Key`` uses: ``_id`` the id the key names, ``digest`` of the first request's body (api/idempotency.py).
 IDEMPOTENCY_KEYS = "idempotency_keys"
 
+#: The order campaign users are read in: the whole (c, u) index, not ``u`` alone. Both mean the same within one
+#: campaign, and MongoDB serves either from the index; nx-27017 walks the index only for the whole key and sorts every
+#: user of the campaign for ``u`` alone (a page of 1,000 of a 1,000,000-user campaign: 486 ms against 53 ms), holding
+#: its one lock meanwhile, so every other query waited behind each page of a big campaign.
+CAMPAIGN_USERS_ORDER = [("c", 1), ("u", 1)]
+
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {
     DELIVERIES: [([("message_id", 1)], {}), ([("message_id", 1), ("state", 1)], {})],
     LEDGER: [([("m", 1)], {}), ([("m", 1), ("o", 1)], {}), ([("o", 1), ("app", 1)], {}), ([("at", 1)], {})],
-    CAMPAIGN_USERS: [([("c", 1), ("u", 1)], {})],  # nx-27017 refuses "_id" in a compound index
+    CAMPAIGN_USERS: [(CAMPAIGN_USERS_ORDER, {})],  # nx-27017 refuses "_id" in a compound index
     CAMPAIGNS: [([("created_at", 1)], {})],
     MESSAGES: [([("app_id", 1), ("created_at", 1)], {}), ([("done_told", 1), ("done_check_at", 1)], {})],
     WCP_CLIENTS: [([("tenant_id", 1)], {})],

@@ -31,6 +31,8 @@ from workers.expand import PROVIDERS
 
 #: Campaign users read per batch of the live send.
 USERS_PER_BATCH = 5000
+#: Campaign users read per query (:func:`users_after`).
+USERS_PER_READ = 1000
 #: Seconds between two checks whether a campaign's deliveries are all done.
 CHECK_INTERVAL_SECONDS = 1.0
 #: Delivery states that still await an outcome.
@@ -98,6 +100,24 @@ HANDLERS = {
 # --- live send (expand queue) ----------------------------------------------------------------------
 
 
+def users_after(db: Database, campaign_id: str, after: str, count: int) -> list[str]:
+    """The campaign's next ``count`` users after ``after``, in their order, read :data:`USERS_PER_READ` at a time.
+
+    Each read holds nx-27017's one lock for its whole answer (≈ 25 µs a user): a transactional send's queries wait
+    behind one read of 1,000 users, not of 5,000, while the expansion still goes ``count`` users at a time.
+    """
+    users: list[str] = []
+    while len(users) < count:
+        wanted = min(USERS_PER_READ, count - len(users))
+        page = [doc["u"] for doc in db[mongo.CAMPAIGN_USERS].find({"c": campaign_id, "u": {"$gt": after}}, {"u": 1})
+                .sort(mongo.CAMPAIGN_USERS_ORDER).limit(wanted)]
+        users += page
+        if len(page) < wanted:
+            break
+        after = page[-1]
+    return users
+
+
 def campaign_entry(campaign: dict) -> dict:
     return SendEntry.for_user(None, campaign["body"]).to_json()
 
@@ -130,13 +150,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
             return  # paused: this expansion comes back, from its cursor, once resumed
         if deliveries_ahead is not None and paced(db, publisher, cmd, campaign_id, chunk_size, deliveries_ahead):
             return  # enough of it waits to be sent: it comes back, from its cursor
-        users = [
-            doc["u"]
-            for doc in db[mongo.CAMPAIGN_USERS]
-            .find({"c": campaign_id, "u": {"$gt": after}}, {"u": 1})
-            .sort("u", 1)
-            .limit(users_per_batch)
-        ]
+        users = users_after(db, campaign_id, after, users_per_batch)
         if not users:
             break
         progress = _expand_users(db, publisher, campaign, users, entries, chunk_size, progress)
