@@ -12,15 +12,19 @@ from workers import campaigns
 
 @pytest.fixture
 def scratch(stack):
-    client = pymongo.MongoClient(stack.mongo_uri)
-    name = f"users-{uuid.uuid4().hex[:8]}"
-    mongo.ensure_indexes(client[name])
-    yield client[name]
-    client.drop_database(name)
+    """The stack's database (nx-27017's databases share their collections: no database of its own); the test's
+    campaign ids are its own, and their users are deleted after."""
+    db = pymongo.MongoClient(stack.mongo_uri)["push"]
+    mongo.ensure_indexes(db)
+    made: list[str] = []
+    yield db, made
+    db[mongo.CAMPAIGN_USERS].delete_many({"c": {"$in": made}})
 
 
 def test_users_after_reads_in_pages_in_order_and_only_the_campaigns_own(scratch, monkeypatch):
+    scratch, made = scratch
     mine, other = f"c-{uuid.uuid4().hex[:6]}", f"d-{uuid.uuid4().hex[:6]}"
+    made += [mine, other]
     users = [f"u{i:05d}" for i in range(53)]
     scratch[mongo.CAMPAIGN_USERS].insert_many(
         [{"_id": campaigns.user_doc_id(mine, u), "c": mine, "u": u} for u in reversed(users)]
