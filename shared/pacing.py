@@ -17,7 +17,8 @@ app's batch of 1,000:
   marked ``paced`` so that its expansion does not wait a second time. The expansion deletes the document once
   its chunks are in the ledger. A released send whose expansion has not deleted it after
   :data:`RELEASED_COUNTS_SECONDS` no longer takes room, and after :data:`RELEASE_AGAIN_SECONDS` it is released
-  again (a pacer killed between its compare-and-set and its publish loses no send).
+  again (a pacer killed between its compare-and-set and its publish loses no send). A waiting send whose cancel is
+  recorded is released at once and takes no room: its expansion records it cancelled, and nothing is sent.
 
 Within its bound an app's sends go in the order they came; across apps the deliver queues then hold at most
 about the bound plus one send of each app. The bound is counted in deliveries of chunks without a lane (bulk)
@@ -35,7 +36,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from shared import db as mongo
-from shared import db_counters
+from shared import db_counters, halt
 from shared.commands import BULK, EXPAND_SEND, Publisher
 from shared.ledger import CAMPAIGN_KIND, OPEN_CHARS
 
@@ -146,10 +147,14 @@ def release(db: Database, publisher: Publisher, bound: int, *, now: float | None
         _release_again(db, [d for d in docs if d.get("released_at") and now - d["released_at"] > RELEASE_AGAIN_SECONDS])
         in_release = [d for d in docs if d.get("released_at") and now - d["released_at"] < RELEASED_COUNTS_SECONDS]
         room = bound - open_send_deliveries(db, app_id) - sum(max(1, d.get("n") or 0) for d in in_release)
-        for doc in sorted((d for d in docs if not d.get("released_at")), key=lambda d: (d["q"], d["_id"])):
-            if room <= 0:
-                break
-            claimed = db[PACED_SENDS].update_one({"_id": doc["_id"], "released_at": None}, {"$set": {"released_at": now}})
+        waiting = sorted((d for d in docs if not d.get("released_at")), key=lambda d: (d["q"], d["_id"]))
+        cancelled = _cancelled(db, app_id, [d["_id"] for d in waiting]) if waiting else set()
+        for doc in waiting:
+            gone = doc["_id"] in cancelled  # it expands to nothing: it goes at once and takes no room
+            if room <= 0 and not gone:
+                continue
+            claimed = db[PACED_SENDS].update_one({"_id": doc["_id"], "released_at": None},
+                                                 {"$set": {"released_at": now, **({"n": 0} if gone else {})}})
             if not claimed.modified_count:
                 continue  # another pacer released it
             kept = db[PACED_COMMANDS].find_one({"_id": doc["_id"]})
@@ -159,9 +164,16 @@ def release(db: Database, publisher: Publisher, bound: int, *, now: float | None
                 except Exception:
                     db[PACED_SENDS].update_one({"_id": doc["_id"]}, {"$set": {"released_at": None}})  # it waits again
                     raise
-            room -= max(1, doc.get("n") or 0)
+            room -= 0 if gone else max(1, doc.get("n") or 0)
             released += 1
     return released
+
+
+def _cancelled(db: Database, app_id: str, ids: list[str]) -> set[str]:
+    """Those of the waiting sends ``ids`` whose cancel is recorded (``POST /push/message/{id}/cancel``)."""
+    db_counters.count()
+    return {doc["_id"] for doc in db[halt.HALTS].find({"_id": {"$in": ids}, "state": halt.CANCELLED}, {"app_id": 1})
+            if doc.get("app_id") in (None, app_id)}
 
 
 def _release_again(db: Database, stale: list[dict]) -> None:

@@ -12,7 +12,7 @@ import pika
 import pymongo
 import pytest
 
-from shared import backlog, ledger, pacing, queue_cap
+from shared import backlog, halt, ledger, pacing, queue_cap
 from shared import db as mongo
 from shared.broker import connection_parameters, make_broker
 from shared.commands import EXPAND, Publisher, command, queue_name_for_prefix
@@ -165,4 +165,21 @@ def test_a_release_whose_expansion_never_ended_is_released_again_and_a_stale_reg
     assert database[pacing.PACED_SENDS].find_one({"_id": registered["id"]}) is None
     assert pacing.release(database, publisher, BOUND, now=later + 1) == 1
     assert database[pacing.PACED_SENDS].find_one({"_id": waited["id"]})["tries"] == 1
+    assert published() == 2
+
+
+def test_a_cancelled_waiting_send_is_released_at_once_and_takes_no_room(database, quiet_queue):
+    """Its expansion records it cancelled (nothing is sent): it must not wait for room behind the app's open work."""
+    publisher, published = quiet_queue
+    app_id = new_app()
+    open_chunks(database, app_id, BOUND)
+    kept, cancelled = batch(app_id, 300), batch(app_id, 300)
+    assert pacing.park_if_over(database, kept, BOUND) and pacing.park_if_over(database, cancelled, BOUND)
+    halt.set_state(database, command("halt.set", message_id=cancelled["id"], app_id=app_id, state=halt.CANCELLED))
+    assert pacing.release(database, publisher, BOUND) == 1, "no room: only the cancelled send goes"
+    assert database[pacing.PACED_SENDS].find_one({"_id": kept["id"]})["released_at"] is None
+    assert published() == 1
+    database[mongo.LEDGER].update_many({"app": app_id}, {"$set": {"o": False}})
+    open_chunks(database, app_id, BOUND - 300)
+    assert pacing.release(database, publisher, BOUND) == 1, "the cancelled send's 300 entries took none of the room"
     assert published() == 2
