@@ -384,8 +384,8 @@ def all_counts(db: Database) -> dict[str, Counter]:
 
 def has_open(db: Database, message_id: str) -> bool:
     """Whether some delivery of the message still awaits an outcome (either format)."""
-    # nx-27017 may read a $set boolean back as 1: both match.
-    if db[mongo.LEDGER].find_one({"m": message_id, "o": {"$in": [True, 1]}}, {"_id": 1}) is not None:
+    # nx-27017 reads a $set boolean back as 1, and ``True`` matches it; an ``$in`` would read the whole ledger.
+    if db[mongo.LEDGER].find_one({"m": message_id, "o": True}, {"_id": 1}) is not None:
         return True
     return db[mongo.DELIVERIES].find_one({"message_id": message_id, "state": {"$in": list(OPEN_STATES)}}, {"_id": 1}) is not None
 

@@ -1,12 +1,17 @@
 """Reading a campaign's users in pages (workers.campaigns.users_after) against the real nx-27017."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import pymongo
 import pytest
 
 from shared import db as mongo
+from shared import ledger
+from shared.broker import make_broker
+from shared.commands import Publisher, command
+from shared.settings import load
 from workers import campaigns
 
 
@@ -48,3 +53,30 @@ def test_users_after_reads_in_pages_in_order_and_only_the_campaigns_own(scratch,
     counted = Counting()
     assert campaigns.users_after(counted, mine, "", 30) == users[:30]
     assert len(reads) == 5  # 7 + 7 + 7 + 7 + 2: no read of more than USERS_PER_READ
+
+
+def test_open_chunks_are_found_whatever_nx_reads_their_flag_back_as(scratch):
+    """The campaign's pacing and its end check look for open chunks by ``o: True``; nx-27017 reads a ``$set`` boolean
+    back as 1: a chunk reopened by a flush must still count (shared/ledger.py ``has_open``, workers/campaigns.py
+    ``paced``)."""
+    scratch, made = scratch
+    campaign_id = f"c-{uuid.uuid4().hex[:6]}"
+    items = [ledger.Delivery(ledger.delivery_id(campaign_id, 0, f"t{i}"), f"a:t{i}", f"t{i}", 0, None) for i in range(4)]
+    docs = [ledger.chunk_document(campaign_id, "a", "apns", i, [item], now=time.time(), kind=ledger.CAMPAIGN_KIND)
+            for i, item in enumerate(items)]
+    ledger.insert_chunks(scratch, docs)
+    chunks = scratch[mongo.LEDGER]
+    try:
+        chunks.update_many({"m": campaign_id}, {"$set": {"o": False}})
+        assert not ledger.has_open(scratch, campaign_id)
+        chunks.update_one({"_id": docs[2]["_id"]}, {"$set": {"o": True}})  # reopened: nx-27017 keeps a 1
+        assert ledger.has_open(scratch, campaign_id)
+        settings = load(queue_prefix=f"users-{uuid.uuid4().hex[:8]}-")  # a prefix no worker consumes
+        publisher = Publisher(make_broker(settings, set_global=False), settings)
+        job = command("campaign.send", campaign_id=campaign_id)
+        assert campaigns.paced(scratch, publisher, job, campaign_id, 1, 2) is False, "one open chunk of 1 is under 2"
+        chunks.update_one({"_id": docs[3]["_id"]}, {"$set": {"o": True}})
+        assert campaigns.paced(scratch, publisher, job, campaign_id, 1, 2) is True, "two open chunks of 1: it comes back later"
+    finally:
+        chunks.delete_many({"m": campaign_id})
+        scratch[mongo.LEDGER_DEVICES].delete_many({"m": campaign_id})
