@@ -334,6 +334,12 @@ def counts_of_messages(db: Database, messages: list[Mapping]) -> dict[str, dict[
     return result
 
 
+def _of_messages(ids: list[str]) -> dict:
+    """The filter of these messages' chunks: one message by equality, which nx-27017 serves from the ``m`` index (an
+    ``$in``, even of one id, reads the whole ledger there: ``message_done`` counts each message it tells)."""
+    return {"m": ids[0]} if len(ids) == 1 else {"m": {"$in": ids}}
+
+
 def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
     """Every delivery of these messages as a row ``{_id, message_id, platform, device_id, state, reason}``.
 
@@ -342,7 +348,7 @@ def rows(db: Database, message_ids: Iterable[str]) -> list[dict]:
     """
     ids = list(message_ids)
     found = []
-    for doc in with_devices(db, list(db[mongo.LEDGER].find({"m": {"$in": ids}}))):
+    for doc in with_devices(db, list(db[mongo.LEDGER].find(_of_messages(ids)))):
         held = doc.get("c") is not None
         for i, delivery in enumerate(deliveries_of(doc)):
             state = STATE[doc["s"][i]]
@@ -360,7 +366,7 @@ def state_counts(db: Database, message_ids: Iterable[str]) -> Counter:
     """Deliveries of these messages by state (either format), reading only the chunks' state strings and holders."""
     ids = list(message_ids)
     counts: Counter = Counter()
-    for doc in db[mongo.LEDGER].find({"m": {"$in": ids}}, {"s": 1, "c": 1, "_id": 0}):
+    for doc in db[mongo.LEDGER].find(_of_messages(ids), {"s": 1, "c": 1, "_id": 0}):
         for ch, n in Counter(doc["s"]).items():
             counts[SENDING if ch == CHAR[PENDING] and doc.get("c") is not None else STATE[ch]] += n
     for row in db[mongo.DELIVERIES].aggregate([{"$match": {"message_id": {"$in": ids}}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]):
