@@ -31,8 +31,6 @@ from workers.expand import PROVIDERS
 
 #: Campaign users read per batch of the live send.
 USERS_PER_BATCH = 5000
-#: Campaign users read per query (:func:`users_after`).
-USERS_PER_READ = 1000
 #: Seconds between two checks whether a campaign's deliveries are all done.
 CHECK_INTERVAL_SECONDS = 1.0
 #: Delivery states that still await an outcome.
@@ -101,21 +99,12 @@ HANDLERS = {
 
 
 def users_after(db: Database, campaign_id: str, after: str, count: int) -> list[str]:
-    """The campaign's next ``count`` users after ``after``, in their order, read :data:`USERS_PER_READ` at a time.
-
-    Each read holds nx-27017's one lock for its whole answer (≈ 25 µs a user): a transactional send's queries wait
-    behind one read of 1,000 users, not of 5,000, while the expansion still goes ``count`` users at a time.
-    """
-    users: list[str] = []
-    while len(users) < count:
-        wanted = min(USERS_PER_READ, count - len(users))
-        page = [doc["u"] for doc in db[mongo.CAMPAIGN_USERS].find({"c": campaign_id, "u": {"$gt": after}}, {"u": 1})
-                .sort(mongo.CAMPAIGN_USERS_ORDER).limit(wanted)]
-        users += page
-        if len(page) < wanted:
-            break
-        after = page[-1]
-    return users
+    """The campaign's next ``count`` users after ``after``, in their order, in one query sorted by the whole index key
+    (``CAMPAIGN_USERS_ORDER``). One query, not several smaller ones: on nx-27017 each costs more the further into the
+    campaign it starts, so five reads of 1,000 were slower than one of 5,000 (tried: the campaign alone at 100k fell
+    from 3,885 to 3,477/s)."""
+    return [doc["u"] for doc in db[mongo.CAMPAIGN_USERS].find({"c": campaign_id, "u": {"$gt": after}}, {"u": 1})
+            .sort(mongo.CAMPAIGN_USERS_ORDER).limit(count)]
 
 
 def campaign_entry(campaign: dict) -> dict:
