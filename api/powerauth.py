@@ -304,7 +304,7 @@ def parse_message(message: dict, prefix: str, default_priority: str, settings=No
     body = parse_body(message["body"])
     high_priority = (message.get("priority") or default_priority) == "HIGH"
     silent = attributes.get("silent", False)
-    key = (orjson.dumps(message["body"], option=orjson.OPT_SORT_KEYS), silent, high_priority) if checked is not None else None
+    key = _checked_key(message["body"], silent, high_priority) if checked is not None else None
     if key is None or key not in checked:
         limits.check_payload(settings or services().settings, body, prefix + "body", silent=silent, high_priority=high_priority)
         if key is not None:
@@ -313,6 +313,15 @@ def parse_message(message: dict, prefix: str, default_priority: str, settings=No
         message["userId"], body.to_json(), activation_id=message.get("activationId"),
         personal=attributes.get("personal", False), silent=silent, high_priority=high_priority,
     ).to_json()
+
+
+def _checked_key(body: dict, silent: bool, high_priority: bool) -> tuple | None:
+    """What a batch remembers of a body found within the sizes; None for a body orjson cannot write (an integer
+    beyond 64 bits, a lone surrogate): it is checked at each of its messages, as before."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS), silent, high_priority
+    except orjson.JSONEncodeError:
+        return None
 
 
 def message_id(app_id: str) -> str | None:

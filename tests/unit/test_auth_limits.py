@@ -245,6 +245,11 @@ def test_a_batch_checks_each_distinct_body_once_and_still_names_the_oversized_on
     batch = {"requestObject": {"appId": "app-a", "mode": "ASYNCHRONOUS", "batch": [*same, silent, {"userId": "o", "body": {"title": "o"}}]}}
     assert client.post("/push/message/batch/send", json=batch).status_code == 200
     assert checked == ["requestObject.batch[0].body", "requestObject.batch[50].body", "requestObject.batch[51].body"]
+    odd = {"userId": "x", "body": {"title": "t", "zz": [[-35603648108501380926846009344]]}}  # found by make fuzz: a 500
+    batch["requestObject"]["batch"] = [odd, odd]
+    checked.clear()
+    assert client.post("/push/message/batch/send", json=batch).status_code == 200, "a body orjson cannot write: no 500"
+    assert checked == ["requestObject.batch[0].body", "requestObject.batch[1].body"], "checked at each message"
     big = {"userId": "u", "body": {"extras": {"k": "v" * 5000}}}
     batch["requestObject"]["batch"] = [same[0], same[1], big, same[2]]
     published = len(fake.published)
