@@ -150,8 +150,7 @@ def validate_campaign(svc: Services, app: dict, campaign: dict, user_ids: list[s
             return
         after = ""
         while True:
-            users = [d["u"] for d in svc.db[mongo.CAMPAIGN_USERS]
-                     .find({"c": campaign["_id"], "u": {"$gt": after}}, {"u": 1}).sort(mongo.CAMPAIGN_USERS_ORDER).limit(CAMPAIGN_USERS_PER_READ)]
+            users = mongo.campaign_users_after(svc.db, campaign["_id"], after, CAMPAIGN_USERS_PER_READ)
             if not users:
                 return
             count(users)

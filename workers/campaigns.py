@@ -98,16 +98,6 @@ HANDLERS = {
 # --- live send (expand queue) ----------------------------------------------------------------------
 
 
-def users_after(db: Database, campaign_id: str, after: str, count: int) -> list[str]:
-    """The campaign's next ``count`` users after ``after``, in their order, in one query sorted by the whole index key
-    (``CAMPAIGN_USERS_ORDER``). One query, not several smaller ones: on nx-27017 each costs more the further into the
-    campaign it starts (1,000 users: 33 ms at the start of a 1M campaign, 91 ms near its end). Five reads of 1,000 per
-    batch were tried, for shorter holds of nx-27017's lock: with them the campaign alone at 100k ran at 3,477/s against
-    3,885/s of the tree before (one bench invocation, README "Lanes"), so they were taken out again."""
-    return [doc["u"] for doc in db[mongo.CAMPAIGN_USERS].find({"c": campaign_id, "u": {"$gt": after}}, {"u": 1})
-            .sort(mongo.CAMPAIGN_USERS_ORDER).limit(count)]
-
-
 def campaign_entry(campaign: dict) -> dict:
     return SendEntry.for_user(None, campaign["body"]).to_json()
 
@@ -140,7 +130,7 @@ def expand_campaign(db: Database, publisher: Publisher, cmd: dict, *, chunk_size
             return  # paused: this expansion comes back, from its cursor, once resumed
         if deliveries_ahead is not None and paced(db, publisher, cmd, campaign_id, chunk_size, deliveries_ahead):
             return  # enough of it waits to be sent: it comes back, from its cursor
-        users = users_after(db, campaign_id, after, users_per_batch)
+        users = mongo.campaign_users_after(db, campaign_id, after, users_per_batch)
         if not users:
             break
         progress = _expand_users(db, publisher, campaign, users, entries, chunk_size, progress)

@@ -1,4 +1,4 @@
-"""Campaign users in order (workers.campaigns.users_after) and open chunks found by their flag, on the real nx-27017."""
+"""Campaign users in order (shared.db.campaign_users_after) and open chunks found by their flag, on the real nx-27017."""
 from __future__ import annotations
 
 import time
@@ -34,10 +34,10 @@ def test_users_after_reads_in_order_and_only_the_campaigns_own(scratch):
     scratch[mongo.CAMPAIGN_USERS].insert_many(
         [{"_id": campaigns.user_doc_id(mine, u), "c": mine, "u": u} for u in reversed(users)]
         + [{"_id": campaigns.user_doc_id(other, u), "c": other, "u": u} for u in ["u00003a", "zz"]])
-    first = campaigns.users_after(scratch, mine, "", 30)
+    first = mongo.campaign_users_after(scratch, mine, "", 30)
     assert first == users[:30]
-    assert campaigns.users_after(scratch, mine, first[-1], 100) == users[30:]
-    assert campaigns.users_after(scratch, mine, users[-1], 10) == []
+    assert mongo.campaign_users_after(scratch, mine, first[-1], 100) == users[30:]
+    assert mongo.campaign_users_after(scratch, mine, users[-1], 10) == []
 
 
 def test_open_chunks_are_found_whatever_nx_reads_their_flag_back_as(scratch):
