@@ -256,6 +256,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     max_age_at = chunk["first_attempt_at"] + ctx.settings.delivery_max_age_seconds
 
     gated = _budgeted(ctx, app, platform, send_one)
+    suspension = Suspension(ctx.db, chunk["app_id"], platform)
 
     async def run(index: int, delivery: Delivery) -> Result:
         deadline = valid_until[str(delivery.entry)]
@@ -273,6 +274,8 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
             limit = min(max_age_at, deadline) if deadline is not None else max_age_at
             result = _result_of(platform, chunk, doc["_id"], claim, index, delivery, (outcome, answer, requeue_after), attempts, limit)
+            if outcome is Outcome.CREDENTIALS:
+                await suspension.write(result.reason)  # before the outcome: whoever reads the outcome sees the suspension
         recorder.add(book, result)
         if result.state != ledger.DEAD_LETTER:
             metrics.record_result(platform, chunk["app_id"], result.state, chunk.get("first_attempt_at"), delivery_id=delivery.id,
@@ -340,10 +343,7 @@ def _result_of(platform: str, chunk: dict, chunk_id: str, claim: str, index: int
 
 
 async def _after_run(ctx: DeliveryContext, platform: str, chunk: dict, results: list[Result], attempts: dict) -> None:
-    """Suspend an app whose credentials were refused; re-enqueue what must be tried again."""
-    refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
-    if refused:
-        await asyncio.to_thread(_suspend, ctx.db, chunk["app_id"], platform, refused[0].reason or "credentials refused")
+    """Re-enqueue what must be tried again."""
     later = [r for r in results if r.state == ledger.RETRY]
     if later:
         # Their "retry" state is recorded and the claim released: the re-enqueued chunk claims them again.
@@ -362,6 +362,21 @@ async def _close(recorder: Recorder, book) -> None:
     except ClaimLost as lost:
         # Another run took the chunk over (this one looked dead for a lease): it sends what has no outcome.
         log.warning("%s", lost)
+
+
+class Suspension:
+    """An app's provider suspended (its credentials were refused) once per chunk run, awaited by every delivery the
+    refusal failed, so that it is written before any of their outcomes is recorded."""
+
+    def __init__(self, db: Database, app_id: str, platform: str) -> None:
+        self.db, self.app_id, self.platform = db, app_id, platform
+        self._written: asyncio.Future | None = None
+
+    async def write(self, reason: str | None) -> None:
+        if self._written is None:
+            self._written = asyncio.ensure_future(asyncio.to_thread(
+                _suspend, self.db, self.app_id, self.platform, reason or "credentials refused"))
+        await self._written
 
 
 def _suspend(db: Database, app_id: str, platform: str, reason: str) -> None:

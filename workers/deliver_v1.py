@@ -29,10 +29,10 @@ from workers.deliver import (
     STATE_BY_OUTCOME,
     DeliveryContext,
     Result,
+    Suspension,
     _apns_sender,
     _fcm_sender,
     _provider_unavailable,
-    _suspend,
     _valid_until,
 )
 from workers.delivery.outcomes import CLASSIFY_BY_PROVIDER, Outcome
@@ -149,6 +149,7 @@ async def deliver_chunk_v1(ctx: DeliveryContext, platform: str, chunk: dict) -> 
     classify = CLASSIFY_BY_PROVIDER[platform]
     attempts = chunk.get("attempts", {})
     valid_until = {key: _valid_until(entry) for key, entry in chunk["entries"].items()}
+    suspension = Suspension(ctx.db, chunk["app_id"], platform)
 
     async def run(delivery: Delivery) -> Result:
         deadline = valid_until[str(delivery.entry)]
@@ -162,6 +163,8 @@ async def deliver_chunk_v1(ctx: DeliveryContext, platform: str, chunk: dict) -> 
             if outcome in STATE_BY_OUTCOME:
                 result = Result(delivery, STATE_BY_OUTCOME[outcome], reason if outcome is not Outcome.SENT else None, outcome=outcome,
                                 token_invalid_since=getattr(answer, "token_invalid_since", None))
+                if outcome is Outcome.CREDENTIALS:
+                    await suspension.write(reason)
             else:
                 result = Result(delivery, "retry", reason, retry_after=requeue_after)
                 attempts[delivery.id] = attempts.get(delivery.id, 0) + tries
@@ -185,9 +188,6 @@ async def deliver_chunk_v1(ctx: DeliveryContext, platform: str, chunk: dict) -> 
             renew_at = time.monotonic() + lease / LEASE_RENEWALS
     await recorder.flush_all()
     results = [t.result() for t in tasks]
-    refused = [r for r in results if r.outcome is Outcome.CREDENTIALS]
-    if refused:
-        await asyncio.to_thread(_suspend, ctx.db, chunk["app_id"], platform, refused[0].reason or "credentials refused")
     await _schedule_retries(ctx, platform, chunk, [r for r in results if r.state == "retry"], attempts, claim)
 
 
