@@ -13,7 +13,9 @@ import uuid
 
 import pymongo
 import pytest
+from pymongo import monitoring
 
+from devstack import seed
 from shared import db as mongo
 from shared import device_lookup
 from shared.commands import command
@@ -148,3 +150,28 @@ def test_sends_follow_a_token_moved_to_another_user_through_the_api(api, new_app
     db = pymongo.MongoClient(stack.mongo_uri)["push"]
     keys = [device_lookup.user_key(app_id, u) for u in (first, second)]
     assert [doc["d"] for doc in db[mongo.USER_DEVICES].find({"_id": {"$in": keys}})] == [[], []]
+
+
+class _GetMores(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event) -> None:
+        self.count += event.command_name == "getMore"
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def test_a_lookup_of_many_users_reads_each_part_in_one_round_trip(stack, scratch):
+    """A part of 1,000 keys is one round trip each way (user_devices, then devices), not 101 documents and nine getMores."""
+    app_id, users = "app-many", [f"u{i:04d}" for i in range(300)]
+    seed.seed_devices(scratch, app_id, users, [apns_token() for _ in users], ["apns"] * len(users))
+    listener = _GetMores()
+    counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[listener])[scratch.name]
+    found = device_lookup.devices_by_user(counted, app_id, users, {"token": 1})
+    assert len(found) == len(users)
+    assert listener.count == 0
