@@ -7,7 +7,8 @@ them): one document per chunk in the ``ledger`` collection, with a natural
 
     {_id: "<message>:<provider>:<index>", m: message id, p: provider, app: app id,
      d: [[device id, token, entry, environment], ...],   # the chunk's deliveries, in order: kept apart in
-                          # ``ledger_devices`` (same ``_id``, written once; ``insert_chunks``, ``with_devices``)
+                          # ``ledger_devices`` (same ``_id``, written once; ``insert_chunks``, ``with_devices``),
+                          # except in a chunk of at most ``INLINE_DEVICES`` (a transactional send's)
      s: "ppsf...",        # one state character per delivery (``CHAR``)
      r: {"<i>": reason},  # why delivery i failed, waits or gave up (absent when sent)
      t: {"<i>": seconds}, # when the provider's answer of failed delivery i came (failures list, outcome feed)
@@ -127,13 +128,21 @@ def with_devices(db: Database, docs: list[dict]) -> list[dict]:
     return docs
 
 
+#: Deliveries of a chunk small enough to keep its device list in its own document: one insert instead of two, and its
+#: claim reads it back with the state (a SYNCHRONOUS send's chunk: two database round trips fewer on its path).
+INLINE_DEVICES = 16
+
+
 def insert_chunks(db: Database, docs: list[dict]) -> None:
     """Insert chunk documents (made by :func:`chunk_document`, with their ``d``), idempotent on ``_id``: the device list
     into ``ledger_devices`` first (written once, never changed), then the rest into ``ledger``, which every outcome
-    flush rewrites: kept small, so a flush costs the database a few hundred bytes per chunk, not the whole list."""
+    flush rewrites: kept small, so a flush costs the database a few hundred bytes per chunk, not the whole list.
+    A chunk of at most :data:`INLINE_DEVICES` keeps its list (a few hundred bytes) in ``ledger``."""
+    apart = [doc for doc in docs if len(doc["d"]) > INLINE_DEVICES]
     insert_ignoring_duplicates(db[mongo.LEDGER_DEVICES], [{"_id": doc["_id"], "m": doc["m"], "d": doc["d"], "at": doc["at"]}
-                                                         for doc in docs])
-    insert_ignoring_duplicates(db[mongo.LEDGER], [{k: v for k, v in doc.items() if k != "d"} for doc in docs])
+                                                         for doc in apart])
+    insert_ignoring_duplicates(db[mongo.LEDGER], [{k: v for k, v in doc.items() if k != "d" or len(v) <= INLINE_DEVICES}
+                                                  for doc in docs])
 
 
 def insert_ignoring_duplicates(collection, documents: list[dict]) -> None:

@@ -7,6 +7,7 @@ import uuid
 
 import pymongo
 import pytest
+from pymongo import monitoring
 
 from shared import db as mongo
 from shared import ledger
@@ -38,17 +39,45 @@ def new_chunk(database, n: int = 3) -> dict:
 
 def test_a_chunk_written_twice_is_one_document(database):
     message_id = new_id()
-    items = deliveries(message_id, 5)
-    ledger.write_chunks(database, message_id, "app", "fcm", items, chunk_size=2)
-    ledger.write_chunks(database, message_id, "app", "fcm", items, chunk_size=2)
+    size = ledger.INLINE_DEVICES + 1
+    items = deliveries(message_id, 2 * size + 1)
+    ledger.write_chunks(database, message_id, "app", "fcm", items, chunk_size=size)
+    ledger.write_chunks(database, message_id, "app", "fcm", items, chunk_size=size)
     docs = list(database[mongo.LEDGER].find({"m": message_id}).sort("i", 1))
     assert [d["_id"] for d in docs] == [ledger.chunk_id(message_id, "fcm", i) for i in range(3)]
-    assert [d["s"] for d in docs] == ["pp", "pp", "p"]
-    # The device lists live apart, written once: an outcome flush rewrites only the small state document.
-    assert not any("d" in d for d in docs)
+    assert [d["s"] for d in docs] == ["p" * size, "p" * size, "p"]
+    # The device lists of the two large chunks live apart, written once: an outcome flush rewrites only the small
+    # state document. The last chunk (one delivery) keeps its list: one insert, and its claim reads it back.
+    assert ["d" in d for d in docs] == [False, False, True]
     devices = list(database[mongo.LEDGER_DEVICES].find({"m": message_id}).sort("_id", 1))
-    assert [d["_id"] for d in devices] == [d["_id"] for d in docs] and [len(d["d"]) for d in devices] == [2, 2, 1]
+    assert [d["_id"] for d in devices] == [d["_id"] for d in docs[:2]] and [len(d["d"]) for d in devices] == [size, size]
     assert [r["_id"] for r in ledger.rows(database, [message_id])] == [d.id for d in items]
+
+
+class _Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event) -> None:
+        self.names.append(f"{event.command_name} {event.command.get(event.command_name)}")
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def test_a_small_chunk_is_claimed_with_its_deliveries_in_one_round_trip(stack, database):
+    """A transactional send's chunk: one insert, and its claim answers the device list too (no ``ledger_devices``)."""
+    message_id = new_id()
+    items = deliveries(message_id, ledger.INLINE_DEVICES)
+    seen = _Commands()
+    counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[seen])[database.name]
+    (doc,) = ledger.write_chunks(counted, message_id, "app", "apns", items, chunk_size=500)
+    claimed, _ = ledger.claim(counted, doc["_id"], "run-a", None)
+    assert seen.names == [f"insert {mongo.LEDGER}", f"findAndModify {mongo.LEDGER}"]
+    assert [d.id for d in ledger.deliveries_of(claimed)] == [d.id for d in items]
 
 
 def test_a_held_chunk_is_taken_over_only_after_its_heartbeat_stood_still(database):
