@@ -37,9 +37,15 @@ def add_events(db: Database, events: list[dict]) -> None:
     ledger.insert_ignoring_duplicates(db[OUTBOX], events)
 
 
-def add_wanted(db: Database, app_id: str | None, events: list[dict]) -> None:
-    """Write those of one app's events its outcome webhook asks for (none without a webhook: nobody to tell)."""
-    webhook = webhook_of(db, app_id) if app_id and events else None
+#: ``webhook`` of :func:`add_wanted` when the caller has not read the app: it is read then.
+READ = object()
+
+
+def add_wanted(db: Database, app_id: str | None, events: list[dict], *, webhook=READ) -> None:
+    """Write those of one app's events its outcome webhook asks for (none without a webhook: nobody to tell);
+    ``webhook``: the app's, when the caller read the app already (:func:`webhook_in`)."""
+    if webhook is READ:
+        webhook = webhook_of(db, app_id) if app_id and events else None
     wanted = [e for e in events if webhook and e["type"] in webhook.get("events", ())]
     if wanted:
         add_events(db, wanted)
@@ -47,8 +53,16 @@ def add_wanted(db: Database, app_id: str | None, events: list[dict]) -> None:
 
 def webhook_of(db: Database, app_id: str) -> dict | None:
     """The app's outcome webhook ``{url, secret, events}``, or None."""
-    app = db[mongo.APPS].find_one({"_id": app_id}, {"webhook": 1})
+    return webhook_in(db[mongo.APPS].find_one({"_id": app_id}, {"webhook": 1}))
+
+
+def webhook_in(app: dict | None) -> dict | None:
+    """The outcome webhook of an app document already read, or None."""
     return (app or {}).get("webhook") or None
+
+
+def asks_for(webhook: dict | None, type_: str) -> bool:
+    return bool(webhook) and type_ in webhook.get("events", ())
 
 
 def set_webhook(db: Database, cmd: dict) -> None:
@@ -78,8 +92,7 @@ def outcome_events(app_id: str | None, platform: str, results) -> list[dict]:
 
 def wants(db: Database, app_id: str | None, type_: str) -> bool:
     """Whether the app's outcome webhook asks for events of ``type_`` (no outbox document is written otherwise)."""
-    webhook = webhook_of(db, app_id) if app_id else None
-    return bool(webhook) and type_ in webhook.get("events", ())
+    return asks_for(webhook_of(db, app_id) if app_id else None, type_)
 
 
 def message_done(db: Database, app_id: str | None, message_ids, *, wanted: bool | None = None) -> None:

@@ -243,7 +243,7 @@ async def deliver_chunk(ctx: DeliveryContext, platform: str, chunk: dict) -> Non
     db_counters.count()
     app = await asyncio.to_thread(ctx.db[mongo.APPS].find_one, {"_id": chunk["app_id"]})
     recorder = ctx.recorder
-    book = recorder.open(ctx.db, doc, claim, platform, chunk["entries"], dead_token_action)
+    book = recorder.open(ctx.db, doc, claim, platform, chunk["entries"], dead_token_action, app=app or {})
     unavailable = _provider_unavailable(app, platform) or ctx.clients.keys.can_open((app or {}).get(platform))
     if unavailable:
         await _fail_all(recorder, book, platform, chunk, work, unavailable)

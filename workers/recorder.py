@@ -66,6 +66,8 @@ class ChunkBook:
     failing_since: float | None = None
     #: The chunk's app, whose outcome feed hears of its failures (shared/outbox.py).
     app_id: str | None = None
+    #: The app's outcome webhook as the run read the app (``outbox.READ``: not read, the recorder reads it).
+    webhook: object = outbox.READ
     #: Its last open delivery was recorded (its message may be done: ``outbox.message_done``).
     closed: bool = False
 
@@ -93,10 +95,12 @@ class Recorder:
     # --- the event loop's side ------------------------------------------------------------
 
     def open(self, db: Database, doc: dict, claim: str, provider: str, entries: Mapping[str, dict],
-             dead_token_action: Callable[[Mapping], str]) -> ChunkBook:
+             dead_token_action: Callable[[Mapping], str], *, app: dict | None = None) -> ChunkBook:
+        """``app``: the app's document when the run read it (its webhook is then not read again per write)."""
         loop = asyncio.get_running_loop()
         book = ChunkBook(db, doc["_id"], claim, provider, entries, list(doc["s"]), loop, dead_token_action,
-                         finished=loop.create_future(), app_id=doc.get("app"))
+                         finished=loop.create_future(), app_id=doc.get("app"),
+                         webhook=outbox.READ if app is None else outbox.webhook_in(app))
         with self.lock:
             self.books[book.cid + "/" + claim] = book
             if self.thread is None:
@@ -232,7 +236,9 @@ class Recorder:
             by_app.setdefault((id(book.db), book.app_id), []).append(book)
         for group in by_app.values():
             try:
-                outbox.message_done(group[0].db, group[0].app_id, [book.cid.rsplit(":", 2)[0] for book in group])
+                known = next((book.webhook for book in group if book.webhook is not outbox.READ), outbox.READ)
+                outbox.message_done(group[0].db, group[0].app_id, [book.cid.rsplit(":", 2)[0] for book in group],
+                                    wanted=None if known is outbox.READ else outbox.asks_for(known, outbox.MESSAGE_DONE))
             except Exception:  # noqa: BLE001 - the next chunk's write, the expansion or the sweep tells it
                 log.exception("message_done of %d chunks", len(group))
 
@@ -269,6 +275,7 @@ class Recorder:
         of dead letters."""
         dead: dict[tuple, list] = {}
         events_by_app: dict[str, list] = {}
+        webhooks: dict[str, object] = {}  # the app's webhook where a run read the app
         letters = []
         for book, results in news:
             for result in results:
@@ -280,12 +287,14 @@ class Recorder:
             events = outbox.outcome_events(book.app_id, book.provider, results)
             if events:
                 events_by_app.setdefault(book.app_id, []).extend(events)
+                if book.webhook is not outbox.READ:
+                    webhooks[book.app_id] = book.webhook
         for (action, reason), dead_results in dead.items():
             invalid_since = {r.delivery.device_id: r.token_invalid_since for r in dead_results if r.token_invalid_since is not None}
             db_counters.count(written=len(dead_results))
             self.dead_token_actions[action](db, [r.delivery.device_id for r in dead_results], reason, invalid_since=invalid_since)
         for app_id, events in events_by_app.items():  # before the outcomes, as the dead tokens: a kill between loses no event
-            outbox.add_wanted(db, app_id, events)
+            outbox.add_wanted(db, app_id, events, webhook=webhooks.get(app_id, outbox.READ))
         if letters:
             ledger.insert_ignoring_duplicates(db[mongo.DEAD_LETTERS], letters)  # natural _id: once
 

@@ -152,6 +152,30 @@ def test_one_flush_writes_the_side_effects_of_all_its_chunks_together(database):
     assert {d["s"] for d in database[mongo.LEDGER].find({"_id": {"$in": [c["_id"] for c in claimed]}})} == {"sd"}
 
 
+def test_a_run_that_read_its_app_tells_the_outcome_feed_without_reading_the_app_again(stack, database):
+    """The delivery actor reads the app once per chunk; the recorder takes its webhook from that read (a read of
+    ``apps`` per flush and per finished chunk was three reads of one document for each SYNCHRONOUS send)."""
+    from shared import outbox
+
+    doc = new_chunk(database, 2)
+    seen = _Commands()
+    counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[seen])[database.name]
+    claimed, _ = ledger.claim(counted, doc["_id"], "run-w", None)
+    items = ledger.deliveries_of(claimed)
+    app = {"_id": "app", "webhook": {"url": "https://hooks.example/outcomes", "events": [outbox.FAILED]}}
+    recorder = Recorder({"device": lambda *a, **k: None}, heartbeat=1.0)
+
+    async def run():
+        book = recorder.open(counted, claimed, "run-w", "apns", {"0": {}}, lambda entry: "device", app=app)
+        recorder.add(book, Result(items[0], ledger.SENT, index=0))
+        recorder.add(book, Result(items[1], ledger.FAILED, "BadDeviceToken", index=1))
+        await recorder.close(book)
+
+    asyncio.run(run())
+    assert database[outbox.OUTBOX].find_one({"_id": f"{outbox.FAILED}:{items[1].id}"}) is not None
+    assert not [name for name in seen.names if name == f"find {mongo.APPS}"], seen.names
+
+
 def test_each_failure_keeps_the_time_of_its_answer_not_of_its_chunks_last_write(database):
     """Two failures of one chunk recorded by two flushes half a second apart: the failures list answers each one's time."""
     from shared.failures import failures
