@@ -175,7 +175,7 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
     """Write and publish the chunks of one batch of users; answer the progress after it."""
     campaign_id = campaign["_id"]
     by_platform: dict[str, list[Delivery]] = {p: [] for p in PROVIDERS}
-    held = lookup.devices_by_user(db, campaign["app_id"], users, {"token": 1, "platform": 1, "environment": 1, "activations": 1})
+    held = lookup.devices_by_user(db, campaign["app_id"], users)
     devices = {d["_id"]: d for devices in held.values() for d in devices}
     # This batch's users read, their device ids, the devices in parts, and the cursor written after it.
     db_counters.count(trips=3 + max(1, -(-len(devices) // lookup.KEYS_PER_QUERY)), written=1)

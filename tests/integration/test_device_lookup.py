@@ -172,6 +172,20 @@ def test_a_lookup_of_many_users_reads_each_part_in_one_round_trip(stack, scratch
     seed.seed_devices(scratch, app_id, users, [apns_token() for _ in users], ["apns"] * len(users))
     listener = _GetMores()
     counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[listener])[scratch.name]
-    found = device_lookup.devices_by_user(counted, app_id, users, {"token": 1})
+    found = device_lookup.devices_by_user(counted, app_id, users)
     assert len(found) == len(users)
     assert listener.count == 0
+
+
+def test_a_lookup_answers_only_live_devices_whatever_the_flags_read_back_as(scratch):
+    """The flags are checked in the worker (the read has no filter on them): a deleted or inactive device is left out,
+    whether its flag reads back as a boolean or, after a ``$set`` on nx-27017, as 0 or 1."""
+    app_id, users = "app-live", ["u-live", "u-off", "u-gone", "u-set"]
+    tokens = [apns_token() for _ in users]
+    seed.seed_devices(scratch, app_id, users, tokens, ["apns"] * len(users))
+    ids = [device_lookup.device_id(app_id, t) for t in tokens]
+    scratch[mongo.DEVICES].update_one({"_id": ids[1]}, {"$set": {"active": False}})
+    scratch[mongo.DEVICES].update_one({"_id": ids[2]}, {"$set": {"deleted": True}})
+    scratch[mongo.DEVICES].update_one({"_id": ids[3]}, {"$set": {"deleted": 0, "active": 1}})
+    found = device_lookup.devices_by_user(scratch, app_id, users)
+    assert sorted(found) == ["u-live", "u-set"]
