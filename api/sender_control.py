@@ -39,6 +39,9 @@ DELIVERED = ("apns", "fcm")
 REPORTED = ("apns", "fcm", "hms")
 #: Most payloads listed per platform (a batch of 10,000 entries lists its first ones; ``entries`` counts all).
 MAX_LISTED_PAYLOADS = 100
+#: Campaign users read per query while counting a campaign's devices.
+CAMPAIGN_USERS_PER_READ = 1000
+
 #: ``validateOnly`` in a send request's options.
 VALIDATE_ONLY = sc.Bool(default=False, description="Check everything a send would and answer what would be sent per platform; "
                                                    "nothing is sent")
@@ -147,7 +150,7 @@ def validate_campaign(svc: Services, app: dict, campaign: dict, user_ids: list[s
             return
         after = ""
         while True:
-            users = mongo.campaign_users_after(svc.db, campaign["_id"], after, mongo.CAMPAIGN_USERS_PER_READ)
+            users = mongo.campaign_users_after(svc.db, campaign["_id"], after, CAMPAIGN_USERS_PER_READ)
             if not users:
                 return
             count(users)

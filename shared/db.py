@@ -77,29 +77,17 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 CAMPAIGN_USERS_ORDER = [("c", 1), ("u", 1)]
 
 
-#: Campaign users read per query (a batch of the expansion reads several): see :func:`campaign_users_after`.
-CAMPAIGN_USERS_PER_READ = 1000
-
-
 def campaign_users_after(db: Database, campaign_id: str, after: str, count: int) -> list[str]:
-    """The campaign's next ``count`` users after ``after``, in :data:`CAMPAIGN_USERS_ORDER`, read
-    :data:`CAMPAIGN_USERS_PER_READ` at a time.
+    """The campaign's next ``count`` users after ``after``, in :data:`CAMPAIGN_USERS_ORDER`, in one query.
 
-    Each read holds nx-27017's one lock, and every round trip of a SYNCHRONOUS send waits behind the holds ahead of
-    it: one read of 5,000 held it 70-100 ms (the longest hold of a campaign, most of what a send waited for), one of
-    1,000 about a fifth. Five reads cost more in all than one (2026-12-04: the campaign alone at 100k 3,477/s against
-    3,885/s), which the reads without a projection (nx-27017 deep-copies each document it projects, a quarter of the
-    read) more than make up for. The documents are the user and the ids only.
+    One query, not several smaller ones: on nx-27017 each costs more the further into the campaign it starts (1,000
+    users: 33 ms at the start of a 1M campaign, 91 ms near its end). Five reads of 1,000 per batch of 5,000 were tried,
+    for shorter holds of nx-27017's lock: with them the campaign alone at 100k ran at 3,477/s against 3,885/s of the
+    tree before (one bench invocation, README "Lanes"), so they were taken out again. Without a projection (the
+    documents are the user and the ids only): nx-27017 deep-copies each document it projects, a quarter of the read.
     """
-    users: list[str] = []
-    while len(users) < count:
-        want = min(CAMPAIGN_USERS_PER_READ, count - len(users))
-        page = [doc["u"] for doc in db[CAMPAIGN_USERS].find({"c": campaign_id, "u": {"$gt": users[-1] if users else after}})
-                .sort(CAMPAIGN_USERS_ORDER).limit(want).batch_size(want)]
-        users += page
-        if len(page) < want:
-            break
-    return users
+    return [doc["u"] for doc in db[CAMPAIGN_USERS].find({"c": campaign_id, "u": {"$gt": after}})
+            .sort(CAMPAIGN_USERS_ORDER).limit(count).batch_size(count)]
 
 #: Indexes by collection: each a list of (keys, options).
 INDEXES = {

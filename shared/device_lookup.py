@@ -43,10 +43,6 @@ from shared import activation_status, db_counters
 from shared import db as mongo
 from shared.commands import ACTIVE
 
-#: Keys a send's lookup reads per query (``$in`` list length): each read holds nx-27017's one lock, and a
-#: SYNCHRONOUS send's every round trip waits behind the holds of a campaign's expansion (the longer the hold, the
-#: longer the wait), so its reads are kept short.
-READ_KEYS_PER_QUERY = 250
 #: Keys read or written per query (``$in`` list length, bulk size). A read by ``$in`` asks for all its documents in
 #: its first batch: without a batch size nx-27017 answers 101 and then 101 per getMore (nine more round trips for 1,000).
 KEYS_PER_QUERY = 1000
@@ -147,7 +143,7 @@ def device_ids_by_user(db: Database, app_id: str, users: Iterable[str]) -> dict[
     """The ids of devices that may hold each user (a superset: check the devices)."""
     user_by_key = {user_key(app_id, u): u for u in users}
     found: dict[str, set[str]] = {}
-    for part in _parts(sorted(user_by_key), READ_KEYS_PER_QUERY):
+    for part in _parts(sorted(user_by_key), KEYS_PER_QUERY):
         for doc in db[mongo.USER_DEVICES].find({"_id": {"$in": part}}).batch_size(len(part)):
             found[user_by_key[doc["_id"]]] = {parse_entry(value)[1] for value in doc.get("d") or ()}
     return found
@@ -165,7 +161,7 @@ def devices_by_user(db: Database, app_id: str, users: Iterable[str]) -> dict[str
     ids_by_user = device_ids_by_user(db, app_id, users)
     wanted = sorted(set().union(*ids_by_user.values())) if ids_by_user else []
     devices = {}
-    for part in _parts(wanted, READ_KEYS_PER_QUERY):
+    for part in _parts(wanted, KEYS_PER_QUERY):
         for device in db[mongo.DEVICES].find({"_id": {"$in": part}}).batch_size(len(part)):
             if _live(device):
                 devices[device["_id"]] = device
@@ -262,7 +258,7 @@ def send_targets(db: Database, app_id: str, entries: list[dict]) -> Iterator[tup
     held = devices_by_user(db, app_id, users)
     if users:  # the user lookups, then the devices by _id in parts (shared/device_lookup.py)
         found = len({d["_id"] for devices in held.values() for d in devices})
-        db_counters.count(trips=-(-len(users) // READ_KEYS_PER_QUERY) + max(1, -(-found // READ_KEYS_PER_QUERY)))
+        db_counters.count(trips=1 + max(1, -(-found // KEYS_PER_QUERY)))
     personal_activations = {
         activation
         for entry in entries

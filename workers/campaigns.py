@@ -178,8 +178,7 @@ def _expand_users(db: Database, publisher: Publisher, campaign: dict, users: lis
     held = lookup.devices_by_user(db, campaign["app_id"], users)
     devices = {d["_id"]: d for devices in held.values() for d in devices}
     # This batch's users read, their device ids, the devices in parts, and the cursor written after it.
-    db_counters.count(trips=1 + -(-len(users) // mongo.CAMPAIGN_USERS_PER_READ) + -(-len(users) // lookup.READ_KEYS_PER_QUERY)
-                      + max(1, -(-len(devices) // lookup.READ_KEYS_PER_QUERY)), written=1)
+    db_counters.count(trips=3 + max(1, -(-len(devices) // lookup.KEYS_PER_QUERY)), written=1)
     delivered_before = _delivered_in_earlier_batches(db, campaign_id, users[0], devices.values())
     for device in sorted(devices.values(), key=lambda d: d["_id"]):
         if device["platform"] not in by_platform or device["_id"] in delivered_before:

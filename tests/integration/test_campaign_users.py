@@ -40,17 +40,6 @@ def test_users_after_reads_in_order_and_only_the_campaigns_own(scratch):
     assert mongo.campaign_users_after(scratch, mine, users[-1], 10) == []
 
 
-def test_users_after_reads_a_batch_in_several_short_reads_without_a_gap(scratch, monkeypatch):
-    scratch, made = scratch
-    mine = f"c-{uuid.uuid4().hex[:6]}"
-    made.append(mine)
-    users = [f"u{i:05d}" for i in range(23)]
-    scratch[mongo.CAMPAIGN_USERS].insert_many([{"_id": campaigns.user_doc_id(mine, u), "c": mine, "u": u} for u in users])
-    monkeypatch.setattr(mongo, "CAMPAIGN_USERS_PER_READ", 4)
-    assert mongo.campaign_users_after(scratch, mine, "", 10) == users[:10]
-    assert mongo.campaign_users_after(scratch, mine, users[9], 100) == users[10:]
-
-
 def test_open_chunks_are_found_whatever_nx_reads_their_flag_back_as(scratch):
     """The campaign's pacing and its end check look for open chunks by ``o: True``; nx-27017 reads a ``$set`` boolean
     back as 1: a chunk reopened by a flush must still count (shared/ledger.py ``has_open``, workers/campaigns.py
