@@ -46,7 +46,7 @@ def add_wanted(db: Database, app_id: str | None, events: list[dict], *, webhook=
     ``webhook``: the app's, when the caller read the app already (:func:`webhook_in`)."""
     if webhook is READ:
         webhook = webhook_of(db, app_id) if app_id and events else None
-    wanted = [e for e in events if webhook and e["type"] in webhook.get("events", ())]
+    wanted = [e for e in events if asks_for(webhook, e["type"])]
     if wanted:
         add_events(db, wanted)
 

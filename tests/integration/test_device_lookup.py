@@ -13,13 +13,13 @@ import uuid
 
 import pymongo
 import pytest
-from pymongo import monitoring
 
 from devstack import seed
 from shared import db as mongo
 from shared import device_lookup
 from shared.commands import command
 from shared.device_lookup import send_targets as _targets
+from tests.commands_seen import CommandsSeen
 from tests.integration.conftest import apns_token, register
 from workers import writes
 
@@ -152,29 +152,15 @@ def test_sends_follow_a_token_moved_to_another_user_through_the_api(api, new_app
     assert [doc["d"] for doc in db[mongo.USER_DEVICES].find({"_id": {"$in": keys}})] == [[], []]
 
 
-class _GetMores(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event) -> None:
-        self.count += event.command_name == "getMore"
-
-    def succeeded(self, event) -> None:
-        pass
-
-    def failed(self, event) -> None:
-        pass
-
-
 def test_a_lookup_of_many_users_reads_each_part_in_one_round_trip(stack, scratch):
     """A part of 1,000 keys is one round trip each way (user_devices, then devices), not 101 documents and nine getMores."""
     app_id, users = "app-many", [f"u{i:04d}" for i in range(300)]
     seed.seed_devices(scratch, app_id, users, [apns_token() for _ in users], ["apns"] * len(users))
-    listener = _GetMores()
-    counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[listener])[scratch.name]
+    seen = CommandsSeen()
+    counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[seen])[scratch.name]
     found = device_lookup.devices_by_user(counted, app_id, users)
     assert len(found) == len(users)
-    assert listener.count == 0
+    assert not [name for name in seen.names if name.startswith("getMore")], seen.names
 
 
 def test_a_lookup_answers_only_live_devices_whatever_the_flags_read_back_as(scratch):

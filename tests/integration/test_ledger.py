@@ -7,7 +7,6 @@ import uuid
 
 import pymongo
 import pytest
-from pymongo import monitoring
 
 from shared import db as mongo
 from shared import ledger
@@ -15,6 +14,7 @@ from shared.broker import make_broker
 from shared.commands import DELIVER_ACTOR_BY_PROVIDER, Publisher, new_id
 from shared.settings import load
 from tests import ledger_view
+from tests.commands_seen import CommandsSeen
 from tests.integration.conftest import apns_token, fcm_token
 from tests.waiting import wait_for
 from workers.deliver import Result
@@ -54,25 +54,11 @@ def test_a_chunk_written_twice_is_one_document(database):
     assert [r["_id"] for r in ledger.rows(database, [message_id])] == [d.id for d in items]
 
 
-class _Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event) -> None:
-        self.names.append(f"{event.command_name} {event.command.get(event.command_name)}")
-
-    def succeeded(self, event) -> None:
-        pass
-
-    def failed(self, event) -> None:
-        pass
-
-
 def test_a_small_chunk_is_claimed_with_its_deliveries_in_one_round_trip(stack, database):
     """A transactional send's chunk: one insert, and its claim answers the device list too (no ``ledger_devices``)."""
     message_id = new_id()
     items = deliveries(message_id, ledger.INLINE_DEVICES)
-    seen = _Commands()
+    seen = CommandsSeen()
     counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[seen])[database.name]
     (doc,) = ledger.write_chunks(counted, message_id, "app", "apns", items, chunk_size=500)
     claimed, _ = ledger.claim(counted, doc["_id"], "run-a", None)
@@ -158,7 +144,7 @@ def test_a_run_that_read_its_app_tells_the_outcome_feed_without_reading_the_app_
     from shared import outbox
 
     doc = new_chunk(database, 2)
-    seen = _Commands()
+    seen = CommandsSeen()
     counted = pymongo.MongoClient(stack.mongo_uri, event_listeners=[seen])[database.name]
     claimed, _ = ledger.claim(counted, doc["_id"], "run-w", None)
     items = ledger.deliveries_of(claimed)
